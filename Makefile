@@ -1,0 +1,46 @@
+# Set-up and entry points. Every target is idempotent and safe to re-run as root
+# on a fresh Debian 12 machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv tcpdump
+STAMP := $(VENV)/.installed
+
+.PHONY: install deb test lint demo clean
+
+install: $(STAMP)
+
+deb:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The venv sees Debian's python3-nftables (the official libnftables bindings)
+# through --system-site-packages; it must be made from Debian's own python3.
+$(PY): | deb
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(MAKE) --no-print-directory deb
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c "import nftables, harden"
+	touch $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: install lint
+	$(VENV)/bin/pytest
+
+demo: install
+	$(PY) -m harden.demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

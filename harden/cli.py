@@ -1,0 +1,167 @@
+"""The command line: the only module that prints, reads the environment and exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harden import __version__
+from harden.errors import ExitStatus, HardenError
+from harden.manifest import Manifest, json_schema, load_manifest
+from harden.policy import Policy, build_policy
+from harden.render import BACKENDS, Backend, render
+
+EPILOG = """\b
+Exit codes:
+  0  ok
+  1  verification failed / drift found
+  2  usage or manifest error
+  3  apply failed (previous state restored)
+  4  probe or environment error
+"""
+
+MANIFEST = click.Path(path_type=Path, dir_okay=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(__version__, prog_name="harden")
+def cli(debug: bool) -> None:
+    """Generate a default-DROP firewall from a service manifest, apply it, verify it.
+
+    A manifest (YAML) declares the ports the host serves and from where;
+    everything else is closed. See `harden schema` for every key.
+    """
+
+
+@cli.command()
+@click.argument("manifests", nargs=-1, required=True, type=MANIFEST)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def validate(manifests: Sequence[Path], fmt: str) -> None:
+    """Check MANIFESTS and summarise what each one allows (exit 2 on the first bad one)."""
+    results = []
+    for path in manifests:
+        manifest = load_manifest(path)
+        results.append(_summary(path, manifest, build_policy(manifest)))
+    if fmt == "json":
+        click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+        return
+    for result in results:
+        allowed = "; ".join(result["allows"]) or "nothing (every port closed)"
+        click.echo(
+            f"{result['manifest']}: valid, {result['services']} service(s), "
+            f"closed ports {result['closed']}, allows {allowed}"
+        )
+
+
+def _summary(path: Path, manifest: Manifest, policy: Policy) -> dict[str, Any]:
+    allows = []
+    for allow in policy.allows:
+        ports = ",".join(map(str, allow.ports))
+        if not allow.restricted:
+            where = "" if policy.ipv6 else " (IPv4 only)"
+        else:
+            nets = [str(n) for fam in (4, 6) for n in allow.sources(fam) or ()]
+            where = " from " + ",".join(nets)
+        allows.append(f"{allow.proto}/{ports}{where}")
+    return {
+        "manifest": str(path),
+        "valid": True,
+        "host": manifest.host,
+        "services": len(manifest.services),
+        "closed": policy.closed,
+        "ipv6": policy.ipv6,
+        "allows": allows,
+    }
+
+
+@cli.command(name="render")
+@click.argument("manifest", type=MANIFEST)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="nftables",
+    show_default=True,
+    help="nftables: one inet table; iptables: iptables-restore and ip6tables-restore files.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write the files into this directory instead of printing them.",
+)
+def render_cmd(manifest: Path, backend: Backend, output: Path | None) -> None:
+    """Print (or write) the ruleset MANIFEST renders to. Touches no firewall."""
+    files = render(build_policy(load_manifest(manifest)), backend)
+    if output is None:
+        for name, text in files.items():
+            if len(files) > 1:
+                click.echo(f"# ==> {name} <==")
+            click.echo(text, nl=False)
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        _write_atomic(output / name, text)
+        click.echo(f"wrote {output / name}", err=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # A reader (or a crash) never sees a half-written ruleset.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@cli.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema."""
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; map errors to one-line messages and exit codes."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="harden", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return ExitStatus.USAGE
+    except click.exceptions.Abort:
+        click.echo("harden: interrupted", err=True)
+        return 130
+    except HardenError as exc:
+        if debug:
+            raise
+        click.echo(f"harden: error: {exc}", err=True)
+        return exc.exit_status
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(
+            f"harden: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+            "(rerun with --debug)",
+            err=True,
+        )
+        return ExitStatus.ENVIRONMENT
+    return ExitStatus.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

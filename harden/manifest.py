@@ -1,0 +1,413 @@
+"""The service manifest: pydantic models, YAML loading, one-line errors."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import socket
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from harden.errors import ManifestError
+
+Proto = Literal["tcp", "udp"]
+PROTOS: tuple[Proto, ...] = ("tcp", "udp")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    """An inclusive range of ports; a single port has ``first == last``."""
+
+    first: int
+    last: int
+
+    def __str__(self) -> str:
+        """Render as ``80`` or ``10000-10100`` (nftables and manifest syntax)."""
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+    def overlaps(self, other: PortRange) -> bool:
+        """Whether the two ranges share at least one port."""
+        return self.first <= other.last and other.first <= self.last
+
+
+_RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
+_SERVICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._+-]*")
+
+
+def _check_port(number: int) -> int:
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port {number} is outside 1-65535")
+    return number
+
+
+def parse_port(value: object) -> PortRange:
+    """Parse ``80``, ``"80"``, ``"10000-10100"`` or a name from /etc/services."""
+    if isinstance(value, PortRange):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        port = _check_port(value)
+        return PortRange(port, port)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            port = _check_port(int(text))
+            return PortRange(port, port)
+        if match := _RANGE.fullmatch(text):
+            first, last = (_check_port(int(g)) for g in match.groups())
+            if first > last:
+                raise ValueError(f"reversed port range {text!r} (first port must be <= last)")
+            return PortRange(first, last)
+        if _SERVICE_NAME.fullmatch(text):
+            try:
+                port = socket.getservbyname(text)
+            except OSError:
+                raise ValueError(f"unknown service name {text!r} (not in /etc/services)") from None
+            return PortRange(port, port)
+    raise ValueError(
+        f"expected a port 1-65535, a range 'N-M' or a service name, got {_show(value)}"
+    )
+
+
+def _parse_network(value: object) -> Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a network like 198.18.1.0/24 or fd00::/64, got {_show(value)}")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"bad network {value!r}: {exc}") from None
+
+
+def _parse_protos(value: object) -> tuple[Proto, ...]:
+    items = value if isinstance(value, list | tuple) else [value]
+    if not items:
+        raise ValueError("expected 'tcp', 'udp' or a list of them, got an empty list")
+    protos: list[Proto] = []
+    for item in items:
+        if item not in PROTOS:
+            raise ValueError(f"expected 'tcp', 'udp' or a list of them, got {_show(item)}")
+        if item in protos:
+            raise ValueError(f"protocol {item!r} listed twice")
+        protos.append(item)
+    return tuple(sorted(protos))
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+Port = Annotated[
+    PortRange,
+    PlainValidator(parse_port),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 65535},
+                {"type": "string", "description": "'N', 'N-M' or a name from /etc/services"},
+            ]
+        }
+    ),
+]
+Source = Annotated[
+    Network,
+    PlainValidator(_parse_network),
+    WithJsonSchema({"type": "string", "description": "IPv4 or IPv6 network, e.g. 198.18.1.0/24"}),
+]
+Protos = Annotated[
+    tuple[Proto, ...],
+    PlainValidator(_parse_protos),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"enum": list(PROTOS)},
+                {"type": "array", "items": {"enum": list(PROTOS)}, "minItems": 1},
+            ]
+        }
+    ),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# Booleans are strict: a YAML string "no" or a 0 never becomes a boolean by accident.
+class Icmp(_Model):
+    """ICMP behaviour. Essential ICMP/ICMPv6 (ND, PMTU, errors) is always allowed."""
+
+    echo: StrictBool = Field(True, description="answer ping (rate-limited)")
+
+
+class Settings(_Model):
+    """Host-wide policy."""
+
+    closed: Literal["drop", "reject"] = Field(
+        "drop",
+        description="drop: silent (default); reject: ICMP admin-prohibited for every protocol",
+    )
+    icmp: Icmp = Icmp()
+    ipv6: StrictBool = Field(True, description="serve the services over IPv6 too")
+    log_dropped: StrictBool = Field(False, description="rate-limited kernel log of dropped packets")
+
+
+class Service(_Model):
+    """One declared service: ports of one or two protocols, optionally from some sources."""
+
+    name: str = Field(min_length=1, max_length=64)
+    comment: str | None = Field(None, max_length=200)
+    port: Port | None = None
+    ports: tuple[Port, ...] | None = Field(None, min_length=1)
+    proto: Protos
+    sources: tuple[Source, ...] | None = Field(
+        None, min_length=1, description="allowed source networks; omit for any source"
+    )
+
+    @model_validator(mode="after")
+    def _one_of_port_ports(self) -> Service:
+        if (self.port is None) == (self.ports is None):
+            raise ValueError("give exactly one of 'port' or 'ports'")
+        return self
+
+    @property
+    def port_list(self) -> tuple[PortRange, ...]:
+        """The declared ports, whichever of ``port``/``ports`` was used."""
+        if self.ports is not None:
+            return self.ports
+        assert self.port is not None  # guaranteed by _one_of_port_ports
+        return (self.port,)
+
+    @property
+    def port_field(self) -> str:
+        """The manifest key that holds the ports (for error paths)."""
+        return "port" if self.ports is None else "ports"
+
+
+class Manifest(_Model):
+    """A host's service manifest (version 1)."""
+
+    version: Literal[1]
+    host: str | None = Field(None, max_length=253, description="a label; never a selector")
+    policy: Settings = Settings()
+    services: tuple[Service, ...] = ()
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the manifest."""
+    return Manifest.model_json_schema()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML would silently keep the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and validate a manifest file; raise ManifestError with a one-line message."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ManifestError(str(path), "", "not UTF-8 text") from None
+    return parse_manifest(text, source=str(path))
+
+
+def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
+    """Validate manifest text; ``source`` names it in error messages."""
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ManifestError(source, "", _yaml_message(exc)) from None
+    if data is None:
+        raise ManifestError(source, "", "empty manifest (expected 'version: 1' and 'services')")
+    if not isinstance(data, dict):
+        raise ManifestError(source, "", f"expected a mapping at the top level, got {_show(data)}")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise _manifest_error(source, exc) from None
+    _check_semantics(manifest, source)
+    return manifest
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+    return _one_line(f"{where}YAML syntax error: {problem}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Turn a pydantic location into ``services[2].ports[0]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _manifest_error(source: str, exc: ValidationError) -> ManifestError:
+    errors = exc.errors(include_url=False)
+    # A failed item also fails its list's length check: keep only the deepest errors,
+    # and report a misspelt key before the "missing" error it causes.
+    locs = [tuple(e["loc"]) for e in errors]
+    errors = [
+        e
+        for e in errors
+        if not any(len(o) > len(e["loc"]) and o[: len(e["loc"])] == tuple(e["loc"]) for o in locs)
+    ]
+    errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    loc = tuple(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = _unknown_key_message(loc)
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    elif not isinstance(first.get("input"), dict | list) and first["type"] != "value_error":
+        message += f" (got {_show(first.get('input'))})"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return ManifestError(source, field_path(loc), _one_line(message))
+
+
+def _unknown_key_message(loc: tuple[int | str, ...]) -> str:
+    model = _model_at(loc[:-1])
+    key = str(loc[-1])
+    if model is None:
+        return f"unknown key {key!r}"
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r} ({hint}allowed: {', '.join(allowed)})"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Manifest
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        found = _find_model(field.annotation) if field else None
+        if found is None:
+            return None
+        model = found
+    return model
+
+
+def _find_model(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for arg in typing.get_args(annotation):
+            if found := _find_model(arg):
+                return found
+    return None
+
+
+def _check_semantics(manifest: Manifest, source: str) -> None:
+    """Cross-field rules pydantic cannot express per field: names, families, overlaps."""
+    names: dict[str, int] = {}
+    for i, service in enumerate(manifest.services):
+        if service.name in names:
+            raise ManifestError(
+                source,
+                f"services[{i}].name",
+                f"duplicate service name {service.name!r} (also services[{names[service.name]}])",
+            )
+        names[service.name] = i
+        _check_sources(manifest, i, service, source)
+    _check_port_overlaps(manifest, source)
+
+
+def _check_sources(manifest: Manifest, i: int, service: Service, source: str) -> None:
+    if service.sources is None:
+        return
+    by_family: dict[int, list[tuple[Network, int]]] = {4: [], 6: []}
+    for j, net in enumerate(service.sources):
+        if net.version == 6 and not manifest.policy.ipv6:
+            raise ManifestError(
+                source,
+                f"services[{i}].sources[{j}]",
+                f"IPv6 source {net} but policy.ipv6 is false",
+            )
+        by_family[net.version].append((net, j))
+    for entries in by_family.values():
+        entries.sort(key=lambda e: (int(e[0].network_address), e[0].prefixlen))
+        widest: tuple[Network, int] | None = None
+        for net, j in entries:
+            if widest is not None and int(net.network_address) <= int(widest[0].broadcast_address):
+                later, earlier = max(j, widest[1]), min(j, widest[1])
+                raise ManifestError(
+                    source,
+                    f"services[{i}].sources[{later}]",
+                    f"{service.sources[later]} overlaps {service.sources[earlier]} "
+                    f"(sources[{earlier}])",
+                )
+            if widest is None or int(net.broadcast_address) > int(widest[0].broadcast_address):
+                widest = (net, j)
+
+
+def _check_port_overlaps(manifest: Manifest, source: str) -> None:
+    # (range, service index, port index) per protocol, swept in sorted order: O(n log n),
+    # which matters for manifests with thousands of declarations.
+    for proto in PROTOS:
+        entries = sorted(
+            (rng, i, j)
+            for i, service in enumerate(manifest.services)
+            if proto in service.proto
+            for j, rng in enumerate(service.port_list)
+        )
+        reach: tuple[PortRange, int, int] | None = None
+        for rng, i, j in entries:
+            if reach is not None and rng.first <= reach[0].last:
+                (a_rng, a_i, _), (b_rng, b_i, b_j) = sorted([(rng, i, j), reach], key=_pos)
+                svc_b = manifest.services[b_i]
+                svc_a = manifest.services[a_i]
+                where = f"services[{b_i}].{svc_b.port_field}"
+                if svc_b.ports is not None:
+                    where += f"[{b_j}]"
+                other = f"services[{a_i}] ({svc_a.name})" if a_i != b_i else "this service"
+                raise ManifestError(
+                    source,
+                    where,
+                    f"{proto}/{b_rng} overlaps {proto}/{a_rng} already declared by {other}",
+                )
+            if reach is None or rng.last > reach[0].last:
+                reach = (rng, i, j)
+
+
+def _pos(entry: tuple[PortRange, int, int]) -> tuple[int, int]:
+    return entry[1], entry[2]
