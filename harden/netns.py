@@ -73,3 +73,48 @@ class Namespace:
             check=check,
             timeout=timeout,
         )
+
+
+def in_root_namespace() -> bool:
+    """Whether this process shares PID 1's network namespace (the machine's own)."""
+    try:
+        return Path("/proc/self/ns/net").stat().st_ino == Path("/proc/1/ns/net").stat().st_ino
+    except OSError:
+        return False
+
+
+def connect(
+    a: Namespace, b: Namespace, a_addrs: Sequence[str], b_addrs: Sequence[str]
+) -> tuple[str, str]:
+    """Join two namespaces with a veth pair, address both ends, return the device names.
+
+    Addresses are CIDRs (``198.18.0.1/24``, ``fd00:18::1/64``); IPv6 ones skip
+    duplicate address detection so they are usable at once.
+    """
+    tag = uuid.uuid4().hex[:8]
+    dev_a, dev_b = f"hv{tag}a", f"hv{tag}b"
+    subprocess.run(
+        [
+            "ip",
+            "link",
+            "add",
+            dev_a,
+            "netns",
+            a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            dev_b,
+            "netns",
+            b.name,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for ns, dev, addrs in ((a, dev_a, a_addrs), (b, dev_b, b_addrs)):
+        for addr in addrs:
+            extra = ["nodad"] if ":" in addr else []
+            ns.run(["ip", "addr", "add", addr, "dev", dev, *extra])
+        ns.run(["ip", "link", "set", dev, "up"])
+    return dev_a, dev_b
