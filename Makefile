@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv tcpdump
+DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv tcpdump iputils-ping
 STAMP := $(VENV)/.installed
 
 .PHONY: install deb test lint demo clean

@@ -75,12 +75,21 @@ class Namespace:
         )
 
 
-def in_root_namespace() -> bool:
-    """Whether this process shares PID 1's network namespace (the machine's own)."""
+def current_namespace_name() -> str | None:
+    """The name of the named network namespace (``ip netns``) this process runs in, if any.
+
+    PID 1's namespace is not readable in every sandbox, so "not in a named
+    namespace" is the safe stand-in for "in the machine's own namespace".
+    """
     try:
-        return Path("/proc/self/ns/net").stat().st_ino == Path("/proc/1/ns/net").stat().st_ino
+        ours = Path("/proc/self/ns/net").stat()
+        for entry in Path("/run/netns").iterdir():
+            st = entry.stat()
+            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
+                return entry.name
     except OSError:
-        return False
+        pass
+    return None
 
 
 def connect(
