@@ -132,6 +132,12 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
+# --- apply, confirm, rollback, diff, status (issue 3) ---
+
+
+# --- verify (issue 4) ---
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; map errors to one-line messages and exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,47 @@
+"""Shared fixtures: throwaway network namespaces and the golden-file switch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harden.netns import Namespace
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Any code path that would load rules outside a namespace a test created refuses
+# to run while this is set (see harden.netns.current_namespace_name).
+os.environ["HARDEN_REQUIRE_NETNS"] = "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite expected outputs in tests/golden and rulesets/ instead of comparing",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture
+def netns() -> Iterator[Callable[[str], Namespace]]:
+    """Factory for namespaces that are deleted when the test ends, pass or fail."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+    made: list[Namespace] = []
+
+    def make(prefix: str = "t") -> Namespace:
+        ns = Namespace(prefix).__enter__()
+        made.append(ns)
+        return ns
+
+    yield make
+    for ns in reversed(made):
+        ns.close()
