@@ -13,6 +13,15 @@ from types import TracebackType
 from harden.errors import EnvironmentProblem
 
 
+class CommandFailed(subprocess.CalledProcessError):
+    """A command in a namespace failed; ``str()`` includes its stderr."""
+
+    def __str__(self) -> str:
+        """Command, exit status and the tool's own complaint."""
+        err = (self.stderr or "").strip()
+        return f"{super().__str__()}: {err}" if err else super().__str__()
+
+
 def require_root(what: str) -> None:
     """Raise EnvironmentProblem unless we can create namespaces."""
     if os.geteuid() != 0:
@@ -65,14 +74,17 @@ class Namespace:
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the namespace and capture its output as text."""
-        return subprocess.run(
+        proc = subprocess.run(
             ["ip", "netns", "exec", self.name, *map(str, args)],
             input=input,
             text=True,
             capture_output=True,
-            check=check,
+            check=False,
             timeout=timeout,
         )
+        if check and proc.returncode != 0:
+            raise CommandFailed(proc.returncode, proc.args, proc.stdout, proc.stderr)
+        return proc
 
 
 def current_namespace_name() -> str | None:

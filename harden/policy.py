@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 from typing import Literal
 
 from harden.manifest import PROTOS, Manifest, PortRange, Proto, Service
 
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)
-Sources = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None
+Sources = tuple[IPv4Network | IPv6Network, ...] | None
 
 
 @dataclass(frozen=True)
@@ -25,20 +25,27 @@ class Allow:
     key: str  # identifier for set and chain names: [a-z][a-z0-9_]*
     proto: Proto
     ports: tuple[PortRange, ...]
-    sources4: tuple[ipaddress.IPv4Network, ...] | None
-    sources6: tuple[ipaddress.IPv6Network, ...] | None
+    sources4: tuple[IPv4Network, ...] | None
+    sources6: tuple[IPv6Network, ...] | None
     services: tuple[str, ...]
+    comments: tuple[tuple[str, str], ...] = ()  # (service name, its comment)
 
-    def sources(
-        self, family: Family
-    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    @property
+    def label(self) -> str:
+        """Human text for rule comments: service names, with their comments if any."""
+        comments = dict(self.comments)
+        return ", ".join(
+            f"{name}: {comments[name]}" if name in comments else name for name in self.services
+        )
+
+    def sources(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...] | None:
         """The sources allowed for one address family."""
         return self.sources4 if family == 4 else self.sources6
 
     @property
     def restricted(self) -> bool:
-        """Whether any family is limited to listed sources."""
-        return self.sources4 is not None or self.sources6 is not None
+        """Whether this rule lists sources (rather than accepting any source)."""
+        return any(self.sources(family) for family in FAMILIES)
 
     def allows_family(self, family: Family) -> bool:
         """Whether this rule can accept anything at all over ``family``."""
@@ -64,47 +71,34 @@ class Policy:
 def build_policy(manifest: Manifest) -> Policy:
     """Normalise a validated manifest: group by protocol and sources, merge port ranges."""
     v6 = manifest.policy.ipv6
-    groups: dict[tuple[Proto, tuple[str, ...] | None], list[Service]] = {}
+    SourceKey = tuple[tuple[IPv4Network, ...], tuple[IPv6Network, ...]] | None
+    groups: dict[tuple[Proto, SourceKey], list[Service]] = {}
     for service in manifest.services:
-        sources = None if service.sources is None else tuple(sorted(map(str, service.sources)))
+        key: SourceKey = None
+        if service.sources is not None:
+            nets = service.sources
+            # Collapsed, so services whose sources mean the same networks share a group.
+            key = (
+                tuple(collapse_addresses(n for n in nets if isinstance(n, IPv4Network))),
+                tuple(collapse_addresses(n for n in nets if isinstance(n, IPv6Network))),
+            )
         for proto in service.proto:
-            groups.setdefault((proto, sources), []).append(service)
+            groups.setdefault((proto, key), []).append(service)
 
     allows: list[Allow] = []
     # Unrestricted groups first (one per protocol), then source-restricted ones by name.
     for proto in PROTOS:
         members = groups.get((proto, None))
         if members:
-            allows.append(
-                Allow(
-                    key=proto,
-                    proto=proto,
-                    ports=merge_ports(p for s in members for p in s.port_list),
-                    sources4=None,
-                    sources6=None if v6 else (),
-                    services=tuple(sorted(s.name for s in members)),
-                )
-            )
+            allows.append(_allow(proto, proto, members, None, None if v6 else ()))
     restricted = sorted(
-        ((proto, members) for (proto, src), members in groups.items() if src is not None),
-        key=lambda g: (min(s.name for s in g[1]), g[0]),
+        ((proto, src, members) for (proto, src), members in groups.items() if src is not None),
+        key=lambda g: (min(s.name for s in g[2]), g[0]),
     )
     used: set[str] = set(PROTOS)
-    for proto, members in restricted:
-        nets = [n for n in members[0].sources or ()]
-        key = _unique_key(f"{_slug(min(s.name for s in members))}_{proto}", used)
-        allows.append(
-            Allow(
-                key=key,
-                proto=proto,
-                ports=merge_ports(p for s in members for p in s.port_list),
-                sources4=tuple(ipaddress.collapse_addresses(n for n in nets if n.version == 4)),
-                sources6=tuple(ipaddress.collapse_addresses(n for n in nets if n.version == 6))
-                if v6
-                else (),
-                services=tuple(sorted(s.name for s in members)),
-            )
-        )
+    for proto, (nets4, nets6), members in restricted:
+        key_name = _unique_key(f"{_slug(min(s.name for s in members))}_{proto}", used)
+        allows.append(_allow(key_name, proto, members, nets4, nets6 if v6 else ()))
     return Policy(
         host=manifest.host,
         closed=manifest.policy.closed,
@@ -113,6 +107,28 @@ def build_policy(manifest: Manifest) -> Policy:
         log_dropped=manifest.policy.log_dropped,
         allows=tuple(allows),
     )
+
+
+def _allow(
+    key: str,
+    proto: Proto,
+    members: list[Service],
+    sources4: tuple[IPv4Network, ...] | None,
+    sources6: tuple[IPv6Network, ...] | None,
+) -> Allow:
+    return Allow(
+        key=key,
+        proto=proto,
+        ports=merge_ports(p for s in members for p in s.port_list),
+        sources4=sources4,
+        sources6=sources6,
+        services=tuple(sorted(s.name for s in members)),
+        comments=_comments(members),
+    )
+
+
+def _comments(members: list[Service]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((s.name, s.comment) for s in members if s.comment))
 
 
 def merge_ports(ports: Iterable[PortRange]) -> tuple[PortRange, ...]:
