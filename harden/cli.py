@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from harden.errors import ExitStatus, HardenError
 from harden.manifest import Manifest, json_schema, load_manifest
 from harden.policy import Policy, build_policy
 from harden.render import BACKENDS, Backend, render
+from harden.report import to_json, to_junit, to_text
 
 EPILOG = """\b
 Exit codes:
@@ -138,12 +140,123 @@ def schema() -> None:
 # --- verify (issue 4) ---
 
 
+@cli.command(name="verify")
+@click.argument("manifest", type=MANIFEST)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    required=True,
+    help="Address of the server to probe (repeat for its IPv6 address).",
+)
+@click.option(
+    "--ports",
+    default="all",
+    show_default=True,
+    help="'all' (65535 TCP + 65535 UDP), 'declared', or a list like 1-1024,8080.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "junit"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the report here instead of standard output.",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0.05, 30),
+    default=0.4,
+    show_default=True,
+    help="Seconds to wait for replies after each round.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 10),
+    default=2,
+    show_default=True,
+    help="Extra rounds for silent probes (packet loss).",
+)
+@click.option(
+    "--icmp-ratelimit-ms",
+    type=click.IntRange(1, 60000),
+    default=1000,
+    show_default=True,
+    help="The target's net.ipv4.icmp_ratelimit; UDP sweeps wait this long without "
+    "ICMP from the target before they count silence as proof.",
+)
+@click.option(
+    "--icmp6-ratelimit-ms",
+    type=click.IntRange(1, 60000),
+    default=1000,
+    show_default=True,
+    help="The target's net.ipv6.icmp.ratelimit.",
+)
+def verify_cmd(
+    manifest: Path,
+    targets: tuple[str, ...],
+    ports: str,
+    fmt: str,
+    output: Path | None,
+    wait: float,
+    retries: int,
+    icmp_ratelimit_ms: int,
+    icmp6_ratelimit_ms: int,
+) -> None:
+    """Probe a server from outside and compare every port with MANIFEST.
+
+    Declared ports must answer; every other port must be silent (closed: drop)
+    or answer admin-prohibited (closed: reject): no TCP RST, no ICMP
+    port-unreachable. Run it on another host, as root (raw sockets); exit 0
+    pass, 1 fail, 4 probe error.
+    """
+    from harden.prober import run_verify
+
+    addresses = []
+    for text in targets:
+        try:
+            addresses.append(ipaddress.ip_address(text))
+        except ValueError:
+            raise click.BadParameter(
+                f"{text!r} is not an IP address", param_hint="--target"
+            ) from None
+    show_progress = fmt == "text" and output is None and sys.stderr.isatty()
+    report = run_verify(
+        build_policy(load_manifest(manifest)),
+        addresses,
+        ports=ports,
+        wait=wait,
+        retries=retries,
+        ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
+        progress=show_progress,
+    )
+    text = {
+        "json": lambda: json.dumps(to_json(report), indent=2) + "\n",
+        "junit": lambda: to_junit(report),
+        "text": lambda: to_text(report),
+    }[fmt]()
+    if output is not None:
+        _write_atomic(output, text)
+        click.echo(f"{report.verdict.upper()}: report written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+    raise click.exceptions.Exit(report.exit_status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; map errors to one-line messages and exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="harden", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of an Exit.
+        code = cli.main(args=args, prog_name="harden", standalone_mode=False)
+        if isinstance(code, int):
+            return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

@@ -1,0 +1,149 @@
+"""What the prober should see from where it stands (pure).
+
+Expectations are per (family, protocol, port): declared and reachable from the
+prober's source address -> allowed; everything else -> silent (``closed: drop``) or
+rejected with admin-prohibited (``closed: reject``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
+
+from harden.errors import HardenError
+from harden.manifest import PROTOS, Proto, parse_port
+from harden.policy import Family, Policy
+
+ALL_PORTS = range(1, 65536)
+
+
+class Expect(StrEnum):
+    """The expected outcome of probing one port."""
+
+    ALLOWED = "allowed"
+    SILENT = "silent"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One address to probe and the prober's own source address toward it."""
+
+    address: IPv4Address | IPv6Address
+    source: IPv4Address | IPv6Address
+
+    @property
+    def family(self) -> Family:
+        """4 or 6."""
+        return 4 if self.address.version == 4 else 6
+
+
+@dataclass(frozen=True)
+class Group:
+    """The expectation for a set of ports of one protocol on one target."""
+
+    target: Target
+    proto: Proto
+    expect: Expect
+    ports: tuple[int, ...]
+    services: dict[int, str]  # port -> service names (allowed groups only)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the prober sends and what it should see, per target."""
+
+    groups: tuple[Group, ...]
+    echo: dict[IPv4Address | IPv6Address, bool]  # should ping be answered?
+    closed: str
+
+    def ports(self, target: Target, proto: Proto) -> list[int]:
+        """Every port to probe on a target for a protocol, sorted."""
+        return sorted(
+            p for g in self.groups if g.target == target and g.proto == proto for p in g.ports
+        )
+
+    def expectation(self, target: Target, proto: Proto) -> dict[int, Expect]:
+        """Port -> expected outcome for one target and protocol."""
+        return {
+            p: g.expect
+            for g in self.groups
+            if g.target == target and g.proto == proto
+            for p in g.ports
+        }
+
+
+def parse_port_selection(spec: str) -> str | tuple[int, ...]:
+    """``declared``, ``all`` or a list like ``1-1024,8080`` (validated)."""
+    if spec in ("declared", "all"):
+        return spec
+    ports: set[int] = set()
+    for part in filter(None, re.split(r"\s*,\s*", spec.strip())):
+        try:
+            rng = parse_port(part if not part.isdigit() else int(part))
+        except ValueError as exc:
+            raise HardenError(f"--ports: {exc}") from None
+        ports.update(range(rng.first, rng.last + 1))
+    if not ports:
+        raise HardenError("--ports: expected 'declared', 'all' or ports like 1-1024,8080")
+    return tuple(sorted(ports))
+
+
+def plan_probes(
+    policy: Policy, targets: list[Target], selection: str | tuple[int, ...] = "all"
+) -> Plan:
+    """Expectations per (target, protocol, port) for the prober at each target's source."""
+    closed = Expect.SILENT if policy.closed == "drop" else Expect.REJECTED
+    groups: list[Group] = []
+    for target in targets:
+        for proto in PROTOS:
+            allowed = _allowed_ports(policy, target, proto)
+            if selection == "all":
+                selected: set[int] | range = ALL_PORTS
+            elif selection == "declared":
+                selected = _declared_ports(policy, proto)
+            else:
+                assert not isinstance(selection, str)
+                selected = set(selection)
+            allowed_here = sorted(p for p in allowed if p in selected)
+            closed_here = sorted(set(selected) - set(allowed))
+            if allowed_here:
+                groups.append(
+                    Group(
+                        target,
+                        proto,
+                        Expect.ALLOWED,
+                        tuple(allowed_here),
+                        {p: allowed[p] for p in allowed_here},
+                    )
+                )
+            if closed_here:
+                groups.append(Group(target, proto, closed, tuple(closed_here), {}))
+    echo = {t.address: policy.echo and (t.family == 4 or policy.ipv6) for t in targets}
+    return Plan(tuple(groups), echo, policy.closed)
+
+
+def _allowed_ports(policy: Policy, target: Target, proto: Proto) -> dict[int, str]:
+    allowed: dict[int, str] = {}
+    for allow in policy.accepted(target.family, proto):
+        sources = allow.sources(target.family)
+        if sources is not None and not any(target.source in net for net in sources):
+            continue  # source-restricted, and we are not one of the sources
+        for rng in allow.ports:
+            for port in range(rng.first, rng.last + 1):
+                allowed[port] = ", ".join(allow.services)
+    return allowed
+
+
+def _declared_ports(policy: Policy, proto: Proto) -> set[int]:
+    # Every declared port, reachable from here or not: a restricted port must be silent
+    # for strangers, and that is worth probing even in the short "declared" mode.
+    return {
+        p
+        for a in policy.allows
+        if a.proto == proto
+        for r in a.ports
+        for p in range(r.first, r.last + 1)
+    }

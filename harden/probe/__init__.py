@@ -1,0 +1,1 @@
+"""Transports that put probes on the wire and capture what comes back."""

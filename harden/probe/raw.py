@@ -1,0 +1,270 @@
+"""The fast transport: raw-socket SYNs, plain UDP datagrams, AF_PACKET capture.
+
+Packets are built once from scapy templates; the send loop only patches ports and
+the checksum. Replies are captured on an AF_PACKET socket with a BPF filter for the
+target's addresses: that sees them before the prober host's own INPUT hook, so a
+prober behind its own default-DROP firewall still works (LAB.md, trap 5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from harden.errors import EnvironmentProblem
+
+ETH_P_ALL = 0x0003
+ETHERTYPES = {0x0800, 0x86DD}
+RCVBUF = 256 * 1024 * 1024  # a no-firewall host answers 65,535 RSTs at once
+IPV6_CHECKSUM = 7  # linux/in6.h: the kernel fills the checksum at this offset
+
+Address = IPv4Address | IPv6Address
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How this host reaches a target: interface and source address."""
+
+    target: Address
+    dev: str
+    source: Address
+
+
+def route_to(target: Address) -> Route:
+    """Ask the kernel which interface and source address reach ``target``."""
+    args = ["ip", "-j", "-6" if target.version == 6 else "-4", "route", "get", str(target)]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise EnvironmentProblem(f"no route to {target}: {proc.stderr.strip()}")
+    info = json.loads(proc.stdout)[0]
+    if info.get("type") == "local" or info.get("dev") == "lo":
+        raise EnvironmentProblem(
+            f"{target} is an address of this host: verify from another host (or namespace)"
+        )
+    return Route(target, info["dev"], ip_address(info["prefsrc"]))
+
+
+class Capture:
+    """Everything the targets send us, timestamped, captured by a background thread."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.packets: list[tuple[float, bytes]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socks: list[socket.socket] = []
+        try:
+            for dev in sorted({r.dev for r in routes}):
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
+                expr = " or ".join(f"src host {r.target}" for r in routes if r.dev == dev)
+                _attach_filter(sock, expr, dev)
+                sock.bind((dev, ETH_P_ALL))
+                sock.settimeout(0.05)
+                self._socks.append(sock)
+        except PermissionError:
+            self.close()
+            raise
+        self.started = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._run, args=(s,), daemon=True) for s in self._socks
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, sock: socket.socket) -> None:
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        while not self._stop.is_set():
+            try:
+                n = sock.recv_into(buf)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if n < 14:
+                continue
+            ethertype, offset = struct.unpack_from("!H", buf, 12)[0], 14
+            if ethertype == 0x8100 and n >= 18:  # one VLAN tag
+                ethertype, offset = struct.unpack_from("!H", buf, 16)[0], 18
+            if ethertype in ETHERTYPES:
+                packet = bytes(view[offset:n])
+                with self._lock:
+                    self.packets.append((time.monotonic(), packet))
+
+    def since(self, start: float) -> list[bytes]:
+        """Packets captured at or after ``start`` (a time.monotonic() value)."""
+        with self._lock:
+            return [p for t, p in self.packets if t >= start]
+
+    def last(self, predicate: Callable[[bytes], bool]) -> float | None:
+        """Time of the newest captured packet matching ``predicate``."""
+        with self._lock:
+            for t, packet in reversed(self.packets):
+                if predicate(packet):
+                    return t
+        return None
+
+    def count(self) -> int:
+        """Packets captured so far."""
+        with self._lock:
+            return len(self.packets)
+
+    def close(self) -> None:
+        """Stop the capture threads and close the sockets."""
+        self._stop.set()
+        for thread in getattr(self, "_threads", []):
+            thread.join(timeout=1)
+        for sock in self._socks:
+            sock.close()
+
+
+def _attach_filter(sock: socket.socket, expr: str, dev: str) -> None:
+    from scapy.arch.linux import attach_filter  # slow import: only when probing
+
+    try:
+        attach_filter(sock, expr, dev)
+    except Exception as exc:  # scapy raises plain Exceptions for compile errors
+        raise EnvironmentProblem(f"cannot attach capture filter {expr!r} on {dev}: {exc}") from exc
+
+
+def is_icmp_error(packet: bytes) -> bool:
+    """Whether a captured IP packet is an ICMP/ICMPv6 error (what rate limiting throttles)."""
+    if packet[0] >> 4 == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        return packet[9] == 1 and len(packet) > ihl and packet[ihl] in (3, 11, 12)
+    return len(packet) > 40 and packet[6] == 58 and packet[40] < 128
+
+
+def _fold(total: int) -> int:
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _sum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+class Sender:
+    """Sends probes to one target from this host's raw and datagram sockets."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.family = route.target.version
+        af = socket.AF_INET if self.family == 4 else socket.AF_INET6
+        self._af = af
+        self._tcp = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        if self.family == 6:
+            self._tcp.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 16)
+        icmp = socket.IPPROTO_ICMP if self.family == 4 else socket.IPPROTO_ICMPV6
+        self._icmp = socket.socket(af, socket.SOCK_RAW, icmp)
+        self.seq = random.getrandbits(32)
+
+    def close(self) -> None:
+        """Close the sockets."""
+        self._tcp.close()
+        self._icmp.close()
+
+    def _dest(self, port: int = 0) -> tuple[str, int]:
+        return (str(self.route.target), port)
+
+    def syn_sweep(self, ports: Iterable[int], sport: int, progress: Progress | None = None) -> int:
+        """Send one SYN per port from ``sport``; return how many were sent."""
+        from scapy.layers.inet import TCP  # template only; the loop patches bytes
+
+        header = bytearray(bytes(TCP(sport=0, dport=0, flags="S", seq=self.seq, window=1024)))
+        header[16:18] = b"\0\0"
+        base = _sum16(bytes(header))
+        if self.family == 4:
+            src = self.route.source.packed
+            dst = self.route.target.packed
+            base += _sum16(src + dst + struct.pack("!BBH", 0, 6, len(header)))
+        struct.pack_into("!H", header, 0, sport)
+        sent = 0
+        target = str(self.route.target)
+        sendto = self._tcp.sendto
+        v4 = self.family == 4
+        base += sport
+        for port in ports:
+            struct.pack_into("!H", header, 2, port)
+            if v4:
+                struct.pack_into("!H", header, 16, _fold(base + port))
+            try:
+                sendto(header, (target, 0))
+            except BlockingIOError:
+                time.sleep(0.001)
+                sendto(header, (target, 0))
+            sent += 1
+            if progress is not None and sent % 4096 == 0:
+                progress(4096)
+        if progress is not None:
+            progress(sent % 4096)
+        return sent
+
+    def udp_sweep(
+        self, ports: Iterable[int], payloads: dict[int, bytes], progress: Progress | None = None
+    ) -> int:
+        """Send one datagram per port from a fresh source port; return (count, source port)."""
+        sock = socket.socket(self._af, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        sock.bind((str(self.route.source), 0))
+        self.last_udp_sport = sock.getsockname()[1]
+        target = str(self.route.target)
+        sent = 0
+        empty = b""
+        try:
+            for port in ports:
+                for _ in range(3):
+                    try:
+                        sock.sendto(payloads.get(port, empty), (target, port))
+                        break
+                    except (BlockingIOError, ConnectionRefusedError):
+                        time.sleep(0.001)
+                    except OSError as exc:
+                        if exc.errno == 105:  # ENOBUFS: the queue is full, slow down
+                            time.sleep(0.001)
+                            continue
+                        raise
+                sent += 1
+                if progress is not None and sent % 4096 == 0:
+                    progress(4096)
+        finally:
+            sock.close()
+        if progress is not None:
+            progress(sent % 4096)
+        return sent
+
+    def ping(self, ident: int) -> None:
+        """Send one echo request."""
+        kind = 8 if self.family == 4 else 128
+        header = struct.pack("!BBHHH", kind, 0, 0, ident, 1) + b"harden"
+        if self.family == 4:
+            header = header[:2] + struct.pack("!H", _fold(_sum16(header))) + header[4:]
+        self._icmp.sendto(header, self._dest())
+
+
+def raw_available() -> bool:
+    """Whether this process may open raw and packet sockets (CAP_NET_RAW)."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)).close()
+    except PermissionError:
+        return False
+    return True
+
+
+def fresh_sport() -> int:
+    """A random source port above the usual ephemeral range's start."""
+    return random.randint(33000, 60000) ^ (os.getpid() & 0x3FF)

@@ -1,0 +1,58 @@
+"""The verify shell: resolve targets, plan, probe, evaluate (the CLI and the lab call this)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv6Address
+
+from harden.errors import EnvironmentProblem
+from harden.plan import parse_port_selection, plan_probes
+from harden.policy import Policy
+from harden.probe.raw import raw_available
+from harden.report import Report, evaluate
+from harden.verify import Options, Progress, resolve_targets, verify
+
+
+def run_verify(
+    policy: Policy,
+    addresses: list[IPv4Address | IPv6Address],
+    *,
+    ports: str = "all",
+    wait: float = 0.4,
+    retries: int = 2,
+    ratelimit_ms: dict[int, int] | None = None,
+    progress: bool = False,
+) -> Report:
+    """Probe ``addresses`` against ``policy`` and return the evaluated report."""
+    if not raw_available():
+        raise EnvironmentProblem(
+            "verify needs raw sockets (root or CAP_NET_RAW) to send SYNs and capture replies"
+        )
+    if policy.ipv6 is False and any(a.version == 6 for a in addresses):
+        pass  # still probed: with ipv6 false every IPv6 port must be closed
+    resolved = resolve_targets(addresses)
+    plan = plan_probes(policy, [t for t, _ in resolved], parse_port_selection(ports))
+    options = Options(wait=wait, retries=retries, ratelimit_ms=ratelimit_ms or {4: 1000, 6: 1000})
+    with _progress_bar(progress) as callback:
+        findings = verify(plan, dict(resolved), options, callback)
+    return evaluate(plan, findings)
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Progress]:
+    if not enabled:
+        yield lambda phase, done, total: None
+        return
+    from rich.progress import Progress as Bar
+
+    with Bar(transient=True) as bar:
+        task = bar.add_task("probing", total=1)
+
+        def update(phase: str, done: int, total: int | None) -> None:
+            if total is not None:
+                bar.reset(task, total=total, description=phase)
+            else:
+                bar.advance(task, done)
+
+        yield update
