@@ -7,7 +7,9 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from harden.manifest import Manifest, json_schema, load_manifest
 from harden.policy import Policy, build_policy
 from harden.render import BACKENDS, Backend, render
 from harden.report import to_json, to_junit, to_text
+from harden.state import DEFAULT_STATE_DIR
 
 EPILOG = """\b
 Exit codes:
@@ -135,6 +138,137 @@ def schema() -> None:
 
 
 # --- apply, confirm, rollback, diff, status (issue 3) ---
+
+STATE_DIR = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    envvar="HARDEN_STATE_DIR",
+    help="Where the snapshot and the pending confirmation live.",
+)
+FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+BACKEND = click.option(
+    "--backend", type=click.Choice(BACKENDS), default="nftables", show_default=True
+)
+
+
+def _emit(fmt: str, data: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if fmt == "json" else text)
+
+
+@cli.command(name="apply")
+@click.argument("manifest", type=MANIFEST)
+@BACKEND
+@click.option(
+    "--confirm",
+    "confirm_window",
+    type=click.IntRange(1, 3600),
+    default=None,
+    help="Roll back after this many seconds unless 'harden confirm' runs.",
+)
+@click.option(
+    "--force", is_flag=True, help="Apply even if it would lock out the current SSH session or sshd."
+)
+@click.option(
+    "--persist",
+    is_flag=True,
+    help="Install the ruleset for boot (on confirm, if --confirm is given).",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/"),
+    show_default=True,
+    help="Prefix for --persist files (for tests and images).",
+)
+@STATE_DIR
+@FORMAT
+def apply_cmd(
+    manifest: Path,
+    backend: Backend,
+    confirm_window: int | None,
+    force: bool,
+    persist: bool,
+    root: Path,
+    state_dir: Path,
+    fmt: str,
+) -> None:
+    """Load MANIFEST's ruleset atomically, touching only harden's own table or chains.
+
+    Checks first, snapshots harden's current rules, then loads in one transaction;
+    a failed load changes nothing (exit 3). With --confirm N a detached watchdog
+    restores the snapshot after N seconds unless 'harden confirm' runs. Applying an
+    unchanged manifest changes nothing and says so (JSON: "changed": false).
+    """
+    from harden.apply import apply
+
+    result = apply(
+        manifest,
+        backend,
+        state_dir=state_dir,
+        confirm=confirm_window,
+        force=force,
+        persist_to=root if persist else None,
+    )
+    _emit(fmt, asdict(result), f"{'changed' if result.changed else 'ok'}: {result.message}")
+
+
+@cli.command()
+@STATE_DIR
+def confirm(state_dir: Path) -> None:
+    """Keep the ruleset of the last 'apply --confirm': cancel its rollback."""
+    from harden.apply import confirm as do_confirm
+
+    click.echo(do_confirm(state_dir))
+
+
+@cli.command()
+@STATE_DIR
+def rollback(state_dir: Path) -> None:
+    """Restore harden's rules as they were before the last apply, now."""
+    from harden.apply import rollback as do_rollback
+
+    click.echo(do_rollback(state_dir))
+
+
+@cli.command(name="diff")
+@click.argument("manifest", type=MANIFEST)
+@BACKEND
+@FORMAT
+def diff_cmd(manifest: Path, backend: Backend, fmt: str) -> None:
+    """Compare the live rules with what MANIFEST renders: exit 0 same, 1 drift."""
+    from harden.apply import diff
+
+    drift, text = diff(manifest, backend)
+    _emit(fmt, {"drift": drift, "diff": text}, text if drift else "no drift")
+    raise click.exceptions.Exit(ExitStatus.FAILED if drift else ExitStatus.OK)
+
+
+@cli.command()
+@STATE_DIR
+@FORMAT
+def status(state_dir: Path, fmt: str) -> None:
+    """Show what is applied, when, from which manifest, and any pending confirmation."""
+    from harden.apply import status as get_status
+
+    data = get_status(state_dir)
+    if not data["applied"]:
+        _emit(fmt, data, "nothing applied by harden (state: " + str(state_dir) + ")")
+        return
+    pending = data["pending_confirmation"]
+    lines = [
+        f"backend:  {data['backend']}",
+        f"manifest: {data['manifest']} (sha256 {data['manifest_sha256'][:12]})",
+        f"applied:  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data['applied_at']))}",
+        "pending:  "
+        + (f"rolls back in {pending['seconds_left']} s unless confirmed" if pending else "no"),
+        "live rules match the last apply: "
+        + {True: "yes", False: "NO (drift)", None: "unknown"}[data["live_matches_last_apply"]],
+    ]
+    _emit(fmt, data, "\n".join(lines))
 
 
 # --- verify (issue 4) ---

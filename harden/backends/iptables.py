@@ -1,0 +1,158 @@
+"""iptables through iptables-restore / ip6tables-restore: only harden's own chains.
+
+harden owns ``HARDEN-INPUT`` (jumped to from the top of INPUT) and one
+``HARDEN-<GROUP>`` chain per source-restricted group. Every change goes through one
+``*-restore --noflush`` transaction per family, so other chains stay byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harden.errors import ApplyError, EnvironmentProblem
+from harden.render import IPT_FILES
+
+JUMP = "-A INPUT -j HARDEN-INPUT"
+TOOLS = {4: "iptables", 6: "ip6tables"}
+
+
+@dataclass(frozen=True)
+class Owned:
+    """harden's part of one family's filter table."""
+
+    chains: tuple[str, ...]
+    rules: tuple[str, ...]
+    jump: bool
+
+    def text(self, family: int) -> str:
+        """Readable canonical form (what diff compares)."""
+        lines = [f"# IPv{family}", *(f":{c}" for c in self.chains), *self.rules]
+        lines.append(f"# INPUT jumps to HARDEN-INPUT: {'yes' if self.jump else 'no'}")
+        return "\n".join(lines) + "\n"
+
+
+def parse_save(saved: str) -> Owned:
+    """Harden's chains, rules and INPUT jump from ``iptables-save -t filter`` output."""
+    chains, rules, jump = [], [], False
+    for line in saved.splitlines():
+        if line.startswith(":HARDEN-"):
+            chains.append(line[1:].split()[0])
+        elif line.startswith("-A HARDEN-"):
+            rules.append(line)
+        elif line == JUMP:
+            jump = True
+    return Owned(tuple(chains), tuple(rules), jump)
+
+
+class IptablesFirewall:
+    """Loads, snapshots and restores harden's iptables and ip6tables chains."""
+
+    name: Literal["iptables"] = "iptables"
+
+    def _tool(self, family: int, suffix: str, args: list[str], stdin: str | None = None) -> str:
+        cmd = [f"{TOOLS[family]}{suffix}", *args]
+        try:
+            proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
+        except FileNotFoundError as exc:
+            raise EnvironmentProblem(f"{cmd[0]} is missing (Debian package iptables)") from exc
+        if proc.returncode != 0:
+            raise ApplyError(f"{' '.join(cmd)} failed: {' '.join(proc.stderr.split())[:400]}")
+        return proc.stdout
+
+    def _owned(self, family: int) -> Owned:
+        return parse_save(self._tool(family, "-save", ["-t", "filter"]))
+
+    def check(self, files: dict[str, str]) -> None:
+        """``*-restore --test --noflush`` for both families."""
+        for family, name in IPT_FILES.items():
+            self._tool(family, "-restore", ["--test", "--noflush"], files[name])
+
+    def snapshot(self) -> str:
+        """Both families' harden chains as JSON ("" if harden owns nothing)."""
+        owned = {family: self._owned(family) for family in IPT_FILES}
+        if not any(o.chains or o.jump for o in owned.values()):
+            return ""
+        return json.dumps(
+            {
+                str(f): {"chains": o.chains, "rules": o.rules, "jump": o.jump}
+                for f, o in owned.items()
+            }
+        )
+
+    def load(self, files: dict[str, str]) -> None:
+        """One restore transaction per family; if IPv6 fails, IPv4 is put back."""
+        before = self.snapshot()
+        done: list[int] = []
+        try:
+            for family, name in IPT_FILES.items():
+                self._tool(family, "-restore", ["--noflush"], self._load_text(family, files[name]))
+                done.append(family)
+        except ApplyError:
+            if done:
+                self.restore(before)
+            raise
+
+    def _load_text(self, family: int, rendered: str) -> str:
+        new = parse_save(rendered)
+        live = self._owned(family)
+        extra = [f"-X {chain}" for chain in live.chains if chain not in new.chains]
+        extra = [f"-F {c}" for c in live.chains if c not in new.chains] + extra
+        if not live.jump:
+            extra.append("-I INPUT 1 -j HARDEN-INPUT")
+        body = rendered.rstrip("\n")
+        assert body.endswith("COMMIT")
+        return body[: -len("COMMIT")] + "".join(f"{line}\n" for line in extra) + "COMMIT\n"
+
+    def restore(self, snapshot: str) -> None:
+        """Put back the snapshot's chains and jump; drop chains it did not have."""
+        data = json.loads(snapshot) if snapshot else {}
+        for family in IPT_FILES:
+            want = data.get(str(family), {"chains": [], "rules": [], "jump": False})
+            live = self._owned(family)
+            lines = ["*filter", *(f":{c} - [0:0]" for c in want["chains"]), *want["rules"]]
+            stale = [c for c in live.chains if c not in want["chains"]]
+            if live.jump and not want["jump"]:
+                lines.append("-D INPUT -j HARDEN-INPUT")
+            lines += [f"-F {c}" for c in stale] + [f"-X {c}" for c in stale]
+            if want["jump"] and not live.jump:
+                lines.append("-I INPUT 1 -j HARDEN-INPUT")
+            lines.append("COMMIT")
+            self._tool(family, "-restore", ["--noflush"], "\n".join(lines) + "\n")
+
+    def live(self) -> str:
+        """Both families' harden chains in canonical form ("" if none)."""
+        owned = {family: self._owned(family) for family in IPT_FILES}
+        if not any(o.chains or o.jump for o in owned.values()):
+            return ""
+        return "".join(o.text(f) for f, o in owned.items())
+
+    def canonical(self, files: dict[str, str]) -> str:
+        """Load the ruleset into a throwaway network namespace and save it back."""
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for family, name in IPT_FILES.items():
+                paths[family] = Path(tmp) / name
+                paths[family].write_text(files[name])
+            script = (
+                'iptables-restore --noflush "$1" && ip6tables-restore --noflush "$2" && '
+                "iptables-save -t filter && echo '#harden-split' && ip6tables-save -t filter"
+            )
+            proc = subprocess.run(
+                ["unshare", "--net", "sh", "-c", script, "sh", str(paths[4]), str(paths[6])],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        if proc.returncode != 0:
+            raise ApplyError(f"the kernel refused the ruleset: {' '.join(proc.stderr.split())}")
+        v4, v6 = proc.stdout.split("#harden-split\n")
+        # Loading also adds the INPUT jump, which the rendered files leave to apply.
+        return "".join(
+            Owned(o.chains, o.rules, True).text(f)
+            for f, o in ((4, parse_save(v4)), (6, parse_save(v6)))
+        )
