@@ -40,7 +40,7 @@ test: install lint
 	$(VENV)/bin/pytest
 
 demo: install
-	$(PY) -m harden.demo
+	$(VENV)/bin/harden lab rulesets/web-server.yaml
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

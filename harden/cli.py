@@ -382,6 +382,89 @@ def verify_cmd(
     raise click.exceptions.Exit(report.exit_status)
 
 
+# --- lab (issue 5) ---
+
+
+@cli.command()
+@click.argument("manifest", type=MANIFEST, required=False)
+@BACKEND
+@click.option(
+    "--confirm",
+    "confirm_window",
+    type=click.IntRange(5, 3600),
+    default=120,
+    show_default=True,
+    help="Confirm window of the lab's apply.",
+)
+@FORMAT
+def lab(manifest: Path | None, backend: Backend, confirm_window: int, fmt: str) -> None:
+    """Show the whole loop in throwaway network namespaces.
+
+    A server with MANIFEST's services listening, an outside host and (for
+    source-restricted services) a host inside the sources. Before: verify the
+    unfirewalled server (RST and ICMP leaks). Then the real apply path with a
+    confirm window, verification from every vantage point, and confirm on PASS or
+    rollback on FAIL. Nothing outside the lab's namespaces is touched.
+    """
+    from harden.lab import run_lab, summarize, two_sided
+
+    path = manifest or Path(__file__).resolve().parent.parent / "rulesets" / "web-server.yaml"
+    progress = (lambda m: None) if fmt == "json" else (lambda m: click.echo(f"» {m}", err=True))
+    result = run_lab(path, backend, confirm_window=confirm_window, progress=progress)
+    if fmt == "json":
+        data = {
+            "manifest": str(path),
+            "backend": backend,
+            "ok": result.ok,
+            "confirmed": result.confirmed,
+            "rolled_back": result.rolled_back,
+            "steps": [
+                {
+                    "step": s.name,
+                    "vantage": s.vantage,
+                    "verdict": s.report.get("verdict"),
+                    "expected": "pass" if s.expect_pass else "fail",
+                    "seconds": round(s.seconds, 2),
+                    "dropped": s.dropped,
+                    "report": s.report,
+                }
+                for s in result.steps
+            ],
+        }
+        click.echo(json.dumps(data, indent=2))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"harden lab: {path.name} ({backend})")
+        for column in ("step", "from", "verdict", "expected", "time", "what the prober saw"):
+            table.add_column(column, overflow="fold")
+        for step in result.steps:
+            seen = summarize(step) or [
+                f"{sum(1 for p in step.report['ports'] if p['status'] == 'ok')} declared port(s) "
+                f"open, {step.report['counts']['conforming']} closed port(s) silent"
+            ]
+            proof = two_sided(step)
+            if proof:
+                seen.append(f"server drop counters: {proof}")
+            table.add_row(
+                step.name,
+                step.vantage,
+                step.report["verdict"].upper(),
+                "PASS" if step.expect_pass else "FAIL",
+                f"{step.seconds:.1f}s",
+                "\n".join(seen[:8]),
+            )
+        Console(width=120).print(table)
+        outcome = "confirmed" if result.confirmed else "rolled back"
+        click.echo(
+            f"{'PASS' if result.ok else 'FAIL'}: before leaked, after verified, ruleset {outcome}"
+            if result.ok
+            else f"FAIL: ruleset {outcome}"
+        )
+    raise click.exceptions.Exit(ExitStatus.OK if result.ok else ExitStatus.FAILED)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; map errors to one-line messages and exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
