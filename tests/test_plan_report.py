@@ -1,0 +1,151 @@
+"""The pure halves of verify: the probe plan and the report built from findings."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import ip_address
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from harden.classify import Reply, State
+from harden.errors import HardenError
+from harden.manifest import parse_manifest
+from harden.plan import Expect, Target, parse_port_selection, plan_probes
+from harden.policy import build_policy
+from harden.report import evaluate, ranges, to_json, to_junit, to_text
+from harden.verify import Findings
+
+MANIFEST = """
+version: 1
+services:
+  - {name: ssh, port: 22, proto: tcp, sources: [198.18.1.0/24]}
+  - {name: web, ports: [80, 443], proto: tcp}
+  - {name: dns, port: 53, proto: udp}
+"""
+T = ip_address("198.19.254.1")
+STRANGER = Target(T, ip_address("198.19.254.2"))
+INSIDER = Target(T, ip_address("198.18.1.7"))
+
+
+def test_source_decides_what_is_allowed() -> None:
+    policy = build_policy(parse_manifest(MANIFEST))
+    plan = plan_probes(policy, [STRANGER, INSIDER], "all")
+    out = plan.expectation(STRANGER, "tcp")
+    ins = plan.expectation(INSIDER, "tcp")
+    assert len(out) == len(ins) == 65535
+    assert out[22] is Expect.SILENT and ins[22] is Expect.ALLOWED
+    assert out[80] is ins[80] is Expect.ALLOWED
+    assert out[81] is Expect.SILENT
+    assert plan.expectation(STRANGER, "udp")[53] is Expect.ALLOWED
+
+
+def test_reject_mode_and_ipv6_off() -> None:
+    policy = build_policy(
+        parse_manifest(
+            "version: 1\npolicy: {closed: reject, ipv6: false}\n"
+            "services: [{name: web, port: 80, proto: tcp}]"
+        )
+    )
+    six = Target(ip_address("fdff:18::1"), ip_address("fdff:18::2"))
+    plan = plan_probes(policy, [STRANGER, six], (79, 80))
+    assert plan.expectation(STRANGER, "tcp") == {79: Expect.REJECTED, 80: Expect.ALLOWED}
+    assert plan.expectation(six, "tcp") == {79: Expect.REJECTED, 80: Expect.REJECTED}
+    assert plan.echo == {T: True, six.address: False}
+
+
+def test_port_selection() -> None:
+    assert parse_port_selection("declared") == "declared"
+    assert parse_port_selection("1-3, 8080") == (1, 2, 3, 8080)
+    with pytest.raises(HardenError, match="--ports"):
+        parse_port_selection("0-5")
+    policy = build_policy(parse_manifest(MANIFEST))
+    plan = plan_probes(policy, [STRANGER], "declared")
+    assert plan.ports(STRANGER, "tcp") == [22, 80, 443]
+
+
+def test_ranges() -> None:
+    assert ranges([1, 2, 3, 5, 7, 8]) == ["1-3", "5", "7-8"]
+    assert ranges([]) == []
+
+
+def findings_for(replies: dict[int, Reply], udp: dict[int, Reply] | None = None) -> Findings:
+    f = Findings()
+    f.replies[(STRANGER, "tcp")] = replies
+    f.replies[(STRANGER, "udp")] = udp or {}
+    f.echo[T] = True
+    return f
+
+
+def syn_ack(port: int) -> Reply:
+    return Reply(4, "tcp", port, 40000, State.OPEN, "syn-ack", 1)
+
+
+def test_pass_when_declared_open_and_rest_silent() -> None:
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (22, 80, 443, 53, 99))
+    udp = {53: Reply(4, "udp", 53, 41000, State.OPEN, "udp reply")}
+    report = evaluate(plan, findings_for({80: syn_ack(80), 443: syn_ack(443)}, udp))
+    assert report.verdict == "pass" and report.exit_status == 0
+    data = to_json(report)
+    assert data["schema"] == "harden.verify/1"
+    assert {(p["proto"], p["port"], p["status"]) for p in data["ports"]} == {
+        ("tcp", 80, "ok"),
+        ("tcp", 443, "ok"),
+        ("udp", 53, "ok"),
+    }
+    silent = {(s["proto"], tuple(s["ranges"])) for s in data["conforming"]}
+    assert silent == {("tcp", ("22", "53", "99")), ("udp", ("22", "80", "99", "443"))}
+    json.dumps(data)
+    assert "PASS" in to_text(report)
+
+
+def test_leaks_fail_and_name_the_port() -> None:
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (22, 80, 443, 99))
+    rst = Reply(4, "tcp", 99, 40000, State.CLOSED, "rst", 1)
+    icmp = Reply(4, "udp", 22, 41000, State.CLOSED, "icmp port-unreachable")
+    report = evaluate(plan, findings_for({80: syn_ack(80), 443: syn_ack(443), 99: rst}, {22: icmp}))
+    assert report.verdict == "fail" and report.exit_status == 1
+    failed = {(e.proto, e.port, e.observed) for e in report.failures}
+    assert failed == {("tcp", 99, "closed"), ("udp", 22, "closed")}
+    suite = ET.fromstring(to_junit(report))
+    failures = suite.findall(".//failure")
+    assert len(failures) == 2
+    assert "tcp/99" in "".join(f.text or "" for f in failures)
+
+
+def test_declared_tcp_silent_fails_but_udp_silent_only_warns() -> None:
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (53, 80, 443))
+    report = evaluate(plan, findings_for({443: syn_ack(443)}))
+    statuses = {(e.proto, e.port): (e.status.value, e.observed) for e in report.entries}
+    assert statuses[("tcp", 80)] == ("fail", "silent")
+    assert statuses[("udp", 53)] == ("warn", "open|filtered")
+
+
+def test_reject_mode_needs_at_least_one_admin_prohibited() -> None:
+    policy = build_policy(parse_manifest("version: 1\npolicy: {closed: reject}\n"))
+    plan = plan_probes(policy, [STRANGER], (1, 2, 3))
+    silent = evaluate(plan, findings_for({}))
+    assert silent.verdict == "fail"
+    assert any(e.port is None and "no closed port answered" in e.detail for e in silent.failures)
+    prohibited = Reply(4, "tcp", 2, 40000, State.REJECTED, "icmp admin-prohibited")
+    udp = {1: Reply(4, "udp", 1, 41000, State.REJECTED, "icmp admin-prohibited")}
+    ok = evaluate(plan, findings_for({2: prohibited}, udp))
+    assert ok.verdict == "pass"
+    assert {s.observed for s in ok.spans} == {"rejected", "silent-unproven"}
+
+
+def test_drop_mode_fails_on_admin_prohibited() -> None:
+    plan = plan_probes(build_policy(parse_manifest("version: 1\n")), [STRANGER], (5,))
+    prohibited = Reply(4, "tcp", 5, 40000, State.REJECTED, "icmp admin-prohibited")
+    report = evaluate(plan, findings_for({5: prohibited}))
+    assert [(e.port, e.observed) for e in report.failures] == [(5, "rejected")]
+
+
+def test_unexpected_or_missing_ping_fails() -> None:
+    plan = plan_probes(
+        build_policy(parse_manifest("version: 1\npolicy: {icmp: {echo: false}}\n")),
+        [STRANGER],
+        (5,),
+    )
+    report = evaluate(plan, findings_for({}))  # findings say ping was answered
+    assert [(e.proto, e.observed) for e in report.failures] == [("icmp", "echo-reply")]
