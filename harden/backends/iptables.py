@@ -68,9 +68,14 @@ class IptablesFirewall:
         return parse_save(self._tool(family, "-save", ["-t", "filter"]))
 
     def check(self, files: dict[str, str]) -> None:
-        """``*-restore --test --noflush`` for both families."""
+        """``*-restore --test`` for both families, then a real load in a scratch namespace.
+
+        iptables-nft's --test does not resolve everything the kernel checks (a jump to a
+        missing chain passes it), so the files are also loaded where nothing is at stake.
+        """
         for family, name in IPT_FILES.items():
             self._tool(family, "-restore", ["--test", "--noflush"], files[name])
+        self.canonical(files)
 
     def snapshot(self) -> str:
         """Both families' harden chains as JSON ("" if harden owns nothing)."""
@@ -85,7 +90,12 @@ class IptablesFirewall:
         )
 
     def load(self, files: dict[str, str]) -> None:
-        """One restore transaction per family; if IPv6 fails, IPv4 is put back."""
+        """One restore transaction per family; if IPv6 fails, IPv4 is put back.
+
+        Both families are tested first, so a ruleset either family refuses changes
+        nothing at all; the put-back covers only a failure at commit time.
+        """
+        self.check(files)
         before = self.snapshot()
         done: list[int] = []
         try:
