@@ -396,8 +396,29 @@ def verify_cmd(
     show_default=True,
     help="Confirm window of the lab's apply.",
 )
+@click.option(
+    "--ports",
+    default="all",
+    show_default=True,
+    help="Ports to probe: 'all', 'declared' or a list like 1-1024.",
+)
+@click.option(
+    "--apply",
+    "apply_manifest",
+    type=MANIFEST,
+    default=None,
+    help="Apply this manifest instead (a change to test): verification still "
+    "expects MANIFEST, so a broken change is rolled back.",
+)
 @FORMAT
-def lab(manifest: Path | None, backend: Backend, confirm_window: int, fmt: str) -> None:
+def lab(
+    manifest: Path | None,
+    backend: Backend,
+    confirm_window: int,
+    ports: str,
+    apply_manifest: Path | None,
+    fmt: str,
+) -> None:
     """Show the whole loop in throwaway network namespaces.
 
     A server with MANIFEST's services listening, an outside host and (for
@@ -410,7 +431,14 @@ def lab(manifest: Path | None, backend: Backend, confirm_window: int, fmt: str) 
 
     path = manifest or Path(__file__).resolve().parent.parent / "rulesets" / "web-server.yaml"
     progress = (lambda m: None) if fmt == "json" else (lambda m: click.echo(f"» {m}", err=True))
-    result = run_lab(path, backend, confirm_window=confirm_window, progress=progress)
+    result = run_lab(
+        path,
+        backend,
+        confirm_window=confirm_window,
+        progress=progress,
+        ports=ports,
+        apply_manifest=apply_manifest,
+    )
     if fmt == "json":
         data = {
             "manifest": str(path),
@@ -458,9 +486,9 @@ def lab(manifest: Path | None, backend: Backend, confirm_window: int, fmt: str) 
         Console(width=120).print(table)
         outcome = "confirmed" if result.confirmed else "rolled back"
         click.echo(
-            f"{'PASS' if result.ok else 'FAIL'}: before leaked, after verified, ruleset {outcome}"
+            f"PASS: before leaked, after verified, ruleset {outcome}"
             if result.ok
-            else f"FAIL: ruleset {outcome}"
+            else f"FAIL: the verification after apply did not pass; ruleset {outcome}"
         )
     raise click.exceptions.Exit(ExitStatus.OK if result.ok else ExitStatus.FAILED)
 

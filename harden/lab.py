@@ -80,8 +80,14 @@ def run_lab(
     confirm_window: int = 60,
     progress: Progress = lambda message: None,
     before: bool = True,
+    ports: str = "all",
+    apply_manifest: Path | None = None,
 ) -> LabResult:
-    """Build the lab, run before/apply/after, confirm or roll back, tear everything down."""
+    """Build the lab, run before/apply/after, confirm or roll back, tear everything down.
+
+    ``apply_manifest`` applies a different manifest than the one verified against:
+    the way to show a broken change (one that forgets SSH, say) being rolled back.
+    """
     policy = build_policy(load_manifest(manifest))
     result = LabResult(manifest=manifest, backend=backend)
     with tempfile.TemporaryDirectory(prefix="harden-lab-") as tmp, LabNet(policy) as lab:
@@ -93,12 +99,14 @@ def run_lab(
         if before:
             progress("before: probing the unfirewalled server from outside")
             result.steps.append(
-                _verify(lab, lab.outside, manifest, "before", False, tmp, limits=limits)
+                _verify(
+                    lab, lab.outside, manifest, "before", False, tmp, limits=limits, ports=ports
+                )
             )
         progress(
             f"apply: {backend} ruleset in the server namespace, confirm window {confirm_window}s"
         )
-        result.applied = _apply(lab, manifest, backend, state, confirm_window)
+        result.applied = _apply(lab, apply_manifest or manifest, backend, state, confirm_window)
         vantages = [("outside", lab.outside)]
         if lab.allowed is not None:
             vantages.append(("allowed source", lab.allowed))
@@ -107,7 +115,9 @@ def run_lab(
                 f"after: probing from {label} ({host.v4}{', ' + str(host.v6) if host.v6 else ''})"
             )
             counters = _counters(lab.server) if backend == "nftables" else None
-            step = _verify(lab, host, manifest, "after", True, tmp, label, limits=limits)
+            step = _verify(
+                lab, host, manifest, "after", True, tmp, label, limits=limits, ports=ports
+            )
             if counters is not None:
                 now = _counters(lab.server)
                 step.dropped = {k: now.get(k, 0) - counters.get(k, 0) for k in now}
@@ -193,8 +203,9 @@ def _verify(
     vantage: str = "outside",
     *,
     limits: list[str],
+    ports: str = "all",
 ) -> Step:
-    targets = [*limits, "--target", str(lab.server.v4)]
+    targets = [*limits, "--ports", ports, "--target", str(lab.server.v4)]
     if host.v6 is not None and lab.server.v6 is not None:
         targets += ["--target", str(lab.server.v6)]
     out = Path(tmp) / f"{name}-{vantage.replace(' ', '-')}.json"

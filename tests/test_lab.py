@@ -1,0 +1,149 @@
+"""The lab end to end, and the real-world leaks it must catch (needs root)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harden.lab import run_lab, two_sided
+from harden.labnet import LabNet
+
+from .conftest import REPO
+from .labutil import HARDEN, failing, lab_for, verify_from, write
+
+pytestmark = pytest.mark.netns
+
+WEB = REPO / "rulesets" / "web-server.yaml"
+FORGETS_SSH = """version: 1
+services:
+  - {name: web, ports: [http, https], proto: tcp}
+  - {name: http3, port: 443, proto: udp}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+
+
+def _netns() -> set[str]:
+    run = Path("/run/netns")
+    return {p.name for p in run.iterdir()} if run.exists() else set()
+
+
+@pytest.mark.parametrize(("backend", "ports"), [("nftables", "all"), ("iptables", "1-5000")])
+def test_lab_before_after(backend: str, ports: str) -> None:
+    namespaces = _netns()
+    result = run_lab(WEB, backend, ports=ports)  # type: ignore[arg-type]
+    assert result.ok and result.confirmed and not result.rolled_back
+    before, *after = result.steps
+    assert (before.name, before.report["verdict"]) == ("before", "fail")
+    observed = {
+        (p["proto"], p["observed"]) for p in before.report["ports"] if p["status"] == "fail"
+    }
+    assert ("tcp", "closed") in observed and ("udp", "closed") in observed  # RST and ICMP
+    assert [(s.vantage, s.report["verdict"]) for s in after] == [
+        ("outside", "pass"),
+        ("allowed source", "pass"),
+    ]
+    if backend == "nftables":
+        for step in after:
+            # Two-sided proof: every probe to a closed port arrived and was dropped.
+            assert step.dropped is not None
+            for key, sent in step.report["sent"].items():
+                family, proto, expect = key.split("/")
+                if expect == "silent":
+                    assert step.dropped[f"closed_{proto}_v{family}"] == sent
+            assert two_sided(step)
+    assert _netns() == namespaces
+
+
+def test_a_broken_change_is_rolled_back(tmp_path: Path) -> None:
+    broken = write(tmp_path, "broken.yaml", FORGETS_SSH)
+    result = run_lab(WEB, ports="1-1000", apply_manifest=broken, before=False)
+    assert not result.ok and result.rolled_back and not result.confirmed
+    inside = next(s for s in result.steps if s.vantage == "allowed source")
+    assert ("tcp", 22, "silent") in failing(inside.report)
+
+
+def _apply(lab: LabNet, manifest: Path, tmp: Path, *args: str) -> None:
+    proc = lab.server.ns.run(
+        [
+            *HARDEN,
+            "apply",
+            str(manifest),
+            "--state-dir",
+            str(tmp / "st"),
+            *args,
+        ],
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_dnat_in_another_table_is_a_leak(tmp_path: Path) -> None:
+    with lab_for(WEB) as lab:
+        lab.start_services(lifetime=120)
+        lab.wait_reachable()
+        _apply(lab, WEB, tmp_path)
+        # Docker-style -p 8080:80: the input chain only ever sees port 80, which is declared.
+        lab.server.ns.run(
+            [
+                "nft",
+                "add table ip nat; add chain ip nat pre "
+                "{ type nat hook prerouting priority dstnat; }; "
+                f"add rule ip nat pre tcp dport 8080 dnat to {lab.server.v4}:80",
+            ]
+        )
+        code, report = verify_from(lab.outside, lab, WEB, tmp_path, "--ports", "1-10000")
+        assert code == 1
+        assert failing(report) == {("tcp", 8080, "open")}
+
+
+def test_drift_is_caught_by_verify_and_diff(tmp_path: Path) -> None:
+    with lab_for(WEB) as lab:
+        lab.start_services(lifetime=120)
+        lab.wait_reachable()
+        _apply(lab, WEB, tmp_path)
+        lab.server.ns.run(["nft", "insert rule inet harden input tcp dport 31337 accept"])
+        code, report = verify_from(lab.outside, lab, WEB, tmp_path, "--ports", "31000-32000")
+        assert code == 1 and failing(report) == {("tcp", 31337, "closed")}
+        diff = lab.server.ns.run([*HARDEN, "diff", str(WEB), "--format", "json"], check=False)
+        assert diff.returncode == 1 and "31337" in json.loads(diff.stdout)["diff"]
+        lab.server.ns.run(["nft", "delete table inet harden"])
+        code, report = verify_from(lab.outside, lab, WEB, tmp_path, "--ports", "1-100")
+        assert code == 1 and ("tcp", 21, "closed") in failing(report)
+        diff = lab.server.ns.run([*HARDEN, "diff", str(WEB)], check=False)
+        assert diff.returncode == 1
+
+
+def test_iptables_for_ipv4_only_leaves_ipv6_open(tmp_path: Path) -> None:
+    with lab_for(WEB) as lab:
+        lab.start_services(lifetime=120)
+        lab.wait_reachable()
+        _apply(lab, WEB, tmp_path, "--backend", "iptables")
+        code, report = verify_from(lab.outside, lab, WEB, tmp_path, "--ports", "1-1000", v6=True)
+        assert code == 0, failing(report)
+        # What a v4-only tool leaves behind: nothing filters IPv6.
+        lab.server.ns.run(["ip6tables", "-D", "INPUT", "-j", "HARDEN-INPUT"])
+        code, report = verify_from(lab.outside, lab, WEB, tmp_path, "--ports", "1-1000", v6=True)
+        assert code == 1
+        bad = {p["target"] for p in report["ports"] if p["status"] == "fail"}
+        assert bad == {str(lab.server.v6)}
+
+
+def test_reject_host_in_the_lab() -> None:
+    result = run_lab(REPO / "rulesets" / "reject-host.yaml", ports="1-3000")
+    assert result.ok, [s.report["ports"][:5] for s in result.steps]
+    after = [s for s in result.steps if s.name == "after"]
+    rejected = {
+        (c["family"], c["proto"])
+        for s in after
+        for c in s.report["conforming"]
+        if c["observed"] == "rejected"
+    }
+    assert {("ipv4", "tcp"), ("ipv4", "udp"), ("ipv6", "tcp"), ("ipv6", "udp")} <= rejected
