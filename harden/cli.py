@@ -331,6 +331,13 @@ def status(state_dir: Path, fmt: str) -> None:
     show_default=True,
     help="The target's net.ipv6.icmp.ratelimit.",
 )
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="Another address of this host to probe from (repeatable): each has its own ICMP "
+    "budget at the target, so UDP retries need not wait for a refill.",
+)
 def verify_cmd(
     manifest: Path,
     targets: tuple[str, ...],
@@ -341,6 +348,7 @@ def verify_cmd(
     retries: int,
     icmp_ratelimit_ms: int,
     icmp6_ratelimit_ms: int,
+    sources: tuple[str, ...],
 ) -> None:
     """Probe a server from outside and compare every port with MANIFEST.
 
@@ -351,14 +359,8 @@ def verify_cmd(
     """
     from harden.prober import run_verify
 
-    addresses = []
-    for text in targets:
-        try:
-            addresses.append(ipaddress.ip_address(text))
-        except ValueError:
-            raise click.BadParameter(
-                f"{text!r} is not an IP address", param_hint="--target"
-            ) from None
+    addresses = [_address(text, "--target") for text in targets]
+    extra = tuple(_address(text, "--source") for text in sources)
     show_progress = fmt == "text" and output is None and sys.stderr.isatty()
     report = run_verify(
         build_policy(load_manifest(manifest)),
@@ -367,6 +369,7 @@ def verify_cmd(
         wait=wait,
         retries=retries,
         ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
+        extra_sources=extra,
         progress=show_progress,
     )
     text = {
@@ -380,6 +383,13 @@ def verify_cmd(
     else:
         click.echo(text, nl=False)
     raise click.exceptions.Exit(report.exit_status)
+
+
+def _address(text: str, option: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an IP address", param_hint=option) from None
 
 
 # --- lab (issue 5) ---

@@ -206,6 +206,8 @@ def _verify(
     ports: str = "all",
 ) -> Step:
     targets = [*limits, "--ports", ports, "--target", str(lab.server.v4)]
+    for address in host.extra:
+        targets += ["--source", str(address)]
     if host.v6 is not None and lab.server.v6 is not None:
         targets += ["--target", str(lab.server.v6)]
     out = Path(tmp) / f"{name}-{vantage.replace(' ', '-')}.json"

@@ -35,6 +35,7 @@ class Host:
     ns: Namespace
     v4: IPv4Address
     v6: IPv6Address | None
+    extra: tuple[IPv4Address | IPv6Address, ...] = ()  # more addresses to probe from
 
 
 @dataclass
@@ -84,10 +85,19 @@ class LabNet:
             server_ns,
             outside_ns,
             [f"{s4}/{net4.prefixlen}", f"{s6}/{net6.prefixlen}"],
-            [f"{o4}/{net4.prefixlen}", f"{o6}/{net6.prefixlen}"],
+            # A second address per family: a second ICMP budget at the server, so the
+            # prober's UDP retries need not wait for the first one to refill.
+            [
+                f"{o4}/{net4.prefixlen}",
+                f"{o6}/{net6.prefixlen}",
+                f"{o4 + 1}/{net4.prefixlen}",
+                f"{o6 + 1}/{net6.prefixlen}",
+            ],
         )
         self.server = Host(server_ns, IPv4Address(s4), IPv6Address(s6))
-        self.outside = Host(outside_ns, IPv4Address(o4), IPv6Address(o6))
+        self.outside = Host(
+            outside_ns, IPv4Address(o4), IPv6Address(o6), (IPv4Address(o4 + 1), IPv6Address(o6 + 1))
+        )
         a4 = _best_address(s for s in sources if isinstance(s, IPv4Network))
         a6 = _best_address(s for s in sources if isinstance(s, IPv6Network))
         if a4 is not None or a6 is not None:

@@ -22,6 +22,7 @@ def run_verify(
     wait: float = 0.4,
     retries: int = 2,
     ratelimit_ms: dict[int, int] | None = None,
+    extra_sources: tuple[IPv4Address | IPv6Address, ...] = (),
     progress: bool = False,
 ) -> Report:
     """Probe ``addresses`` against ``policy`` and return the evaluated report."""
@@ -33,7 +34,12 @@ def run_verify(
         pass  # still probed: with ipv6 false every IPv6 port must be closed
     resolved = resolve_targets(addresses)
     plan = plan_probes(policy, [t for t, _ in resolved], parse_port_selection(ports))
-    options = Options(wait=wait, retries=retries, ratelimit_ms=ratelimit_ms or {4: 1000, 6: 1000})
+    options = Options(
+        wait=wait,
+        retries=retries,
+        ratelimit_ms=ratelimit_ms or {4: 1000, 6: 1000},
+        extra_sources=extra_sources,
+    )
     with _progress_bar(progress) as callback:
         findings = verify(plan, dict(resolved), options, callback)
     return evaluate(plan, findings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -40,6 +41,9 @@ class Options:
     ratelimit_ms: dict[int, int] = field(default_factory=lambda: {4: 1000, 6: 1000})
     enumerate_seconds: float = 3.0  # keep listing UDP leaks this long as the budget refills
     max_quiet_wait: float = 20.0
+    # More addresses of this host: each has its own ICMP budget at the target, so a UDP
+    # retry round from another source need not wait for the first one's to refill.
+    extra_sources: tuple[Address, ...] = ()
 
 
 @dataclass
@@ -172,11 +176,15 @@ def _udp(
     interval = options.ratelimit_ms[target.family] / 1000
     replies: dict[int, Reply] = {}
     pending = ports
+    sources = [target.source, *(a for a in options.extra_sources if a.version == target.family)]
+    round_end = dict.fromkeys(sources, 0.0)
     for round_no in range(1 + options.retries):
-        _quiet(capture, target, interval, options)
+        source = sources[round_no % len(sources)]
+        _quiet(capture, target, source, interval, options, after=round_end[source])
         progress(f"{_label(target)} udp round {round_no + 1}", 0, len(pending))
         since = time.monotonic()
-        sent = sender.udp_sweep(pending, payloads, lambda n: progress("", n, None))
+        sent = sender.udp_sweep(pending, payloads, lambda n: progress("", n, None), source)
+        round_end[source] = time.monotonic()
         _count(findings, target, "udp", pending, expect, sent)
         time.sleep(options.wait)
         replies.update(_collect(capture, since, target, "udp", sender.last_udp_sport, None))
@@ -185,7 +193,7 @@ def _udp(
             break  # ICMP seen: the budget is spent, enumerate instead of retrying
     errors = [p for p, r in replies.items() if r.state is not State.OPEN]
     if errors:
-        _enumerate(sender, capture, target, pending, payloads, replies, interval, options)
+        _enumerate(sender, capture, target, pending, payloads, replies, interval, sources, options)
         findings.budget_limited.add((target, "udp"))
         n = sum(1 for r in replies.values() if r.state is not State.OPEN)
         findings.notes.append(
@@ -195,9 +203,10 @@ def _udp(
         )
     else:
         findings.notes.append(
-            f"{_label(target)} udp: {1 + options.retries} sweep(s), each begun after "
-            f"{interval:g} s without any ICMP error from the target (its per-peer budget "
-            "held a token); no ICMP came back, so no probed port reached the UDP layer. "
+            f"{_label(target)} udp: {1 + options.retries} sweep(s) from "
+            f"{len(sources)} source address(es), each begun after {interval:g} s without "
+            "any ICMP error from the target to that source (its per-peer budget held a "
+            "token); no ICMP came back, so no probed port reached the UDP layer. "
             f"Assumes the target's ICMP rate limit interval is at most {interval:g} s."
         )
     findings.replies[(target, "udp")] = replies
@@ -211,17 +220,22 @@ def _enumerate(
     payloads: dict[int, bytes],
     replies: dict[int, Reply],
     interval: float,
+    sources: list[Address],
     options: Options,
 ) -> None:
     """List more ICMP-answering ports as the target's budget refills, for a bounded time."""
     deadline = time.monotonic() + options.enumerate_seconds
+    turn = 0
     while pending and time.monotonic() < deadline:
-        time.sleep(interval)
+        turn += 1
+        source = sources[turn % len(sources)]
+        if turn % len(sources) == 0:
+            time.sleep(interval)  # every source's budget has been spent once: refill
         # Start after the last port that answered, so each token names a new port.
         last = max((p for p, r in replies.items() if r.state is not State.OPEN), default=0)
         order = [p for p in pending if p > last] + [p for p in pending if p <= last]
         since = time.monotonic()
-        sender.udp_sweep(order, payloads)
+        sender.udp_sweep(order, payloads, None, source)
         time.sleep(min(options.wait, 0.2))
         new = _collect(capture, since, target, "udp", sender.last_udp_sport, None)
         if not new:
@@ -230,18 +244,31 @@ def _enumerate(
         pending = [p for p in pending if p not in new]
 
 
-def _quiet(capture: Capture, target: Target, interval: float, options: Options) -> None:
-    """Wait until the target has sent us no ICMP error for one refill interval."""
+def _quiet(
+    capture: Capture,
+    target: Target,
+    source: Address,
+    interval: float,
+    options: Options,
+    after: float = 0.0,
+) -> None:
+    """Wait until the target has sent ``source`` no ICMP error for one refill interval.
+
+    ``after`` is when our previous UDP round ended: an error it drew may have been
+    sent and lost on the way, spending a token we never saw, so the interval also
+    counts from there.
+    """
     deadline = time.monotonic() + options.max_quiet_wait
-    packed = target.address.packed
+    packed, to = target.address.packed, source.packed
 
     def from_target(packet: bytes) -> bool:
-        src = packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]
-        return src == packed and is_icmp_error(packet)
+        v4 = packet[0] >> 4 == 4
+        src, dst = (packet[12:16], packet[16:20]) if v4 else (packet[8:24], packet[24:40])
+        return src == packed and dst == to and is_icmp_error(packet)
 
     while True:
         last = capture.last(from_target)
-        ready = max(capture.started, last or 0.0) + interval * 1.1
+        ready = max(capture.started, after, last or 0.0) + interval * 1.1
         now = time.monotonic()
         if now >= ready:
             return
@@ -261,9 +288,9 @@ def _count(
     expect: dict[int, Expect],
     sent: int,
 ) -> None:
-    for port in ports[:sent]:
-        key = f"{target.family}/{proto}/{expect[port].value}"
-        findings.sent[key] = findings.sent.get(key, 0) + 1
+    for expectation, n in Counter(map(expect.__getitem__, ports[:sent])).items():
+        key = f"{target.family}/{proto}/{expectation.value}"
+        findings.sent[key] = findings.sent.get(key, 0) + n
 
 
 def _label(target: Target) -> str:

@@ -215,12 +215,21 @@ class Sender:
         return sent
 
     def udp_sweep(
-        self, ports: Iterable[int], payloads: dict[int, bytes], progress: Progress | None = None
+        self,
+        ports: Iterable[int],
+        payloads: dict[int, bytes],
+        progress: Progress | None = None,
+        source: Address | None = None,
     ) -> int:
-        """Send one datagram per port from a fresh source port; return (count, source port)."""
+        """Send one datagram per port from a fresh source port (kept in last_udp_sport)."""
         sock = socket.socket(self._af, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-        sock.bind((str(self.route.source), 0))
+        address = str(source or self.route.source)
+        try:
+            sock.bind((address, 0))
+        except OSError as exc:
+            sock.close()
+            raise EnvironmentProblem(f"cannot send from {address}: {exc.strerror}") from None
         self.last_udp_sport = sock.getsockname()[1]
         target = str(self.route.target)
         sent = 0
