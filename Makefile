@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv tcpdump iputils-ping
 STAMP := $(VENV)/.installed
 
-.PHONY: install deb test lint demo clean
+.PHONY: install deb test lint demo bench clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ test: install lint
 
 demo: install
 	$(VENV)/bin/harden lab rulesets/web-server.yaml
+
+# Benchmarks are not tests: figures side by side with nmap, measured in one run.
+bench: install
+	$(PY) -m bench.verify_vs_nmap --runs 3
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
