@@ -25,6 +25,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def _netns_needs_root(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("netns") and os.geteuid() != 0:
+        pytest.skip("needs root to create network namespaces")
+
+
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))

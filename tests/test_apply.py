@@ -69,12 +69,6 @@ def add_foreign(ns: Namespace) -> None:
     ns.run(["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "7777", "-j", "ACCEPT"])
 
 
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_apply_idempotent_diff_status_rollback(
     backend: str, netns: NsFactory, tmp_path: Path

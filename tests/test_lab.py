@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,6 @@ services:
   - {name: web, ports: [http, https], proto: tcp}
   - {name: http3, port: 443, proto: udp}
 """
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
 
 
 def _netns() -> set[str]:

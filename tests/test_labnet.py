@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,6 @@ from harden.policy import build_policy
 from .conftest import REPO
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
 
 
 def _names() -> set[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -26,12 +25,6 @@ services:
   - {name: web, ports: [80, 443], proto: tcp}
   - {name: syslog, port: 514, proto: udp}
 """
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
 
 
 def test_before_leaks_after_passes(tmp_path: Path) -> None:
