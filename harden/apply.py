@@ -117,8 +117,8 @@ def apply(
     env: Mapping[str, str] | None = None,
 ) -> ApplyResult:
     """Check, snapshot and load the manifest's ruleset; arm the rollback watchdog."""
-    manifest_text = manifest_path.read_bytes().decode("utf-8", "replace")
-    policy = build_policy(load_manifest(manifest_path))
+    policy = build_policy(load_manifest(manifest_path))  # a bad manifest fails here, exit 2
+    manifest_text = manifest_path.read_text(encoding="utf-8")
     files = render(policy, backend)
     require_namespace()
     if not force:
@@ -243,6 +243,7 @@ def rollback(state_dir: Path) -> str:
 
 def rollback_if_pending(state_dir: Path, token: str) -> bool:
     """The watchdog's deadline action: roll back if this apply is still unconfirmed."""
+    require_namespace()
     states = StateDir(state_dir)
     with states.locked():
         state = states.load()

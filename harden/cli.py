@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -21,7 +19,7 @@ from harden.manifest import Manifest, json_schema, load_manifest
 from harden.policy import Policy, build_policy
 from harden.render import BACKENDS, Backend, render
 from harden.report import to_json, to_junit, to_text
-from harden.state import DEFAULT_STATE_DIR
+from harden.state import DEFAULT_STATE_DIR, write_atomic
 
 EPILOG = """\b
 Exit codes:
@@ -115,20 +113,8 @@ def render_cmd(manifest: Path, backend: Backend, output: Path | None) -> None:
         return
     output.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        _write_atomic(output / name, text)
+        write_atomic(output / name, text, mode=0o644)
         click.echo(f"wrote {output / name}", err=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # A reader (or a crash) never sees a half-written ruleset.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @cli.command()
@@ -378,7 +364,7 @@ def verify_cmd(
         "text": lambda: to_text(report),
     }[fmt]()
     if output is not None:
-        _write_atomic(output, text)
+        write_atomic(output, text, mode=0o644)
         click.echo(f"{report.verdict.upper()}: report written to {output}", err=True)
     else:
         click.echo(text, nl=False)

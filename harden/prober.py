@@ -30,8 +30,6 @@ def run_verify(
         raise EnvironmentProblem(
             "verify needs raw sockets (root or CAP_NET_RAW) to send SYNs and capture replies"
         )
-    if policy.ipv6 is False and any(a.version == 6 for a in addresses):
-        pass  # still probed: with ipv6 false every IPv6 port must be closed
     resolved = resolve_targets(addresses)
     plan = plan_probes(policy, [t for t, _ in resolved], parse_port_selection(ports))
     options = Options(

@@ -9,7 +9,6 @@ prober behind its own default-DROP firewall still works (LAB.md, trap 5).
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import struct
@@ -275,5 +274,5 @@ def raw_available() -> bool:
 
 
 def fresh_sport() -> int:
-    """A random source port above the usual ephemeral range's start."""
-    return random.randint(33000, 60000) ^ (os.getpid() & 0x3FF)
+    """A random source port from the ephemeral range (a new flow for conntrack)."""
+    return random.randint(32768, 60999)
