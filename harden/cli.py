@@ -261,12 +261,11 @@ def status(state_dir: Path, fmt: str) -> None:
 
 
 @cli.command(name="verify")
-@click.argument("manifest", type=MANIFEST)
+@click.argument("manifest", type=MANIFEST, required=False)
 @click.option(
     "--target",
     "targets",
     multiple=True,
-    required=True,
     help="Address of the server to probe (repeat for its IPv6 address).",
 )
 @click.option(
@@ -324,8 +323,14 @@ def status(state_dir: Path, fmt: str) -> None:
     help="Another address of this host to probe from (repeatable): each has its own ICMP "
     "budget at the target, so UDP retries need not wait for a refill.",
 )
+@click.option(
+    "--inventory",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Verify a fleet: a YAML file of hosts, each with its manifest and targets.",
+)
 def verify_cmd(
-    manifest: Path,
+    manifest: Path | None,
+    inventory: Path | None,
     targets: tuple[str, ...],
     ports: str,
     fmt: str,
@@ -341,16 +346,28 @@ def verify_cmd(
     Declared ports must answer; every other port must be silent (closed: drop)
     or answer admin-prohibited (closed: reject): no TCP RST, no ICMP
     port-unreachable. Run it on another host, as root (raw sockets); exit 0
-    pass, 1 fail, 4 probe error.
+    pass, 1 fail, 4 probe error. With --inventory, every host of a fleet is
+    probed in the same sweeps and lands in one report.
     """
+    from harden.inventory import load_inventory
     from harden.prober import run_verify
 
-    addresses = [_address(text, "--target") for text in targets]
+    if (manifest is None) == (inventory is None):
+        raise click.UsageError("give a MANIFEST with --target, or --inventory FILE")
+    if manifest is not None and not targets:
+        raise click.UsageError("MANIFEST needs at least one --target address")
+    if inventory is not None and targets:
+        raise click.UsageError("--target and --inventory exclude each other")
+    if manifest is not None:
+        policy = build_policy(load_manifest(manifest))
+        hosts = [(policy, [_address(text, "--target") for text in targets])]
+    else:
+        assert inventory is not None
+        hosts = [(h.policy, list(h.targets)) for h in load_inventory(inventory)]
     extra = tuple(_address(text, "--source") for text in sources)
     show_progress = fmt == "text" and output is None and sys.stderr.isatty()
     report = run_verify(
-        build_policy(load_manifest(manifest)),
-        addresses,
+        hosts,
         ports=ports,
         wait=wait,
         retries=retries,

@@ -213,3 +213,63 @@ def _best_address(networks: Iterable[Net]) -> Address | None:
     if not candidates:
         return None
     return max(candidates, key=lambda a: (sum(a in n for n in nets), -int(a)))
+
+
+@dataclass
+class FleetNet:
+    """A prober and ``count`` servers on one bridge (in the prober's namespace)."""
+
+    count: int
+    prefix: str = "hf"
+    prober: Host = field(init=False)
+    servers: list[Host] = field(init=False, default_factory=list)
+    _namespaces: list[Namespace] = field(init=False, default_factory=list)
+
+    def __enter__(self) -> FleetNet:
+        """Create the namespaces, the bridge and one veth per server."""
+        require_root("the fleet lab")
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Delete every namespace."""
+        self.close()
+
+    def _build(self) -> None:
+        prober = Namespace(f"{self.prefix}-prb").__enter__()
+        self._namespaces.append(prober)
+        prober.run(["ip", "link", "add", "br0", "type", "bridge"])
+        for addr in ("198.19.0.1/16", "198.19.0.2/16"):
+            prober.run(["ip", "addr", "add", addr, "dev", "br0"])
+        for addr in ("fdff:19::1/64", "fdff:19::2/64"):
+            prober.run(["ip", "addr", "add", addr, "dev", "br0", "nodad"])
+        prober.run(["ip", "link", "set", "br0", "up"])
+        self.prober = Host(
+            prober,
+            IPv4Address("198.19.0.1"),
+            IPv6Address("fdff:19::1"),
+            (IPv4Address("198.19.0.2"), IPv6Address("fdff:19::2")),
+        )
+        for i in range(self.count):
+            ns = Namespace(f"{self.prefix}-s{i}").__enter__()
+            self._namespaces.append(ns)
+            v4 = IPv4Address("198.19.1.0") + i
+            v6 = IPv6Address("fdff:19::100") + i
+            port, _ = connect(prober, ns, [], [f"{v4}/16", f"{v6}/64"])
+            prober.run(["ip", "link", "set", port, "master", "br0"])
+            self.servers.append(Host(ns, v4, v6))
+
+    def close(self) -> None:
+        """Delete the namespaces; safe to call twice."""
+        for ns in reversed(self._namespaces):
+            ns.close()
+        self._namespaces.clear()

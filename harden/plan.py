@@ -16,7 +16,9 @@ from harden.errors import HardenError
 from harden.manifest import PROTOS, Proto, parse_port
 from harden.policy import Family, Policy
 
-ALL_PORTS = range(1, 65536)
+# One shared tuple: a fleet's plans point at the same 65,535 int objects instead of
+# each target making its own (about 2 MB per target and protocol saved).
+ALL_PORTS = tuple(range(1, 65536))
 
 
 class Expect(StrEnum):
@@ -57,7 +59,6 @@ class Plan:
 
     groups: tuple[Group, ...]
     echo: dict[IPv4Address | IPv6Address, bool]  # should ping be answered?
-    closed: str
 
     def ports(self, target: Target, proto: Proto) -> list[int]:
         """Every port to probe on a target for a protocol, sorted."""
@@ -101,14 +102,14 @@ def plan_probes(
         for proto in PROTOS:
             allowed = _allowed_ports(policy, target, proto)
             if selection == "all":
-                selected: set[int] | range = ALL_PORTS
-            elif selection == "declared":
-                selected = _declared_ports(policy, proto)
+                allowed_here = sorted(allowed)
+                closed_here = [p for p in ALL_PORTS if p not in allowed]
             else:
-                assert not isinstance(selection, str)
-                selected = set(selection)
-            allowed_here = sorted(p for p in allowed if p in selected)
-            closed_here = sorted(set(selected) - set(allowed))
+                chosen: set[int] = (
+                    _declared_ports(policy, proto) if isinstance(selection, str) else set(selection)
+                )
+                allowed_here = sorted(p for p in allowed if p in chosen)
+                closed_here = sorted(p for p in chosen if p not in allowed)
             if allowed_here:
                 groups.append(
                     Group(
@@ -122,7 +123,15 @@ def plan_probes(
             if closed_here:
                 groups.append(Group(target, proto, closed, tuple(closed_here), {}))
     echo = {t.address: policy.echo and (t.family == 4 or policy.ipv6) for t in targets}
-    return Plan(tuple(groups), echo, policy.closed)
+    return Plan(tuple(groups), echo)
+
+
+def merge_plans(plans: list[Plan]) -> Plan:
+    """One plan for a fleet: every host's groups and ping expectations."""
+    return Plan(
+        tuple(g for p in plans for g in p.groups),
+        {address: echo for p in plans for address, echo in p.echo.items()},
+    )
 
 
 def _allowed_ports(policy: Policy, target: Target, proto: Proto) -> dict[int, str]:

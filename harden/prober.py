@@ -7,16 +7,15 @@ from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
 
 from harden.errors import EnvironmentProblem
-from harden.plan import parse_port_selection, plan_probes
+from harden.plan import Target, merge_plans, parse_port_selection, plan_probes
 from harden.policy import Policy
-from harden.probe.raw import raw_available
+from harden.probe.raw import Route, raw_available
 from harden.report import Report, evaluate
 from harden.verify import Options, Progress, resolve_targets, verify
 
 
 def run_verify(
-    policy: Policy,
-    addresses: list[IPv4Address | IPv6Address],
+    hosts: list[tuple[Policy, list[IPv4Address | IPv6Address]]],
     *,
     ports: str = "all",
     wait: float = 0.4,
@@ -25,13 +24,19 @@ def run_verify(
     extra_sources: tuple[IPv4Address | IPv6Address, ...] = (),
     progress: bool = False,
 ) -> Report:
-    """Probe ``addresses`` against ``policy`` and return the evaluated report."""
+    """Probe each host's addresses against its policy, all at once; one evaluated report."""
     if not raw_available():
         raise EnvironmentProblem(
             "verify needs raw sockets (root or CAP_NET_RAW) to send SYNs and capture replies"
         )
-    resolved = resolve_targets(addresses)
-    plan = plan_probes(policy, [t for t, _ in resolved], parse_port_selection(ports))
+    selection = parse_port_selection(ports)
+    routes: dict[Target, Route] = {}
+    plans = []
+    for policy, addresses in hosts:
+        resolved = resolve_targets(addresses)
+        routes.update(resolved)
+        plans.append(plan_probes(policy, [t for t, _ in resolved], selection))
+    plan = merge_plans(plans)
     options = Options(
         wait=wait,
         retries=retries,
@@ -39,7 +44,7 @@ def run_verify(
         extra_sources=extra_sources,
     )
     with _progress_bar(progress) as callback:
-        findings = verify(plan, dict(resolved), options, callback)
+        findings = verify(plan, routes, options, callback)
     return evaluate(plan, findings)
 
 

@@ -74,20 +74,24 @@ def verify(
     options: Options,
     progress: Progress = lambda phase, done, total: None,
 ) -> Findings:
-    """Probe every target of the plan; TCP first, then UDP under the budget rule."""
+    """Probe every target of the plan: ping, TCP rounds, then UDP under the budget rule.
+
+    Each phase runs across all targets at once, so a fleet shares the waits: a round
+    sends to every target, then waits for replies once.
+    """
     findings = Findings()
     start = time.monotonic()
     capture = Capture(list(routes.values()))
+    senders: dict[Target, Sender] = {}
     try:
         for target, route in routes.items():
-            sender = Sender(route)
-            try:
-                _echo(sender, capture, target, findings, options)
-                _tcp(plan, sender, capture, target, findings, options, progress)
-                _udp(plan, sender, capture, target, findings, options, progress)
-            finally:
-                sender.close()
+            senders[target] = Sender(route)
+        _echo(senders, capture, findings, options)
+        _tcp(plan, senders, capture, findings, options, progress)
+        _udp(plan, senders, capture, findings, options, progress)
     finally:
+        for sender in senders.values():
+            sender.close()
         capture.close()
     findings.seconds = time.monotonic() - start
     return findings
@@ -108,140 +112,189 @@ def _collect(
 
 
 def _echo(
-    sender: Sender, capture: Capture, target: Target, findings: Findings, options: Options
+    senders: dict[Target, Sender], capture: Capture, findings: Findings, options: Options
 ) -> None:
     ident = random.getrandbits(16)
     since = time.monotonic()
-    answered = False
+    waiting = set(senders)
     for _ in range(1 + options.retries):
-        sender.ping(ident)
+        for target in waiting:
+            senders[target].ping(ident)
         time.sleep(min(options.wait, 0.3))
-        answered = any(
-            isinstance(r := classify(p, target.address), EchoReply) and r.ident == ident
-            for p in capture.since(since)
-        )
-        if answered:
+        packets = capture.since(since)
+        for target in list(waiting):
+            if any(
+                isinstance(r := classify(p, target.address), EchoReply) and r.ident == ident
+                for p in packets
+            ):
+                waiting.discard(target)
+        if not waiting:
             break
-    findings.echo[target.address] = answered
+    for target in senders:
+        findings.echo[target.address] = target not in waiting
 
 
 def _tcp(
     plan: Plan,
-    sender: Sender,
+    senders: dict[Target, Sender],
     capture: Capture,
-    target: Target,
     findings: Findings,
     options: Options,
     progress: Progress,
 ) -> None:
-    ports = plan.ports(target, "tcp")
-    if not ports:
-        return
-    expect = plan.expectation(target, "tcp")
-    replies: dict[int, Reply] = {}
-    pending = ports
-    rounds = 1 + options.retries + options.declared_retries
-    for round_no in range(rounds):
+    expect = {t: plan.expectation(t, "tcp") for t in senders}
+    pending = {t: plan.ports(t, "tcp") for t in senders}
+    replies: dict[Target, dict[int, Reply]] = {t: {} for t in senders}
+    for round_no in range(1 + options.retries + options.declared_retries):
         if round_no > options.retries:
             # Extra rounds only for declared ports that stayed silent: loss must not
             # turn an open port into a "declared port unreachable" failure.
-            pending = [p for p in pending if expect[p] is Expect.ALLOWED]
-        if not pending:
+            pending = {
+                t: [p for p in ps if expect[t][p] is Expect.ALLOWED] for t, ps in pending.items()
+            }
+        batch = {t: ps for t, ps in pending.items() if ps}
+        if not batch:
             break
-        sport = fresh_sport()
-        progress(f"{_label(target)} tcp round {round_no + 1}", 0, len(pending))
+        progress(f"tcp round {round_no + 1}", 0, sum(map(len, batch.values())))
         since = time.monotonic()
-        sent = sender.syn_sweep(pending, sport, lambda n: progress("", n, None))
-        _count(findings, target, "tcp", pending, expect, sent)
+        sports = {}
+        for target, ports in batch.items():
+            sports[target] = fresh_sport()
+            sent = senders[target].syn_sweep(ports, sports[target], lambda n: progress("", n, None))
+            _count(findings, target, "tcp", ports, expect[target], sent)
         time.sleep(options.wait)
-        replies.update(_collect(capture, since, target, "tcp", sport, sender.seq))
-        pending = [p for p in pending if p not in replies]
-    findings.replies[(target, "tcp")] = replies
+        for target, ports in batch.items():
+            found = _collect(capture, since, target, "tcp", sports[target], senders[target].seq)
+            replies[target].update(found)
+            pending[target] = [p for p in ports if p not in found]
+    for target in senders:
+        findings.replies[(target, "tcp")] = replies[target]
+
+
+@dataclass
+class _UdpState:
+    """One target's UDP progress."""
+
+    expect: dict[int, Expect]
+    pending: list[int]
+    sources: list[Address]
+    interval: float
+    round_end: dict[Address, float]
+    replies: dict[int, Reply] = field(default_factory=dict)
+    rounds: int = 0
+    sport: int = 0  # our source port in the latest round
+
+    @property
+    def errored(self) -> bool:
+        """Whether the target answered any probe with an ICMP error."""
+        return any(r.state is not State.OPEN for r in self.replies.values())
 
 
 def _udp(
     plan: Plan,
-    sender: Sender,
+    senders: dict[Target, Sender],
     capture: Capture,
-    target: Target,
     findings: Findings,
     options: Options,
     progress: Progress,
 ) -> None:
-    ports = plan.ports(target, "udp")
-    if not ports:
-        return
-    expect = plan.expectation(target, "udp")
     payloads = udp_payloads()
-    interval = options.ratelimit_ms[target.family] / 1000
-    replies: dict[int, Reply] = {}
-    pending = ports
-    sources = [target.source, *(a for a in options.extra_sources if a.version == target.family)]
-    round_end = dict.fromkeys(sources, 0.0)
+    states: dict[Target, _UdpState] = {}
+    for target in senders:
+        sources = [target.source, *(a for a in options.extra_sources if a.version == target.family)]
+        states[target] = _UdpState(
+            expect=plan.expectation(target, "udp"),
+            pending=plan.ports(target, "udp"),
+            sources=sources,
+            interval=options.ratelimit_ms[target.family] / 1000,
+            round_end=dict.fromkeys(sources, 0.0),
+        )
     for round_no in range(1 + options.retries):
-        source = sources[round_no % len(sources)]
-        _quiet(capture, target, source, interval, options, after=round_end[source])
-        progress(f"{_label(target)} udp round {round_no + 1}", 0, len(pending))
+        # An ICMP error means the budget is spent: enumerate instead of retrying.
+        active = {t: st for t, st in states.items() if st.pending and not st.errored}
+        if not active:
+            break
+        picks = {t: st.sources[round_no % len(st.sources)] for t, st in active.items()}
+        for target, st in active.items():  # waits overlap: each one ends at its own time
+            _quiet(
+                capture,
+                target,
+                picks[target],
+                st.interval,
+                options,
+                after=st.round_end[picks[target]],
+            )
+        progress(f"udp round {round_no + 1}", 0, sum(len(st.pending) for st in active.values()))
         since = time.monotonic()
-        sent = sender.udp_sweep(pending, payloads, lambda n: progress("", n, None), source)
-        round_end[source] = time.monotonic()
-        _count(findings, target, "udp", pending, expect, sent)
+        for target, st in active.items():
+            sender = senders[target]
+            sent = sender.udp_sweep(
+                st.pending, payloads, lambda n: progress("", n, None), picks[target]
+            )
+            st.round_end[picks[target]] = time.monotonic()
+            st.rounds += 1
+            _count(findings, target, "udp", st.pending, st.expect, sent)
+            st.sport = sender.last_udp_sport
         time.sleep(options.wait)
-        replies.update(_collect(capture, since, target, "udp", sender.last_udp_sport, None))
-        pending = [p for p in pending if p not in replies]
-        if any(r.state is not State.OPEN for r in replies.values()):
-            break  # ICMP seen: the budget is spent, enumerate instead of retrying
-    errors = [p for p, r in replies.items() if r.state is not State.OPEN]
-    if errors:
-        _enumerate(sender, capture, target, pending, payloads, replies, interval, sources, options)
-        findings.budget_limited.add((target, "udp"))
-        n = sum(1 for r in replies.values() if r.state is not State.OPEN)
-        findings.notes.append(
-            f"{_label(target)} udp: {n} port(s) answered with ICMP; the target rate-limits "
-            f"ICMP errors (about one per {interval:g} s to us), so more ports may answer "
-            "than are listed"
-        )
-    else:
-        findings.notes.append(
-            f"{_label(target)} udp: {1 + options.retries} sweep(s) from "
-            f"{len(sources)} source address(es), each begun after {interval:g} s without "
-            "any ICMP error from the target to that source (its per-peer budget held a "
-            "token); no ICMP came back, so no probed port reached the UDP layer. "
-            f"Assumes the target's ICMP rate limit interval is at most {interval:g} s."
-        )
-    findings.replies[(target, "udp")] = replies
+        for target, st in active.items():
+            found = _collect(capture, since, target, "udp", st.sport, None)
+            st.replies.update(found)
+            st.pending = [p for p in st.pending if p not in found]
+    _enumerate(
+        senders, capture, {t: st for t, st in states.items() if st.errored}, payloads, options
+    )
+    for target, st in states.items():
+        findings.replies[(target, "udp")] = st.replies
+        label = str(target.address)
+        if st.errored:
+            findings.budget_limited.add((target, "udp"))
+            n = sum(1 for r in st.replies.values() if r.state is not State.OPEN)
+            findings.notes.append(
+                f"{label} udp: {n} port(s) answered with ICMP; the target rate-limits ICMP "
+                f"errors (about one per {st.interval:g} s to each source), so more ports may "
+                "answer than are listed"
+            )
+        elif st.rounds:
+            findings.notes.append(
+                f"{label} udp: {st.rounds} sweep(s) from {len(st.sources)} source "
+                f"address(es), each begun after {st.interval:g} s without any ICMP error from "
+                "the target to that source (its per-peer budget held a token); no ICMP came "
+                "back, so no probed port reached the UDP layer. Assumes the target's ICMP "
+                f"rate limit interval is at most {st.interval:g} s."
+            )
 
 
 def _enumerate(
-    sender: Sender,
+    senders: dict[Target, Sender],
     capture: Capture,
-    target: Target,
-    pending: list[int],
+    leaking: dict[Target, _UdpState],
     payloads: dict[int, bytes],
-    replies: dict[int, Reply],
-    interval: float,
-    sources: list[Address],
     options: Options,
 ) -> None:
-    """List more ICMP-answering ports as the target's budget refills, for a bounded time."""
+    """List more ICMP-answering ports as the targets' budgets refill, for a bounded time."""
     deadline = time.monotonic() + options.enumerate_seconds
     turn = 0
-    while pending and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        active = {t: st for t, st in leaking.items() if st.pending}
+        if not active:
+            return
         turn += 1
-        source = sources[turn % len(sources)]
-        if turn % len(sources) == 0:
-            time.sleep(interval)  # every source's budget has been spent once: refill
-        # Start after the last port that answered, so each token names a new port.
-        last = max((p for p, r in replies.items() if r.state is not State.OPEN), default=0)
-        order = [p for p in pending if p > last] + [p for p in pending if p <= last]
+        refill = max(st.interval for st in active.values())
+        if all(turn % len(st.sources) == 0 for st in active.values()):
+            time.sleep(refill)  # every source's budget has been spent once: refill
         since = time.monotonic()
-        sender.udp_sweep(order, payloads, None, source)
+        sports = {}
+        for target, st in active.items():
+            # Start after the last port that answered, so each token names a new port.
+            last = max((p for p, r in st.replies.items() if r.state is not State.OPEN), default=0)
+            order = [p for p in st.pending if p > last] + [p for p in st.pending if p <= last]
+            senders[target].udp_sweep(order, payloads, None, st.sources[turn % len(st.sources)])
+            sports[target] = senders[target].last_udp_sport
         time.sleep(min(options.wait, 0.2))
-        new = _collect(capture, since, target, "udp", sender.last_udp_sport, None)
-        if not new:
-            continue
-        replies.update(new)
-        pending = [p for p in pending if p not in new]
+        for target, st in active.items():
+            found = _collect(capture, since, target, "udp", sports[target], None)
+            st.replies.update(found)
+            st.pending = [p for p in st.pending if p not in found]
 
 
 def _quiet(
@@ -291,7 +344,3 @@ def _count(
     for expectation, n in Counter(map(expect.__getitem__, ports[:sent])).items():
         key = f"{target.family}/{proto}/{expectation.value}"
         findings.sent[key] = findings.sent.get(key, 0) + n
-
-
-def _label(target: Target) -> str:
-    return f"{target.address}"

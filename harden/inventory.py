@@ -1,0 +1,72 @@
+"""A fleet inventory for ``harden verify --inventory``: hosts, their manifests and addresses.
+
+    hosts:
+      - {name: web-1, manifest: web-server.yaml, targets: [198.19.254.1, "fdff:18::1"]}
+
+Manifest paths are relative to the inventory file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harden.errors import ManifestError
+from harden.manifest import field_path, load_manifest
+from harden.policy import Policy, build_policy
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class _Host(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    manifest: str = Field(min_length=1)
+    targets: tuple[Address, ...] = Field(min_length=1)
+
+
+class _Inventory(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hosts: tuple[_Host, ...] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class FleetHost:
+    """One host of the fleet, its policy loaded."""
+
+    name: str
+    manifest: Path
+    policy: Policy
+    targets: tuple[Address, ...]
+
+
+def load_inventory(path: Path) -> list[FleetHost]:
+    """Read an inventory and every manifest it names; one-line errors naming the field."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        inventory = _Inventory.model_validate(data)
+    except OSError as exc:
+        raise ManifestError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(str(path), "", " ".join(f"YAML syntax error: {exc}".split())) from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        message = first["msg"].removeprefix("Value error, ")
+        raise ManifestError(str(path), field_path(tuple(first["loc"])), message) from None
+    names = [h.name for h in inventory.hosts]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise ManifestError(str(path), f"hosts[{i}].name", f"duplicate host name {name!r}")
+    hosts = []
+    for host in inventory.hosts:
+        manifest = (path.parent / host.manifest).resolve()
+        hosts.append(
+            FleetHost(host.name, manifest, build_policy(load_manifest(manifest)), host.targets)
+        )
+    return hosts
