@@ -45,6 +45,9 @@ demo: install
 # Benchmarks are not tests: figures side by side with nmap, measured in one run.
 bench: install
 	$(PY) -m bench.verify_vs_nmap --runs 3
+	$(PY) -m bench.scale
+	$(PY) -m bench.fleet
+	$(PY) -m bench.reload
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.common import measure
 from harden.labnet import LabNet
 from harden.manifest import parse_manifest
 from harden.policy import build_policy
@@ -33,24 +33,6 @@ services:
   - {name: web, ports: [80, 443], proto: tcp}
   - {name: dns, port: 53, proto: udp}
 """
-RSS = (
-    "import resource, subprocess, sys, time\n"
-    "t = time.monotonic(); p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-    "print(time.monotonic() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-    "sys.stderr.write(p.stdout)\n"
-)
-
-
-def measure(ns: str, cmd: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB) and stdout of one command run inside namespace ``ns``."""
-    proc = subprocess.run(
-        [sys.executable, "-c", RSS, "ip", "netns", "exec", ns, *cmd],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seconds, rss = proc.stdout.split()
-    return float(seconds), int(rss) / 1024, proc.stderr
 
 
 def nmap_open(output: str) -> dict[str, set[int]]:
