@@ -72,12 +72,8 @@ def main() -> None:
         lab.wait_reachable()
         lab.server.ns.run(["nft", "-f", ruleset])
         out = lab.outside.ns.name
-        # A second address on the prober: a second ICMP budget at the target.
-        dev = lab.outside.ns.run(["ip", "-o", "-4", "route", "get", str(lab.server.v4)]).stdout
-        extra = str(lab.outside.v4 + 1)
-        lab.outside.ns.run(
-            ["ip", "addr", "add", f"{extra}/24", "dev", dev.split(" dev ")[1].split()[0]]
-        )
+        # The lab's outside host has a second address: a second ICMP budget at the target.
+        extra = str(lab.outside.extra[0])
         target = str(lab.server.v4)
         harden = [
             sys.executable,
