@@ -6,17 +6,28 @@ PY := $(VENV)/bin/python
 DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv tcpdump iputils-ping
 STAMP := $(VENV)/.installed
 
-.PHONY: install deb test lint demo bench clean
+.PHONY: install deb apt-install test lint demo bench clean
 
 install: $(STAMP)
 
+# vagrant (for `vagrant validate` of vagrant/Vagrantfile) without its recommends:
+# no VirtualBox or libvirt stack, 54 packages instead of 429.
+DEB_NO_RECOMMENDS := vagrant
+
 deb:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+	@$(MAKE) --no-print-directory apt-install PKGS="$(DEB_PACKAGES)" APT_FLAGS=""
+	@$(MAKE) --no-print-directory apt-install PKGS="$(DEB_NO_RECOMMENDS)" \
+	  APT_FLAGS="--no-install-recommends"
+
+# Install those Debian packages in PKGS that are not installed yet.
+apt-install:
+	@missing=""; for p in $(PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    $(APT_FLAGS) $$missing >/dev/null; \
 	fi
 
 # The venv sees Debian's python3-nftables (the official libnftables bindings)
