@@ -25,6 +25,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def own_namespaces() -> set[str]:
+    """Network namespaces this test process created and has not removed (names carry the pid).
+
+    Only our own: other runs on the same machine may be creating theirs meanwhile.
+    """
+    run = Path("/run/netns")
+    tag = f"-{os.getpid()}-"
+    return {p.name for p in run.iterdir() if tag in p.name} if run.exists() else set()
+
+
 @pytest.fixture(autouse=True)
 def _netns_needs_root(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("netns") and os.geteuid() != 0:

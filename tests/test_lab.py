@@ -10,7 +10,7 @@ import pytest
 from harden.lab import run_lab, two_sided
 from harden.labnet import LabNet
 
-from .conftest import REPO
+from .conftest import REPO, own_namespaces
 from .labutil import HARDEN, failing, lab_for, verify_from, write
 
 pytestmark = pytest.mark.netns
@@ -23,14 +23,8 @@ services:
 """
 
 
-def _netns() -> set[str]:
-    run = Path("/run/netns")
-    return {p.name for p in run.iterdir()} if run.exists() else set()
-
-
 @pytest.mark.parametrize(("backend", "ports"), [("nftables", "all"), ("iptables", "1-5000")])
 def test_lab_before_after(backend: str, ports: str) -> None:
-    namespaces = _netns()
     result = run_lab(WEB, backend, ports=ports)  # type: ignore[arg-type]
     assert result.ok and result.confirmed and not result.rolled_back
     before, *after = result.steps
@@ -52,7 +46,7 @@ def test_lab_before_after(backend: str, ports: str) -> None:
                 if expect == "silent":
                     assert step.dropped[f"closed_{proto}_v{family}"] == sent
             assert two_sided(step)
-    assert _netns() == namespaces
+    assert own_namespaces() == set()
 
 
 def test_a_broken_change_is_rolled_back(tmp_path: Path) -> None:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from harden.labnet import LabNet
 from harden.manifest import load_manifest
 from harden.policy import build_policy
 
-from .conftest import REPO
+from .conftest import REPO, own_namespaces
 
 pytestmark = pytest.mark.netns
 
 
-def _names() -> set[str]:
-    run = Path("/run/netns")
-    return {p.name for p in run.iterdir()} if run.exists() else set()
-
-
 def test_outside_is_a_stranger_and_allowed_is_inside_every_source() -> None:
     policy = build_policy(load_manifest(REPO / "rulesets" / "dns-server.yaml"))
-    before = _names()
     with LabNet(policy) as lab:
         assert lab.allowed is not None
         restricted = [a for a in policy.allows if a.restricted]
@@ -53,14 +45,13 @@ def test_outside_is_a_stranger_and_allowed_is_inside_every_source() -> None:
                 ).stdout
                 assert "22/tcp open" in out and "53/tcp open" in out
                 assert "54/tcp closed" in out
-        names = _names() - before
+        names = own_namespaces()
         assert len(names) == 3
-    assert _names() == before
+    assert own_namespaces() == set()
 
 
 def test_namespaces_are_removed_when_the_lab_fails() -> None:
     policy = build_policy(load_manifest(REPO / "rulesets" / "web-server.yaml"))
-    before = _names()
     with pytest.raises(RuntimeError, match="boom"), LabNet(policy):
         raise RuntimeError("boom")
-    assert _names() == before
+    assert own_namespaces() == set()
