@@ -6,12 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
 
-from harden.errors import EnvironmentProblem
 from harden.plan import Target, merge_plans, parse_port_selection, plan_probes
 from harden.policy import Policy
 from harden.probe.raw import Route, raw_available
 from harden.report import Report, evaluate
-from harden.verify import Options, Progress, resolve_targets, verify
+from harden.verify import Options, Progress, resolve_targets, verify, verify_connect
 
 
 def run_verify(
@@ -25,10 +24,6 @@ def run_verify(
     progress: bool = False,
 ) -> Report:
     """Probe each host's addresses against its policy, all at once; one evaluated report."""
-    if not raw_available():
-        raise EnvironmentProblem(
-            "verify needs raw sockets (root or CAP_NET_RAW) to send SYNs and capture replies"
-        )
     selection = parse_port_selection(ports)
     routes: dict[Target, Route] = {}
     plans = []
@@ -44,7 +39,10 @@ def run_verify(
         extra_sources=extra_sources,
     )
     with _progress_bar(progress) as callback:
-        findings = verify(plan, routes, options, callback)
+        if raw_available():
+            findings = verify(plan, routes, options, callback)
+        else:
+            findings = verify_connect(plan, list(routes), options, callback)
     return evaluate(plan, findings)
 
 

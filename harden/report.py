@@ -20,6 +20,7 @@ from harden.classify import Reply, State
 from harden.errors import ExitStatus
 from harden.manifest import PROTOS
 from harden.plan import Expect, Plan, Target
+from harden.probe.connect import REJECTED_DETAIL
 from harden.verify import Findings
 
 SCHEMA = "harden.verify/1"
@@ -227,6 +228,8 @@ def _judge(proto: str, exp: Expect, reply: Reply | None) -> tuple[Status, str, s
     # Expect.REJECTED
     if state is State.REJECTED and detail.endswith(ADMIN_PROHIBITED):
         return Status.OK, "rejected", detail
+    if state is State.REJECTED and detail == REJECTED_DETAIL:
+        return Status.OK, "rejected", detail  # connect mode: an unreachable, code unseen
     if state is State.SILENT:
         return Status.UNPROVEN, "silent", "ICMP rate limiting throttles reject replies"
     if state is State.REJECTED:

@@ -344,3 +344,68 @@ def _count(
     for expectation, n in Counter(map(expect.__getitem__, ports[:sent])).items():
         key = f"{target.family}/{proto}/{expectation.value}"
         findings.sent[key] = findings.sent.get(key, 0) + n
+
+
+def verify_connect(
+    plan: Plan,
+    targets: list[Target],
+    options: Options,
+    progress: Progress = lambda phase, done, total: None,
+) -> Findings:
+    """The unprivileged fallback: connect() and connected UDP sockets, slower but sound.
+
+    Without a capture the prober cannot watch the target's ICMP budget, so every UDP
+    round starts one full refill interval after the previous one (and after start-up):
+    only errors we provoked ourselves could have spent a token, and we see those.
+    """
+    from harden.probe import connect
+
+    findings = Findings(mode="connect")
+    start = time.monotonic()
+    payloads = udp_payloads()
+    timeout = max(options.wait, 1.0)
+    for target in targets:
+        label = str(target.address)
+        tcp_ports = plan.ports(target, "tcp")
+        replies: dict[int, Reply] = {}
+        for round_no in range(1 + options.retries):
+            pending = [p for p in tcp_ports if p not in replies]
+            if not pending:
+                break
+            progress(f"{label} tcp connect round {round_no + 1}", 0, len(pending))
+            replies.update(connect.tcp_sweep(target.address, pending, timeout))
+        findings.replies[(target, "tcp")] = replies
+        interval = options.ratelimit_ms[target.family] / 1000
+        udp_ports = plan.ports(target, "udp")
+        udp: dict[int, Reply] = {}
+        rounds = 0
+        for round_no in range(1 + options.retries):
+            pending = [p for p in udp_ports if p not in udp]
+            if not pending:
+                break
+            time.sleep(interval * 1.1)
+            progress(f"{label} udp round {round_no + 1}", 0, len(pending))
+            udp.update(connect.udp_sweep(target.address, pending, payloads, options.wait))
+            rounds += 1
+            if any(r.state is not State.OPEN for r in udp.values()):
+                break
+        findings.replies[(target, "udp")] = udp
+        if any(r.state is not State.OPEN for r in udp.values()):
+            findings.budget_limited.add((target, "udp"))
+            findings.notes.append(
+                f"{label} udp: ICMP errors came back; the target rate-limits "
+                "them, so more ports may answer than are listed"
+            )
+        elif rounds:
+            findings.notes.append(
+                f"{label} udp: {rounds} round(s), each begun {interval:g} s after the previous "
+                "one; no ICMP error came back, so no probed port reached the UDP layer "
+                f"(assumes a rate limit interval of at most {interval:g} s and no other "
+                "traffic from this host drawing ICMP errors meanwhile)"
+            )
+    findings.notes.append(
+        "unprivileged mode (no CAP_NET_RAW): connect() probes, ping not checked, ICMP "
+        "unreachable codes not visible; run as root for the fast raw sweep"
+    )
+    findings.seconds = time.monotonic() - start
+    return findings
