@@ -117,7 +117,8 @@ def _echo(
     ident = random.getrandbits(16)
     since = time.monotonic()
     waiting = set(senders)
-    for _ in range(1 + options.retries):
+    # Ping is a declared expectation too: as many tries as a declared port gets.
+    for _ in range(1 + options.retries + options.declared_retries):
         for target in waiting:
             senders[target].ping(ident)
         time.sleep(min(options.wait, 0.3))

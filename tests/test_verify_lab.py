@@ -134,7 +134,8 @@ def test_ten_percent_loss_gives_no_wrong_verdicts(tmp_path: Path) -> None:
             )
         code, before = verify_from(lab.outside, lab, manifest, tmp_path, "--ports", "1-5000")
         assert code == 1
-        assert all(seen in ("closed", "open") for _, _, seen in failing(before))
+        wrong = {f for f in failing(before) if f[2] not in ("closed", "open")}
+        assert not wrong  # only leaks: loss never turns a declared port or ping "silent"
         load_ruleset(lab, manifest, tmp_path)
         for _ in range(2):
             code, after = verify_from(lab.outside, lab, manifest, tmp_path, "--ports", "1-5000")
