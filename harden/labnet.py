@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import TracebackType
+from typing import Self
 
 from harden.errors import EnvironmentProblem
 from harden.netns import Namespace, connect, require_root
@@ -38,19 +39,16 @@ class Host:
     extra: tuple[IPv4Address | IPv6Address, ...] = ()  # more addresses to probe from
 
 
-@dataclass
-class LabNet:
-    """Namespaces and links for one lab run; removed on exit, pass or fail."""
+class _Namespaces:
+    """Namespaces made by ``_build`` on enter, all deleted on exit, pass or fail."""
 
-    policy: Policy
-    prefix: str = "hl"
-    server: Host = field(init=False)
-    outside: Host = field(init=False)
-    allowed: Host | None = field(init=False, default=None)
-    _namespaces: list[Namespace] = field(init=False, default_factory=list)
-    _responder: subprocess.Popen[str] | None = field(init=False, default=None)
+    prefix: str
+    _namespaces: list[Namespace]
 
-    def __enter__(self) -> LabNet:
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         """Create the namespaces and wire them up."""
         require_root("the lab")
         try:
@@ -66,13 +64,32 @@ class LabNet:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Stop the responder and delete every namespace."""
+        """Delete every namespace (and whatever runs in them)."""
         self.close()
 
     def _ns(self, role: str) -> Namespace:
         ns = Namespace(f"{self.prefix}-{role}").__enter__()
         self._namespaces.append(ns)
         return ns
+
+    def close(self) -> None:
+        """Delete the namespaces; safe to call twice."""
+        for ns in reversed(self._namespaces):
+            ns.close()
+        self._namespaces.clear()
+
+
+@dataclass
+class LabNet(_Namespaces):
+    """Namespaces and links for one lab run; removed on exit, pass or fail."""
+
+    policy: Policy
+    prefix: str = "hl"
+    server: Host = field(init=False)
+    outside: Host = field(init=False)
+    allowed: Host | None = field(init=False, default=None)
+    _namespaces: list[Namespace] = field(init=False, default_factory=list)
+    _responder: subprocess.Popen[str] | None = field(init=False, default=None)
 
     def _build(self) -> None:
         sources = [n for a in self.policy.allows for fam in (4, 6) for n in a.sources(fam) or ()]
@@ -178,9 +195,7 @@ class LabNet:
             self._responder.kill()
             self._responder.wait(timeout=10)
             self._responder = None
-        for ns in reversed(self._namespaces):
-            ns.close()
-        self._namespaces.clear()
+        super().close()
 
     def wait_reachable(self, timeout: float = 5.0) -> None:
         """Wait until the outside and allowed hosts can ping the server (links are up)."""
@@ -216,7 +231,7 @@ def _best_address(networks: Iterable[Net]) -> Address | None:
 
 
 @dataclass
-class FleetNet:
+class FleetNet(_Namespaces):
     """A prober and ``count`` servers on one bridge (in the prober's namespace)."""
 
     count: int
@@ -225,28 +240,8 @@ class FleetNet:
     servers: list[Host] = field(init=False, default_factory=list)
     _namespaces: list[Namespace] = field(init=False, default_factory=list)
 
-    def __enter__(self) -> FleetNet:
-        """Create the namespaces, the bridge and one veth per server."""
-        require_root("the fleet lab")
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Delete every namespace."""
-        self.close()
-
     def _build(self) -> None:
-        prober = Namespace(f"{self.prefix}-prb").__enter__()
-        self._namespaces.append(prober)
+        prober = self._ns("prb")
         prober.run(["ip", "link", "add", "br0", "type", "bridge"])
         for addr in ("198.19.0.1/16", "198.19.0.2/16"):
             prober.run(["ip", "addr", "add", addr, "dev", "br0"])
@@ -260,16 +255,9 @@ class FleetNet:
             (IPv4Address("198.19.0.2"), IPv6Address("fdff:19::2")),
         )
         for i in range(self.count):
-            ns = Namespace(f"{self.prefix}-s{i}").__enter__()
-            self._namespaces.append(ns)
+            ns = self._ns(f"s{i}")
             v4 = IPv4Address("198.19.1.0") + i
             v6 = IPv6Address("fdff:19::100") + i
             port, _ = connect(prober, ns, [], [f"{v4}/16", f"{v6}/64"])
             prober.run(["ip", "link", "set", port, "master", "br0"])
             self.servers.append(Host(ns, v4, v6))
-
-    def close(self) -> None:
-        """Delete the namespaces; safe to call twice."""
-        for ns in reversed(self._namespaces):
-            ns.close()
-        self._namespaces.clear()
