@@ -144,6 +144,8 @@ def apply(
         fw.check(files)
         if fw.live() == fw.canonical(files):
             result.message = "unchanged: the live ruleset already matches the manifest"
+            if persist_to is not None:  # asked to persist what is live: still do that
+                result.persisted = [str(p) for p in persist(files, backend, persist_to)]
             return result
         snapshot = fw.snapshot()
         states.save_snapshot(snapshot)

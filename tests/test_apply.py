@@ -212,6 +212,20 @@ def test_rollback_survives_kill_9_of_the_applying_process(
     assert status["history"][-1]["event"] == "rolled back"
 
 
+def test_persist_writes_boot_files_even_when_unchanged(netns: NsFactory, tmp_path: Path) -> None:
+    ns = netns("ap")
+    a = write(tmp_path, "a.yaml", A)
+    state, root = tmp_path / "state", tmp_path / "root"
+    assert harden(ns, "apply", a, "--state-dir", state).returncode == 0
+    out = harden(
+        ns, "apply", a, "--state-dir", state, "--persist", "--root", root, "--format", "json"
+    )
+    result = json.loads(out.stdout)
+    assert result["changed"] is False
+    assert str(root / "etc/harden/harden.nft") in result["persisted"]
+    assert 'include "/etc/harden/harden.nft"' in (root / "etc/nftables.conf").read_text()
+
+
 def test_confirm_cancels_the_rollback(netns: NsFactory, tmp_path: Path) -> None:
     ns = netns("ap")
     a, b = write(tmp_path, "a.yaml", A), write(tmp_path, "b.yaml", B)
