@@ -3,16 +3,21 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv tcpdump iputils-ping
+# libpcap0.8: scapy compiles verify's capture filter with it (not only a tcpdump dependency).
+DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv libpcap0.8 \
+  tcpdump iputils-ping
 STAMP := $(VENV)/.installed
 
 .PHONY: install deb apt-install test lint demo bench clean
 
 install: $(STAMP)
 
-# vagrant (for `vagrant validate` of vagrant/Vagrantfile) without its recommends:
-# no VirtualBox or libvirt stack, 54 packages instead of 429.
-DEB_NO_RECOMMENDS := vagrant
+# Without their recommends: vagrant (for `vagrant validate` of vagrant/Vagrantfile; no
+# VirtualBox or libvirt stack, 54 packages instead of 429), and qemu, debootstrap and
+# openssh-client for tests/test_vms.py, which boots the Vagrantfile's two machines as
+# qemu VMs from a Debian image built here (no image can be downloaded).
+DEB_NO_RECOMMENDS := vagrant qemu-system-x86 qemu-utils debootstrap debian-archive-keyring \
+  e2fsprogs openssh-client
 
 deb:
 	@$(MAKE) --no-print-directory apt-install PKGS="$(DEB_PACKAGES)" APT_FLAGS=""

@@ -8,6 +8,7 @@ prober behind its own default-DROP firewall still works (LAB.md, trap 5).
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import socket
@@ -25,9 +26,66 @@ ETH_P_ALL = 0x0003
 ETHERTYPES = {0x0800, 0x86DD}
 RCVBUF = 256 * 1024 * 1024  # a no-firewall host answers 65,535 RSTs at once
 IPV6_CHECKSUM = 7  # linux/in6.h: the kernel fills the checksum at this offset
+IP_RECVERR = 11  # linux/in.h (not in Python 3.11's socket module)
+IPV6_RECVERR = 25  # linux/in6.h
 
 Address = IPv4Address | IPv6Address
 Progress = Callable[[int], None]
+SendTo = Callable[[bytes, tuple[str, int]], int]
+
+# A send that fails with one of these did not put the probe on the wire, and may
+# succeed a moment later: a full transmit queue (ENOBUFS, EAGAIN), or an ICMP error
+# the kernel reports on the socket's next send (IP_RECVERR) instead of sending it.
+TRANSIENT = {
+    errno.ENOBUFS,
+    errno.EAGAIN,
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EACCES,
+    errno.EPERM,
+}
+SEND_STALL_SECONDS = 5.0
+
+
+def send_until_sent(
+    sendto: SendTo, data: bytes, dest: tuple[str, int], stall: float = SEND_STALL_SECONDS
+) -> None:
+    """Send one probe, waiting out transient refusals; a probe is never skipped.
+
+    Silence is the verdict for closed ports, so a probe that silently did not leave
+    would read as "dropped by the firewall". Gives up with EnvironmentProblem only
+    when the socket refuses for ``stall`` seconds on end.
+    """
+    delay = 0.0005
+    deadline: float | None = None
+    while True:
+        try:
+            sendto(data, dest)
+            return
+        except OSError as exc:
+            if exc.errno not in TRANSIENT:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + stall
+            elif now > deadline:
+                raise EnvironmentProblem(
+                    f"cannot send probes to {dest[0]}: {exc.strerror} for {stall:.0f} s"
+                ) from exc
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _report_send_errors(sock: socket.socket, family: int) -> None:
+    """Make a full queue fail the send (ENOBUFS) instead of dropping the probe silently.
+
+    Without IP_RECVERR, Linux raw and UDP sends swallow the qdisc's drop.
+    """
+    if family == 4:
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
 
 
 @dataclass(frozen=True)
@@ -133,7 +191,12 @@ def _attach_filter(sock: socket.socket, expr: str, dev: str) -> None:
     try:
         attach_filter(sock, expr, dev)
     except Exception as exc:  # scapy raises plain Exceptions for compile errors
-        raise EnvironmentProblem(f"cannot attach capture filter {expr!r} on {dev}: {exc}") from exc
+        hint = ""
+        if "libpcap" in str(exc):
+            hint = " (install Debian's libpcap0.8: scapy compiles the filter with it)"
+        raise EnvironmentProblem(
+            f"cannot attach capture filter {expr!r} on {dev}: {exc}{hint}"
+        ) from exc
 
 
 def is_icmp_error(packet: bytes) -> bool:
@@ -168,6 +231,7 @@ class Sender:
         self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         if self.family == 6:
             self._tcp.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 16)
+        _report_send_errors(self._tcp, self.family)
         icmp = socket.IPPROTO_ICMP if self.family == 4 else socket.IPPROTO_ICMPV6
         self._icmp = socket.socket(af, socket.SOCK_RAW, icmp)
         self.seq = random.getrandbits(32)
@@ -203,9 +267,8 @@ class Sender:
                 struct.pack_into("!H", header, 16, _fold(base + port))
             try:
                 sendto(header, (target, 0))
-            except BlockingIOError:
-                time.sleep(0.001)
-                sendto(header, (target, 0))
+            except OSError:
+                send_until_sent(sendto, bytes(header), (target, 0))
             sent += 1
             if progress is not None and sent % 4096 == 0:
                 progress(4096)
@@ -223,6 +286,7 @@ class Sender:
         """Send one datagram per port from a fresh source port (kept in last_udp_sport)."""
         sock = socket.socket(self._af, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        _report_send_errors(sock, self.family)
         address = str(source or self.route.source)
         try:
             sock.bind((address, 0))
@@ -234,18 +298,13 @@ class Sender:
         sent = 0
         empty = b""
         try:
+            sendto = sock.sendto
             for port in ports:
-                for _ in range(3):
-                    try:
-                        sock.sendto(payloads.get(port, empty), (target, port))
-                        break
-                    except (BlockingIOError, ConnectionRefusedError):
-                        time.sleep(0.001)
-                    except OSError as exc:
-                        if exc.errno == 105:  # ENOBUFS: the queue is full, slow down
-                            time.sleep(0.001)
-                            continue
-                        raise
+                data = payloads.get(port, empty)
+                try:
+                    sendto(data, (target, port))
+                except OSError:
+                    send_until_sent(sendto, data, (target, port))
                 sent += 1
                 if progress is not None and sent % 4096 == 0:
                     progress(4096)
@@ -261,7 +320,7 @@ class Sender:
         header = struct.pack("!BBHHH", kind, 0, 0, ident, 1) + b"harden"
         if self.family == 4:
             header = header[:2] + struct.pack("!H", _fold(_sum16(header))) + header[4:]
-        self._icmp.sendto(header, self._dest())
+        send_until_sent(self._icmp.sendto, header, self._dest())
 
 
 def raw_available() -> bool:

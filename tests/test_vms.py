@@ -1,0 +1,186 @@
+"""The Vagrant workflow on two real VMs: qemu boots target and prober from a Debian 12 image
+built here with debootstrap, and the same playbook Vagrant runs drives them over SSH.
+
+apply on target -> verify from prober -> confirm; a second provision changes nothing; an
+edited manifest that verification fails (a DNAT leak in another table) is rolled back to the
+previous rules; a manifest that would close SSH is refused over a live SSH session.
+KVM is used where it boots Debian's kernel; a /dev/kvm that cannot (a nested PVM host)
+falls back to software emulation and says so; no /dev/kvm at all skips, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .vmlab import REPO, VmLab, choose_accelerator, ensure_image, kvm_skip_reason
+
+pytestmark = pytest.mark.netns
+PLAYBOOK = REPO / "vagrant" / "ansible" / "site.yml"
+MANIFEST = REPO / "vagrant" / "ansible" / "manifest.yml"
+ANSIBLE = Path(sys.executable).parent / "ansible-playbook"
+NEEDED = ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4", "ssh", "nmap")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmLab]:
+    missing = [tool for tool in NEEDED if shutil.which(tool) is None]
+    if missing or not ANSIBLE.exists():
+        pytest.skip(f"not installed: {missing or 'ansible-core'} (make install adds them)")
+    reason = kvm_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("vms")
+    started = time.monotonic()
+    image = ensure_image(work / "build.log")
+    accel, why = choose_accelerator(image)
+    print(f"\nVM image {image.folder} ready in {time.monotonic() - started:.0f} s; {why}")
+    started = time.monotonic()
+    with VmLab(image, accel, work) as vms:
+        print(f"target and prober answer ssh after {time.monotonic() - started:.0f} s ({accel})")
+        vms.sync_source()  # what Vagrant's rsync synced folder does
+        yield vms
+
+
+def provision(lab: VmLab, tmp: Path, manifest: Path) -> tuple[int, dict[str, int], str]:
+    """`vagrant provision target`, by hand: the Vagrantfile's playbook, groups and variables."""
+    inventory = tmp / "hosts.ini"
+    target, prober = lab.vms["target"], lab.vms["prober"]
+    inventory.write_text(
+        f"[targets]\ntarget ansible_host={target.v4}\n"
+        f"[probers]\nprober ansible_host={prober.v4}\n"
+        "[all:vars]\nansible_user=root\nansible_python_interpreter=/usr/bin/python3\n"
+        f"ansible_ssh_private_key_file={lab.image.key}\n"
+        f"ansible_ssh_common_args='{' '.join(lab.ssh_options()[2:])}'\n"
+    )
+    variables = tmp / "vars.json"
+    variables.write_text(
+        json.dumps(
+            {
+                "harden_install_from": "/opt/harden-src",
+                "harden_apt_update_cache": False,  # no mirror on the lab network
+                "harden_manifest_file": str(manifest),
+                "harden_prober": "prober",
+                "harden_verify_targets": [target.v4, target.v6],
+                "harden_fetch_report_to": f"{tmp}/reports/",
+            }
+        )
+    )
+    env = {
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_ROLES_PATH": str(PLAYBOOK.parent / "roles"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible"),
+        "ANSIBLE_PIPELINING": "1",  # one ssh round trip per task: minutes under emulation
+    }
+    started = time.monotonic()
+    proc = lab.ns.run(
+        [
+            "env",
+            *(f"{k}={v}" for k, v in env.items()),
+            str(ANSIBLE),
+            "-i",
+            str(inventory),
+            str(PLAYBOOK),
+            "-e",
+            f"@{variables}",
+        ],
+        input="",  # ansible insists on a blocking stdin
+        check=False,
+        timeout=1800,
+    )
+    recap = re.search(r"^target\s*:\s*(.*)$", proc.stdout.split("PLAY RECAP")[-1], re.MULTILINE)
+    assert recap, proc.stdout + proc.stderr
+    counts = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", recap.group(1))}
+    print(
+        f"provision {manifest.name}: rc {proc.returncode}, {counts}, "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    return proc.returncode, counts, proc.stdout + proc.stderr
+
+
+def harden_on(lab: VmLab, host: str, args: str, *, check: bool = True) -> Any:
+    """Run harden on a VM as the role installed it."""
+    return lab.ssh(host, f"/opt/harden/venv/bin/harden {args}", check=check)
+
+
+def junit(tmp: Path) -> str:
+    return (tmp / "reports" / "prober" / "tmp" / "harden-target.xml").read_text()
+
+
+def test_provision_verifies_confirms_then_changes_nothing(lab: VmLab, tmp_path: Path) -> None:
+    code, recap, out = provision(lab, tmp_path, MANIFEST)
+    assert code == 0 and recap["failed"] == 0, out
+    assert recap["changed"] >= 2, out  # manifest written, rules applied
+    assert "Confirm (verification passed)" in out
+    report = junit(tmp_path)
+    assert 'failures="0"' in report and 'errors="0"' in report, report
+    status = json.loads(harden_on(lab, "target", "status --format json").stdout)
+    assert status["pending_confirmation"] is None
+    assert "table inet harden" in lab.ssh("target", "nft list table inet harden").stdout
+
+    # nmap from a third host agrees: ssh answers, the declared web ports get the
+    # kernel's RST (nothing listens there), everything else is silent.
+    target = lab.vms["target"]
+    scan = lab.ns.run(
+        ["nmap", "-n", "-Pn", "-sS", "-p", "1-1024", "--max-retries", "1", "-oG", "-", target.v4],
+        timeout=600,
+    ).stdout
+    ports = dict(re.findall(r"(\d+)/(\w+)/tcp", scan))
+    assert ports == {"22": "open", "80": "closed", "443": "closed"}, scan
+    assert "Ignored State: filtered (1021)" in scan, scan
+
+    code, recap, out = provision(lab, tmp_path, MANIFEST)
+    assert code == 0 and recap["changed"] == 0 and recap["failed"] == 0, out
+
+
+def test_a_change_that_fails_verification_is_rolled_back(lab: VmLab, tmp_path: Path) -> None:
+    code, _, out = provision(lab, tmp_path, MANIFEST)  # the known-good state
+    assert code == 0, out
+    before = lab.ssh("target", "nft list table inet harden").stdout
+    # A port forward another tool put in its own table: our input chain never sees it.
+    lab.ssh(
+        "target",
+        "nft 'add table ip nat; "
+        "add chain ip nat pre { type nat hook prerouting priority dstnat; }; "
+        "add rule ip nat pre tcp dport 1080 redirect to :22'",
+    )
+    try:
+        edited = tmp_path / "manifest.yml"
+        manifest = yaml.safe_load(MANIFEST.read_text())
+        manifest["services"].append({"name": "api", "port": 8080, "proto": "tcp"})
+        edited.write_text(yaml.safe_dump(manifest))
+        code, recap, out = provision(lab, tmp_path, edited)
+        assert code != 0 and recap["failed"] == 1, out
+        assert "Roll back (verification failed)" in out
+        report = junit(tmp_path)
+        assert re.search(r"<failure[^>]*>[^<]*1080", report) or "1080" in report, report
+        after = lab.ssh("target", "nft list table inet harden").stdout
+        assert after == before  # the previous rules, not the change
+        assert "8080" not in after
+        status = json.loads(harden_on(lab, "target", "status --format json").stdout)
+        assert status["pending_confirmation"] is None
+    finally:
+        lab.ssh("target", "nft delete table ip nat", check=False)
+
+
+def test_a_manifest_that_closes_ssh_is_refused_over_ssh(lab: VmLab, tmp_path: Path) -> None:
+    edited = tmp_path / "manifest.yml"
+    manifest = yaml.safe_load(MANIFEST.read_text())
+    manifest["services"] = [s for s in manifest["services"] if s["name"] != "ssh"]
+    edited.write_text(yaml.safe_dump(manifest))
+    before = lab.ssh("target", "nft list ruleset").stdout
+    code, recap, out = provision(lab, tmp_path, edited)
+    assert code != 0 and recap["failed"] == 1, out
+    assert "refusing to apply" in out and "SSH" in out, out
+    assert lab.ssh("target", "nft list ruleset").stdout == before
+    assert lab.ssh("target", "echo still here").stdout.strip() == "still here"
