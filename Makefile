@@ -8,7 +8,7 @@ DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3
   tcpdump iputils-ping
 STAMP := $(VENV)/.installed
 
-.PHONY: install deb apt-install test lint demo bench clean
+.PHONY: install deb apt-install test lint demo bench vm-test clean
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ test: install lint
 
 demo: install
 	$(VENV)/bin/harden lab rulesets/web-server.yaml
+
+# Only the two-VM run of the Vagrant workflow (also part of `make test`): builds the
+# Debian image into /var/cache/harden-vm on first use.
+vm-test: install
+	$(VENV)/bin/pytest -s tests/test_vms.py
 
 # Benchmarks are not tests: figures side by side with nmap, measured in one run.
 bench: install

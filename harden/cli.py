@@ -56,7 +56,8 @@ def validate(manifests: Sequence[Path], fmt: str) -> None:
         manifest = load_manifest(path)
         results.append(_summary(path, manifest, build_policy(manifest)))
     if fmt == "json":
-        click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+        # Always a list, one entry per manifest: the shape never depends on the arguments.
+        click.echo(json.dumps(results, indent=2))
         return
     for result in results:
         allowed = "; ".join(result["allows"]) or "nothing (every port closed)"
