@@ -20,8 +20,8 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
+from harden.labnet import _Namespaces
 from harden.netns import Namespace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -182,7 +182,7 @@ class Vm:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
 
-class VmLab:
+class VmLab(_Namespaces):
     """target and prober on a bridge in a namespace; the controller is the bridge itself."""
 
     PREFIX = 24
@@ -209,34 +209,21 @@ class VmLab:
             )
             for name in ("target", "prober")
         }
-        self.ns = Namespace("hvm")
+        self.prefix = "hvm"
+        self._namespaces: list[Namespace] = []
 
-    def __enter__(self) -> VmLab:
+    def _build(self) -> None:
         """Make the namespace and bridge, start both VMs, wait until they answer ssh."""
-        self.ns.__enter__()
-        try:
-            self.ns.run(["ip", "link", "add", "br0", "type", "bridge"])
-            self.ns.run(["ip", "addr", "add", f"{self.controller_v4}/{self.PREFIX}", "dev", "br0"])
-            third = self.controller_v4.split(".")[2]
-            self.ns.run(["ip", "-6", "addr", "add", f"fd00:{third}::1/64", "dev", "br0", "nodad"])
-            self.ns.run(["ip", "link", "set", "br0", "up"])
-            for vm in self.vms.values():
-                self._start(vm)
-            for vm in self.vms.values():
-                self._wait_ssh(vm)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop both VMs and delete the namespace (taps and bridge go with it)."""
-        self.close()
+        self.ns = self._ns("lab")
+        self.ns.run(["ip", "link", "add", "br0", "type", "bridge"])
+        self.ns.run(["ip", "addr", "add", f"{self.controller_v4}/{self.PREFIX}", "dev", "br0"])
+        third = self.controller_v4.split(".")[2]
+        self.ns.run(["ip", "-6", "addr", "add", f"fd00:{third}::1/64", "dev", "br0", "nodad"])
+        self.ns.run(["ip", "link", "set", "br0", "up"])
+        for vm in self.vms.values():
+            self._start(vm)
+        for vm in self.vms.values():
+            self._wait_ssh(vm)
 
     def close(self) -> None:
         """Kill the VMs, remove overlays and the namespace; safe to call twice."""
@@ -250,7 +237,7 @@ class VmLab:
                     vm.process.wait(timeout=10)
             vm.process = None
             vm.overlay.unlink(missing_ok=True)
-        self.ns.close()
+        super().close()
 
     def _start(self, vm: Vm) -> None:
         subprocess.run(
