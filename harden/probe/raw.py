@@ -35,7 +35,9 @@ SendTo = Callable[[bytes, tuple[str, int]], int]
 
 # A send that fails with one of these did not put the probe on the wire, and may
 # succeed a moment later: a full transmit queue (ENOBUFS, EAGAIN), or an ICMP error
-# the kernel reports on the socket's next send (IP_RECVERR) instead of sending it.
+# the kernel reports on the socket's next send (IP_RECVERR) instead of sending it
+# (a reject-mode target's admin-prohibited is EHOSTUNREACH, or EACCES over IPv6).
+# EPERM, the prober's own output firewall, seldom clears: it ends in the stall error.
 TRANSIENT = {
     errno.ENOBUFS,
     errno.EAGAIN,
