@@ -166,7 +166,7 @@ def test_a_change_that_fails_verification_is_rolled_back(lab: VmLab, tmp_path: P
         assert code != 0 and recap["failed"] == 1, out
         assert "Roll back (verification failed)" in out
         report = junit(tmp_path)
-        assert re.search(r"<failure[^>]*>[^<]*1080", report) or "1080" in report, report
+        assert "1080" in report, report
         after = lab.ssh("target", "nft list table inet harden").stdout
         assert after == before  # the previous rules, not the change
         assert "8080" not in after

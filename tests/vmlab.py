@@ -195,8 +195,9 @@ class VmLab(_Namespaces):
         self.memory_mb = memory_mb
         addresses = vagrant_addresses()
         net = addresses["target"].rsplit(".", 1)[0]
-        self.controller_v4 = f"{net}.{self.CONTROLLER_V4_HOST}"
         third = net.split(".")[2]
+        self.controller_v4 = f"{net}.{self.CONTROLLER_V4_HOST}"
+        self.controller_v6 = f"fd00:{third}::{self.CONTROLLER_V4_HOST}"
         self.vms = {
             name: Vm(
                 name=name,
@@ -217,8 +218,7 @@ class VmLab(_Namespaces):
         self.ns = self._ns("lab")
         self.ns.run(["ip", "link", "add", "br0", "type", "bridge"])
         self.ns.run(["ip", "addr", "add", f"{self.controller_v4}/{self.PREFIX}", "dev", "br0"])
-        third = self.controller_v4.split(".")[2]
-        self.ns.run(["ip", "-6", "addr", "add", f"fd00:{third}::1/64", "dev", "br0", "nodad"])
+        self.ns.run(["ip", "-6", "addr", "add", f"{self.controller_v6}/64", "dev", "br0", "nodad"])
         self.ns.run(["ip", "link", "set", "br0", "up"])
         for vm in self.vms.values():
             self._start(vm)
@@ -330,6 +330,9 @@ class VmLab(_Namespaces):
             "ConnectTimeout=10",
         ]
 
+    def _ssh_argv(self, name: str, command: str) -> list[str]:
+        return ["ssh", *self.ssh_options(), f"root@{self.vms[name].v4}", command]
+
     def ssh(
         self,
         name: str,
@@ -342,7 +345,7 @@ class VmLab(_Namespaces):
         """Run a shell command as root on a VM, from the controller."""
         try:
             return self.ns.run(
-                ["ssh", *self.ssh_options(), f"root@{self.vms[name].v4}", command],
+                self._ssh_argv(name, command),
                 input=input,
                 check=check,
                 timeout=timeout,
@@ -360,19 +363,12 @@ class VmLab(_Namespaces):
             capture_output=True,
             check=True,
         )
-        for vm in self.vms.values():
-            quoted = shlex.quote(dest)
+        quoted = shlex.quote(dest)
+        unpack = f"rm -rf {quoted} && mkdir -p {quoted} && tar -C {quoted} -xz"
+        for name in self.vms:
+            # Bytes on stdin, which Namespace.run (text) does not take.
             subprocess.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.ns.name,
-                    "ssh",
-                    *self.ssh_options(),
-                    f"root@{vm.v4}",
-                    f"rm -rf {quoted} && mkdir -p {quoted} && tar -C {quoted} -xz",
-                ],
+                ["ip", "netns", "exec", self.ns.name, *self._ssh_argv(name, unpack)],
                 input=tar.stdout,
                 capture_output=True,
                 check=True,

@@ -32,9 +32,8 @@ fi
 
 packages=(
   linux-image-amd64 initramfs-tools systemd-sysv udev dbus openssh-server
-  python3 python3-venv python3-apt python3-packaging python3-nftables nftables libpcap0.8 iproute2
-  iputils-ping
-  netbase kmod procps
+  python3 python3-venv python3-apt python3-packaging python3-nftables nftables libpcap0.8
+  iproute2 iputils-ping netbase kmod procps
 )
 
 work="$out.tmp"
