@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 from bench.common import measure
-from harden.labnet import FleetNet
-from harden.manifest import parse_manifest
-from harden.policy import build_policy
-from harden.render import render
+from harden.core.manifest import parse_manifest
+from harden.core.policy import build_policy
+from harden.core.render import render
+from harden.lab.net import FleetNet
 
 MANIFEST = "version: 1\nservices:\n  - {name: web, port: 80, proto: tcp}\n"
 
@@ -53,7 +53,7 @@ def main() -> None:
                             host.ns.name,
                             sys.executable,
                             "-m",
-                            "harden.responder",
+                            "harden.lab.responder",
                             "--tcp",
                             "80",
                             "--lifetime",

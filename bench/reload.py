@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harden.netns import Namespace, connect
+from harden.lab.netns import Namespace, connect
 
 A = "version: 1\nservices:\n  - {name: echo, port: 9000, proto: [tcp, udp]}\n"
 B = A + "  - {name: web, port: 80, proto: tcp}\n"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from harden.netns import Namespace, connect
+from harden.lab.netns import Namespace, connect
 
 CONNECTS = 400
 CLIENT = """

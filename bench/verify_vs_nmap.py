@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from bench.common import measure
-from harden.labnet import LabNet
-from harden.manifest import parse_manifest
-from harden.policy import build_policy
-from harden.render import render
+from harden.core.manifest import parse_manifest
+from harden.core.policy import build_policy
+from harden.core.render import render
+from harden.lab.net import LabNet
 
 MANIFEST = """version: 1
 services:

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from harden import apply as _apply
+from harden.apply.state import DEFAULT_STATE_DIR
+from harden.core.manifest import Manifest, load_manifest
+from harden.core.policy import build_policy
+from harden.core.render import Backend
+from harden.core.render import render as _render
 from harden.errors import ExitStatus, HardenError
-from harden.manifest import Manifest, load_manifest
-from harden.policy import build_policy
-from harden.render import Backend
-from harden.render import render as _render
-from harden.state import DEFAULT_STATE_DIR
 
 __all__ = ["ExitStatus", "HardenError", "apply", "diff", "load", "render", "verify"]
 
@@ -55,8 +55,8 @@ def diff(path: str | Path, backend: Backend = "nftables") -> dict[str, Any]:
 
 def verify(path: str | Path, targets: list[str], **options: Any) -> dict[str, Any]:
     """Probe ``targets`` against the manifest (as ``harden verify --format json``)."""
-    from harden.prober import run_verify
-    from harden.report import to_json
+    from harden.core.report import to_json
+    from harden.verify.run import run_verify
 
     addresses = [ipaddress.ip_address(t) for t in targets]
     report = run_verify([(build_policy(load(path)), addresses)], **options)

@@ -14,12 +14,12 @@ from typing import Any
 import click
 
 from harden import __version__
+from harden.apply.state import DEFAULT_STATE_DIR, write_atomic
+from harden.core.manifest import Manifest, json_schema, load_manifest
+from harden.core.policy import Policy, build_policy
+from harden.core.render import BACKENDS, Backend, render
+from harden.core.report import to_json, to_junit, to_text
 from harden.errors import ExitStatus, HardenError
-from harden.manifest import Manifest, json_schema, load_manifest
-from harden.policy import Policy, build_policy
-from harden.render import BACKENDS, Backend, render
-from harden.report import to_json, to_junit, to_text
-from harden.state import DEFAULT_STATE_DIR, write_atomic
 
 EPILOG = """\b
 Exit codes:
@@ -350,8 +350,8 @@ def verify_cmd(
     pass, 1 fail, 4 probe error. With --inventory, every host of a fleet is
     probed in the same sweeps and lands in one report.
     """
-    from harden.inventory import load_inventory
-    from harden.prober import run_verify
+    from harden.verify.inventory import load_inventory
+    from harden.verify.run import run_verify
 
     if (manifest is None) == (inventory is None):
         raise click.UsageError("give a MANIFEST with --target, or --inventory FILE")
@@ -441,7 +441,7 @@ def lab(
     confirm window, verification from every vantage point, and confirm on PASS or
     rollback on FAIL. Nothing outside the lab's namespaces is touched.
     """
-    from harden.lab import run_lab, summarize, two_sided
+    from harden.lab.run import run_lab, summarize, two_sided
 
     path = manifest or Path(__file__).resolve().parent.parent / "rulesets" / "web-server.yaml"
     progress = (lambda m: None) if fmt == "json" else (lambda m: click.echo(f"» {m}", err=True))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harden.netns import Namespace
+from harden.lab.netns import Namespace
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harden.labnet import Host, LabNet
-from harden.manifest import parse_manifest
-from harden.policy import build_policy
-from harden.render import render
+from harden.core.manifest import parse_manifest
+from harden.core.policy import build_policy
+from harden.core.render import render
+from harden.lab.net import Host, LabNet
 
 HARDEN = [sys.executable, "-m", "harden.cli"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harden.labnet import LabNet
+from harden.lab.net import LabNet
 
 from .conftest import REPO
 from .labutil import lab_for

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harden import api
-from harden.netns import Namespace
+from harden.lab.netns import Namespace
 
 from .conftest import REPO
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from harden.apply import require_namespace, ssh_guard
+from harden.apply.engine import require_namespace, ssh_guard
+from harden.apply.persist import persist
+from harden.apply.state import Pending, State, StateDir
+from harden.core.manifest import parse_manifest
+from harden.core.policy import build_policy
+from harden.core.render import render
 from harden.errors import EnvironmentProblem
-from harden.manifest import parse_manifest
-from harden.netns import current_namespace_name
-from harden.persist import persist
-from harden.policy import build_policy
-from harden.render import render
-from harden.state import Pending, State, StateDir
+from harden.lab.netns import current_namespace_name
 
 SSH_FROM_OPS = """version: 1
 services:

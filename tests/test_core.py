@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from harden.core.manifest import PortRange, json_schema, parse_manifest, parse_port
+from harden.core.policy import build_policy, merge_ports
+from harden.core.render import IPTABLES_MAX_RULES, multiport_chunks, render, safe_comment
 from harden.errors import RenderError
-from harden.manifest import PortRange, json_schema, parse_manifest, parse_port
-from harden.policy import build_policy, merge_ports
-from harden.render import IPTABLES_MAX_RULES, multiport_chunks, render, safe_comment
 
 from .conftest import REPO
 

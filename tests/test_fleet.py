@@ -8,12 +8,12 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
+from harden.core.manifest import parse_manifest
+from harden.core.policy import build_policy
+from harden.core.render import render
 from harden.errors import ManifestError
-from harden.inventory import load_inventory
-from harden.labnet import FleetNet
-from harden.manifest import parse_manifest
-from harden.policy import build_policy
-from harden.render import render
+from harden.lab.net import FleetNet
+from harden.verify.inventory import load_inventory
 
 from .conftest import REPO
 from .labutil import HARDEN, write

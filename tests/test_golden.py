@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harden.manifest import load_manifest
-from harden.policy import build_policy
-from harden.render import BACKENDS, render
+from harden.core.manifest import load_manifest
+from harden.core.policy import build_policy
+from harden.core.render import BACKENDS, render
 
 from .conftest import REPO
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harden.lab import run_lab, two_sided
-from harden.labnet import LabNet
+from harden.lab.net import LabNet
+from harden.lab.run import run_lab, two_sided
 
 from .conftest import REPO, own_namespaces
 from .labutil import HARDEN, failing, lab_for, verify_from, write

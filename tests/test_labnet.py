@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harden.labnet import LabNet
-from harden.manifest import load_manifest
-from harden.policy import build_policy
+from harden.core.manifest import load_manifest
+from harden.core.policy import build_policy
+from harden.lab.net import LabNet
 
 from .conftest import REPO, own_namespaces
 

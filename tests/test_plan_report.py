@@ -8,13 +8,13 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from harden.classify import Reply, State
+from harden.core.classify import Reply, State
+from harden.core.manifest import parse_manifest
+from harden.core.plan import Expect, Target, parse_port_selection, plan_probes
+from harden.core.policy import build_policy
+from harden.core.report import evaluate, ranges, to_json, to_junit, to_text
 from harden.errors import HardenError
-from harden.manifest import parse_manifest
-from harden.plan import Expect, Target, parse_port_selection, plan_probes
-from harden.policy import build_policy
-from harden.report import evaluate, ranges, to_json, to_junit, to_text
-from harden.verify import Findings
+from harden.verify.engine import Findings
 
 MANIFEST = """
 version: 1

@@ -13,11 +13,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harden.core.manifest import parse_manifest
+from harden.core.policy import build_policy
+from harden.core.render import render
 from harden.errors import ManifestError
-from harden.manifest import parse_manifest
-from harden.netns import Namespace
-from harden.policy import build_policy
-from harden.render import render
+from harden.lab.netns import Namespace
 
 BLOCK = 65  # the port space cut into 1008 blocks: one entry per block, so none overlap
 NAME_CHARS = st.characters(codec="utf-8", exclude_categories=["Cs"])

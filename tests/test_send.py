@@ -9,7 +9,7 @@ import time
 import pytest
 
 from harden.errors import EnvironmentProblem
-from harden.probe.raw import IP_RECVERR, send_until_sent
+from harden.verify.raw import IP_RECVERR, send_until_sent
 
 
 class Refusing:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harden.manifest import parse_manifest
-from harden.netns import Namespace
-from harden.policy import build_policy
-from harden.render import render
+from harden.core.manifest import parse_manifest
+from harden.core.policy import build_policy
+from harden.core.render import render
+from harden.lab.netns import Namespace
 
 from .conftest import REPO
 

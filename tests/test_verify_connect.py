@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harden.labnet import LabNet
+from harden.lab.net import LabNet
 
 from .conftest import REPO
 from .labutil import HARDEN, lab_for, load_ruleset

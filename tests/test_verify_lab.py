@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harden.classify import State, nmap_state
+from harden.core.classify import State, nmap_state
 
 from .labutil import failing, lab_for, load_ruleset, nmap, statuses, verify_from, write
 

@@ -21,8 +21,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harden.labnet import _Namespaces
-from harden.netns import Namespace
+from harden.lab.net import _Namespaces
+from harden.lab.netns import Namespace
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "vagrant" / "qemu" / "build-image.sh"

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from harden.core.render import IPT_FILES
 from harden.errors import ApplyError, EnvironmentProblem
-from harden.render import IPT_FILES
 
 JUMP = "-A INPUT -j HARDEN-INPUT"
 TOOLS = {4: "iptables", 6: "ip6tables"}

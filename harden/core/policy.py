@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 from typing import Literal
 
-from harden.manifest import PROTOS, Manifest, PortRange, Proto, Service
+from harden.core.manifest import PROTOS, Manifest, PortRange, Proto, Service
 
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)

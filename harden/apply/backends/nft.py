@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+from harden.core.render import NFT_FILE
 from harden.errors import ApplyError, EnvironmentProblem
-from harden.render import NFT_FILE
 
 TABLE = "inet harden"
 

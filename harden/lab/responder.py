@@ -1,6 +1,6 @@
 """Stand-in services for the lab: accept TCP and answer UDP on the declared ports.
 
-Run inside the server namespace: ``python -m harden.responder --tcp 22,80 --udp 53``.
+Run inside the server namespace: ``python -m harden.lab.responder --tcp 22,80 --udp 53``.
 One dual-stack socket per port serves IPv4 and IPv6. It prints ``ready`` once every
 socket is bound and stops after ``--lifetime`` seconds at the latest, so an aborted
 lab never leaves it behind for long.
@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from harden.manifest import PortRange, parse_port
+from harden.core.manifest import PortRange, parse_port
 
 MAX_SOCKETS = 4096  # stay well under the default open-file limit
 

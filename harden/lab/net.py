@@ -17,9 +17,9 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import TracebackType
 from typing import Self
 
+from harden.core.policy import Policy
 from harden.errors import EnvironmentProblem
-from harden.netns import Namespace, connect, require_root
-from harden.policy import Policy
+from harden.lab.netns import Namespace, connect, require_root
 
 Address = IPv4Address | IPv6Address
 Net = IPv4Network | IPv6Network
@@ -172,7 +172,7 @@ class LabNet(_Namespaces):
                 self.server.ns.name,
                 sys.executable,
                 "-m",
-                "harden.responder",
+                "harden.lab.responder",
                 "--tcp",
                 tcp,
                 "--udp",

@@ -8,9 +8,9 @@ from typing import Literal, get_args
 
 import jinja2
 
+from harden.core.manifest import PortRange
+from harden.core.policy import FAMILIES, Allow, Policy
 from harden.errors import RenderError
-from harden.manifest import PortRange
-from harden.policy import FAMILIES, Allow, Policy
 
 Backend = Literal["nftables", "iptables"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
@@ -56,7 +56,7 @@ def ipt_chain(allow: Allow) -> str:
 
 
 _ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("harden", "templates"),
+    loader=jinja2.PackageLoader("harden.core", "templates"),
     undefined=jinja2.StrictUndefined,
     autoescape=False,  # output is a ruleset, not HTML; inputs go through safe_comment
     trim_blocks=True,

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 
+from harden.core.manifest import PROTOS, Proto, parse_port
+from harden.core.policy import Family, Policy
 from harden.errors import HardenError
-from harden.manifest import PROTOS, Proto, parse_port
-from harden.policy import Family, Policy
 
 # One shared tuple: a fleet's plans point at the same 65,535 int objects instead of
 # each target making its own (about 2 MB per target and protocol saved).

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
-from harden.classify import EchoReply, Reply, State, classify
+from harden.core.classify import EchoReply, Reply, State, classify
+from harden.core.manifest import Proto
+from harden.core.plan import Expect, Plan, Target
 from harden.errors import EnvironmentProblem
-from harden.manifest import Proto
-from harden.plan import Expect, Plan, Target
-from harden.probe.payloads import udp_payloads
-from harden.probe.raw import Capture, Route, Sender, fresh_sport, is_icmp_error, route_to
+from harden.verify.payloads import udp_payloads
+from harden.verify.raw import Capture, Route, Sender, fresh_sport, is_icmp_error, route_to
 
 Address = IPv4Address | IPv6Address
 # phase description, units done (or None to start a phase with a total)
@@ -359,7 +359,7 @@ def verify_connect(
     round starts one full refill interval after the previous one (and after start-up):
     only errors we provoked ourselves could have spent a token, and we see those.
     """
-    from harden.probe import connect
+    from harden.verify import connect
 
     findings = Findings(mode="connect")
     start = time.monotonic()

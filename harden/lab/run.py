@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harden.core.manifest import load_manifest
+from harden.core.policy import build_policy
+from harden.core.render import Backend
 from harden.errors import EnvironmentProblem
-from harden.labnet import Host, LabNet
-from harden.manifest import load_manifest
-from harden.policy import build_policy
-from harden.render import Backend
+from harden.lab.net import Host, LabNet
 
 HARDEN = [sys.executable, "-m", "harden.cli"]
 

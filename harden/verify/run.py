@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
 
-from harden.plan import Target, merge_plans, parse_port_selection, plan_probes
-from harden.policy import Policy
-from harden.probe.raw import Route, raw_available
-from harden.report import Report, evaluate
-from harden.verify import Options, Progress, resolve_targets, verify, verify_connect
+from harden.core.plan import Target, merge_plans, parse_port_selection, plan_probes
+from harden.core.policy import Policy
+from harden.core.report import Report, evaluate
+from harden.verify.engine import Options, Progress, resolve_targets, verify, verify_connect
+from harden.verify.raw import Route, raw_available
 
 
 def run_verify(

@@ -16,12 +16,12 @@ from xml.etree import ElementTree as ET
 from rich.console import Console
 from rich.table import Table
 
-from harden.classify import Reply, State
+from harden.core.classify import Reply, State
+from harden.core.manifest import PROTOS
+from harden.core.plan import Expect, Plan, Target
 from harden.errors import ExitStatus
-from harden.manifest import PROTOS
-from harden.plan import Expect, Plan, Target
-from harden.probe.connect import REJECTED_DETAIL
-from harden.verify import Findings
+from harden.verify.connect import REJECTED_DETAIL
+from harden.verify.engine import Findings
 
 SCHEMA = "harden.verify/1"
 ADMIN_PROHIBITED = ("admin-prohibited", "host-prohibited", "net-prohibited")

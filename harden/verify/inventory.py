@@ -15,9 +15,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from harden.core.manifest import field_path, load_manifest
+from harden.core.policy import Policy, build_policy
 from harden.errors import ManifestError
-from harden.manifest import field_path, load_manifest
-from harden.policy import Policy, build_policy
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

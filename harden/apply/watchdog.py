@@ -15,9 +15,9 @@ from harden.apply import rollback_if_pending
 
 
 def main(argv: list[str]) -> int:
-    """``python -m harden.watchdog STATE_DIR TOKEN``: sleep to the deadline, then act."""
+    """``python -m harden.apply.watchdog STATE_DIR TOKEN``: sleep to the deadline, then act."""
     state_dir, token = Path(argv[0]), argv[1]
-    from harden.state import StateDir
+    from harden.apply.state import StateDir
 
     pending = StateDir(state_dir).load().pending
     if pending is None or pending.token != token:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harden.render import IPT_FILES, NFT_FILE, Backend
-from harden.state import write_atomic
+from harden.apply.state import write_atomic
+from harden.core.render import IPT_FILES, NFT_FILE, Backend
 
 NFT_CONF = Path("etc/nftables.conf")
 HARDEN_ETC = Path("etc/harden")

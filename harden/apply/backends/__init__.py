@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from harden.render import Backend
+from harden.core.render import Backend
 
 
 class Firewall(Protocol):
@@ -36,9 +36,9 @@ class Firewall(Protocol):
 def firewall(backend: Backend) -> Firewall:
     """The backend implementation for a name."""
     if backend == "nftables":
-        from harden.backends.nft import NftFirewall
+        from harden.apply.backends.nft import NftFirewall
 
         return NftFirewall()
-    from harden.backends.iptables import IptablesFirewall
+    from harden.apply.backends.iptables import IptablesFirewall
 
     return IptablesFirewall()

@@ -2,7 +2,7 @@
 
 Only harden's own table (or chains) is ever loaded, snapshotted or restored. The
 pure parts (the SSH guard, comparisons) take plain data; the rest goes through a
-backend (harden.backends) and the state directory (harden.state).
+backend (harden.apply.backends) and the state directory (harden.apply.state).
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harden.backends import Firewall, firewall
+from harden.apply.backends import Firewall, firewall
+from harden.apply.persist import persist
+from harden.apply.state import Pending, StateDir
+from harden.core.manifest import load_manifest
+from harden.core.policy import Policy, build_policy
+from harden.core.render import Backend, render
 from harden.errors import ApplyError, EnvironmentProblem, HardenError
-from harden.manifest import load_manifest
-from harden.netns import current_namespace_name
-from harden.persist import persist
-from harden.policy import Policy, build_policy
-from harden.render import Backend, render
-from harden.state import Pending, StateDir
+from harden.lab.netns import current_namespace_name
 
 
 @dataclass
@@ -180,7 +180,7 @@ def _start_watchdog(state_dir: Path, token: str) -> int:
     # Its own session and no inherited descriptors: it outlives this process, its
     # terminal and the SSH session, and runs in the same network namespace.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harden.watchdog", str(state_dir), token],
+        [sys.executable, "-m", "harden.apply.watchdog", str(state_dir), token],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -218,7 +218,7 @@ def _stop_watchdog(pid: int | None) -> None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return
-    if b"harden.watchdog" in cmdline:
+    if b"harden.apply.watchdog" in cmdline:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 15)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from ipaddress import IPv4Address, IPv6Address
 
-from harden.classify import Family, Proto, Reply, State
+from harden.core.classify import Family, Proto, Reply, State
 
 Address = IPv4Address | IPv6Address
 REJECTED_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}

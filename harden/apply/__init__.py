@@ -1,0 +1,5 @@
+"""Apply a ruleset to this host's kernel: check, snapshot, load, confirm or roll back."""
+
+from harden.apply.engine import apply, confirm, diff, rollback, rollback_if_pending, status
+
+__all__ = ["apply", "confirm", "diff", "rollback", "rollback_if_pending", "status"]

@@ -1,1 +1,0 @@
-"""Transports that put probes on the wire and capture what comes back."""
