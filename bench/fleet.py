@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from bench.common import measure
-from harden.core.manifest import parse_manifest
 from harden.core.policy import build_policy
 from harden.core.render import render
+from harden.files import parse_manifest
 from harden.lab.net import FleetNet
 
 MANIFEST = "version: 1\nservices:\n  - {name: web, port: 80, proto: tcp}\n"

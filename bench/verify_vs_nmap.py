@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from bench.common import measure
-from harden.core.manifest import parse_manifest
 from harden.core.policy import build_policy
 from harden.core.render import render
+from harden.files import parse_manifest
 from harden.lab.net import LabNet
 
 MANIFEST = """version: 1

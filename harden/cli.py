@@ -5,21 +5,20 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
-from harden import __version__
-from harden.apply.state import DEFAULT_STATE_DIR, write_atomic
-from harden.core.manifest import Manifest, json_schema, load_manifest
-from harden.core.policy import Policy, build_policy
+from harden import __version__, defaults
+from harden.core.manifest import json_schema
+from harden.core.policy import build_policy
 from harden.core.render import BACKENDS, Backend, render
-from harden.core.report import to_json, to_junit, to_text
+from harden.core.results import Validation
+from harden.core.text import one_line
 from harden.errors import ExitStatus, HardenError
+from harden.files import load_manifest, write_atomic
 
 EPILOG = """\b
 Exit codes:
@@ -27,7 +26,8 @@ Exit codes:
   1  verification failed / drift found
   2  usage or manifest error
   3  apply failed (previous state restored)
-  4  probe or environment error
+  4  probe or environment error (retryable)
+  70 internal error: a bug in harden (not retryable)
 """
 
 MANIFEST = click.Path(path_type=Path, dir_okay=False)
@@ -54,38 +54,13 @@ def validate(manifests: Sequence[Path], fmt: str) -> None:
     results = []
     for path in manifests:
         manifest = load_manifest(path)
-        results.append(_summary(path, manifest, build_policy(manifest)))
+        results.append(Validation.of(str(path), manifest, build_policy(manifest)))
     if fmt == "json":
         # Always a list, one entry per manifest: the shape never depends on the arguments.
-        click.echo(json.dumps(results, indent=2))
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
         return
     for result in results:
-        allowed = "; ".join(result["allows"]) or "nothing (every port closed)"
-        click.echo(
-            f"{result['manifest']}: valid, {result['services']} service(s), "
-            f"closed ports {result['closed']}, allows {allowed}"
-        )
-
-
-def _summary(path: Path, manifest: Manifest, policy: Policy) -> dict[str, Any]:
-    allows = []
-    for allow in policy.allows:
-        ports = ",".join(map(str, allow.ports))
-        if not allow.restricted:
-            where = "" if policy.ipv6 else " (IPv4 only)"
-        else:
-            nets = [str(n) for fam in (4, 6) for n in allow.sources(fam) or ()]
-            where = " from " + ",".join(nets)
-        allows.append(f"{allow.proto}/{ports}{where}")
-    return {
-        "manifest": str(path),
-        "valid": True,
-        "host": manifest.host,
-        "services": len(manifest.services),
-        "closed": policy.closed,
-        "ipv6": policy.ipv6,
-        "allows": allows,
-    }
+        click.echo(result.to_text())
 
 
 @cli.command(name="render")
@@ -124,12 +99,10 @@ def schema() -> None:
     click.echo(json.dumps(json_schema(), indent=2))
 
 
-# --- apply, confirm, rollback, diff, status (issue 3) ---
-
 STATE_DIR = click.option(
     "--state-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_STATE_DIR,
+    default=defaults.STATE_DIR,
     show_default=True,
     envvar="HARDEN_STATE_DIR",
     help="Where the snapshot and the pending confirmation live.",
@@ -200,7 +173,7 @@ def apply_cmd(
         force=force,
         persist_to=root if persist else None,
     )
-    _emit(fmt, asdict(result), f"{'changed' if result.changed else 'ok'}: {result.message}")
+    _emit(fmt, result.to_json(), result.to_text())
 
 
 @cli.command()
@@ -229,9 +202,9 @@ def diff_cmd(manifest: Path, backend: Backend, fmt: str) -> None:
     """Compare the live rules with what MANIFEST renders: exit 0 same, 1 drift."""
     from harden.apply import diff
 
-    drift, text = diff(manifest, backend)
-    _emit(fmt, {"drift": drift, "diff": text}, text if drift else "no drift")
-    raise click.exceptions.Exit(ExitStatus.FAILED if drift else ExitStatus.OK)
+    result = diff(manifest, backend)
+    _emit(fmt, result.to_json(), result.to_text())
+    raise click.exceptions.Exit(ExitStatus.FAILED if result.drift else ExitStatus.OK)
 
 
 @cli.command()
@@ -241,24 +214,8 @@ def status(state_dir: Path, fmt: str) -> None:
     """Show what is applied, when, from which manifest, and any pending confirmation."""
     from harden.apply import status as get_status
 
-    data = get_status(state_dir)
-    if not data["applied"]:
-        _emit(fmt, data, "nothing applied by harden (state: " + str(state_dir) + ")")
-        return
-    pending = data["pending_confirmation"]
-    lines = [
-        f"backend:  {data['backend']}",
-        f"manifest: {data['manifest']} (sha256 {data['manifest_sha256'][:12]})",
-        f"applied:  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(data['applied_at']))}",
-        "pending:  "
-        + (f"rolls back in {pending['seconds_left']} s unless confirmed" if pending else "no"),
-        "live rules match the last apply: "
-        + {True: "yes", False: "NO (drift)", None: "unknown"}[data["live_matches_last_apply"]],
-    ]
-    _emit(fmt, data, "\n".join(lines))
-
-
-# --- verify (issue 4) ---
+    report = get_status(state_dir)
+    _emit(fmt, report.to_json(), report.to_text())
 
 
 @cli.command(name="verify")
@@ -291,21 +248,21 @@ def status(state_dir: Path, fmt: str) -> None:
 @click.option(
     "--wait",
     type=click.FloatRange(0.05, 30),
-    default=0.4,
+    default=defaults.WAIT,
     show_default=True,
     help="Seconds to wait for replies after each round.",
 )
 @click.option(
     "--retries",
     type=click.IntRange(0, 10),
-    default=2,
+    default=defaults.RETRIES,
     show_default=True,
     help="Extra rounds for silent probes (packet loss).",
 )
 @click.option(
     "--icmp-ratelimit-ms",
     type=click.IntRange(1, 60000),
-    default=1000,
+    default=defaults.ICMP_RATELIMIT_MS,
     show_default=True,
     help="The target's net.ipv4.icmp_ratelimit; UDP sweeps wait this long without "
     "ICMP from the target before they count silence as proof.",
@@ -313,7 +270,7 @@ def status(state_dir: Path, fmt: str) -> None:
 @click.option(
     "--icmp6-ratelimit-ms",
     type=click.IntRange(1, 60000),
-    default=1000,
+    default=defaults.ICMP_RATELIMIT_MS,
     show_default=True,
     help="The target's net.ipv6.icmp.ratelimit.",
 )
@@ -377,9 +334,9 @@ def verify_cmd(
         progress=show_progress,
     )
     text = {
-        "json": lambda: json.dumps(to_json(report), indent=2) + "\n",
-        "junit": lambda: to_junit(report),
-        "text": lambda: to_text(report),
+        "json": lambda: json.dumps(report.to_json(), indent=2) + "\n",
+        "junit": lambda: report.to_junit(),
+        "text": lambda: report.to_text(),
     }[fmt]()
     if output is not None:
         write_atomic(output, text, mode=0o644)
@@ -396,9 +353,6 @@ def _address(text: str, option: str) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
         raise click.BadParameter(f"{text!r} is not an IP address", param_hint=option) from None
 
 
-# --- lab (issue 5) ---
-
-
 @cli.command()
 @click.argument("manifest", type=MANIFEST, required=False)
 @BACKEND
@@ -406,7 +360,7 @@ def _address(text: str, option: str) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
     "--confirm",
     "confirm_window",
     type=click.IntRange(5, 3600),
-    default=120,
+    default=defaults.LAB_CONFIRM_WINDOW,
     show_default=True,
     help="Confirm window of the lab's apply.",
 )
@@ -441,7 +395,7 @@ def lab(
     confirm window, verification from every vantage point, and confirm on PASS or
     rollback on FAIL. Nothing outside the lab's namespaces is touched.
     """
-    from harden.lab.run import run_lab, summarize, two_sided
+    from harden.lab.run import run_lab
 
     path = manifest or Path(__file__).resolve().parent.parent / "rulesets" / "web-server.yaml"
     progress = (lambda m: None) if fmt == "json" else (lambda m: click.echo(f"» {m}", err=True))
@@ -453,57 +407,7 @@ def lab(
         ports=ports,
         apply_manifest=apply_manifest,
     )
-    if fmt == "json":
-        data = {
-            "manifest": str(path),
-            "backend": backend,
-            "ok": result.ok,
-            "confirmed": result.confirmed,
-            "rolled_back": result.rolled_back,
-            "steps": [
-                {
-                    "step": s.name,
-                    "vantage": s.vantage,
-                    "verdict": s.report.get("verdict"),
-                    "expected": "pass" if s.expect_pass else "fail",
-                    "seconds": round(s.seconds, 2),
-                    "dropped": s.dropped,
-                    "report": s.report,
-                }
-                for s in result.steps
-            ],
-        }
-        click.echo(json.dumps(data, indent=2))
-    else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=f"harden lab: {path.name} ({backend})")
-        for column in ("step", "from", "verdict", "expected", "time", "what the prober saw"):
-            table.add_column(column, overflow="fold")
-        for step in result.steps:
-            seen = summarize(step) or [
-                f"{sum(1 for p in step.report['ports'] if p['status'] == 'ok')} declared port(s) "
-                f"open, {step.report['counts']['conforming']} closed port(s) silent"
-            ]
-            proof = two_sided(step)
-            if proof:
-                seen.append(f"server drop counters: {proof}")
-            table.add_row(
-                step.name,
-                step.vantage,
-                step.report["verdict"].upper(),
-                "PASS" if step.expect_pass else "FAIL",
-                f"{step.seconds:.1f}s",
-                "\n".join(seen[:8]),
-            )
-        Console(width=120).print(table)
-        outcome = "confirmed" if result.confirmed else "rolled back"
-        click.echo(
-            f"PASS: before leaked, after verified, ruleset {outcome}"
-            if result.ok
-            else f"FAIL: the verification after apply did not pass; ruleset {outcome}"
-        )
+    click.echo(json.dumps(result.to_json(), indent=2) if fmt == "json" else result.to_text())
     raise click.exceptions.Exit(ExitStatus.OK if result.ok else ExitStatus.FAILED)
 
 
@@ -533,11 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         click.echo(
-            f"harden: internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
-            "(rerun with --debug)",
+            f"harden: internal error (a bug in harden, please report it): "
+            f"{type(exc).__name__}: {one_line(exc)} (rerun with --debug for the traceback)",
             err=True,
         )
-        return ExitStatus.ENVIRONMENT
+        return ExitStatus.INTERNAL
     return ExitStatus.OK
 
 

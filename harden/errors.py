@@ -1,7 +1,11 @@
-"""Errors that carry a message fit to print, and the exit codes of the CLI."""
+"""Errors that carry a message fit to print, and the exit codes of the CLI.
+
+docs/design.md, "Exit codes", says what automation may do with each code.
+"""
 
 from __future__ import annotations
 
+import subprocess
 from enum import IntEnum
 
 
@@ -10,9 +14,10 @@ class ExitStatus(IntEnum):
 
     OK = 0
     FAILED = 1  # verification failed or drift found
-    USAGE = 2  # bad command line or bad manifest
-    APPLY_FAILED = 3  # apply failed and the previous state was restored
-    ENVIRONMENT = 4  # probe or environment error (no privileges, missing tool, ...)
+    USAGE = 2  # bad command line or manifest, or a refused apply: nothing changed
+    APPLY_FAILED = 3  # apply failed and the previous state was kept or restored
+    ENVIRONMENT = 4  # probe or environment error (no privileges, missing tool, ...): retryable
+    INTERNAL = 70  # a bug in harden (sysexits' EX_SOFTWARE): not retryable, report it
 
 
 class HardenError(Exception):
@@ -36,6 +41,10 @@ class RenderError(HardenError):
     """A manifest feature the chosen backend cannot express (never silently dropped)."""
 
 
+class LockoutRefused(HardenError):
+    """Applying would cut the operator's SSH access; nothing was changed (``--force``)."""
+
+
 class ApplyError(HardenError):
     """Loading a ruleset failed; the previous state was kept or restored."""
 
@@ -46,3 +55,20 @@ class EnvironmentProblem(HardenError):
     """Missing privileges, tools or kernel features."""
 
     exit_status = ExitStatus.ENVIRONMENT
+
+
+class StateError(EnvironmentProblem):
+    """The state directory holds something harden did not write or cannot read."""
+
+
+class CommandFailed(EnvironmentProblem):
+    """A command harden ran (in a lab namespace) failed; ``str()`` includes its stderr."""
+
+    def __init__(self, returncode: int, cmd: list[str], stdout: str, stderr: str) -> None:
+        self.returncode = returncode
+        self.cmd = cmd
+        self.stdout = stdout
+        self.stderr = stderr
+        err = " ".join((stderr or "").split())
+        shown = subprocess.list2cmdline(cmd)
+        super().__init__(f"{shown} exited {returncode}" + (f": {err}" if err else ""))

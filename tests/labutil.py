@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harden.core.manifest import parse_manifest
 from harden.core.policy import build_policy
 from harden.core.render import render
+from harden.files import parse_manifest
 from harden.lab.net import Host, LabNet
 
 HARDEN = [sys.executable, "-m", "harden.cli"]

@@ -13,7 +13,7 @@ from scapy.layers.inet6 import (
     IPv6,
 )
 
-from harden.core.classify import EchoReply, Reply, State, classify, nmap_state
+from harden.core.classify import EchoReply, Reason, Reply, State, classify, nmap_state
 
 T4, US4 = "198.19.254.1", "198.19.254.2"
 T6, US6 = "fdff:18::1", "fdff:18::2"
@@ -25,7 +25,8 @@ def c(packet: object, target: str = T4) -> Reply | EchoReply | None:
 
 def test_syn_ack_is_open_and_carries_the_ack() -> None:
     reply = c(IP(src=T4, dst=US4) / TCP(sport=443, dport=40000, flags="SA", ack=1001))
-    assert reply == Reply(4, "tcp", 443, 40000, State.OPEN, "syn-ack", 1001)
+    assert reply == Reply(4, "tcp", 443, 40000, Reason.SYN_ACK, ack=1001)
+    assert reply.state is State.OPEN and reply.detail == "syn-ack"
 
 
 def test_rst_is_closed() -> None:
@@ -47,17 +48,20 @@ def quoted(proto: object, code: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("code", "state", "detail"),
+    ("code", "reason", "state", "detail"),
     [
-        (3, State.CLOSED, "icmp port-unreachable"),
-        (13, State.REJECTED, "icmp admin-prohibited"),
-        (10, State.REJECTED, "icmp host-prohibited"),
-        (1, State.REJECTED, "icmp host-unreachable"),
+        (3, Reason.PORT_UNREACHABLE, State.CLOSED, "icmp port-unreachable"),
+        (13, Reason.PROHIBITED, State.REJECTED, "icmp admin-prohibited"),
+        (10, Reason.PROHIBITED, State.REJECTED, "icmp host-prohibited"),
+        (1, Reason.UNREACHABLE, State.REJECTED, "icmp host-unreachable"),
     ],
 )
-def test_icmp_unreachable_names_the_quoted_udp_port(code: int, state: State, detail: str) -> None:
+def test_icmp_unreachable_names_the_quoted_udp_port(
+    code: int, reason: Reason, state: State, detail: str
+) -> None:
     reply = classify(quoted(UDPerror(sport=41000, dport=161), code), ip_address(T4))
-    assert reply == Reply(4, "udp", 161, 41000, state, detail)
+    assert reply == Reply(4, "udp", 161, 41000, reason, code)
+    assert reply.state is state and reply.detail == detail and reply.is_icmp_error
 
 
 def test_port_unreachable_for_tcp_is_a_reject_rule_not_a_stack_answer() -> None:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harden.core.manifest import PortRange, json_schema, parse_manifest, parse_port
-from harden.core.policy import build_policy, merge_ports
+from harden.core.manifest import json_schema
+from harden.core.policy import build_policy
+from harden.core.ports import PortRange, merge, parse_port
 from harden.core.render import IPTABLES_MAX_RULES, multiport_chunks, render, safe_comment
 from harden.errors import RenderError
+from harden.files import parse_manifest, service_port
 
 from .conftest import REPO
 
@@ -34,7 +36,7 @@ def policy_of(text: str):  # type: ignore[no-untyped-def]
     ],
 )
 def test_parse_port(value: object, expected: PortRange) -> None:
-    assert parse_port(value) == expected
+    assert parse_port(value, service_port) == expected
 
 
 @pytest.mark.parametrize("value", [0, 65536, -1, "0-10", "10-5", "", "1.5", True, None, [22]])
@@ -43,11 +45,11 @@ def test_parse_port_rejects(value: object) -> None:
         parse_port(value)
 
 
-def test_merge_ports() -> None:
+def test_merge() -> None:
     ports = [PortRange(90, 100), PortRange(80, 80), PortRange(81, 89), PortRange(200, 300)]
-    assert merge_ports(ports) == (PortRange(80, 100), PortRange(200, 300))
-    assert merge_ports([PortRange(5, 10), PortRange(6, 7)]) == (PortRange(5, 10),)
-    assert merge_ports([]) == ()
+    assert merge(ports) == (PortRange(80, 100), PortRange(200, 300))
+    assert merge([PortRange(5, 10), PortRange(6, 7)]) == (PortRange(5, 10),)
+    assert merge([]) == ()
 
 
 def test_policy_groups_by_protocol_and_sources() -> None:

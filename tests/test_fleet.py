@@ -8,10 +8,10 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from harden.core.manifest import parse_manifest
 from harden.core.policy import build_policy
 from harden.core.render import render
 from harden.errors import ManifestError
+from harden.files import parse_manifest
 from harden.lab.net import FleetNet
 from harden.verify.inventory import load_inventory
 

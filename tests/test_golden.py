@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harden.core.manifest import load_manifest
 from harden.core.policy import build_policy
 from harden.core.render import BACKENDS, render
+from harden.files import load_manifest
 
 from .conftest import REPO
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harden.core.manifest import load_manifest
 from harden.errors import ExitStatus, ManifestError
+from harden.files import load_manifest
 
 CASES = sorted((Path(__file__).parent / "invalid").glob("*.yaml"))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harden.core.manifest import load_manifest
 from harden.core.policy import build_policy
+from harden.files import load_manifest
 from harden.lab.net import LabNet
 
 from .conftest import REPO, own_namespaces

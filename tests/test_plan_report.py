@@ -8,13 +8,14 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from harden.core.classify import Reply, State
-from harden.core.manifest import parse_manifest
+from harden.core.classify import Reason, Reply
+from harden.core.findings import Findings
 from harden.core.plan import Expect, Target, parse_port_selection, plan_probes
 from harden.core.policy import build_policy
-from harden.core.report import evaluate, ranges, to_json, to_junit, to_text
+from harden.core.ports import compress, expand
+from harden.core.report import evaluate
 from harden.errors import HardenError
-from harden.verify.engine import Findings
+from harden.files import parse_manifest
 
 MANIFEST = """
 version: 1
@@ -64,9 +65,10 @@ def test_port_selection() -> None:
     assert plan.ports(STRANGER, "tcp") == [22, 80, 443]
 
 
-def test_ranges() -> None:
-    assert ranges([1, 2, 3, 5, 7, 8]) == ["1-3", "5", "7-8"]
-    assert ranges([]) == []
+def test_compress_and_expand_are_inverse() -> None:
+    assert [str(r) for r in compress([1, 2, 3, 5, 7, 8])] == ["1-3", "5", "7-8"]
+    assert compress([]) == ()
+    assert list(expand(compress([1, 2, 3, 5, 7, 8]))) == [1, 2, 3, 5, 7, 8]
 
 
 def findings_for(replies: dict[int, Reply], udp: dict[int, Reply] | None = None) -> Findings:
@@ -78,15 +80,15 @@ def findings_for(replies: dict[int, Reply], udp: dict[int, Reply] | None = None)
 
 
 def syn_ack(port: int) -> Reply:
-    return Reply(4, "tcp", port, 40000, State.OPEN, "syn-ack", 1)
+    return Reply(4, "tcp", port, 40000, Reason.SYN_ACK, ack=1)
 
 
 def test_pass_when_declared_open_and_rest_silent() -> None:
     plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (22, 80, 443, 53, 99))
-    udp = {53: Reply(4, "udp", 53, 41000, State.OPEN, "udp reply")}
+    udp = {53: Reply(4, "udp", 53, 41000, Reason.UDP_REPLY)}
     report = evaluate(plan, findings_for({80: syn_ack(80), 443: syn_ack(443)}, udp))
     assert report.verdict == "pass" and report.exit_status == 0
-    data = to_json(report)
+    data = report.to_json()
     assert data["schema"] == "harden.verify/1"
     assert {(p["proto"], p["port"], p["status"]) for p in data["ports"]} == {
         ("tcp", 80, "ok"),
@@ -96,18 +98,18 @@ def test_pass_when_declared_open_and_rest_silent() -> None:
     silent = {(s["proto"], tuple(s["ranges"])) for s in data["conforming"]}
     assert silent == {("tcp", ("22", "53", "99")), ("udp", ("22", "80", "99", "443"))}
     json.dumps(data)
-    assert "PASS" in to_text(report)
+    assert "PASS" in report.to_text()
 
 
 def test_leaks_fail_and_name_the_port() -> None:
     plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (22, 80, 443, 99))
-    rst = Reply(4, "tcp", 99, 40000, State.CLOSED, "rst", 1)
-    icmp = Reply(4, "udp", 22, 41000, State.CLOSED, "icmp port-unreachable")
+    rst = Reply(4, "tcp", 99, 40000, Reason.RST, ack=1)
+    icmp = Reply(4, "udp", 22, 41000, Reason.PORT_UNREACHABLE, 3)
     report = evaluate(plan, findings_for({80: syn_ack(80), 443: syn_ack(443), 99: rst}, {22: icmp}))
     assert report.verdict == "fail" and report.exit_status == 1
     failed = {(e.proto, e.port, e.observed) for e in report.failures}
     assert failed == {("tcp", 99, "closed"), ("udp", 22, "closed")}
-    suite = ET.fromstring(to_junit(report))
+    suite = ET.fromstring(report.to_junit())
     failures = suite.findall(".//failure")
     assert len(failures) == 2
     assert "tcp/99" in "".join(f.text or "" for f in failures)
@@ -127,8 +129,8 @@ def test_reject_mode_needs_at_least_one_admin_prohibited() -> None:
     silent = evaluate(plan, findings_for({}))
     assert silent.verdict == "fail"
     assert any(e.port is None and "no closed port answered" in e.detail for e in silent.failures)
-    prohibited = Reply(4, "tcp", 2, 40000, State.REJECTED, "icmp admin-prohibited")
-    udp = {1: Reply(4, "udp", 1, 41000, State.REJECTED, "icmp admin-prohibited")}
+    prohibited = Reply(4, "tcp", 2, 40000, Reason.PROHIBITED, 13)
+    udp = {1: Reply(4, "udp", 1, 41000, Reason.PROHIBITED, 13)}
     ok = evaluate(plan, findings_for({2: prohibited}, udp))
     assert ok.verdict == "pass"
     assert {s.observed for s in ok.spans} == {"rejected", "silent-unproven"}
@@ -136,7 +138,7 @@ def test_reject_mode_needs_at_least_one_admin_prohibited() -> None:
 
 def test_drop_mode_fails_on_admin_prohibited() -> None:
     plan = plan_probes(build_policy(parse_manifest("version: 1\n")), [STRANGER], (5,))
-    prohibited = Reply(4, "tcp", 5, 40000, State.REJECTED, "icmp admin-prohibited")
+    prohibited = Reply(4, "tcp", 5, 40000, Reason.PROHIBITED, 13)
     report = evaluate(plan, findings_for({5: prohibited}))
     assert [(e.port, e.observed) for e in report.failures] == [(5, "rejected")]
 

@@ -13,10 +13,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harden.core.manifest import parse_manifest
 from harden.core.policy import build_policy
 from harden.core.render import render
 from harden.errors import ManifestError
+from harden.files import parse_manifest
 from harden.lab.netns import Namespace
 
 BLOCK = 65  # the port space cut into 1008 blocks: one entry per block, so none overlap

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harden.core.manifest import parse_manifest
 from harden.core.policy import build_policy
 from harden.core.render import render
+from harden.files import parse_manifest
 from harden.lab.netns import Namespace
 
 from .conftest import REPO

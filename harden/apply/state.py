@@ -1,25 +1,43 @@
-"""harden's state directory: what is applied, its snapshot, and a pending confirmation.
+"""harden's state: what is applied, what was before it, and a pending confirmation.
 
-Everything is written atomically (temp file + rename) under an flock, so the apply
-process, ``harden confirm`` and the rollback watchdog never see half a record.
+``State`` is a pure state machine (every transition returns a new State and refuses
+an illegal one); ``StateDir`` keeps it on disk, written atomically (temp file +
+rename) under an flock, so apply, ``harden confirm`` and the rollback watchdog never
+see half a record. See docs/design.md, "The confirm window and the watchdog".
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-DEFAULT_STATE_DIR = Path("/var/lib/harden")
+from harden import defaults
+from harden.core.render import Backend
+from harden.errors import ApplyError, HardenError, StateError
+from harden.files import write_atomic
+
+DEFAULT_STATE_DIR = defaults.STATE_DIR
+HISTORY = 20  # events kept
 
 
-@dataclass
+@dataclass(frozen=True)
+class Applied:
+    """One ruleset that harden loaded: where it came from and what the kernel showed."""
+
+    backend: Backend
+    manifest: str
+    manifest_sha256: str
+    ruleset_sha256: str
+    applied_at: float
+    live_sha256: str  # harden's live rules right after loading them
+
+
+@dataclass(frozen=True)
 class Pending:
     """An apply waiting for ``harden confirm`` before its deadline."""
 
@@ -30,26 +48,120 @@ class Pending:
     root: str = "/"
 
 
-@dataclass
+@dataclass(frozen=True)
 class State:
-    """The record of the last apply."""
+    """The record: the current ruleset, the one before it, a pending confirmation."""
 
-    backend: str = ""
-    manifest: str = ""
-    manifest_sha256: str = ""
-    ruleset_sha256: str = ""
-    applied_at: float = 0.0
-    live_sha256: str = ""  # harden's live rules right after the last apply or rollback
+    current: Applied | None = None
+    previous: Applied | None = None  # what a rollback restores (None: harden had nothing)
     pending: Pending | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)  # last events, newest last
+    live_sha256: str = ""  # harden's live rules after the last transition
+    history: tuple[dict[str, Any], ...] = ()  # the last events, newest last
 
-    def event(self, what: str, when: float, **extra: Any) -> None:
-        """Remember an event (applied, confirmed, rolled back), keeping the last 20."""
-        self.history = [*self.history, {"event": what, "at": when, **extra}][-20:]
+    def _event(self, what: str, when: float, **extra: Any) -> tuple[dict[str, Any], ...]:
+        return (*self.history, {"event": what, "at": when, **extra})[-HISTORY:]
+
+    def ensure_settled(self) -> None:
+        """Refuse a new apply while the last one waits for confirmation."""
+        if self.pending is not None:
+            raise HardenError(
+                "a confirmation is pending from the last apply: run 'harden confirm' or "
+                "'harden rollback' first"
+            )
+
+    def applied(self, new: Applied, pending: Pending | None) -> State:
+        """A ruleset was loaded; with ``pending`` it rolls back unless confirmed."""
+        self.ensure_settled()
+        return State(
+            current=new,
+            previous=self.current,
+            pending=pending,
+            live_sha256=new.live_sha256,
+            history=self._event("applied", new.applied_at, manifest_sha256=new.manifest_sha256),
+        )
+
+    def confirmed(self, now: float) -> State:
+        """The pending ruleset is kept: no rollback."""
+        if self.pending is None:
+            raise HardenError("nothing to confirm: no apply is waiting for confirmation")
+        if now > self.pending.deadline:
+            raise ApplyError("too late: the confirm window has passed and the rollback ran")
+        return replace(self, pending=None, history=self._event("confirmed", now))
+
+    def rolled_back(self, now: float, live_sha256: str, reason: str = "") -> State:
+        """The rules from before the last apply are live again."""
+        if self.current is None:
+            raise HardenError("nothing to roll back: harden has applied nothing")
+        extra = {"reason": reason} if reason else {}
+        return State(
+            current=self.previous,
+            previous=None,
+            pending=None,
+            live_sha256=live_sha256,
+            history=self._event("rolled back", now, **extra),
+        )
+
+    def with_watchdog(self, pid: int) -> State:
+        """Remember the pending rollback's watchdog process."""
+        if self.pending is None:
+            raise HardenError("no pending apply to attach a watchdog to")
+        return replace(self, pending=replace(self.pending, watchdog_pid=pid))
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk record."""
+        return {"version": 2, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        """Parse the on-disk record; StateError if it is not one."""
+        try:
+            if data.get("version") != 2:
+                return _from_version_1(data)
+            return State(
+                current=_applied(data.get("current")),
+                previous=_applied(data.get("previous")),
+                pending=Pending(**data["pending"]) if data.get("pending") else None,
+                live_sha256=str(data.get("live_sha256", "")),
+                history=tuple(data.get("history", ())),
+            )
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise StateError(f"state record is not one harden wrote ({exc})") from None
+
+
+def _applied(data: dict[str, Any] | None) -> Applied | None:
+    if data is None:
+        return None
+    applied = Applied(**data)
+    if applied.backend not in get_args(Backend):
+        raise ValueError(f"unknown backend {applied.backend!r}")
+    return applied
+
+
+def _from_version_1(data: dict[str, Any]) -> State:
+    # The flat record of harden 0.1 (one apply, no "previous").
+    current = None
+    if data.get("backend"):
+        current = _applied(
+            {
+                "backend": data["backend"],
+                "manifest": data.get("manifest", ""),
+                "manifest_sha256": data.get("manifest_sha256", ""),
+                "ruleset_sha256": data.get("ruleset_sha256", ""),
+                "applied_at": data.get("applied_at", 0.0),
+                "live_sha256": data.get("live_sha256", ""),
+            }
+        )
+    pending = data.get("pending")
+    return State(
+        current=current,
+        pending=Pending(**pending) if pending else None,
+        live_sha256=str(data.get("live_sha256", "")),
+        history=tuple(data.get("history", ())),
+    )
 
 
 class StateDir:
-    """Files in the state directory."""
+    """The files of a state directory."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -81,14 +193,15 @@ class StateDir:
             data = json.loads(self.record.read_text())
         except FileNotFoundError:
             return State()
-        pending = data.pop("pending", None)
-        state = State(**data)
-        state.pending = Pending(**pending) if pending else None
-        return state
+        except (OSError, ValueError) as exc:
+            raise StateError(f"cannot read {self.record}: {exc}") from None
+        if not isinstance(data, dict):
+            raise StateError(f"{self.record} is not a harden state record")
+        return State.from_json(data)
 
     def save(self, state: State) -> None:
         """Write the record atomically."""
-        write_atomic(self.record, json.dumps(asdict(state), indent=2) + "\n")
+        write_atomic(self.record, json.dumps(state.to_json(), indent=2) + "\n")
 
     def save_snapshot(self, text: str) -> None:
         """Keep the pre-apply rules (may be empty: harden had nothing loaded)."""
@@ -109,19 +222,3 @@ class StateDir:
             return self.snapshot_file.read_text()
         except FileNotFoundError:
             return None
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``text`` so no reader sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -28,6 +28,20 @@ class State(StrEnum):
     SILENT = "silent"  # nothing, after retries
 
 
+class Reason(StrEnum):
+    """Why a reply means what it means: verdicts are decided on this, never on text."""
+
+    SYN_ACK = "syn-ack"
+    CONNECTED = "connected"  # connect mode: a completed handshake
+    UDP_REPLY = "udp reply"
+    RST = "rst"
+    REFUSED = "refused"  # connect mode: ECONNREFUSED (an RST or ICMP port-unreachable)
+    PORT_UNREACHABLE = "port-unreachable"  # ICMP(v6) port-unreachable
+    PROHIBITED = "prohibited"  # ICMP admin-/host-/net-prohibited: a reject rule answered
+    UNREACHABLE = "unreachable"  # any other ICMP(v6) destination-unreachable code
+    UNREACHABLE_UNSEEN = "unreachable-unseen"  # connect mode: an unreachable, code not visible
+
+
 @dataclass(frozen=True)
 class Reply:
     """One reply matched to the probe that caused it."""
@@ -36,9 +50,54 @@ class Reply:
     proto: Proto
     port: int  # the target port the probe went to
     sport: int  # our source port in the probe (tells rounds and stray traffic apart)
-    state: State
-    detail: str
+    reason: Reason
+    icmp_code: int | None = None  # the ICMP(v6) unreachable code, when seen
     ack: int | None = None  # TCP: the acknowledgement number (our sequence + 1)
+
+    @property
+    def state(self) -> State:
+        """The port state this reply shows."""
+        if self.reason is Reason.PORT_UNREACHABLE and self.proto == "tcp":
+            return State.REJECTED  # no kernel answers TCP with port-unreachable: a rule did
+        return _STATE.get(self.reason, State.REJECTED)
+
+    @property
+    def is_icmp_error(self) -> bool:
+        """Whether the target answered with an ICMP error (spends its rate-limit budget)."""
+        if self.reason is Reason.REFUSED:
+            return self.proto == "udp"  # to TCP, ECONNREFUSED is an RST
+        return self.reason in _ICMP_REASONS
+
+    @property
+    def detail(self) -> str:
+        """Display text, e.g. ``icmp admin-prohibited`` (never used to decide a verdict)."""
+        if self.icmp_code is not None:
+            names = ICMP_UNREACH if self.family == 4 else ICMP6_UNREACH
+            prefix = "icmp" if self.family == 4 else "icmpv6"
+            return f"{prefix} {names.get(self.icmp_code, f'code-{self.icmp_code}')}"
+        return _DETAIL.get(self.reason, self.reason.value)
+
+
+_STATE = {
+    Reason.SYN_ACK: State.OPEN,
+    Reason.CONNECTED: State.OPEN,
+    Reason.UDP_REPLY: State.OPEN,
+    Reason.RST: State.CLOSED,
+    Reason.REFUSED: State.CLOSED,
+    # Port-unreachable to UDP is the kernel's own answer: the datagram reached the UDP
+    # layer. To TCP no kernel sends it; only a reject rule does (Reply.state).
+    Reason.PORT_UNREACHABLE: State.CLOSED,
+}
+_ICMP_REASONS = frozenset(
+    {Reason.PORT_UNREACHABLE, Reason.PROHIBITED, Reason.UNREACHABLE, Reason.UNREACHABLE_UNSEEN}
+)
+_DETAIL = {
+    Reason.REFUSED: "refused (rst or icmp port-unreachable)",
+    Reason.UNREACHABLE_UNSEEN: "icmp unreachable (its code is not visible without raw sockets)",
+}
+# The reasons a `closed: reject` host should give: its reject rule's admin-prohibited
+# (raw), or an unreachable whose code connect mode cannot see.
+REJECT_REASONS = frozenset({Reason.PROHIBITED, Reason.UNREACHABLE_UNSEEN})
 
 
 @dataclass(frozen=True)
@@ -48,8 +107,6 @@ class EchoReply:
     family: Family
     ident: int
 
-
-Parsed = Reply | EchoReply | None
 
 ICMP_UNREACH = {
     0: "net-unreachable",
@@ -70,6 +127,8 @@ ICMP6_UNREACH = {
     5: "policy-fail",
     6: "reject-route",
 }
+_PROHIBITED4 = frozenset({9, 10, 13})  # net-, host-, admin-prohibited
+_PROHIBITED6 = frozenset({1})  # administratively prohibited
 _PROTO: dict[int, Proto] = {6: "tcp", 17: "udp"}
 _TCP_SYN, _TCP_RST, _TCP_ACK = 0x02, 0x04, 0x10
 
@@ -109,8 +168,7 @@ def _classify4(
             if qproto is None or ipaddress.IPv4Address(quoted[16:20]) != target:
                 return None
             sport, dport = struct.unpack("!HH", quoted[qihl : qihl + 4])
-            name = ICMP_UNREACH.get(code, f"code-{code}")
-            return Reply(4, qproto, dport, sport, _icmp_state(qproto, code == 3), f"icmp {name}")
+            return Reply(4, qproto, dport, sport, _icmp_reason(code, 3, _PROHIBITED4), code)
     return None
 
 
@@ -133,27 +191,26 @@ def _classify6(
             if qproto is None or ipaddress.IPv6Address(quoted[24:40]) != target:
                 return None
             sport, dport = struct.unpack("!HH", quoted[40:44])
-            name = ICMP6_UNREACH.get(code, f"code-{code}")
-            return Reply(6, qproto, dport, sport, _icmp_state(qproto, code == 4), f"icmpv6 {name}")
+            return Reply(6, qproto, dport, sport, _icmp_reason(code, 4, _PROHIBITED6), code)
     return None
 
 
-def _icmp_state(proto: Proto, port_unreachable: bool) -> State:
-    # Port-unreachable to UDP is the kernel's own answer: the datagram reached the UDP
-    # layer. To TCP no kernel sends it; only a reject rule does, like admin-prohibited.
-    return State.CLOSED if port_unreachable and proto == "udp" else State.REJECTED
+def _icmp_reason(code: int, port_unreachable: int, prohibited: frozenset[int]) -> Reason:
+    if code == port_unreachable:
+        return Reason.PORT_UNREACHABLE
+    return Reason.PROHIBITED if code in prohibited else Reason.UNREACHABLE
 
 
 def _transport(family: Family, proto: Proto, body: bytes) -> Reply | None:
     sport, dport = struct.unpack("!HH", body[:4])  # target port, our port
     if proto == "udp":
-        return Reply(family, "udp", sport, dport, State.OPEN, "udp reply")
+        return Reply(family, "udp", sport, dport, Reason.UDP_REPLY)
     ack = struct.unpack("!I", body[8:12])[0]
     flags = body[13]
     if flags & _TCP_SYN and flags & _TCP_ACK:
-        return Reply(family, "tcp", sport, dport, State.OPEN, "syn-ack", ack)
+        return Reply(family, "tcp", sport, dport, Reason.SYN_ACK, ack=ack)
     if flags & _TCP_RST:
-        return Reply(family, "tcp", sport, dport, State.CLOSED, "rst", ack)
+        return Reply(family, "tcp", sport, dport, Reason.RST, ack=ack)
     return None
 
 

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import re
-import socket
 import types
 import typing
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -20,10 +16,13 @@ from pydantic import (
     PlainValidator,
     StrictBool,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
 
+from harden.core.ports import PortRange, ServicePort, parse_port, show
+from harden.core.text import one_line
 from harden.errors import ManifestError
 
 Proto = Literal["tcp", "udp"]
@@ -31,65 +30,16 @@ PROTOS: tuple[Proto, ...] = ("tcp", "udp")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True, order=True)
-class PortRange:
-    """An inclusive range of ports; a single port has ``first == last``."""
-
-    first: int
-    last: int
-
-    def __str__(self) -> str:
-        """Render as ``80`` or ``10000-10100`` (nftables and manifest syntax)."""
-        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
-
-    def overlaps(self, other: PortRange) -> bool:
-        """Whether the two ranges share at least one port."""
-        return self.first <= other.last and other.first <= self.last
-
-
-_RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
-_SERVICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._+-]*")
-
-
-def _check_port(number: int) -> int:
-    if not 1 <= number <= 65535:
-        raise ValueError(f"port {number} is outside 1-65535")
-    return number
-
-
-def parse_port(value: object) -> PortRange:
-    """Parse ``80``, ``"80"``, ``"10000-10100"`` or a name from /etc/services."""
-    if isinstance(value, PortRange):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        port = _check_port(value)
-        return PortRange(port, port)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isdigit():
-            port = _check_port(int(text))
-            return PortRange(port, port)
-        if match := _RANGE.fullmatch(text):
-            first, last = (_check_port(int(g)) for g in match.groups())
-            if first > last:
-                raise ValueError(f"reversed port range {text!r} (first port must be <= last)")
-            return PortRange(first, last)
-        if _SERVICE_NAME.fullmatch(text):
-            try:
-                port = socket.getservbyname(text)
-            except OSError:
-                raise ValueError(f"unknown service name {text!r} (not in /etc/services)") from None
-            return PortRange(port, port)
-    raise ValueError(
-        f"expected a port 1-65535, a range 'N-M' or a service name, got {_show(value)}"
-    )
+def _port(value: object, info: ValidationInfo) -> PortRange:
+    context = info.context or {}
+    return parse_port(value, context.get("service_port"))
 
 
 def _parse_network(value: object) -> Network:
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return value
     if not isinstance(value, str):
-        raise ValueError(f"expected a network like 198.18.1.0/24 or fd00::/64, got {_show(value)}")
+        raise ValueError(f"expected a network like 198.18.1.0/24 or fd00::/64, got {show(value)}")
     try:
         return ipaddress.ip_network(value.strip(), strict=True)
     except ValueError as exc:
@@ -103,21 +53,16 @@ def _parse_protos(value: object) -> tuple[Proto, ...]:
     protos: list[Proto] = []
     for item in items:
         if item not in PROTOS:
-            raise ValueError(f"expected 'tcp', 'udp' or a list of them, got {_show(item)}")
+            raise ValueError(f"expected 'tcp', 'udp' or a list of them, got {show(item)}")
         if item in protos:
             raise ValueError(f"protocol {item!r} listed twice")
         protos.append(item)
     return tuple(sorted(protos))
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 Port = Annotated[
     PortRange,
-    PlainValidator(parse_port),
+    PlainValidator(_port),
     WithJsonSchema(
         {
             "anyOf": [
@@ -235,19 +180,10 @@ class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
         return mapping
 
 
-def load_manifest(path: Path) -> Manifest:
-    """Read and validate a manifest file; raise ManifestError with a one-line message."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(str(path), "", f"cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ManifestError(str(path), "", "not UTF-8 text") from None
-    return parse_manifest(text, source=str(path))
-
-
-def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
-    """Validate manifest text; ``source`` names it in error messages."""
+def parse_manifest(
+    text: str, source: str = "<manifest>", service_port: ServicePort | None = None
+) -> Manifest:
+    """Validate manifest text; ``source`` names it in errors; names resolve via ``service_port``."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -255,9 +191,9 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     if data is None:
         raise ManifestError(source, "", "empty manifest (expected 'version: 1' and 'services')")
     if not isinstance(data, dict):
-        raise ManifestError(source, "", f"expected a mapping at the top level, got {_show(data)}")
+        raise ManifestError(source, "", f"expected a mapping at the top level, got {show(data)}")
     try:
-        manifest = Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data, context={"service_port": service_port})
     except ValidationError as exc:
         raise _manifest_error(source, exc) from None
     _check_semantics(manifest, source)
@@ -268,11 +204,7 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
     where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-    return _one_line(f"{where}YAML syntax error: {problem}")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return one_line(f"{where}YAML syntax error: {problem}")
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
@@ -302,10 +234,10 @@ def _manifest_error(source: str, exc: ValidationError) -> ManifestError:
     elif first["type"] == "missing":
         message = "required key is missing"
     elif not isinstance(first.get("input"), dict | list) and first["type"] != "value_error":
-        message += f" (got {_show(first.get('input'))})"
+        message += f" (got {show(first.get('input'))})"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return ManifestError(source, field_path(loc), _one_line(message))
+    return ManifestError(source, field_path(loc), one_line(message))
 
 
 def _unknown_key_message(loc: tuple[int | str, ...]) -> str:

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 
-from harden.core.manifest import PROTOS, Proto, parse_port
+from harden.core.manifest import PROTOS, Proto
 from harden.core.policy import Family, Policy
+from harden.core.ports import ALL, expand, parse_port
 from harden.errors import HardenError
 
 # One shared tuple: a fleet's plans point at the same 65,535 int objects instead of
 # each target making its own (about 2 MB per target and protocol saved).
-ALL_PORTS = tuple(range(1, 65536))
+ALL_PORTS = tuple(ALL)
 
 
 class Expect(StrEnum):
@@ -86,7 +87,7 @@ def parse_port_selection(spec: str) -> str | tuple[int, ...]:
             rng = parse_port(part if not part.isdigit() else int(part))
         except ValueError as exc:
             raise HardenError(f"--ports: {exc}") from None
-        ports.update(range(rng.first, rng.last + 1))
+        ports.update(rng)
     if not ports:
         raise HardenError("--ports: expected 'declared', 'all' or ports like 1-1024,8080")
     return tuple(sorted(ports))
@@ -135,24 +136,15 @@ def merge_plans(plans: list[Plan]) -> Plan:
 
 
 def _allowed_ports(policy: Policy, target: Target, proto: Proto) -> dict[int, str]:
-    allowed: dict[int, str] = {}
-    for allow in policy.accepted(target.family, proto):
-        sources = allow.sources(target.family)
-        if sources is not None and not any(target.source in net for net in sources):
-            continue  # source-restricted, and we are not one of the sources
-        for rng in allow.ports:
-            for port in range(rng.first, rng.last + 1):
-                allowed[port] = ", ".join(allow.services)
-    return allowed
+    # Port -> service names, for the prober at this target's source address.
+    return {
+        port: ", ".join(allow.services)
+        for rng, allow in policy.allowed_from(target.source, proto)
+        for port in rng
+    }
 
 
 def _declared_ports(policy: Policy, proto: Proto) -> set[int]:
     # Every declared port, reachable from here or not: a restricted port must be silent
     # for strangers, and that is worth probing even in the short "declared" mode.
-    return {
-        p
-        for a in policy.allows
-        if a.proto == proto
-        for r in a.ports
-        for p in range(r.first, r.last + 1)
-    }
+    return set(expand(r for a in policy.allows if a.proto == proto for r in a.ports))

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, collapse_addresses
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses
 from typing import Literal
 
-from harden.core.manifest import PROTOS, Manifest, PortRange, Proto, Service
+from harden.core.manifest import PROTOS, Manifest, Proto, Service
+from harden.core.ports import PortRange, merge
 
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)
+Address = IPv4Address | IPv6Address
 Sources = tuple[IPv4Network | IPv6Network, ...] | None
 
 
@@ -51,6 +52,11 @@ class Allow:
         """Whether this rule can accept anything at all over ``family``."""
         return self.sources(family) != ()
 
+    def admits(self, source: Address) -> bool:
+        """Whether this rule accepts traffic from ``source`` (an address of either family)."""
+        sources = self.sources(family_of(source))
+        return sources is None or any(source in net for net in sources)
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -66,6 +72,33 @@ class Policy:
     def accepted(self, family: Family, proto: Proto) -> tuple[Allow, ...]:
         """The allow rules that can accept ``proto`` over ``family``."""
         return tuple(a for a in self.allows if a.proto == proto and a.allows_family(family))
+
+    def allowed_from(self, source: Address, proto: Proto) -> tuple[tuple[PortRange, Allow], ...]:
+        """The port ranges a new connection from ``source`` may reach, with their rule."""
+        return tuple(
+            (rng, allow)
+            for allow in self.accepted(family_of(source), proto)
+            if allow.admits(source)
+            for rng in allow.ports
+        )
+
+    def accepts(self, source: Address, proto: Proto, port: int) -> bool:
+        """Whether the ruleset accepts a new ``proto`` connection from ``source`` to ``port``."""
+        return any(port in rng for rng, _ in self.allowed_from(source, proto))
+
+    def reachable(self, proto: Proto, port: int) -> bool:
+        """Whether some source, of either family, may reach ``proto``/``port``."""
+        return any(
+            port in rng
+            for family in FAMILIES
+            for allow in self.accepted(family, proto)
+            for rng in allow.ports
+        )
+
+
+def family_of(address: Address) -> Family:
+    """4 or 6."""
+    return 4 if address.version == 4 else 6
 
 
 def build_policy(manifest: Manifest) -> Policy:
@@ -119,7 +152,7 @@ def _allow(
     return Allow(
         key=key,
         proto=proto,
-        ports=merge_ports(p for s in members for p in s.port_list),
+        ports=merge(p for s in members for p in s.port_list),
         sources4=sources4,
         sources6=sources6,
         services=tuple(sorted(s.name for s in members)),
@@ -129,18 +162,6 @@ def _allow(
 
 def _comments(members: list[Service]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((s.name, s.comment) for s in members if s.comment))
-
-
-def merge_ports(ports: Iterable[PortRange]) -> tuple[PortRange, ...]:
-    """Sort ranges and merge the overlapping or adjacent ones."""
-    merged: list[PortRange] = []
-    for rng in sorted(ports):
-        if merged and rng.first <= merged[-1].last + 1:
-            if rng.last > merged[-1].last:
-                merged[-1] = PortRange(merged[-1].first, rng.last)
-        else:
-            merged.append(rng)
-    return tuple(merged)
 
 
 def _slug(name: str) -> str:

@@ -8,8 +8,8 @@ from typing import Literal, get_args
 
 import jinja2
 
-from harden.core.manifest import PortRange
 from harden.core.policy import FAMILIES, Allow, Policy
+from harden.core.ports import PortRange
 from harden.errors import RenderError
 
 Backend = Literal["nftables", "iptables"]

@@ -7,7 +7,6 @@ Pure: ``evaluate(plan, findings)`` builds a Report; ``to_json``, ``to_junit`` an
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -16,15 +15,14 @@ from xml.etree import ElementTree as ET
 from rich.console import Console
 from rich.table import Table
 
-from harden.core.classify import Reply, State
+from harden.core.classify import REJECT_REASONS, Reply, State
+from harden.core.findings import Findings
 from harden.core.manifest import PROTOS
 from harden.core.plan import Expect, Plan, Target
+from harden.core.ports import compress
 from harden.errors import ExitStatus
-from harden.verify.connect import REJECTED_DETAIL
-from harden.verify.engine import Findings
 
 SCHEMA = "harden.verify/1"
-ADMIN_PROHIBITED = ("admin-prohibited", "host-prohibited", "net-prohibited")
 
 
 class Status(StrEnum):
@@ -90,6 +88,18 @@ class Report:
     def exit_status(self) -> ExitStatus:
         """0 on pass, 1 on fail."""
         return ExitStatus.FAILED if self.failures else ExitStatus.OK
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented JSON shape (schema ``harden.verify/1``)."""
+        return _json(self)
+
+    def to_junit(self) -> str:
+        """JUnit XML: one testcase per (target, protocol, expectation) group, plus ping."""
+        return _junit(self)
+
+    def to_text(self, width: int = 110) -> str:
+        """A table of declared ports and deviations, the notes, and a one-line verdict."""
+        return _text(self, width)
 
     def counts(self) -> dict[str, int]:
         """Summary numbers."""
@@ -185,7 +195,7 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
                 proto,
                 exp_value,
                 observed,
-                tuple(ranges(ports)),
+                tuple(map(str, compress(ports))),
                 len(ports),
             )
         )
@@ -226,10 +236,8 @@ def _judge(proto: str, exp: Expect, reply: Reply | None) -> tuple[Status, str, s
             return Status.FAIL, "closed", f"leak: {detail} reveals the host (expected silence)"
         return Status.FAIL, "rejected", f"{detail}: expected silence"
     # Expect.REJECTED
-    if state is State.REJECTED and detail.endswith(ADMIN_PROHIBITED):
-        return Status.OK, "rejected", detail
-    if state is State.REJECTED and detail == REJECTED_DETAIL:
-        return Status.OK, "rejected", detail  # connect mode: an unreachable, code unseen
+    if reply is not None and reply.reason in REJECT_REASONS:
+        return Status.OK, "rejected", detail  # admin-prohibited, or connect mode's unseen code
     if state is State.SILENT:
         return Status.UNPROVEN, "silent", "ICMP rate limiting throttles reject replies"
     if state is State.REJECTED:
@@ -237,23 +245,7 @@ def _judge(proto: str, exp: Expect, reply: Reply | None) -> tuple[Status, str, s
     return Status.FAIL, state.value, f"leak: {detail} (expected admin-prohibited)"
 
 
-def ranges(ports: Iterable[int]) -> list[str]:
-    """Compress sorted ports into ``"1-21"``, ``"23"`` strings."""
-    out: list[str] = []
-    start = prev = None
-    for port in ports:
-        if prev is not None and port == prev + 1:
-            prev = port
-            continue
-        if start is not None:
-            out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        start = prev = port
-    if start is not None:
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-    return out
-
-
-def to_json(report: Report) -> dict[str, Any]:
+def _json(report: Report) -> dict[str, Any]:
     """The documented JSON shape (schema ``harden.verify/1``)."""
     return {
         "schema": SCHEMA,
@@ -293,7 +285,7 @@ def to_json(report: Report) -> dict[str, Any]:
     }
 
 
-def to_junit(report: Report) -> str:
+def _junit(report: Report) -> str:
     """JUnit XML: one testcase per (target, protocol, expectation) group, plus ping."""
     suites = ET.Element("testsuites", name="harden verify")
     for target in report.targets:
@@ -331,10 +323,13 @@ def to_junit(report: Report) -> str:
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def to_text(report: Report, width: int = 110) -> str:
+def _text(report: Report, width: int) -> str:
     """A table of declared ports and deviations, the notes, and a one-line verdict."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=width, force_terminal=False, color_system=None)
+    # markup=False: notes, details and "[raw]" are text, not rich markup.
+    console = Console(
+        file=buffer, width=width, force_terminal=False, color_system=None, markup=False
+    )
     table = Table(title=f"harden verify {', '.join(report.targets)}", show_lines=False)
     for column in (
         "target",

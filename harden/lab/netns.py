@@ -10,16 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from harden.errors import EnvironmentProblem
-
-
-class CommandFailed(subprocess.CalledProcessError):
-    """A command in a namespace failed; ``str()`` includes its stderr."""
-
-    def __str__(self) -> str:
-        """Command, exit status and the tool's own complaint."""
-        err = (self.stderr or "").strip()
-        return f"{super().__str__()}: {err}" if err else super().__str__()
+from harden.errors import CommandFailed, EnvironmentProblem
 
 
 def require_root(what: str) -> None:
@@ -83,7 +74,9 @@ class Namespace:
             timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise CommandFailed(proc.returncode, proc.args, proc.stdout, proc.stderr)
+            raise CommandFailed(
+                proc.returncode, [str(a) for a in proc.args], proc.stdout, proc.stderr
+            )
         return proc
 
 

@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from harden.core.manifest import PortRange, parse_port
+from harden.core.ports import PortRange, parse_port
 
 MAX_SOCKETS = 4096  # stay well under the default open-file limit
 
@@ -24,7 +24,7 @@ def expand(spec: str) -> list[int]:
     ports: list[int] = []
     for part in filter(None, spec.split(",")):
         rng: PortRange = parse_port(part)
-        ports.extend(range(rng.first, rng.last + 1))
+        ports.extend(rng)
     return ports
 
 

@@ -11,6 +11,7 @@ verify`` on the prober.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -21,10 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harden.core.manifest import load_manifest
+from rich.console import Console
+from rich.table import Table
+
+from harden import defaults
 from harden.core.policy import build_policy
 from harden.core.render import Backend
+from harden.core.text import one_line
 from harden.errors import EnvironmentProblem
+from harden.files import load_manifest
 from harden.lab.net import Host, LabNet
 
 HARDEN = [sys.executable, "-m", "harden.cli"]
@@ -69,6 +75,62 @@ class LabResult:
         """Before leaked, after passed from every vantage point, and the apply was confirmed."""
         return self.confirmed and all(step.as_expected for step in self.steps)
 
+    def to_json(self) -> dict[str, Any]:
+        """``harden lab --format json``: every step with the prober's own JSON report."""
+        return {
+            "manifest": str(self.manifest),
+            "backend": self.backend,
+            "ok": self.ok,
+            "confirmed": self.confirmed,
+            "rolled_back": self.rolled_back,
+            "steps": [
+                {
+                    "step": s.name,
+                    "vantage": s.vantage,
+                    "verdict": s.report.get("verdict"),
+                    "expected": "pass" if s.expect_pass else "fail",
+                    "seconds": round(s.seconds, 2),
+                    "dropped": s.dropped,
+                    "report": s.report,
+                }
+                for s in self.steps
+            ],
+        }
+
+    def to_text(self, width: int = 120) -> str:
+        """A table of the steps, what the prober saw, and a one-line outcome."""
+        table = Table(title=f"harden lab: {self.manifest.name} ({self.backend})")
+        for column in ("step", "from", "verdict", "expected", "time", "what the prober saw"):
+            table.add_column(column, overflow="fold")
+        for step in self.steps:
+            ok = sum(1 for p in step.report["ports"] if p["status"] == "ok")
+            seen = summarize(step) or [
+                f"{ok} declared port(s) open, "
+                f"{step.report['counts']['conforming']} closed port(s) silent"
+            ]
+            proof = two_sided(step)
+            if proof:
+                seen.append(f"server drop counters: {proof}")
+            table.add_row(
+                step.name,
+                step.vantage,
+                step.report["verdict"].upper(),
+                "PASS" if step.expect_pass else "FAIL",
+                f"{step.seconds:.1f}s",
+                "\n".join(seen[:8]),
+            )
+        buffer = io.StringIO()
+        Console(
+            file=buffer, width=width, force_terminal=False, color_system=None, markup=False
+        ).print(table)
+        outcome = "confirmed" if self.confirmed else "rolled back"
+        last = (
+            f"PASS: before leaked, after verified, ruleset {outcome}"
+            if self.ok
+            else f"FAIL: the verification after apply did not pass; ruleset {outcome}"
+        )
+        return buffer.getvalue() + last
+
 
 Progress = Callable[[str], None]
 
@@ -77,7 +139,7 @@ def run_lab(
     manifest: Path,
     backend: Backend = "nftables",
     *,
-    confirm_window: int = 60,
+    confirm_window: int = defaults.LAB_CONFIRM_WINDOW,
     progress: Progress = lambda message: None,
     before: bool = True,
     ports: str = "all",
@@ -141,13 +203,13 @@ def _harden(
     if check and proc.returncode != 0:
         raise EnvironmentProblem(
             f"lab: 'harden {' '.join(args[:1])}' in {host.ns.name} failed "
-            f"(exit {proc.returncode}): {' '.join(proc.stderr.split())[:300]}"
+            f"(exit {proc.returncode}): {one_line(proc.stderr, 300)}"
         )
     return proc
 
 
 def _ratelimits(server: Host) -> list[str]:
-    """The server's ICMP rate limits: the prober must not assume them (LAB.md, trap 4)."""
+    """The server's ICMP rate limits: the prober must not assume them (docs/design.md)."""
     v4 = server.ns.run(["cat", "/proc/sys/net/ipv4/icmp_ratelimit"]).stdout.strip()
     v6 = server.ns.run(["cat", "/proc/sys/net/ipv6/icmp/ratelimit"]).stdout.strip()
     return [
@@ -219,7 +281,7 @@ def _verify(
     if proc.returncode not in (0, 1) or not out.exists():
         raise EnvironmentProblem(
             f"lab: harden verify from {vantage} failed (exit {proc.returncode}): "
-            f"{' '.join(proc.stderr.split())[:300]}"
+            f"{one_line(proc.stderr, 300)}"
         )
     report: dict[str, Any] = json.loads(out.read_text())
     return Step(name, vantage, expect_pass, report, proc.returncode, seconds)

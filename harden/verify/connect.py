@@ -13,14 +13,18 @@ import resource
 import selectors
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from ipaddress import IPv4Address, IPv6Address
 
-from harden.core.classify import Family, Proto, Reply, State
+from harden import defaults
+from harden.core.classify import Family, Proto, Reason, Reply
+from harden.core.findings import Mode
+from harden.core.plan import Target
+from harden.verify.payloads import udp_payloads
+from harden.verify.transport import Round, Sent
 
 Address = IPv4Address | IPv6Address
 REJECTED_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
-REJECTED_DETAIL = "icmp unreachable (its code is not visible without raw sockets)"
 
 
 def batch_size() -> int:
@@ -40,16 +44,20 @@ def _batches(ports: Iterable[int]) -> Iterator[list[int]]:
         yield batch
 
 
-def tcp_sweep(target: Address, ports: Iterable[int], timeout: float) -> dict[int, Reply]:
+def tcp_sweep(
+    target: Address, ports: Iterable[int], timeout: float, source: Address | None = None
+) -> dict[int, Reply]:
     """Non-blocking connect() to every port; a handshake, a refusal or silence each."""
     family: Family = 4 if target.version == 4 else 6
     af = socket.AF_INET if family == 4 else socket.AF_INET6
-    found: dict[int, Reply] = {}
+    found: dict[int, Reply | None] = {}
     for batch in _batches(ports):
         selector = selectors.DefaultSelector()
         for port in batch:
             sock = socket.socket(af, socket.SOCK_STREAM)
             sock.setblocking(False)
+            if source is not None:
+                sock.bind((str(source), 0))
             code = sock.connect_ex((str(target), port))
             if code not in (0, errno.EINPROGRESS):
                 found[port] = _reply(family, "tcp", port, code)
@@ -68,21 +76,27 @@ def tcp_sweep(target: Address, ports: Iterable[int], timeout: float) -> dict[int
         for key in list(selector.get_map().values()):  # silent: no answer in time
             key.fileobj.close()  # type: ignore[union-attr]
         selector.close()
-    return {p: r for p, r in found.items() if r.state is not State.SILENT}
+    return {p: r for p, r in found.items() if r is not None}
 
 
 def udp_sweep(
-    target: Address, ports: Iterable[int], payloads: dict[int, bytes], wait: float
+    target: Address,
+    ports: Iterable[int],
+    payloads: dict[int, bytes],
+    wait: float,
+    source: Address | None = None,
 ) -> dict[int, Reply]:
     """A connected UDP socket per port: a reply, ECONNREFUSED (ICMP) or nothing."""
     family: Family = 4 if target.version == 4 else 6
     af = socket.AF_INET if family == 4 else socket.AF_INET6
-    found: dict[int, Reply] = {}
+    found: dict[int, Reply | None] = {}
     for batch in _batches(ports):
         socks: dict[int, socket.socket] = {}
         for port in batch:
             sock = socket.socket(af, socket.SOCK_DGRAM)
             sock.setblocking(False)
+            if source is not None:
+                sock.bind((str(source), 0))
             sock.connect((str(target), port))
             try:
                 sock.send(payloads.get(port, b""))
@@ -93,26 +107,95 @@ def udp_sweep(
         for port, sock in socks.items():
             try:
                 sock.recv(2048)
-                found[port] = Reply(family, "udp", port, 0, State.OPEN, "udp reply")
+                found[port] = Reply(family, "udp", port, 0, Reason.UDP_REPLY)
             except BlockingIOError:
                 pass
             except OSError as exc:
                 found.setdefault(port, _reply(family, "udp", port, exc.errno or 0))
             finally:
                 sock.close()
-    return {p: r for p, r in found.items() if r.state is not State.SILENT}
+    return {p: r for p, r in found.items() if r is not None}
 
 
-def _reply(family: Family, proto: Proto, port: int, code: int) -> Reply:
+def _reply(family: Family, proto: Proto, port: int, code: int) -> Reply | None:
+    """The reply a socket error (or success, 0) stands for; None for silence."""
     if code == 0:
-        return Reply(
-            family, proto, port, 0, State.OPEN, "connected" if proto == "tcp" else "udp reply"
-        )
+        reason = Reason.CONNECTED if proto == "tcp" else Reason.UDP_REPLY
+        return Reply(family, proto, port, 0, reason)
     if code == errno.ECONNREFUSED:
-        detail = (
-            "refused (rst or icmp port-unreachable)" if proto == "tcp" else "icmp port-unreachable"
-        )
-        return Reply(family, proto, port, 0, State.CLOSED, detail)
+        reason = Reason.REFUSED if proto == "tcp" else Reason.PORT_UNREACHABLE
+        return Reply(family, proto, port, 0, reason)
     if code in REJECTED_ERRNOS:
-        return Reply(family, proto, port, 0, State.REJECTED, REJECTED_DETAIL)
-    return Reply(family, proto, port, 0, State.SILENT, errno.errorcode.get(code, str(code)))
+        return Reply(family, proto, port, 0, Reason.UNREACHABLE_UNSEEN)
+    return None  # a timeout, or an error that is not an answer from the target
+
+
+class ConnectTransport:
+    """connect() and connected UDP sockets: no privileges, no ICMP codes, no capture.
+
+    It sees only the errors of its own sockets, so the engine's quiet rule reduces to
+    "a full refill interval after our previous round" (docs/design.md, "Unprivileged
+    mode").
+    """
+
+    mode: Mode = "connect"
+    can_ping: bool = False
+    blocking: bool = True
+    limitations: tuple[str, ...] = (
+        "unprivileged mode (no CAP_NET_RAW): connect() probes, ping not checked, ICMP "
+        "unreachable codes not visible, and an ICMP error drawn by another program on this "
+        "host is not seen; run as root for the fast raw sweep",
+    )
+
+    def __init__(self, wait: float = defaults.WAIT) -> None:
+        self.wait = wait
+        self.started = time.monotonic()
+        self._errors: dict[tuple[Address, Address], float] = {}
+
+    def ping(self, targets: Sequence[Target], ident: int) -> None:
+        """Not possible without raw sockets."""
+        raise NotImplementedError("connect mode cannot ping")
+
+    def echoed(self, since: float, ident: int) -> set[Target]:
+        """Not possible without raw sockets."""
+        raise NotImplementedError("connect mode cannot ping")
+
+    def send_tcp(self, target: Target, ports: list[int], progress: Sent | None) -> Round:
+        """connect() every port; returns once each answered or timed out."""
+        sent = Round(target, "tcp", target.source, ports, time.monotonic())
+        timeout = max(self.wait, defaults.CONNECT_TIMEOUT)
+        sent.found = tcp_sweep(target.address, ports, timeout, self._bind(target, target.source))
+        sent.sent = len(ports)
+        if progress is not None:
+            progress(len(ports))
+        return sent
+
+    def send_udp(
+        self, target: Target, source: Address, ports: list[int], progress: Sent | None
+    ) -> Round:
+        """A datagram to every port from ``source``; returns after ``wait``."""
+        sent = Round(target, "udp", source, ports, time.monotonic())
+        bind = self._bind(target, source)
+        sent.found = udp_sweep(target.address, ports, udp_payloads(), self.wait, bind)
+        sent.sent = len(ports)
+        if any(r.is_icmp_error for r in sent.found.values()):
+            self._errors[(target.address, source)] = time.monotonic()
+        if progress is not None:
+            progress(len(ports))
+        return sent
+
+    def replies(self, sent: Round) -> dict[int, Reply]:
+        """What the sweep found (it already waited)."""
+        return sent.found
+
+    def last_icmp_error(self, target: Target, source: Address) -> float | None:
+        """When one of our sockets last reported an ICMP error from ``target``."""
+        return self._errors.get((target.address, source))
+
+    def close(self) -> None:
+        """Nothing held between rounds."""
+
+    @staticmethod
+    def _bind(target: Target, source: Address) -> Address | None:
+        # The route's own source needs no bind; an extra --source address does.
+        return None if source == target.source else source

@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harden.core.manifest import field_path, load_manifest
+from harden.core.manifest import field_path
 from harden.core.policy import Policy, build_policy
 from harden.errors import ManifestError
+from harden.files import load_manifest
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

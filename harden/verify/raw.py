@@ -3,7 +3,8 @@
 Packets are built once from scapy templates; the send loop only patches ports and
 the checksum. Replies are captured on an AF_PACKET socket with a BPF filter for the
 target's addresses: that sees them before the prober host's own INPUT hook, so a
-prober behind its own default-DROP firewall still works (LAB.md, trap 5).
+prober behind its own default-DROP firewall still works (docs/design.md, "Capturing
+replies").
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from harden.core.classify import EchoReply, Reply, classify
+from harden.core.findings import Mode
+from harden.core.plan import Target
 from harden.errors import EnvironmentProblem
+from harden.verify.payloads import udp_payloads
+from harden.verify.transport import Round
 
 ETH_P_ALL = 0x0003
 ETHERTYPES = {0x0800, 0x86DD}
@@ -172,11 +178,6 @@ class Capture:
                 if predicate(packet):
                     return t
         return None
-
-    def count(self) -> int:
-        """Packets captured so far."""
-        with self._lock:
-            return len(self.packets)
 
     def close(self) -> None:
         """Stop the capture threads and close the sockets."""
@@ -337,3 +338,89 @@ def raw_available() -> bool:
 def fresh_sport() -> int:
     """A random source port from the ephemeral range (a new flow for conntrack)."""
     return random.randint(32768, 60999)
+
+
+class RawTransport:
+    """Raw SYNs and datagrams out, every reply captured: sees ICMP codes and the budget."""
+
+    mode: Mode = "raw"
+    can_ping: bool = True
+    blocking: bool = False
+    limitations: tuple[str, ...] = ()
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self._capture = Capture(routes)
+        self.started = self._capture.started
+        self._senders: dict[Address, Sender] = {}
+        try:
+            for route in routes:
+                self._senders[route.target] = Sender(route)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close every socket and stop the capture."""
+        for sender in self._senders.values():
+            sender.close()
+        self._capture.close()
+
+    def ping(self, targets: Sequence[Target], ident: int) -> None:
+        """One echo request to each target."""
+        for target in targets:
+            self._senders[target.address].ping(ident)
+
+    def echoed(self, since: float, ident: int) -> set[Target]:
+        """Targets whose echo reply with ``ident`` was captured since ``since``."""
+        packets = self._capture.since(since)
+        out = set()
+        for target in (Target(a, s.route.source) for a, s in self._senders.items()):
+            for packet in packets:
+                reply = classify(packet, target.address)
+                if isinstance(reply, EchoReply) and reply.ident == ident:
+                    out.add(target)
+                    break
+        return out
+
+    def send_tcp(self, target: Target, ports: list[int], progress: Progress | None) -> Round:
+        """SYNs from a fresh source port (a new conntrack flow every round)."""
+        sender = self._senders[target.address]
+        sent = Round(target, "tcp", target.source, ports, time.monotonic(), fresh_sport())
+        sent.seq = sender.seq
+        sent.sent = sender.syn_sweep(ports, sent.sport, progress)
+        return sent
+
+    def send_udp(
+        self, target: Target, source: Address, ports: list[int], progress: Progress | None
+    ) -> Round:
+        """Datagrams from ``source`` and a fresh source port."""
+        sender = self._senders[target.address]
+        since = time.monotonic()
+        count = sender.udp_sweep(ports, udp_payloads(), progress, source)
+        return Round(target, "udp", source, ports, since, sender.last_udp_sport, None, count)
+
+    def replies(self, sent: Round) -> dict[int, Reply]:
+        """The first reply per port that answers this round's probes."""
+        found: dict[int, Reply] = {}
+        ack = None if sent.seq is None else (sent.seq + 1) & 0xFFFFFFFF
+        for packet in self._capture.since(sent.since):
+            reply = classify(packet, sent.target.address)
+            if not isinstance(reply, Reply) or reply.proto != sent.proto:
+                continue
+            if reply.sport != sent.sport:
+                continue  # another round's reply, or stray traffic
+            if ack is not None and reply.ack is not None and reply.ack != ack:
+                continue  # not an answer to our SYN (a stray or stale segment)
+            found.setdefault(reply.port, reply)  # first wins: SYN-ACK retransmits repeat
+        return found
+
+    def last_icmp_error(self, target: Target, source: Address) -> float | None:
+        """When the capture last saw an ICMP error from ``target`` to ``source``."""
+        packed, to = target.address.packed, source.packed
+
+        def from_target(packet: bytes) -> bool:
+            v4 = packet[0] >> 4 == 4
+            src, dst = (packet[12:16], packet[16:20]) if v4 else (packet[8:24], packet[24:40])
+            return src == packed and dst == to and is_icmp_error(packet)
+
+        return self._capture.last(from_target)

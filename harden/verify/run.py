@@ -1,4 +1,4 @@
-"""The verify shell: resolve targets, plan, probe, evaluate (the CLI and the lab call this)."""
+"""The verify shell: resolve targets, plan, pick a transport, probe, evaluate."""
 
 from __future__ import annotations
 
@@ -6,21 +6,35 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
 
+from harden import defaults
 from harden.core.plan import Target, merge_plans, parse_port_selection, plan_probes
 from harden.core.policy import Policy
 from harden.core.report import Report, evaluate
-from harden.verify.engine import Options, Progress, resolve_targets, verify, verify_connect
-from harden.verify.raw import Route, raw_available
+from harden.verify.connect import ConnectTransport
+from harden.verify.engine import Options, Progress, no_progress, verify
+from harden.verify.raw import RawTransport, Route, raw_available, route_to
+from harden.verify.transport import Transport
+
+Address = IPv4Address | IPv6Address
+
+
+def resolve_targets(addresses: list[Address]) -> list[tuple[Target, Route]]:
+    """Each target with the route (and so the source address) this host uses for it."""
+    out = []
+    for address in addresses:
+        route = route_to(address)
+        out.append((Target(address, route.source), route))
+    return out
 
 
 def run_verify(
-    hosts: list[tuple[Policy, list[IPv4Address | IPv6Address]]],
+    hosts: list[tuple[Policy, list[Address]]],
     *,
     ports: str = "all",
-    wait: float = 0.4,
-    retries: int = 2,
+    wait: float = defaults.WAIT,
+    retries: int = defaults.RETRIES,
     ratelimit_ms: dict[int, int] | None = None,
-    extra_sources: tuple[IPv4Address | IPv6Address, ...] = (),
+    extra_sources: tuple[Address, ...] = (),
     progress: bool = False,
 ) -> Report:
     """Probe each host's addresses against its policy, all at once; one evaluated report."""
@@ -35,21 +49,24 @@ def run_verify(
     options = Options(
         wait=wait,
         retries=retries,
-        ratelimit_ms=ratelimit_ms or {4: 1000, 6: 1000},
+        ratelimit_ms=ratelimit_ms or {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS},
         extra_sources=extra_sources,
     )
-    with _progress_bar(progress) as callback:
-        if raw_available():
-            findings = verify(plan, routes, options, callback)
-        else:
-            findings = verify_connect(plan, list(routes), options, callback)
+    transport: Transport = (
+        RawTransport(list(routes.values())) if raw_available() else ConnectTransport(wait)
+    )
+    try:
+        with _progress_bar(progress) as callback:
+            findings = verify(plan, list(routes), transport, options, callback)
+    finally:
+        transport.close()
     return evaluate(plan, findings)
 
 
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[Progress]:
     if not enabled:
-        yield lambda phase, done, total: None
+        yield no_progress
         return
     from rich.progress import Progress as Bar
 

@@ -12,10 +12,12 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from harden.core.render import IPT_FILES
+from harden.core.policy import Policy
+from harden.core.render import IPT_FILES, Backend, render
+from harden.core.text import one_line
 from harden.errors import ApplyError, EnvironmentProblem
+from harden.files import write_atomic
 
 JUMP = "-A INPUT -j HARDEN-INPUT"
 TOOLS = {4: "iptables", 6: "ip6tables"}
@@ -52,7 +54,11 @@ def parse_save(saved: str) -> Owned:
 class IptablesFirewall:
     """Loads, snapshots and restores harden's iptables and ip6tables chains."""
 
-    name: Literal["iptables"] = "iptables"
+    name: Backend = "iptables"
+    atomic: bool = False  # one transaction per family (docs/design.md)
+
+    def __init__(self) -> None:
+        self._checked: dict[str, str] | None = None  # the files check() last accepted
 
     def _tool(self, family: int, suffix: str, args: list[str], stdin: str | None = None) -> str:
         cmd = [f"{TOOLS[family]}{suffix}", *args]
@@ -61,21 +67,28 @@ class IptablesFirewall:
         except FileNotFoundError as exc:
             raise EnvironmentProblem(f"{cmd[0]} is missing (Debian package iptables)") from exc
         if proc.returncode != 0:
-            raise ApplyError(f"{' '.join(cmd)} failed: {' '.join(proc.stderr.split())[:400]}")
+            raise ApplyError(f"{' '.join(cmd)} failed: {one_line(proc.stderr, 400)}")
         return proc.stdout
 
     def _owned(self, family: int) -> Owned:
         return parse_save(self._tool(family, "-save", ["-t", "filter"]))
 
-    def check(self, files: dict[str, str]) -> None:
+    def render(self, policy: Policy) -> dict[str, str]:
+        """``harden.rules.v4`` and ``harden.rules.v6`` for ``*-restore --noflush``."""
+        return render(policy, "iptables")
+
+    def check(self, files: dict[str, str]) -> str:
         """``*-restore --test`` for both families, then a real load in a scratch namespace.
 
         iptables-nft's --test does not resolve everything the kernel checks (a jump to a
-        missing chain passes it), so the files are also loaded where nothing is at stake.
+        missing chain passes it), so the files are also loaded where nothing is at stake;
+        what that load lists back is the canonical form.
         """
         for family, name in IPT_FILES.items():
             self._tool(family, "-restore", ["--test", "--noflush"], files[name])
-        self.canonical(files)
+        canonical = self._canonical(files)
+        self._checked = dict(files)
+        return canonical
 
     def snapshot(self) -> str:
         """Both families' harden chains as JSON ("" if harden owns nothing)."""
@@ -92,10 +105,12 @@ class IptablesFirewall:
     def load(self, files: dict[str, str]) -> None:
         """One restore transaction per family; if IPv6 fails, IPv4 is put back.
 
-        Both families are tested first, so a ruleset either family refuses changes
-        nothing at all; the put-back covers only a failure at commit time.
+        Both families are loaded in a scratch namespace first (by ``check``, which
+        apply has just run on these files; here otherwise), so a ruleset either family
+        refuses changes nothing at all; the put-back covers only a failure at commit time.
         """
-        self.check(files)
+        if self._checked != files:
+            self.check(files)
         before = self.snapshot()
         done: list[int] = []
         try:
@@ -141,7 +156,7 @@ class IptablesFirewall:
             return ""
         return "".join(o.text(f) for f, o in owned.items())
 
-    def canonical(self, files: dict[str, str]) -> str:
+    def _canonical(self, files: dict[str, str]) -> str:
         """Load the ruleset into a throwaway network namespace and save it back."""
         with tempfile.TemporaryDirectory() as tmp:
             paths = {}
@@ -159,10 +174,44 @@ class IptablesFirewall:
                 check=False,
             )
         if proc.returncode != 0:
-            raise ApplyError(f"the kernel refused the ruleset: {' '.join(proc.stderr.split())}")
+            raise ApplyError(f"the kernel refused the ruleset: {one_line(proc.stderr, 400)}")
         v4, v6 = proc.stdout.split("#harden-split\n")
         # Loading also adds the INPUT jump, which the rendered files leave to apply.
         return "".join(
             Owned(o.chains, o.rules, True).text(f)
             for f, o in ((4, parse_save(v4)), (6, parse_save(v6)))
         )
+
+    def persist(self, files: dict[str, str], root: Path) -> list[Path]:
+        """The restore files under /etc/harden and a harden.service unit that loads them."""
+        written = []
+        for name in IPT_FILES.values():
+            path = root / HARDEN_ETC / name
+            write_atomic(path, files[name], mode=0o644)
+            written.append(path)
+        write_atomic(root / UNIT, UNIT_TEXT, mode=0o644)
+        written.append(root / UNIT)
+        return written
+
+
+HARDEN_ETC = Path("etc/harden")
+UNIT = Path("etc/systemd/system/harden.service")
+UNIT_TEXT = """\
+# Written by harden apply --persist: restores harden's iptables chains at boot.
+[Unit]
+Description=harden firewall (iptables chains HARDEN-*)
+DefaultDependencies=no
+Before=network-pre.target
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/iptables-restore --noflush /etc/harden/harden.rules.v4
+ExecStart=/usr/sbin/ip6tables-restore --noflush /etc/harden/harden.rules.v6
+ExecStart=/bin/sh -c 'iptables -C INPUT -j HARDEN-INPUT || iptables -I INPUT 1 -j HARDEN-INPUT'
+ExecStart=/bin/sh -c 'ip6tables -C INPUT -j HARDEN-INPUT || ip6tables -I INPUT 1 -j HARDEN-INPUT'
+
+[Install]
+WantedBy=multi-user.target
+"""

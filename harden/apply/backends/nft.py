@@ -5,18 +5,23 @@ from __future__ import annotations
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Literal
 
-from harden.core.render import NFT_FILE
+from harden.core.policy import Policy
+from harden.core.render import NFT_FILE, Backend, render
+from harden.core.text import one_line
 from harden.errors import ApplyError, EnvironmentProblem
+from harden.files import write_atomic
 
 TABLE = "inet harden"
+HARDEN_ETC = Path("etc/harden")
+NFT_CONF = Path("etc/nftables.conf")  # loaded at boot by Debian's nftables.service
 
 
 class NftFirewall:
     """Loads, snapshots and restores ``table inet harden``; never touches another table."""
 
-    name: Literal["nftables"] = "nftables"
+    name: Backend = "nftables"
+    atomic: bool = True
 
     def __init__(self) -> None:
         try:
@@ -40,11 +45,18 @@ class NftFirewall:
             self._nft.set_dry_run(False)
         return int(rc), str(out), str(err)
 
-    def check(self, files: dict[str, str]) -> None:
-        """Dry-run the whole transaction in the kernel (nft -c)."""
+    def render(self, policy: Policy) -> dict[str, str]:
+        """``harden.nft``: one ``table inet harden`` transaction."""
+        return render(policy, "nftables")
+
+    def check(self, files: dict[str, str]) -> str:
+        """Dry-run the whole transaction in the kernel (nft -c); the canonical form."""
         rc, _, err = self._run(files[NFT_FILE], dry=True)
         if rc != 0:
-            raise ApplyError(f"the kernel refused the ruleset (nothing changed): {_one_line(err)}")
+            raise ApplyError(
+                f"the kernel refused the ruleset (nothing changed): {one_line(err, 400)}"
+            )
+        return self._canonical(files)
 
     def snapshot(self) -> str:
         """The live table with its counters, or "" if harden has no table."""
@@ -55,7 +67,7 @@ class NftFirewall:
         """Load the rendered file: declare, delete and recreate the table in one transaction."""
         rc, _, err = self._run(files[NFT_FILE])
         if rc != 0:
-            raise ApplyError(f"loading the ruleset failed (nothing changed): {_one_line(err)}")
+            raise ApplyError(f"loading the ruleset failed (nothing changed): {one_line(err, 400)}")
 
     def restore(self, snapshot: str) -> None:
         """Reload a snapshot atomically, or delete harden's table if there was none."""
@@ -64,14 +76,14 @@ class NftFirewall:
             text += snapshot
         rc, _, err = self._run(text)
         if rc != 0:
-            raise ApplyError(f"restoring the snapshot failed: {_one_line(err)}")
+            raise ApplyError(f"restoring the snapshot failed: {one_line(err, 400)}")
 
     def live(self) -> str:
         """The live table without counter values ("" if absent)."""
         rc, out, _ = self._run(f"list table {TABLE}", stateless=True)
         return out if rc == 0 else ""
 
-    def canonical(self, files: dict[str, str]) -> str:
+    def _canonical(self, files: dict[str, str]) -> str:
         """Load the ruleset into a throwaway network namespace and list it back."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / NFT_FILE
@@ -91,9 +103,19 @@ class NftFirewall:
                 check=False,
             )
         if proc.returncode != 0:
-            raise ApplyError(f"the kernel refused the ruleset: {_one_line(proc.stderr)}")
+            raise ApplyError(f"the kernel refused the ruleset: {one_line(proc.stderr, 400)}")
         return proc.stdout
 
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:400]
+    def persist(self, files: dict[str, str], root: Path) -> list[Path]:
+        """/etc/harden/harden.nft, included from Debian's /etc/nftables.conf."""
+        path = root / HARDEN_ETC / NFT_FILE
+        write_atomic(path, files[NFT_FILE], mode=0o644)
+        written = [path]
+        conf = root / NFT_CONF
+        include = f'include "/{HARDEN_ETC / NFT_FILE}"'
+        current = conf.read_text() if conf.exists() else "#!/usr/sbin/nft -f\n"
+        if include not in current.splitlines():
+            text = current.rstrip("\n") + f"\n\n# added by harden\n{include}\n"
+            write_atomic(conf, text, mode=0o755)
+            written.append(conf)
+        return written

@@ -1,0 +1,91 @@
+"""The architecture as a test: harden.core is pure, and the README's layout is the tree."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CORE = sorted((REPO / "harden" / "core").glob("*.py"))
+
+# What a pure stage may not reach for: processes, sockets, the environment, files,
+# threads, the kernel bindings, or the shell packages that do those things.
+FORBIDDEN = {
+    "subprocess",
+    "socket",
+    "os",
+    "shutil",
+    "tempfile",
+    "fcntl",
+    "threading",
+    "selectors",
+    "resource",
+    "pathlib",
+    "nftables",
+    "scapy",
+    "harden.apply",
+    "harden.verify",
+    "harden.lab",
+    "harden.cli",
+    "harden.api",
+    "harden.files",
+}
+FORBIDDEN_CALLS = {"open", "getenv", "putenv", "system", "popen"}
+
+
+def imported(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def violations(tree: ast.AST) -> list[str]:
+    found = sorted(
+        name
+        for name in imported(tree)
+        if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN)
+    )
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if called in FORBIDDEN_CALLS:
+                found.append(f"call {called}() at line {node.lineno}")
+        if isinstance(node, ast.Attribute) and node.attr == "environ":
+            found.append(f"environ at line {node.lineno}")
+    return found
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: p.name)
+def test_core_module_is_pure(path: Path) -> None:
+    assert violations(ast.parse(path.read_text())) == []
+
+
+def test_the_purity_check_catches_what_it_forbids() -> None:
+    bad = "import subprocess\nfrom harden.verify.raw import Capture\nimport os\nos.environ['X']\n"
+    bad += "open('/etc/passwd')\n"
+    found = violations(ast.parse(bad))
+    assert "subprocess" in found and "harden.verify.raw" in found and "os" in found
+    assert any(v.startswith("environ") for v in found)
+    assert any(v.startswith("call open()") for v in found)
+
+
+def test_readme_layout_names_every_module_of_the_package() -> None:
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    listed = set(re.findall(r"[\w/]+\.py|[\w]+/", layout))
+    package = REPO / "harden"
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        assert path.name in listed, f"README layout misses {path.relative_to(REPO)}"
+    for folder in sorted(p for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        assert f"{folder.name}/" in listed, f"README layout misses {folder.relative_to(REPO)}/"

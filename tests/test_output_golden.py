@@ -1,0 +1,204 @@
+"""Golden files for every command's machine and human output: JSON, JUnit and text.
+
+Each case below builds a result from fixed data (no clock, no kernel) and renders it the
+way the CLI does; tests/golden_output/<case> holds the expected bytes. A new case is one
+entry in CASES. ``pytest --update-golden`` rewrites them after an intended change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harden.core.classify import Reason, Reply
+from harden.core.findings import Findings
+from harden.core.plan import Target, plan_probes
+from harden.core.policy import build_policy
+from harden.core.report import Report, evaluate
+from harden.core.results import ApplyResult, Drift, StatusReport, Validation
+from harden.files import load_manifest, parse_manifest
+from harden.lab.run import LabResult, Step
+
+from .conftest import REPO
+
+GOLDEN = Path(__file__).parent / "golden_output"
+SERVER4, PROBER4 = ip_address("198.19.254.1"), ip_address("198.19.253.2")
+SERVER6, PROBER6 = ip_address("fdff:18::1"), ip_address("fdff:17::2")
+WEB = REPO / "rulesets" / "web-server.yaml"
+REJECT = """version: 1
+policy: {closed: reject}
+services:
+  - {name: web, port: 443, proto: tcp}
+  - {name: dns, port: 53, proto: udp}
+"""
+
+
+EXAMPLES = ["rulesets/web-server.yaml", "rulesets/bastion.yaml"]
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2) + "\n"  # what the CLI prints
+
+
+def validations() -> list[Validation]:
+    out = []
+    for name in ("web-server.yaml", "bastion.yaml"):
+        path = REPO / "rulesets" / name
+        manifest = load_manifest(path)
+        out.append(Validation.of(f"rulesets/{name}", manifest, build_policy(manifest)))
+    return out
+
+
+def leaky_report() -> Report:
+    """A host before hardening: RSTs, a port-unreachable, an open undeclared port."""
+    policy = build_policy(load_manifest(WEB))
+    targets = [Target(SERVER4, PROBER4), Target(SERVER6, PROBER6)]
+    plan = plan_probes(policy, targets, (22, 53, 80, 443, 8080, 9999))
+    findings = Findings(seconds=4.25)
+    for t in targets:
+        f = t.family
+        tcp = {p: Reply(f, "tcp", p, 40000, Reason.SYN_ACK, ack=1) for p in (22, 80, 443, 8080)}
+        tcp[9999] = Reply(f, "tcp", 9999, 40000, Reason.RST, ack=1)
+        findings.replies[(t, "tcp")] = tcp
+        code = 3 if f == 4 else 4
+        findings.replies[(t, "udp")] = {
+            53: Reply(f, "udp", 53, 41000, Reason.UDP_REPLY),
+            9999: Reply(f, "udp", 9999, 41000, Reason.PORT_UNREACHABLE, code),
+        }
+        findings.echo[t.address] = True
+        findings.budget_limited.add((t, "udp"))
+    findings.sent = {"4/tcp/allowed": 4, "4/tcp/silent": 6, "6/tcp/allowed": 4, "6/tcp/silent": 6}
+    findings.notes.append("198.19.254.1 udp: 1 port(s) answered with ICMP; more may answer")
+    return evaluate(plan, findings)
+
+
+def reject_report() -> Report:
+    """closed: reject seen from outside: admin-prohibited, and rate-limited silence."""
+    policy = build_policy(parse_manifest(REJECT))
+    target = Target(SERVER4, PROBER4)
+    plan = plan_probes(policy, [target], (22, 53, 443, 1000, 1001))
+    findings = Findings(seconds=2.0)
+    findings.replies[(target, "tcp")] = {
+        443: Reply(4, "tcp", 443, 40000, Reason.SYN_ACK, ack=1),
+        22: Reply(4, "tcp", 22, 40000, Reason.PROHIBITED, 13),
+    }
+    findings.replies[(target, "udp")] = {1000: Reply(4, "udp", 1000, 41000, Reason.PROHIBITED, 13)}
+    findings.echo[SERVER4] = True
+    return evaluate(plan, findings)
+
+
+def connect_report() -> Report:
+    """Connect mode: no ping, codes unseen, a declared port silent."""
+    policy = build_policy(parse_manifest(REJECT))
+    target = Target(SERVER4, PROBER4)
+    plan = plan_probes(policy, [target], (53, 443, 1000))
+    findings = Findings(seconds=3.0, mode="connect")
+    findings.replies[(target, "tcp")] = {
+        1000: Reply(4, "tcp", 1000, 0, Reason.UNREACHABLE_UNSEEN),
+    }
+    findings.replies[(target, "udp")] = {1000: Reply(4, "udp", 1000, 0, Reason.REFUSED)}
+    findings.notes.append("unprivileged mode (no CAP_NET_RAW): connect() probes")
+    return evaluate(plan, findings)
+
+
+def lab_result() -> LabResult:
+    before = leaky_report().to_json()
+    after = json.loads(json.dumps(before))
+    after.update(verdict="pass", ports=[], notes=[])
+    steps = [
+        Step("before", "outside", False, before, 1, 8.5),
+        Step("after", "outside", True, after, 0, 5.1, {"closed_tcp_v4": 6, "closed_udp_v4": 0}),
+    ]
+    return LabResult(WEB.relative_to(REPO), "nftables", steps, confirmed=True)
+
+
+APPLIED = ApplyResult(
+    changed=True,
+    backend="nftables",
+    manifest="rulesets/web-server.yaml",
+    manifest_sha256="a" * 64,
+    ruleset_sha256="b" * 64,
+    confirm_deadline=1790000060.0,
+    message="applied; rolls back in 60 s unless 'harden confirm' runs",
+)
+UNCHANGED = ApplyResult(False, "iptables", "web.yaml", "c" * 64, "d" * 64, message="unchanged")
+STATUS = StatusReport(
+    state_dir="/var/lib/harden",
+    backend="nftables",
+    manifest="/etc/harden/web.yaml",
+    manifest_sha256="e" * 64,
+    applied_at=1790000000.0,
+    pending_deadline=1790000060.0,
+    seconds_left=42.5,
+    live_matches_last_apply=True,
+    history=({"event": "applied", "at": 1790000000.0, "manifest_sha256": "e" * 64},),
+)
+DRIFT = Drift(
+    True, "--- live\n+++ web.yaml (nftables)\n@@ -1 +1 @@\n-tcp dport 81\n+tcp dport 80\n"
+)
+
+CASES: dict[str, Callable[[], str]] = {
+    "validate.json": lambda: dumps([v.to_json() for v in validations()]),
+    "validate.txt": lambda: "".join(v.to_text() + "\n" for v in validations()),
+    "apply-changed.json": lambda: dumps(APPLIED.to_json()),
+    "apply-changed.txt": lambda: APPLIED.to_text() + "\n",
+    "apply-unchanged.json": lambda: dumps(UNCHANGED.to_json()),
+    "apply-unchanged.txt": lambda: UNCHANGED.to_text() + "\n",
+    "diff-drift.json": lambda: dumps(DRIFT.to_json()),
+    "diff-drift.txt": lambda: DRIFT.to_text() + "\n",
+    "diff-none.json": lambda: dumps(Drift(False, "").to_json()),
+    "diff-none.txt": lambda: Drift(False, "").to_text() + "\n",
+    "status-pending.json": lambda: dumps(STATUS.to_json()),
+    "status-pending.txt": lambda: STATUS.to_text() + "\n",
+    "status-nothing.json": lambda: dumps(StatusReport("/var/lib/harden").to_json()),
+    "status-nothing.txt": lambda: StatusReport("/var/lib/harden").to_text() + "\n",
+    "verify-leaky.json": lambda: dumps(leaky_report().to_json()),
+    "verify-leaky.junit.xml": lambda: leaky_report().to_junit(),
+    "verify-leaky.txt": lambda: leaky_report().to_text(),
+    "verify-reject.json": lambda: dumps(reject_report().to_json()),
+    "verify-reject.junit.xml": lambda: reject_report().to_junit(),
+    "verify-reject.txt": lambda: reject_report().to_text(),
+    "verify-connect.json": lambda: dumps(connect_report().to_json()),
+    "verify-connect.txt": lambda: connect_report().to_text(),
+    "lab.json": lambda: dumps(lab_result().to_json()),
+    "lab.txt": lambda: lab_result().to_text() + "\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_output_matches_golden(name: str, request: pytest.FixtureRequest) -> None:
+    text = CASES[name]()
+    path = GOLDEN / name
+    if request.config.getoption("--update-golden"):
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text)
+        return
+    assert path.exists(), f"{path} missing: run pytest --update-golden"
+    expected = path.read_text()
+    if text != expected:
+        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True)))
+        pytest.fail(f"{name} differs from its golden file:\n{diff}")
+
+
+def test_every_golden_file_has_a_case() -> None:
+    assert sorted(p.name for p in GOLDEN.iterdir()) == sorted(CASES)
+
+
+def test_the_cli_prints_the_golden_validate_output() -> None:
+    for fmt, name in (("json", "validate.json"), ("text", "validate.txt")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "harden.cli", "validate", "--format", fmt, *EXAMPLES],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert proc.stdout == (GOLDEN / name).read_text()
