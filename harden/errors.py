@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 from enum import IntEnum
 
+from harden.core.text import one_line
+
 
 class ExitStatus(IntEnum):
     """Process exit codes; automation (Ansible, CI) acts on these."""
@@ -69,6 +71,6 @@ class CommandFailed(EnvironmentProblem):
         self.cmd = cmd
         self.stdout = stdout
         self.stderr = stderr
-        err = " ".join((stderr or "").split())
+        err = one_line(stderr or "", 400)
         shown = subprocess.list2cmdline(cmd)
         super().__init__(f"{shown} exited {returncode}" + (f": {err}" if err else ""))

@@ -35,6 +35,17 @@ def test_inventory_errors_name_the_field(tmp_path: Path) -> None:
         load_inventory(dup)
 
 
+def test_a_second_hosts_key_is_refused_not_silently_kept(tmp_path: Path) -> None:
+    twice = write(
+        tmp_path,
+        "twice.yaml",
+        f"hosts:\n  - {{name: a, manifest: {WEB}, targets: [198.18.0.1]}}\n"
+        f"hosts:\n  - {{name: b, manifest: {WEB}, targets: [198.18.0.2]}}\n",
+    )
+    with pytest.raises(ManifestError, match=r"twice\.yaml: line 3 .*duplicate key 'hosts'"):
+        load_inventory(twice)
+
+
 @pytest.mark.netns
 def test_fleet_in_one_run_one_report(tmp_path: Path) -> None:
     """Three hosts, one of them unfirewalled: one report, only that one fails."""

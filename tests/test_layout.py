@@ -89,3 +89,22 @@ def test_readme_layout_names_every_module_of_the_package() -> None:
         assert path.name in listed, f"README layout misses {path.relative_to(REPO)}"
     for folder in sorted(p for p in package.iterdir() if p.is_dir() and p.name != "__pycache__"):
         assert f"{folder.name}/" in listed, f"README layout misses {folder.relative_to(REPO)}/"
+
+
+def test_design_references_in_code_name_real_sections() -> None:
+    headings = {
+        line.lstrip("#").strip()
+        for line in (REPO / "docs" / "design.md").read_text().splitlines()
+        if line.startswith("#")
+    }
+    cited = []
+    for path in sorted((REPO / "harden").rglob("*")):
+        if path.suffix not in (".py", ".j2"):
+            continue
+        text = " ".join(path.read_text().split())  # a citation may wrap across lines
+        text = text.replace('"""', "").replace("# ", "")
+        cited += [(path.name, m) for m in re.findall(r'docs/design\.md, "([^"]+)"', text)]
+    assert cited, "no code cites docs/design.md"
+    missing = [(name, section) for name, section in cited if section not in headings]
+    assert missing == []
+    assert not any("LAB.md" in p.read_text() for p in (REPO / "harden").rglob("*.py"))

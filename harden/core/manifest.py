@@ -180,14 +180,19 @@ class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
         return mapping
 
 
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely, refusing duplicate keys (manifests and inventories alike)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ManifestError(source, "", _yaml_message(exc)) from None
+
+
 def parse_manifest(
     text: str, source: str = "<manifest>", service_port: ServicePort | None = None
 ) -> Manifest:
     """Validate manifest text; ``source`` names it in errors; names resolve via ``service_port``."""
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ManifestError(source, "", _yaml_message(exc)) from None
+    data = load_yaml(text, source)
     if data is None:
         raise ManifestError(source, "", "empty manifest (expected 'version: 1' and 'services')")
     if not isinstance(data, dict):

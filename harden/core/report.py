@@ -17,7 +17,7 @@ from rich.table import Table
 
 from harden.core.classify import REJECT_REASONS, Reply, State
 from harden.core.findings import Findings
-from harden.core.manifest import PROTOS
+from harden.core.manifest import PROTOS, Proto
 from harden.core.plan import Expect, Plan, Target
 from harden.core.ports import compress
 from harden.errors import ExitStatus
@@ -151,11 +151,11 @@ def _echo(report: Report, plan: Plan, findings: Findings, target: Target) -> Non
         )
 
 
-def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto: str) -> None:
-    expect = plan.expectation(target, proto)  # type: ignore[arg-type]
+def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto: Proto) -> None:
+    expect = plan.expectation(target, proto)
     if not expect:
         return
-    replies = findings.replies.get((target, proto), {})  # type: ignore[arg-type]
+    replies = findings.replies.get((target, proto), {})
     services = {
         p: s
         for g in plan.groups

@@ -12,13 +12,12 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harden.core.manifest import field_path
+from harden.core.manifest import field_path, load_yaml
 from harden.core.policy import Policy, build_policy
 from harden.errors import ManifestError
-from harden.files import load_manifest
+from harden.files import load_manifest, read_text
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -49,13 +48,10 @@ class FleetHost:
 
 def load_inventory(path: Path) -> list[FleetHost]:
     """Read an inventory and every manifest it names; one-line errors naming the field."""
+    # Duplicate keys are refused like in manifests: a second "hosts:" must not drop the first.
+    data = load_yaml(read_text(path), str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
         inventory = _Inventory.model_validate(data)
-    except OSError as exc:
-        raise ManifestError(str(path), "", f"cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(str(path), "", " ".join(f"YAML syntax error: {exc}".split())) from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         message = first["msg"].removeprefix("Value error, ")
