@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harden.apply.backends import Firewall, firewall
-from harden.apply.guard import require_namespace, ssh_guard, sshd_ports
+from harden.apply.guard import lockout_reason, require_namespace
 from harden.apply.state import Applied, Pending, State, StateDir
 from harden.core.policy import Policy, build_policy
 from harden.core.render import Backend
@@ -60,7 +60,7 @@ def prepare(manifest_path: Path, fw: Firewall) -> Prepared:
 
 def check_lockout(policy: Policy, env: Mapping[str, str]) -> None:
     """Refuse (LockoutRefused, exit 2) a ruleset that would cut SSH access."""
-    reason = ssh_guard(policy, env, sshd_ports())
+    reason = lockout_reason(policy, env)
     if reason:
         raise LockoutRefused(f"refusing to apply: {reason} (use --force to apply anyway)")
 

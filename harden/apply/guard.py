@@ -45,6 +45,11 @@ def ssh_guard(policy: Policy, env: Mapping[str, str], sshd_ports: list[int]) -> 
     return None
 
 
+def lockout_reason(policy: Policy, env: Mapping[str, str]) -> str | None:
+    """Why applying ``policy`` here would lock the operator out, or None (apply's entry)."""
+    return ssh_guard(policy, env, sshd_ports())
+
+
 def sshd_ports() -> list[int]:
     """TCP ports sshd listens on in this network namespace (ss from iproute2)."""
     proc = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, check=False)
