@@ -194,6 +194,20 @@ def rollback(state_dir: Path) -> None:
     click.echo(do_rollback(state_dir))
 
 
+@cli.command()
+@STATE_DIR
+def reset(state_dir: Path) -> None:
+    """Move harden's state files aside (for a corrupt record); the live rules stay as they are.
+
+    After a reset, 'harden status' shows nothing applied and 'harden rollback' has
+    nothing to restore; 'harden diff MANIFEST' still compares the live rules, and the
+    next 'harden apply' records them again.
+    """
+    from harden.apply import reset as do_reset
+
+    click.echo(do_reset(state_dir))
+
+
 @cli.command(name="diff")
 @click.argument("manifest", type=MANIFEST)
 @BACKEND

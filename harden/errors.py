@@ -59,8 +59,21 @@ class EnvironmentProblem(HardenError):
     exit_status = ExitStatus.ENVIRONMENT
 
 
-class StateError(EnvironmentProblem):
-    """The state directory holds something harden did not write or cannot read."""
+class StateError(HardenError):
+    """The state directory holds something harden did not write or cannot read.
+
+    Exit 2: nothing is changed; the message says what is wrong and that ``harden reset``
+    moves the state files aside (docs/design.md, "Check, snapshot, load").
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            f"{message} ('harden reset' moves the state files aside; the live rules stay)"
+        )
+
+
+class UnsafeStateDir(HardenError):
+    """A state directory another user could write, or not a directory at all (exit 2)."""
 
 
 class CommandFailed(EnvironmentProblem):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -25,12 +26,38 @@ def service_port(name: str) -> int | None:
         return None
 
 
+MAX_BYTES = 10 * 1024 * 1024
+
+
 def read_text(path: Path) -> str:
-    """A manifest's (or inventory's) text; one-line ManifestError if unreadable."""
+    """A manifest's (or inventory's) text; one-line ManifestError if unreadable.
+
+    Only regular files of at most MAX_BYTES are read, and never more than MAX_BYTES + 1
+    bytes: /dev/zero, a FIFO or a runaway generated file fail fast instead of hanging.
+    """
     try:
-        return path.read_text(encoding="utf-8")
+        # O_NONBLOCK: opening a FIFO with no writer must not block; regular files ignore it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            data = os.read(fd, MAX_BYTES + 1) if regular else b""
+            # os.read may return less than asked: read on until MAX_BYTES + 1 or EOF.
+            while (
+                regular
+                and len(data) <= MAX_BYTES
+                and (more := os.read(fd, MAX_BYTES + 1 - len(data)))
+            ):
+                data += more
+        finally:
+            os.close(fd)
     except OSError as exc:
-        raise ManifestError(str(path), "", f"cannot read: {exc.strerror}") from None
+        raise ManifestError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    if not regular:
+        raise ManifestError(str(path), "", "not a regular file")
+    if len(data) > MAX_BYTES:
+        raise ManifestError(str(path), "", f"larger than {MAX_BYTES // (1024 * 1024)} MB")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ManifestError(str(path), "", "not UTF-8 text") from None
 

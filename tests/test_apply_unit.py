@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 import pytest
 
 from harden.apply.backends import firewall
-from harden.apply.guard import require_namespace, ssh_guard
-from harden.apply.state import Applied, Pending, State, StateDir
+from harden.apply.guard import (
+    lockout_reason,
+    parse_endpoint,
+    parse_ss,
+    parse_unit_listen,
+    require_namespace,
+    socket_unit_ports,
+    ssh_guard,
+    ssh_ports,
+    ssh_sessions,
+)
 from harden.core.policy import build_policy
 from harden.core.render import render
-from harden.errors import ApplyError, EnvironmentProblem, ExitStatus, HardenError, StateError
+from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
 from harden.lab.netns import current_namespace_name
 
@@ -29,23 +39,128 @@ def session(client: str, port: int = 22) -> dict[str, str]:
     return {"SSH_CONNECTION": f"{client} 51000 198.18.0.1 {port}"}
 
 
+def peer(text: str) -> IPv4Address | IPv6Address:
+    return ip_address(text)
+
+
 def test_ssh_guard_lets_an_allowed_session_through() -> None:
-    assert ssh_guard(policy(SSH_FROM_OPS), session("198.18.1.20"), [22]) is None
-    assert ssh_guard(policy(SSH_FROM_OPS), session("fd00:1::20"), [22]) is None
-    assert ssh_guard(policy(SSH_FROM_OPS), session("::ffff:198.18.1.20"), []) is None
+    ops = policy(SSH_FROM_OPS)
+    assert ssh_guard(ops, session("198.18.1.20"), [22], [(peer("198.18.1.20"), 22)]) is None
+    assert ssh_guard(ops, session("fd00:1::20"), [22], [(peer("fd00:1::20"), 22)]) is None
+    assert ssh_guard(ops, session("::ffff:198.18.1.20"), [], []) is None
+    # An IPv4-mapped peer is judged as the IPv4 address it carries.
+    assert ssh_guard(ops, {}, [22], [(peer("::ffff:198.18.1.20"), 22)]) is None
 
 
 def test_ssh_guard_refuses_to_cut_the_session() -> None:
-    reason = ssh_guard(policy(SSH_FROM_OPS), session("198.19.5.5"), [])
+    reason = ssh_guard(policy(SSH_FROM_OPS), session("198.19.5.5"), [], [])
     assert reason is not None and "198.19.5.5" in reason and "tcp/22" in reason
-    reason = ssh_guard(policy(SSH_FROM_OPS), session("198.18.1.20", port=2222), [])
+    reason = ssh_guard(policy(SSH_FROM_OPS), session("198.18.1.20", port=2222), [], [])
     assert reason is not None and "tcp/2222" in reason
 
 
+def test_ssh_guard_refuses_an_established_session_from_outside_the_sources() -> None:
+    ops = policy(SSH_FROM_OPS)
+    sessions = [(peer("198.18.1.20"), 22), (peer("198.19.5.5"), 22)]
+    reason = ssh_guard(ops, {}, [22], sessions)
+    assert reason == (
+        "an SSH session from 198.19.5.5 to port 22 is established, and the manifest "
+        "does not allow tcp/22 from 198.19.5.5: it would be cut"
+    )
+    # The port is the session's own: allowed on 22 does not cover a session to 2222.
+    reason = ssh_guard(ops, {}, [22, 2222], [(peer("198.18.1.20"), 2222)])
+    assert reason is not None and "198.18.1.20" in reason and "tcp/2222" in reason
+    # Several: the first is named, the rest counted, on one line.
+    reason = ssh_guard(ops, {}, [22], [(peer("198.19.5.6"), 22), (peer("198.19.5.5"), 22)])
+    assert reason is not None and "from 198.19.5.5 " in reason and "1 more" in reason
+    assert "\n" not in reason
+
+
+def test_ssh_guard_judges_ipv6_and_ipv4_mapped_peers() -> None:
+    ops = policy(SSH_FROM_OPS)
+    reason = ssh_guard(ops, {}, [22], [(peer("fd00:2::7"), 22)])
+    assert reason is not None and "from fd00:2::7 to port 22" in reason
+    reason = ssh_guard(ops, {}, [22], [(peer("::ffff:198.19.5.5"), 22)])
+    assert reason is not None and "from 198.19.5.5 to port 22" in reason  # named as IPv4
+    v4_only = policy(
+        "version: 1\npolicy: {ipv6: false}\nservices:\n  - {name: ssh, port: 22, proto: tcp}\n"
+    )
+    reason = ssh_guard(v4_only, {}, [22], [(peer("fd00:1::20"), 22)])
+    assert reason is not None and "fd00:1::20" in reason
+
+
+def test_ssh_guard_without_ssh_connection_still_sees_the_session() -> None:
+    # sudo's env_reset dropped SSH_CONNECTION: the kernel's session list decides.
+    reason = ssh_guard(policy(SSH_FROM_OPS), {}, [22], [(peer("198.19.5.5"), 22)])
+    assert reason is not None and "198.19.5.5" in reason
+    # SSH_CONNECTION, when present, is checked even if the kernel shows no session.
+    assert ssh_guard(policy(SSH_FROM_OPS), session("198.19.5.5"), [22], []) is not None
+
+
 def test_ssh_guard_refuses_to_close_a_listening_sshd() -> None:
-    assert ssh_guard(policy("version: 1\n"), {}, [22]) is not None
-    assert ssh_guard(policy(SSH_FROM_OPS), {}, [22]) is None  # open to some sources
-    assert ssh_guard(policy("version: 1\n"), {}, []) is None
+    assert ssh_guard(policy("version: 1\n"), {}, [22], []) is not None
+    assert ssh_guard(policy(SSH_FROM_OPS), {}, [22], []) is None  # open to some sources
+    assert ssh_guard(policy("version: 1\n"), {}, [], []) is None
+
+
+def test_parse_endpoint_reads_every_address_form() -> None:
+    assert parse_endpoint("198.18.1.1:22") == (peer("198.18.1.1"), 22)
+    assert parse_endpoint("[fd00::1]:22") == (peer("fd00::1"), 22)
+    assert parse_endpoint("[::ffff:198.18.1.5]:22") == (peer("198.18.1.5"), 22)
+    assert parse_endpoint("[fe80::1]%eth0:22") == (peer("fe80::1"), 22)
+    assert parse_endpoint("[fe80::1%eth0]:22") == (peer("fe80::1"), 22)
+    assert parse_endpoint("*:22") == (None, 22)
+    assert parse_endpoint("[::]:*") == (peer("::"), None)
+    for bad in ("22", "x:22", "198.18.1.1:99999", "[::1:22"):
+        with pytest.raises(ValueError):
+            parse_endpoint(bad)
+
+
+SS = """\
+LISTEN 0      128          0.0.0.0:22            0.0.0.0:*     users:(("sshd",pid=812,fd=3))
+LISTEN 0      4096               *:2222                *:*     users:(("systemd",pid=1,fd=51))
+LISTEN 0      4096               *:80                  *:*     users:(("systemd",pid=1,fd=52))
+LISTEN 0      511          0.0.0.0:8080          0.0.0.0:*     users:(("nginx",pid=9,fd=6))
+ESTAB  0      0        198.18.0.1:22     198.19.5.5:51000     users:(("sshd",pid=901,fd=4))
+ESTAB  0      0    [::ffff:198.18.0.1]:2222 [::ffff:198.18.1.5]:40000 users:(("sshd",pid=9,fd=4))
+ESTAB  0      0       [fd00::1]:22       [fd00:2::7]:41000
+ESTAB  0      0        198.18.0.1:8080   198.19.5.5:52000     users:(("nginx",pid=9,fd=7))
+ESTAB  0      0        198.18.0.1:40022  198.19.5.9:22
+TIME-WAIT 0   0        198.18.0.1:22     198.19.5.8:53000
+garbage
+"""
+
+
+def test_ssh_ports_and_sessions_from_ss_output() -> None:
+    sockets = parse_ss(SS)
+    # systemd's listeners count only where its unit lists them.
+    assert ssh_ports(sockets, set()) == [22]
+    assert ssh_ports(sockets, {2222}) == [22, 2222]
+    sessions = ssh_sessions(sockets, [22, 2222])
+    assert sessions == [
+        (peer("198.19.5.5"), 22),
+        (peer("198.18.1.5"), 2222),  # IPv4-mapped, read as IPv4
+        (peer("fd00:2::7"), 22),  # no owner shown (another user's): still a session
+    ]
+
+
+def test_parse_unit_listen() -> None:
+    active = "ActiveState=active\nListen=0.0.0.0:22 (Stream)\nListen=[::]:2222 (Stream)\n"
+    assert parse_unit_listen(active) == {22, 2222}
+    assert parse_unit_listen("Listen=22 (Stream)\nActiveState=active\n") == {22}
+    assert parse_unit_listen("Listen=/run/ssh.sock (Stream)\nActiveState=active\n") == set()
+    assert parse_unit_listen("ActiveState=active\nListen=[::]:53 (Datagram)\n") == set()
+    assert parse_unit_listen("ActiveState=inactive\nListen=0.0.0.0:22 (Stream)\n") == set()
+    assert parse_unit_listen("") == set()
+
+
+def test_guard_fails_closed_without_ss_and_open_without_systemctl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither ss nor systemctl to be found
+    reason = lockout_reason(policy(SSH_FROM_OPS), {})
+    assert reason is not None and "'ss'" in reason and "\n" not in reason
+    assert socket_unit_ports() == set()
 
 
 def test_require_namespace_refuses_outside_a_named_namespace(
@@ -85,98 +200,3 @@ def test_persist_iptables_writes_rules_and_unit(tmp_path: Path) -> None:
     }
     unit = (tmp_path / "etc/systemd/system/harden.service").read_text()
     assert "ip6tables-restore --noflush /etc/harden/harden.rules.v6" in unit
-
-
-def applied(name: str, at: float) -> Applied:
-    return Applied("nftables", name, f"sha-{name}", f"rules-{name}", at, f"live-{name}")
-
-
-def test_state_round_trip_and_private_files(tmp_path: Path) -> None:
-    states = StateDir(tmp_path / "state")
-    assert states.load() == State()
-    state = State().applied(applied("m.yaml", 1.0), Pending("t", 1.5)).with_watchdog(42)
-    with states.locked():
-        states.save(state)
-    assert states.load() == state
-    assert states.record.stat().st_mode & 0o777 == 0o600
-
-
-def test_state_reads_the_flat_record_of_harden_0_1(tmp_path: Path) -> None:
-    states = StateDir(tmp_path)
-    states.record.write_text(
-        '{"backend": "iptables", "manifest": "old.yaml", "manifest_sha256": "ab", '
-        '"ruleset_sha256": "cd", "applied_at": 5.0, "live_sha256": "ef", "pending": null, '
-        '"history": [{"event": "applied", "at": 5.0}]}'
-    )
-    state = states.load()
-    assert state.current is not None and state.current.backend == "iptables"
-    assert state.current.manifest == "old.yaml" and state.live_sha256 == "ef"
-    assert state.pending is None and state.previous is None
-
-
-def test_a_corrupt_state_record_is_a_clear_error(tmp_path: Path) -> None:
-    states = StateDir(tmp_path)
-    for text in ("{not json", "[1, 2]", '{"version": 2, "current": {"backend": "pf"}}'):
-        states.record.write_text(text)
-        with pytest.raises(StateError, match="state"):
-            states.load()
-
-
-# The confirm state machine, transition by transition (pure: no kernel, no files).
-
-
-def test_apply_then_confirm_keeps_the_new_rules_and_remembers_the_old() -> None:
-    first = State().applied(applied("a", 10.0), None)
-    assert first.current == applied("a", 10.0) and first.previous is None
-    second = first.applied(applied("b", 20.0), Pending("tok", 80.0))
-    assert second.current == applied("b", 20.0) and second.previous == applied("a", 10.0)
-    assert second.pending is not None and second.live_sha256 == "live-b"
-    kept = second.confirmed(now=50.0)
-    assert kept.pending is None and kept.current == applied("b", 20.0)
-    assert [e["event"] for e in kept.history] == ["applied", "applied", "confirmed"]
-
-
-def test_no_new_apply_while_one_is_pending() -> None:
-    pending = State().applied(applied("a", 10.0), Pending("tok", 80.0))
-    with pytest.raises(HardenError, match="confirmation is pending"):
-        pending.applied(applied("b", 20.0), None)
-    with pytest.raises(HardenError, match="confirmation is pending"):
-        pending.ensure_settled()
-
-
-def test_confirm_needs_a_pending_apply_inside_its_window() -> None:
-    with pytest.raises(HardenError, match="nothing to confirm"):
-        State().applied(applied("a", 10.0), None).confirmed(now=11.0)
-    late = State().applied(applied("a", 10.0), Pending("tok", 80.0))
-    with pytest.raises(ApplyError, match="too late") as caught:
-        late.confirmed(now=80.5)
-    assert caught.value.exit_status is ExitStatus.APPLY_FAILED
-
-
-def test_a_rollback_names_the_restored_rules_not_the_rolled_back_ones() -> None:
-    state = State().applied(applied("a", 10.0), None)
-    state = state.applied(applied("b", 20.0), Pending("tok", 80.0))
-    back = state.rolled_back(now=81.0, live_sha256="live-a-again", reason="not confirmed in time")
-    assert back.current == applied("a", 10.0)  # what is live again
-    assert back.previous is None and back.pending is None
-    assert back.live_sha256 == "live-a-again"
-    assert back.history[-1] == {
-        "event": "rolled back",
-        "at": 81.0,
-        "reason": "not confirmed in time",
-    }
-
-
-def test_rolling_back_the_first_apply_leaves_nothing_applied() -> None:
-    state = State().applied(applied("a", 10.0), Pending("tok", 80.0))
-    back = state.rolled_back(now=12.0, live_sha256="")
-    assert back.current is None and back.pending is None
-    with pytest.raises(HardenError, match="nothing to roll back"):
-        back.rolled_back(now=13.0, live_sha256="")
-
-
-def test_a_watchdog_attaches_only_to_a_pending_apply() -> None:
-    with pytest.raises(HardenError, match="no pending apply"):
-        State().applied(applied("a", 10.0), None).with_watchdog(7)
-    state = State().applied(applied("a", 10.0), Pending("tok", 80.0)).with_watchdog(7)
-    assert state.pending is not None and state.pending.watchdog_pid == 7

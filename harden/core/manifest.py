@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 import types
 import typing
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -43,7 +45,7 @@ def _parse_network(value: object) -> Network:
     try:
         return ipaddress.ip_network(value.strip(), strict=True)
     except ValueError as exc:
-        raise ValueError(f"bad network {value!r}: {exc}") from None
+        raise ValueError(f"bad network {show(value)}: {exc}") from None
 
 
 def _parse_protos(value: object) -> tuple[Proto, ...]:
@@ -154,6 +156,14 @@ class Manifest(_Model):
     policy: Settings = Settings()
     services: tuple[Service, ...] = ()
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: object) -> object:
+        # Literal[1] alone takes True and 1.0 (both == 1).
+        if type(value) is not int:
+            raise ValueError(f"expected the integer 1, got {show(value)}")
+        return value
+
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the manifest."""
@@ -163,14 +173,62 @@ def json_schema() -> dict[str, Any]:
 # libyaml's parser when present: 10,000-entry allowlists parse several times faster.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+# Nesting deeper than this is refused before composing: libyaml's composer recurses in C
+# and a few tens of thousands of "[" crash the process; no manifest needs more than ~6.
+MAX_DEPTH = 64
+# Nodes that aliases may add (each alias counts its anchored subtree again): a "billion
+# laughs" document is tiny as text but would expand to 10^9 values in any consumer.
+MAX_ALIAS_NODES = 100_000
+
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+# YAML 1.2 core schema: plain ASCII decimal only. YAML 1.1 (PyYAML's default) also reads
+# 0x50, 0o17, 1_0 and base 60 (1:20 is 80); those stay strings here, so they are refused.
+_INT = re.compile(r"[-+]?[0-9]+")
+_FLOAT = re.compile(
+    r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+)
+
+
+def _core_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
+    base: dict[Any, list[tuple[str, re.Pattern[str]]]] = _SafeLoader.yaml_implicit_resolvers
+    table = {
+        first: [(tag, regexp) for tag, regexp in entries if tag not in (_INT_TAG, _FLOAT_TAG)]
+        for first, entries in base.items()
+    }
+    for first in "-+0123456789":
+        table.setdefault(first, []).append((_INT_TAG, re.compile(f"^(?:{_INT.pattern})$")))
+    for first in "-+.0123456789":
+        table.setdefault(first, []).append((_FLOAT_TAG, re.compile(f"^(?:{_FLOAT.pattern})$")))
+    return table
+
 
 class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
-    """SafeLoader that refuses duplicate keys: PyYAML would silently keep the last one."""
+    """SafeLoader with YAML 1.2 numbers, string keys only, refusing duplicate keys.
+
+    PyYAML would silently keep the last of two equal keys.
+    """
+
+    yaml_implicit_resolvers = _core_resolvers()
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # e.g. an impossible date (2026-13-45) or !!int 'abc': not a YAMLError in PyYAML.
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.tag.rsplit(':', 1)[-1]}: {exc}", node.start_mark
+            ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
+        seen: set[str] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):
+                got = show(key) if isinstance(key_node, yaml.ScalarNode) else "a collection"
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"keys must be strings, got {got}", key_node.start_mark
+                )
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -179,13 +237,78 @@ class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return mapping
 
+    def construct_strict_int(self, node: yaml.Node) -> int:
+        value = self.construct_scalar(node)
+        if not (isinstance(value, str) and _INT.fullmatch(value)):
+            raise ValueError(f"expected decimal digits, got {show(value)}")
+        return int(value)
+
+    def construct_strict_float(self, node: yaml.Node) -> float:
+        value = self.construct_scalar(node)
+        if not (isinstance(value, str) and _FLOAT.fullmatch(value)):
+            raise ValueError(f"expected a decimal number, got {show(value)}")
+        return float(value.lower().removeprefix("+").replace(".inf", "inf").replace(".nan", "nan"))
+
+
+_UniqueKeyLoader.add_constructor(_INT_TAG, _UniqueKeyLoader.construct_strict_int)
+_UniqueKeyLoader.add_constructor(_FLOAT_TAG, _UniqueKeyLoader.construct_strict_float)
+
+
+def _check_shape(text: str) -> str | None:
+    """Why the document is too deep or alias-heavy to compose, or None.
+
+    Walks the parser's events (libyaml emits them without recursion) before anything is
+    composed: a one-line refusal instead of a crash or an exponential expansion.
+    """
+    start = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+    end = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+    depth = 0
+    # Node counts of the open collections, and of every closed anchored subtree.
+    open_counts: list[tuple[int, str | None]] = []
+    anchored: dict[str, int] = {}
+    count = 0  # nodes so far in the innermost open collection (aliases expanded)
+    added = 0  # nodes added by aliases
+    for event in yaml.parse(text, Loader=_UniqueKeyLoader):
+        if isinstance(event, start):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return f"{_where(event.start_mark)}nested deeper than {MAX_DEPTH} levels"
+            open_counts.append((count, event.anchor))
+            count = 0
+        elif isinstance(event, end):
+            depth -= 1
+            outer, anchor = open_counts.pop()
+            count += 1
+            if anchor is not None:
+                anchored[anchor] = count
+            count += outer
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                anchored[event.anchor] = 1
+            count += 1
+        elif isinstance(event, yaml.AliasEvent):
+            size = anchored.get(event.anchor or "", 1)
+            count += size
+            added += size
+            if added > MAX_ALIAS_NODES:
+                return (
+                    f"{_where(event.start_mark)}aliases expand to over {MAX_ALIAS_NODES} "
+                    "values (refusing an alias bomb)"
+                )
+    return None
+
 
 def load_yaml(text: str, source: str) -> Any:
     """Parse YAML safely, refusing duplicate keys (manifests and inventories alike)."""
     try:
+        problem = _check_shape(text)
+        if problem is not None:
+            raise ManifestError(source, "", problem)
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ManifestError(source, "", _yaml_message(exc)) from None
+    except RecursionError:
+        raise ManifestError(source, "", "YAML nested too deeply") from None
 
 
 def parse_manifest(
@@ -208,8 +331,11 @@ def parse_manifest(
 def _yaml_message(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
-    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-    return one_line(f"{where}YAML syntax error: {problem}")
+    return one_line(f"{_where(mark)}YAML syntax error: {problem}", 300)
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
@@ -242,7 +368,7 @@ def _manifest_error(source: str, exc: ValidationError) -> ManifestError:
         message += f" (got {show(first.get('input'))})"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return ManifestError(source, field_path(loc), one_line(message))
+    return ManifestError(source, field_path(loc), one_line(message, 300))
 
 
 def _unknown_key_message(loc: tuple[int | str, ...]) -> str:

@@ -171,10 +171,16 @@ def _slug(name: str) -> str:
     return slug
 
 
+# iptables chain names are at most 28 characters and ours are "HARDEN-" + the key.
+MAX_KEY = 28 - len("HARDEN-")
+
+
 def _unique_key(key: str, used: set[str]) -> str:
-    candidate, n = key, 1
+    """``key``, or ``key_2``, ``key_3``...: unused, and never longer than MAX_KEY."""
+    candidate, n = key[:MAX_KEY].rstrip("_"), 1
     while candidate in used:
         n += 1
-        candidate = f"{key}_{n}"
+        suffix = f"_{n}"
+        candidate = key[: MAX_KEY - len(suffix)].rstrip("_") + suffix
     used.add(candidate)
     return candidate

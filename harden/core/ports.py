@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class PortRange:
 
 
 ALL = PortRange(1, 65535)
-_RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
+_RANGE = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
 _SERVICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._+-]*")
 
 
@@ -60,7 +61,8 @@ def parse_port(value: object, service_port: ServicePort | None = None) -> PortRa
         return PortRange(port, port)
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        # ASCII only: str.isdigit() and int() also take "８０" (full-width) and "٨٠".
+        if text.isascii() and text.isdigit():
             port = check_port(int(text))
             return PortRange(port, port)
         if match := _RANGE.fullmatch(text):
@@ -76,9 +78,23 @@ def parse_port(value: object, service_port: ServicePort | None = None) -> PortRa
     raise ValueError(f"expected a port 1-65535, a range 'N-M' or a service name, got {show(value)}")
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel = 2
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxdict = _SHOW.maxset = 4
+_SHOW.maxstring = _SHOW.maxother = 40
+_SHOW.maxlong = 20
+
+
 def show(value: object) -> str:
-    """A short repr of a bad value for an error message."""
-    text = repr(value)
+    """A short repr of a bad value for an error message.
+
+    Bounded while it is built (reprlib), not cut afterwards: a value made of nested YAML
+    aliases can stand for billions of items that a plain repr() would walk.
+    """
+    try:
+        text = _SHOW.repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits()
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= 40 else text[:37] + "..."
 
 

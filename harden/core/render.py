@@ -50,9 +50,16 @@ def multiport_chunks(ports: tuple[PortRange, ...]) -> Iterator[str]:
         yield ",".join(chunk)
 
 
+# XT_EXTENSION_MAXNAMELEN (29) less the terminating NUL.
+IPT_CHAIN_MAX = 28
+
+
 def ipt_chain(allow: Allow) -> str:
     """The iptables chain holding a source-restricted group's accepted sources."""
-    return "HARDEN-" + allow.key.upper().replace("_", "-")
+    name = "HARDEN-" + allow.key.upper().replace("_", "-")
+    if len(name) > IPT_CHAIN_MAX:  # policy keys are capped so this cannot happen
+        raise RenderError(f"iptables chain name {name!r} is longer than {IPT_CHAIN_MAX} characters")
+    return name
 
 
 _ENV = jinja2.Environment(

@@ -131,6 +131,8 @@ class StatusReport:
     seconds_left: float | None = None
     live_matches_last_apply: bool | None = None
     history: tuple[dict[str, Any], ...] = ()
+    interrupted: bool = False  # an apply stopped before it finished, with no watchdog armed
+    watchdog: str | None = None  # "running" / "not running" while a confirmation is pending
 
     @property
     def applied(self) -> bool:
@@ -150,6 +152,8 @@ class StatusReport:
             "applied_at": self.applied_at,
             "pending_confirmation": pending,
             "live_matches_last_apply": self.live_matches_last_apply,
+            "interrupted": self.interrupted,
+            "watchdog": self.watchdog,
             "history": list(self.history),
         }
 
@@ -158,11 +162,19 @@ class StatusReport:
         if not self.applied:
             return f"nothing applied by harden (state: {self.state_dir})"
         sha = (self.manifest_sha256 or "")[:12]
-        pending = (
-            f"rolls back in {self.seconds_left} s unless confirmed"
-            if self.pending_deadline is not None
-            else "no"
-        )
+        pending = "no"
+        if self.pending_deadline is not None:
+            pending = f"rolls back in {self.seconds_left} s unless confirmed"
+            if self.watchdog == "not running":
+                pending = (
+                    f"yes, deadline in {self.seconds_left} s, but its watchdog is NOT running: "
+                    "nothing will roll back by itself ('harden rollback' or 'harden confirm')"
+                )
+        if self.interrupted:
+            pending = (
+                "INTERRUPTED: the last apply stopped before it finished; 'harden rollback' "
+                "restores the rules from before it, 'harden confirm' keeps them if live"
+            )
         match = {True: "yes", False: "NO (drift)", None: "unknown"}[self.live_matches_last_apply]
         return "\n".join(
             [

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harden.core.manifest import field_path, load_yaml
 from harden.core.policy import Policy, build_policy
+from harden.core.ports import show
+from harden.core.text import one_line
 from harden.errors import ManifestError
 from harden.files import load_manifest, read_text
 
@@ -55,15 +57,35 @@ def load_inventory(path: Path) -> list[FleetHost]:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         message = first["msg"].removeprefix("Value error, ")
-        raise ManifestError(str(path), field_path(tuple(first["loc"])), message) from None
-    names = [h.name for h in inventory.hosts]
-    for i, name in enumerate(names):
-        if names.index(name) != i:
-            raise ManifestError(str(path), f"hosts[{i}].name", f"duplicate host name {name!r}")
+        raise ManifestError(
+            str(path), field_path(tuple(first["loc"])), one_line(message, 300)
+        ) from None
+    names: dict[str, int] = {}
+    owners: dict[Address, int] = {}
+    for i, host in enumerate(inventory.hosts):
+        if host.name in names:
+            raise ManifestError(
+                str(path), f"hosts[{i}].name", f"duplicate host name {show(host.name)}"
+            )
+        names[host.name] = i
+        for j, target in enumerate(host.targets):
+            # One address, two policies: which one the machine enforces is unknowable.
+            k = owners.setdefault(target, i)
+            if k != i and _manifest_path(path, inventory.hosts[k]) != _manifest_path(path, host):
+                other = inventory.hosts[k]
+                raise ManifestError(
+                    str(path),
+                    f"hosts[{i}].targets[{j}]",
+                    f"{target} is also a target of hosts[{k}] ({one_line(other.name, 40)})",
+                )
     hosts = []
     for host in inventory.hosts:
-        manifest = (path.parent / host.manifest).resolve()
+        manifest = _manifest_path(path, host)
         hosts.append(
             FleetHost(host.name, manifest, build_policy(load_manifest(manifest)), host.targets)
         )
     return hosts
+
+
+def _manifest_path(inventory: Path, host: _Host) -> Path:
+    return (inventory.parent / host.manifest).resolve()

@@ -47,9 +47,18 @@ class Firewall(Protocol):
         """Harden's live rules in canonical form, without counter values."""
         ...
 
+    def persist_targets(self, root: Path) -> list[Path]:
+        """The files ``persist`` writes under ``root`` (checked before anything loads)."""
+        ...
+
     def persist(self, files: dict[str, str], root: Path) -> list[Path]:
         """Install ``files`` so they load at boot, under ``root``; return the files written."""
         ...
+
+
+def other(backend: Backend) -> Backend:
+    """The backend that is not ``backend`` (a switch removes its rules)."""
+    return "iptables" if backend == "nftables" else "nftables"
 
 
 def firewall(backend: Backend) -> Firewall:

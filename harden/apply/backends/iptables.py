@@ -8,15 +8,17 @@ harden owns ``HARDEN-INPUT`` (jumped to from the top of INPUT) and one
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harden.core.policy import Policy
 from harden.core.render import IPT_FILES, Backend, render
 from harden.core.text import one_line
-from harden.errors import ApplyError, EnvironmentProblem
+from harden.errors import ApplyError, EnvironmentProblem, StateError
 from harden.files import write_atomic
 
 JUMP = "-A INPUT -j HARDEN-INPUT"
@@ -30,17 +32,22 @@ class Owned:
     chains: tuple[str, ...]
     rules: tuple[str, ...]
     jump: bool
+    # INPUT rules ahead of the jump: not harden's, but they decide before harden does.
+    before_jump: tuple[str, ...] = ()
 
     def text(self, family: int) -> str:
         """Readable canonical form (what diff compares)."""
         lines = [f"# IPv{family}", *(f":{c}" for c in self.chains), *self.rules]
         lines.append(f"# INPUT jumps to HARDEN-INPUT: {'yes' if self.jump else 'no'}")
+        if self.before_jump:
+            lines.append("# INPUT rules before the jump to HARDEN-INPUT (they bypass harden):")
+            lines += [f"#   {rule}" for rule in self.before_jump]
         return "\n".join(lines) + "\n"
 
 
 def parse_save(saved: str) -> Owned:
     """Harden's chains, rules and INPUT jump from ``iptables-save -t filter`` output."""
-    chains, rules, jump = [], [], False
+    chains, rules, jump, before = [], [], False, []
     for line in saved.splitlines():
         if line.startswith(":HARDEN-"):
             chains.append(line[1:].split()[0])
@@ -48,7 +55,34 @@ def parse_save(saved: str) -> Owned:
             rules.append(line)
         elif line == JUMP:
             jump = True
-    return Owned(tuple(chains), tuple(rules), jump)
+        elif line.startswith("-A INPUT ") and not jump:
+            before.append(line)
+    return Owned(tuple(chains), tuple(rules), jump, tuple(before) if jump else ())
+
+
+_CHAIN = re.compile(r"HARDEN-[A-Z0-9-]{1,21}")
+
+
+def check_snapshot(snapshot: str) -> dict[str, Any]:
+    """A snapshot's data, if it holds nothing but harden's own chains (else StateError)."""
+    if not snapshot:
+        return {}
+    try:
+        data = json.loads(snapshot)
+        ok = isinstance(data, dict) and set(data) <= {"4", "6"}
+        for part in data.values():
+            chains, rules, jump = part["chains"], part["rules"], part["jump"]
+            ok = ok and isinstance(jump, bool)
+            ok = ok and all(isinstance(c, str) and _CHAIN.fullmatch(c) for c in chains)
+            ok = ok and all(
+                isinstance(r, str) and r.startswith("-A HARDEN-") and "\n" not in r for r in rules
+            )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        ok = False
+    if not ok:
+        raise StateError("the iptables snapshot holds more than harden's own chains: refused")
+    result: dict[str, Any] = data
+    return result
 
 
 class IptablesFirewall:
@@ -127,7 +161,9 @@ class IptablesFirewall:
         live = self._owned(family)
         extra = [f"-X {chain}" for chain in live.chains if chain not in new.chains]
         extra = [f"-F {c}" for c in live.chains if c not in new.chains] + extra
-        if not live.jump:
+        if live.jump and live.before_jump:
+            extra.append("-D INPUT -j HARDEN-INPUT")  # harden decides first: move it up
+        if not live.jump or live.before_jump:
             extra.append("-I INPUT 1 -j HARDEN-INPUT")
         body = rendered.rstrip("\n")
         assert body.endswith("COMMIT")
@@ -135,7 +171,7 @@ class IptablesFirewall:
 
     def restore(self, snapshot: str) -> None:
         """Put back the snapshot's chains and jump; drop chains it did not have."""
-        data = json.loads(snapshot) if snapshot else {}
+        data = check_snapshot(snapshot)
         for family in IPT_FILES:
             want = data.get(str(family), {"chains": [], "rules": [], "jump": False})
             live = self._owned(family)
@@ -182,8 +218,14 @@ class IptablesFirewall:
             for f, o in ((4, parse_save(v4)), (6, parse_save(v6)))
         )
 
+    def persist_targets(self, root: Path) -> list[Path]:
+        """The files persist() writes under ``root``."""
+        return [*(root / HARDEN_ETC / n for n in IPT_FILES.values()), root / UNIT]
+
     def persist(self, files: dict[str, str], root: Path) -> list[Path]:
         """The restore files under /etc/harden and a harden.service unit that loads them."""
+        if set(files) != set(IPT_FILES.values()):
+            raise StateError(f"not an iptables ruleset: {sorted(files)}")
         written = []
         for name in IPT_FILES.values():
             path = root / HARDEN_ETC / name

@@ -9,7 +9,7 @@ from pathlib import Path
 from harden.core.policy import Policy
 from harden.core.render import NFT_FILE, Backend, render
 from harden.core.text import one_line
-from harden.errors import ApplyError, EnvironmentProblem
+from harden.errors import ApplyError, EnvironmentProblem, StateError
 from harden.files import write_atomic
 
 TABLE = "inet harden"
@@ -71,6 +71,7 @@ class NftFirewall:
 
     def restore(self, snapshot: str) -> None:
         """Reload a snapshot atomically, or delete harden's table if there was none."""
+        check_snapshot(snapshot)
         text = f"table {TABLE}\ndelete table {TABLE}\n"
         if snapshot:
             text += snapshot
@@ -106,8 +107,14 @@ class NftFirewall:
             raise ApplyError(f"the kernel refused the ruleset: {one_line(proc.stderr, 400)}")
         return proc.stdout
 
+    def persist_targets(self, root: Path) -> list[Path]:
+        """The files persist() writes under ``root``."""
+        return [root / HARDEN_ETC / NFT_FILE, root / NFT_CONF]
+
     def persist(self, files: dict[str, str], root: Path) -> list[Path]:
         """/etc/harden/harden.nft, included from Debian's /etc/nftables.conf."""
+        if set(files) != {NFT_FILE}:
+            raise StateError(f"not an nftables ruleset: {sorted(files)}")
         path = root / HARDEN_ETC / NFT_FILE
         write_atomic(path, files[NFT_FILE], mode=0o644)
         written = [path]
@@ -119,3 +126,15 @@ class NftFirewall:
             write_atomic(conf, text, mode=0o755)
             written.append(conf)
         return written
+
+
+def check_snapshot(snapshot: str) -> None:
+    """Refuse a snapshot that holds anything but ``table inet harden`` (StateError).
+
+    A snapshot is loaded as root: one that flushed the ruleset or touched another table
+    would do so too. ``nft list table`` output has the table's lines at column 0 and
+    everything inside indented.
+    """
+    top = [line for line in snapshot.splitlines() if line and not line[0].isspace()]
+    if top and (top[0] != f"table {TABLE} {{" or top[1:] != ["}"]):
+        raise StateError(f"the nftables snapshot holds more than table {TABLE}: refused")
