@@ -437,7 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        # One line, like every other error; the usage is one --help away.
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        click.echo(f"harden: error: {one_line(exc.format_message())}{hint}", err=True)
         return ExitStatus.USAGE
     except click.exceptions.Abort:
         click.echo("harden: interrupted", err=True)

@@ -7,6 +7,7 @@ entry in CASES. ``pytest --update-golden`` rewrites them after an intended chang
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import subprocess
@@ -139,8 +140,11 @@ STATUS = StatusReport(
     pending_deadline=1790000060.0,
     seconds_left=42.5,
     live_matches_last_apply=True,
+    watchdog="running",
     history=({"event": "applied", "at": 1790000000.0, "manifest_sha256": "e" * 64},),
 )
+DEAD_WATCHDOG = dataclasses.replace(STATUS, watchdog="not running")
+INTERRUPTED = dataclasses.replace(STATUS, interrupted=True, watchdog="not running")
 DRIFT = Drift(
     True, "--- live\n+++ web.yaml (nftables)\n@@ -1 +1 @@\n-tcp dport 81\n+tcp dport 80\n"
 )
@@ -158,6 +162,9 @@ CASES: dict[str, Callable[[], str]] = {
     "diff-none.txt": lambda: Drift(False, "").to_text() + "\n",
     "status-pending.json": lambda: dumps(STATUS.to_json()),
     "status-pending.txt": lambda: STATUS.to_text() + "\n",
+    "status-dead-watchdog.txt": lambda: DEAD_WATCHDOG.to_text() + "\n",
+    "status-interrupted.json": lambda: dumps(INTERRUPTED.to_json()),
+    "status-interrupted.txt": lambda: INTERRUPTED.to_text() + "\n",
     "status-nothing.json": lambda: dumps(StatusReport("/var/lib/harden").to_json()),
     "status-nothing.txt": lambda: StatusReport("/var/lib/harden").to_text() + "\n",
     "verify-leaky.json": lambda: dumps(leaky_report().to_json()),
