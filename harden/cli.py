@@ -27,6 +27,7 @@ Exit codes:
   2  usage or manifest error
   3  apply failed (previous state restored)
   4  probe or environment error (retryable)
+  5  verify inconclusive: a target never showed it exists
   70 internal error: a bug in harden (not retryable)
 """
 
@@ -296,6 +297,13 @@ def status(state_dir: Path, fmt: str) -> None:
     "budget at the target, so UDP retries need not wait for a refill.",
 )
 @click.option(
+    "--seen-as",
+    "seen_as",
+    multiple=True,
+    help="The address the target sees this prober as, when a NAT rewrites ours (one per "
+    "family): source-restricted services are judged for it.",
+)
+@click.option(
     "--inventory",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Verify a fleet: a YAML file of hosts, each with its manifest and targets.",
@@ -312,15 +320,27 @@ def verify_cmd(
     icmp_ratelimit_ms: int,
     icmp6_ratelimit_ms: int,
     sources: tuple[str, ...],
+    seen_as: tuple[str, ...],
 ) -> None:
     """Probe a server from outside and compare every port with MANIFEST.
 
     Declared ports must answer; every other port must be silent (closed: drop)
     or answer admin-prohibited (closed: reject): no TCP RST, no ICMP
     port-unreachable. Run it on another host, as root (raw sockets); exit 0
-    pass, 1 fail, 4 probe error. With --inventory, every host of a fleet is
-    probed in the same sweeps and lands in one report.
-    """
+    pass, 1 fail, 4 probe error, 5 inconclusive. With --inventory, every host of
+    a fleet is probed in the same sweeps and lands in one report.
+
+    \b
+    What a PASS proves, and assumes:
+    - The target showed it exists (some reply, or its neighbour entry on our
+      link); otherwise the verdict is INCONCLUSIVE, never PASS.
+    - UDP silence counts only for sweeps begun while the target's per-peer ICMP
+      budget held a token (no ICMP error to us for one --icmp-ratelimit-ms
+      interval). It assumes the target's interval is at most that, and that
+      other hosts did not spend its machine-wide icmp_msgs_per_sec meanwhile.
+    - A UDP listener that ignores unknown datagrams looks dropped from outside.
+    See docs/design.md, "Why silence proves what it proves".
+    """  # noqa: D301 (click's \\b keeps the list's line breaks)
     from harden.verify.inventory import load_inventory
     from harden.verify.run import run_verify
 
@@ -337,6 +357,12 @@ def verify_cmd(
         assert inventory is not None
         hosts = [(h.policy, list(h.targets)) for h in load_inventory(inventory)]
     extra = tuple(_address(text, "--source") for text in sources)
+    seen: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+    for text in seen_as:
+        address = _address(text, "--seen-as")
+        if address.version in seen:
+            raise click.BadParameter("one address per family at most", param_hint="--seen-as")
+        seen[address.version] = address
     show_progress = fmt == "text" and output is None and sys.stderr.isatty()
     report = run_verify(
         hosts,
@@ -345,6 +371,7 @@ def verify_cmd(
         retries=retries,
         ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
         extra_sources=extra,
+        seen_as=seen,
         progress=show_progress,
     )
     text = {

@@ -19,6 +19,7 @@ class ExitStatus(IntEnum):
     USAGE = 2  # bad command line or manifest, or a refused apply: nothing changed
     APPLY_FAILED = 3  # apply failed and the previous state was kept or restored
     ENVIRONMENT = 4  # probe or environment error (no privileges, missing tool, ...): retryable
+    INCONCLUSIVE = 5  # verify: a target never showed it exists, so silence proves nothing
     INTERNAL = 70  # a bug in harden (sysexits' EX_SOFTWARE): not retryable, report it
 
 

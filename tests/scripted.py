@@ -262,6 +262,7 @@ class ScriptedTransport:
         self.closed = False
         self._sport = 40000
         self._echoes: list[tuple[Target, int, float]] = []
+        self._heard: dict[Address, str] = {}
 
     def _host(self, target: Target) -> ScriptedTarget:
         return self.targets[target.address]
@@ -316,7 +317,15 @@ class ScriptedTransport:
 
     def replies(self, sent: Round) -> dict[int, Reply]:
         """The replies that reached us (lost ones were never stored)."""
+        for port, reply in sent.found.items():
+            self._heard.setdefault(sent.target.address, f"{sent.proto}/{port} {reply.detail}")
         return dict(sent.found)
+
+    def heard_from(self, target: Target) -> str | None:
+        """The first reply or echo reply that reached us from ``target``."""
+        if target.address not in self._heard and any(t == target for t, _, _ in self._echoes):
+            return "echo reply"
+        return self._heard.get(target.address)
 
     def last_icmp_error(self, target: Target, source: Address) -> float | None:
         """The newest ICMP error to ``source`` that reached us since we began watching."""

@@ -75,6 +75,7 @@ def leaky_report() -> Report:
             9999: Reply(f, "udp", 9999, 41000, Reason.PORT_UNREACHABLE, code),
         }
         findings.echo[t.address] = True
+        findings.alive[t.address] = "tcp/22 answered syn-ack"
         findings.budget_limited.add((t, "udp"))
     findings.sent = {"4/tcp/allowed": 4, "4/tcp/silent": 6, "6/tcp/allowed": 4, "6/tcp/silent": 6}
     findings.notes.append("198.19.254.1 udp: 1 port(s) answered with ICMP; more may answer")
@@ -93,6 +94,7 @@ def reject_report() -> Report:
     }
     findings.replies[(target, "udp")] = {1000: Reply(4, "udp", 1000, 41000, Reason.PROHIBITED, 13)}
     findings.echo[SERVER4] = True
+    findings.alive[SERVER4] = "echo reply"
     return evaluate(plan, findings)
 
 
@@ -106,7 +108,20 @@ def connect_report() -> Report:
         1000: Reply(4, "tcp", 1000, 0, Reason.UNREACHABLE_UNSEEN),
     }
     findings.replies[(target, "udp")] = {1000: Reply(4, "udp", 1000, 0, Reason.REFUSED)}
+    findings.alive[SERVER4] = "udp/1000 answered refused"
     findings.notes.append("unprivileged mode (no CAP_NET_RAW): connect() probes")
+    return evaluate(plan, findings)
+
+
+def absent_report() -> Report:
+    """An address with no host behind it: nothing answered, no neighbour entry."""
+    policy = build_policy(load_manifest(REPO / "rulesets" / "bastion.yaml"))
+    target = Target(SERVER4, PROBER4)
+    plan = plan_probes(policy, [target], (22, 80))
+    findings = Findings(seconds=1.5)
+    findings.replies[(target, "tcp")] = {}
+    findings.replies[(target, "udp")] = {}
+    findings.echo[SERVER4] = False
     return evaluate(plan, findings)
 
 
@@ -173,6 +188,9 @@ CASES: dict[str, Callable[[], str]] = {
     "verify-reject.json": lambda: dumps(reject_report().to_json()),
     "verify-reject.junit.xml": lambda: reject_report().to_junit(),
     "verify-reject.txt": lambda: reject_report().to_text(),
+    "verify-absent.json": lambda: dumps(absent_report().to_json()),
+    "verify-absent.junit.xml": lambda: absent_report().to_junit(),
+    "verify-absent.txt": lambda: absent_report().to_text(),
     "verify-connect.json": lambda: dumps(connect_report().to_json()),
     "verify-connect.txt": lambda: connect_report().to_text(),
     "lab.json": lambda: dumps(lab_result().to_json()),

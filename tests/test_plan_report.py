@@ -76,6 +76,7 @@ def findings_for(replies: dict[int, Reply], udp: dict[int, Reply] | None = None)
     f.replies[(STRANGER, "tcp")] = replies
     f.replies[(STRANGER, "udp")] = udp or {}
     f.echo[T] = True
+    f.alive[T] = "echo reply"
     return f
 
 
@@ -89,7 +90,7 @@ def test_pass_when_declared_open_and_rest_silent() -> None:
     report = evaluate(plan, findings_for({80: syn_ack(80), 443: syn_ack(443)}, udp))
     assert report.verdict == "pass" and report.exit_status == 0
     data = report.to_json()
-    assert data["schema"] == "harden.verify/1"
+    assert data["schema"] == "harden.verify/2"
     assert {(p["proto"], p["port"], p["status"]) for p in data["ports"]} == {
         ("tcp", 80, "ok"),
         ("tcp", 443, "ok"),
@@ -133,7 +134,8 @@ def test_reject_mode_needs_at_least_one_admin_prohibited() -> None:
     udp = {1: Reply(4, "udp", 1, 41000, Reason.PROHIBITED, 13)}
     ok = evaluate(plan, findings_for({2: prohibited}, udp))
     assert ok.verdict == "pass"
-    assert {s.observed for s in ok.spans} == {"rejected", "silent-unproven"}
+    assert {s.observed for s in ok.spans} == {"rejected"}
+    assert {s.observed for s in ok.unproven} == {"silent-unproven"}
 
 
 def test_drop_mode_fails_on_admin_prohibited() -> None:
@@ -151,3 +153,44 @@ def test_unexpected_or_missing_ping_fails() -> None:
     )
     report = evaluate(plan, findings_for({}))  # findings say ping was answered
     assert [(e.proto, e.observed) for e in report.failures] == [("icmp", "echo-reply")]
+
+
+def test_a_target_that_never_answered_is_inconclusive_never_pass() -> None:
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (99, 100))
+    nothing = Findings()
+    nothing.replies[(STRANGER, "tcp")] = {}
+    nothing.replies[(STRANGER, "udp")] = {}
+    report = evaluate(plan, nothing)
+    assert report.verdict == "inconclusive" and report.exit_status == 5
+    assert report.to_json()["verdict"] == "inconclusive"
+    assert "INCONCLUSIVE" in report.to_text()
+    assert 'errors="1"' in report.to_junit()
+    # A leak seen on another target is still a FAIL.
+    other = Target(ip_address("198.19.254.9"), STRANGER.source)
+    plan2 = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER, other], (99,))
+    nothing.replies[(other, "tcp")] = {99: Reply(4, "tcp", 99, 40000, Reason.RST, ack=1)}
+    nothing.replies[(other, "udp")] = {}
+    nothing.alive[other.address] = "tcp/99 answered rst"
+    assert evaluate(plan2, nothing).verdict == "fail"
+
+
+def test_budget_spent_ports_are_unproven_not_conforming() -> None:
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (7, 8, 9))
+    f = findings_for({}, {7: Reply(4, "udp", 7, 41000, Reason.PORT_UNREACHABLE, 3)})
+    f.budget_limited.add((STRANGER, "udp"))
+    data = evaluate(plan, f).to_json()
+    assert data["verdict"] == "fail"
+    assert not any(s["proto"] == "udp" for s in data["conforming"])
+    assert [(s["proto"], s["observed"], s["ranges"]) for s in data["unproven"]] == [
+        ("udp", "unprobed", ["8-9"])
+    ]
+    assert data["counts"]["unproven"] == 2
+
+
+def test_declared_ports_outside_a_ports_subset_are_listed_as_skipped() -> None:
+    text = MANIFEST + "  - {name: wg, port: 51820, proto: udp}\n"
+    plan = plan_probes(build_policy(parse_manifest(text)), [STRANGER], tuple(range(1, 1025)))
+    report = evaluate(plan, findings_for({}))
+    skipped = report.to_json()["skipped"]
+    assert {"proto": "udp", "ranges": ["51820"]}.items() <= skipped[0].items()
+    assert any("outside --ports" in n for n in report.notes)

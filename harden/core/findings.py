@@ -22,5 +22,7 @@ class Findings:
     sent: dict[str, int] = field(default_factory=dict)  # "4/tcp/silent" -> probes sent
     notes: list[str] = field(default_factory=list)
     budget_limited: set[tuple[Target, Proto]] = field(default_factory=set)
+    # Proof that a host is there: what it sent us, or its neighbour entry on our link.
+    alive: dict[Address, str] = field(default_factory=dict)
     seconds: float = 0.0
     mode: Mode = "raw"

@@ -36,6 +36,14 @@ class Target:
 
     address: IPv4Address | IPv6Address
     source: IPv4Address | IPv6Address
+    # The address the target sees our probes come from, when a NAT rewrites ours
+    # (verify --seen-as): expectations for source-restricted services follow it.
+    seen_as: IPv4Address | IPv6Address | None = None
+
+    @property
+    def viewpoint(self) -> IPv4Address | IPv6Address:
+        """The source address the target's firewall judges our probes by."""
+        return self.seen_as or self.source
 
     @property
     def family(self) -> Family:
@@ -60,6 +68,8 @@ class Plan:
 
     groups: tuple[Group, ...]
     echo: dict[IPv4Address | IPv6Address, bool]  # should ping be answered?
+    # Declared ports a --ports subset left out: said in the report, never silently dropped.
+    skipped: tuple[tuple[Target, Proto, tuple[int, ...]], ...] = ()
 
     def ports(self, target: Target, proto: Proto) -> list[int]:
         """Every port to probe on a target for a protocol, sorted."""
@@ -99,9 +109,14 @@ def plan_probes(
     """Expectations per (target, protocol, port) for the prober at each target's source."""
     closed = Expect.SILENT if policy.closed == "drop" else Expect.REJECTED
     groups: list[Group] = []
+    skipped: list[tuple[Target, Proto, tuple[int, ...]]] = []
     for target in targets:
         for proto in PROTOS:
             allowed = _allowed_ports(policy, target, proto)
+            if isinstance(selection, tuple):
+                left_out = _declared_ports(policy, proto) - set(selection)
+                if left_out:
+                    skipped.append((target, proto, tuple(sorted(left_out))))
             if selection == "all":
                 allowed_here = sorted(allowed)
                 closed_here = [p for p in ALL_PORTS if p not in allowed]
@@ -124,7 +139,7 @@ def plan_probes(
             if closed_here:
                 groups.append(Group(target, proto, closed, tuple(closed_here), {}))
     echo = {t.address: policy.echo and (t.family == 4 or policy.ipv6) for t in targets}
-    return Plan(tuple(groups), echo)
+    return Plan(tuple(groups), echo, tuple(skipped))
 
 
 def merge_plans(plans: list[Plan]) -> Plan:
@@ -132,6 +147,7 @@ def merge_plans(plans: list[Plan]) -> Plan:
     return Plan(
         tuple(g for p in plans for g in p.groups),
         {address: echo for p in plans for address, echo in p.echo.items()},
+        tuple(s for p in plans for s in p.skipped),
     )
 
 
@@ -139,7 +155,7 @@ def _allowed_ports(policy: Policy, target: Target, proto: Proto) -> dict[int, st
     # Port -> service names, for the prober at this target's source address.
     return {
         port: ", ".join(allow.services)
-        for rng, allow in policy.allowed_from(target.source, proto)
+        for rng, allow in policy.allowed_from(target.viewpoint, proto)
         for port in rng
     }
 

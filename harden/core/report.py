@@ -22,7 +22,7 @@ from harden.core.plan import Expect, Plan, Target
 from harden.core.ports import compress
 from harden.errors import ExitStatus
 
-SCHEMA = "harden.verify/1"
+SCHEMA = "harden.verify/2"
 
 
 class Status(StrEnum):
@@ -31,7 +31,8 @@ class Status(StrEnum):
     OK = "ok"
     WARN = "warn"  # allowed, but not provably serving (nothing listens / no UDP reply)
     FAIL = "fail"
-    UNPROVEN = "unproven"  # reject mode: silent, as ICMP rate limiting allows
+    UNPROVEN = "unproven"  # silent, but silence proves nothing here (see Span.observed)
+    INCONCLUSIVE = "inconclusive"  # nothing showed a host is there: no verdict possible
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,10 @@ class Report:
 
     targets: list[str]
     entries: list[Entry] = field(default_factory=list)
-    spans: list[Span] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)  # conforming ports
+    unproven: list[Span] = field(default_factory=list)  # silent ports whose silence proves nothing
+    skipped: list[Span] = field(default_factory=list)  # declared ports a --ports subset left out
+    alive: dict[str, str] = field(default_factory=dict)  # target -> what showed it exists
     notes: list[str] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -81,16 +85,28 @@ class Report:
 
     @property
     def verdict(self) -> str:
-        """``pass`` or ``fail``."""
-        return "fail" if self.failures else "pass"
+        """``fail``, ``inconclusive`` (a target never showed it exists) or ``pass``.
+
+        A deviation is a real finding even where another target stayed silent, so FAIL
+        wins over INCONCLUSIVE.
+        """
+        if self.failures:
+            return "fail"
+        if any(e.status is Status.INCONCLUSIVE for e in self.entries):
+            return "inconclusive"
+        return "pass"
 
     @property
     def exit_status(self) -> ExitStatus:
-        """0 on pass, 1 on fail."""
-        return ExitStatus.FAILED if self.failures else ExitStatus.OK
+        """0 pass, 1 fail, 5 inconclusive."""
+        return {
+            "fail": ExitStatus.FAILED,
+            "inconclusive": ExitStatus.INCONCLUSIVE,
+            "pass": ExitStatus.OK,
+        }[self.verdict]
 
     def to_json(self) -> dict[str, Any]:
-        """The documented JSON shape (schema ``harden.verify/1``)."""
+        """The documented JSON shape (schema ``harden.verify/2``)."""
         return _json(self)
 
     def to_junit(self) -> str:
@@ -103,12 +119,18 @@ class Report:
 
     def counts(self) -> dict[str, int]:
         """Summary numbers."""
-        probed = sum(s.count for s in self.spans) + sum(1 for e in self.entries if e.port)
+        probed = (
+            sum(s.count for s in self.spans)
+            + sum(s.count for s in self.unproven)
+            + sum(1 for e in self.entries if e.port)
+        )
         return {
             "ports": probed,
             "deviations": len(self.failures),
             "warnings": sum(1 for e in self.entries if e.status is Status.WARN),
-            "conforming": sum(s.count for s in self.spans if s.observed != "silent-unproven"),
+            "conforming": sum(s.count for s in self.spans),
+            "unproven": sum(s.count for s in self.unproven),
+            "skipped": sum(s.count for s in self.skipped),
         }
 
 
@@ -123,10 +145,48 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
         mode=findings.mode,
     )
     for target in targets:
+        _alive(report, findings, target)
         _echo(report, plan, findings, target)
         for proto in PROTOS:
             _ports(report, plan, findings, target, proto)
+    for target, proto, ports in plan.skipped:
+        report.skipped.append(
+            Span(
+                str(target.address),
+                target.family,
+                proto,
+                "allowed or silent",
+                "not probed",
+                tuple(map(str, compress(ports))),
+                len(ports),
+            )
+        )
+    if report.skipped:
+        report.notes.append(
+            f"{sum(s.count for s in report.skipped)} declared port(s) were outside --ports and "
+            "not probed: see skipped"
+        )
     return report
+
+
+def _alive(report: Report, findings: Findings, target: Target) -> None:
+    evidence = findings.alive.get(target.address)
+    if evidence is not None:
+        report.alive[str(target.address)] = evidence
+        return
+    report.entries.append(
+        Entry(
+            str(target.address),
+            target.family,
+            "ip",
+            None,
+            "a host",
+            "nothing",
+            Status.INCONCLUSIVE,
+            "no reply of any kind and no neighbour entry: there may be no host at this "
+            "address, or something upstream drops everything; silence proves nothing here",
+        )
+    )
 
 
 def _echo(report: Report, plan: Plan, findings: Findings, target: Target) -> None:
@@ -163,6 +223,10 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
         for p, s in g.services.items()
     }
     conforming: dict[tuple[str, str], list[int]] = {}
+    unproven: dict[tuple[str, str], list[int]] = {}
+    # The target's ICMP budget ran out before these ports' silence could mean anything.
+    budget_spent = (target, proto) in findings.budget_limited
+    alive = target.address in findings.alive
     rejected_seen = False
     for port in sorted(expect):
         exp = expect[port]
@@ -170,9 +234,17 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
         status, observed, detail = _judge(proto, exp, reply)
         if exp is Expect.REJECTED and status is Status.OK:
             rejected_seen = True
-        if exp is not Expect.ALLOWED and status in (Status.OK, Status.UNPROVEN):
-            key = (exp.value, "silent-unproven" if status is Status.UNPROVEN else observed)
-            conforming.setdefault(key, []).append(port)
+        if exp is not Expect.ALLOWED and status is Status.UNPROVEN:
+            unproven.setdefault((exp.value, "silent-unproven"), []).append(port)
+            continue
+        if exp is Expect.SILENT and status is Status.OK and budget_spent:
+            unproven.setdefault((exp.value, "unprobed"), []).append(port)
+            continue
+        if exp is not Expect.ALLOWED and status is Status.OK and not alive:
+            unproven.setdefault((exp.value, "silent, no host seen"), []).append(port)
+            continue
+        if exp is not Expect.ALLOWED and status is Status.OK:
+            conforming.setdefault((exp.value, observed), []).append(port)
             continue
         report.entries.append(
             Entry(
@@ -187,18 +259,19 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
                 services.get(port, ""),
             )
         )
-    for (exp_value, observed), ports in conforming.items():
-        report.spans.append(
-            Span(
-                str(target.address),
-                target.family,
-                proto,
-                exp_value,
-                observed,
-                tuple(map(str, compress(ports))),
-                len(ports),
+    for spans, groups in ((report.spans, conforming), (report.unproven, unproven)):
+        for (exp_value, observed), ports in groups.items():
+            spans.append(
+                Span(
+                    str(target.address),
+                    target.family,
+                    proto,
+                    exp_value,
+                    observed,
+                    tuple(map(str, compress(ports))),
+                    len(ports),
+                )
             )
-        )
     if Expect.REJECTED in expect.values() and not rejected_seen:
         report.entries.append(
             Entry(
@@ -246,7 +319,7 @@ def _judge(proto: str, exp: Expect, reply: Reply | None) -> tuple[Status, str, s
 
 
 def _json(report: Report) -> dict[str, Any]:
-    """The documented JSON shape (schema ``harden.verify/1``)."""
+    """The documented JSON shape (schema ``harden.verify/2``)."""
     return {
         "schema": SCHEMA,
         "targets": report.targets,
@@ -268,20 +341,24 @@ def _json(report: Report) -> dict[str, Any]:
             }
             for e in report.entries
         ],
-        "conforming": [
-            {
-                "target": s.target,
-                "family": f"ipv{s.family}",
-                "proto": s.proto,
-                "expected": s.expected,
-                "observed": s.observed,
-                "count": s.count,
-                "ranges": list(s.ranges),
-            }
-            for s in report.spans
-        ],
+        "conforming": [_span(s) for s in report.spans],
+        "unproven": [_span(s) for s in report.unproven],
+        "skipped": [_span(s) for s in report.skipped],
+        "alive": report.alive,
         "sent": report.sent,
         "notes": report.notes,
+    }
+
+
+def _span(s: Span) -> dict[str, Any]:
+    return {
+        "target": s.target,
+        "family": f"ipv{s.family}",
+        "proto": s.proto,
+        "expected": s.expected,
+        "observed": s.observed,
+        "count": s.count,
+        "ranges": list(s.ranges),
     }
 
 
@@ -292,6 +369,7 @@ def _junit(report: Report) -> str:
         suite = ET.SubElement(suites, "testsuite", name=f"harden verify {target}")
         cases = 0
         failures = 0
+        errors = 0
         groups: dict[tuple[str, str, str], list[Entry]] = {}
         for e in report.entries:
             if e.target == target:
@@ -307,6 +385,11 @@ def _junit(report: Report) -> str:
                 classname=f"harden.{family}.{proto}",
                 name=f"{target} {proto} {expected}",
             )
+            unknown = [e for e in entries if e.status is Status.INCONCLUSIVE]
+            if unknown:
+                errors += 1
+                error = ET.SubElement(case, "error", message="inconclusive")
+                error.text = "\n".join(e.detail for e in unknown)
             bad = [e for e in entries if e.status is Status.FAIL]
             if bad:
                 failures += 1
@@ -319,6 +402,7 @@ def _junit(report: Report) -> str:
                 failure.text = "\n".join(lines[:200])
         suite.set("tests", str(cases))
         suite.set("failures", str(failures))
+        suite.set("errors", str(errors))
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -362,6 +446,18 @@ def _text(report: Report, width: int) -> str:
             f"  {s.target} {s.proto}: {s.count} port(s) expected {s.expected}, "
             f"observed {s.observed}"
         )
+    for s in report.unproven:
+        console.print(
+            f"  {s.target} {s.proto}: {s.count} port(s) expected {s.expected}, {s.observed}: "
+            "their silence proves nothing (not counted as conforming)"
+        )
+    for s in report.skipped:
+        console.print(
+            f"  {s.target} {s.proto}: declared port(s) {', '.join(s.ranges[:20])} not probed "
+            "(outside --ports)"
+        )
+    for target, evidence in report.alive.items():
+        console.print(f"  {target} is there: {evidence}")
     for note in report.notes:
         console.print(f"  note: {note}")
     c = report.counts()

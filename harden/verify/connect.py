@@ -151,6 +151,7 @@ class ConnectTransport:
         self.wait = wait
         self.started = time.monotonic()
         self._errors: dict[tuple[Address, Address], float] = {}
+        self._heard: dict[Address, str] = {}
 
     def ping(self, targets: Sequence[Target], ident: int) -> None:
         """Not possible without raw sockets."""
@@ -186,7 +187,16 @@ class ConnectTransport:
 
     def replies(self, sent: Round) -> dict[int, Reply]:
         """What the sweep found (it already waited)."""
+        for port, reply in sent.found.items():
+            if reply.reason is not Reason.UNREACHABLE_UNSEEN:
+                self._heard.setdefault(
+                    sent.target.address, f"{reply.proto}/{port} answered {reply.detail}"
+                )
         return sent.found
+
+    def heard_from(self, target: Target) -> str | None:
+        """A handshake or a refusal came from the target itself (an unreachable may not)."""
+        return self._heard.get(target.address)
 
     def last_icmp_error(self, target: Target, source: Address) -> float | None:
         """When one of our sockets last reported an ICMP error from ``target``."""

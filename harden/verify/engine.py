@@ -70,6 +70,16 @@ def verify(
         run.echo()
     run.tcp()
     run.udp()
+    for target in targets:
+        evidence = transport.heard_from(target)
+        if evidence is not None:
+            findings.alive[target.address] = evidence
+    if any(findings.replies.get((t, "udp")) is not None for t in targets):
+        findings.notes.append(
+            "udp: a listener that ignores unknown datagrams answers nothing and draws no ICMP "
+            "error, so from outside it looks exactly like a dropped port; only the target's "
+            "own counters can tell the two apart (verify --witness)"
+        )
     findings.notes.extend(transport.limitations)
     findings.seconds = clock.now() - start
     return findings
@@ -86,6 +96,8 @@ class _Udp:
     round_end: dict[Address, float]
     replies: dict[int, Reply] = field(default_factory=dict)
     rounds: int = 0
+    clean_passes: int = 0  # enumeration passes in a row that drew no new ICMP error
+    settled: bool = False  # the ports still pending are proven silent
 
     @property
     def errored(self) -> bool:
@@ -152,6 +164,16 @@ class _Run:
                 pending[sent.target] = [p for p in sent.ports if p not in found]
         for target in self.targets:
             self.findings.replies[(target, "tcp")] = replies[target]
+            silent = sum(
+                1
+                for p, e in expect[target].items()
+                if e is not Expect.ALLOWED and p in pending[target]
+            )
+            if silent:
+                self.findings.notes.append(
+                    f"{target.address} tcp: {silent} closed port(s) sent no RST and no SYN-ACK "
+                    f"in {1 + o.retries} round(s) from fresh source ports"
+                )
 
     def udp(self) -> None:
         o = self.options
@@ -194,50 +216,86 @@ class _Run:
 
     def _udp_note(self, target: Target, st: _Udp) -> None:
         label = str(target.address)
-        if st.errored:
+        n = sum(1 for r in st.replies.values() if r.is_icmp_error)
+        assumption = (
+            f"Assumes the target's ICMP rate limit interval is at most {st.interval:g} s and "
+            "that other traffic did not spend its machine-wide ICMP limit meanwhile."
+        )
+        if st.errored and not st.settled:
             self.findings.budget_limited.add((target, "udp"))
-            n = sum(1 for r in st.replies.values() if r.is_icmp_error)
             self.findings.notes.append(
                 f"{label} udp: {n} port(s) answered with ICMP; the target rate-limits ICMP "
                 f"errors (about one per {st.interval:g} s to each source), so more ports may "
-                "answer than are listed"
+                f"answer than are listed: {len(st.pending)} silent port(s) are unprobed, "
+                "not proven silent"
+            )
+        elif st.errored:
+            self.findings.notes.append(
+                f"{label} udp: {n} port(s) answered with ICMP; the other {len(st.pending)} "
+                "silent port(s) drew no ICMP error in sweeps each begun while the target's "
+                f"budget held a token. {assumption}"
             )
         elif st.rounds:
             self.findings.notes.append(
-                f"{label} udp: {st.rounds} sweep(s) from {len(st.sources)} source "
-                f"address(es), each begun after {st.interval:g} s without any ICMP error from "
-                "the target to that source (its per-peer budget held a token); no ICMP came "
-                "back, so no probed port reached the UDP layer. Assumes the target's ICMP "
-                f"rate limit interval is at most {st.interval:g} s."
+                f"{label} udp: no UDP port drew an ICMP error while the target's budget held "
+                f"a token ({st.rounds} sweep(s) from {len(st.sources)} source address(es), "
+                f"each begun after {st.interval:g} s without any ICMP error to that source), "
+                f"so no probed port reached the UDP layer unanswered. {assumption}"
             )
 
     def enumerate(self, leaking: dict[Target, _Udp]) -> None:
-        """List more ICMP-answering ports as the budgets refill, for a bounded time."""
+        """Sweep again as the budgets refill: list more leaks, or prove the rest silent.
+
+        Every pass begins under the quiet rule, so with a token in the target's bucket:
+        the first still-pending port that reaches the UDP layer draws an error. Passes
+        that draw no new error, as many in a row as a sweep has rounds (loss), prove the
+        ports still pending silent, and that target is settled. Bounded in time: a pass
+        that could not begin before the deadline is not sent.
+        """
         deadline = self.clock.now() + self.options.enumerate_seconds
+        rounds_needed = 1 + self.options.retries
         turn = 0
-        while self.clock.now() < deadline:
-            active = {t: st for t, st in leaking.items() if st.pending}
-            if not active:
-                return
+        stopped: set[Target] = set()
+        while True:
             turn += 1
-            if all(turn % len(st.sources) == 0 for st in active.values()):
-                # Every source's budget has been spent once: let it refill.
-                self.clock.sleep(max(st.interval for st in active.values()))
-                if self.clock.now() >= deadline:
-                    return
+            picks = {}
+            for t, st in leaking.items():
+                if not st.pending or st.settled or t in stopped:
+                    continue
+                source = st.sources[turn % len(st.sources)]
+                # Listing leaks stops at the deadline; once passes come back clean, the
+                # proof may finish (as many more passes as a sweep has rounds).
+                until = deadline
+                if st.clean_passes:
+                    until += rounds_needed * st.interval * 1.1 + self.options.wait
+                if self._quiet_at(t, source, st) > until:
+                    stopped.add(t)
+                    continue
+                picks[t] = (source, st)
+            if not picks:
+                return
+            self.quiet_all(picks)
             rounds = []
-            for target, st in active.items():
+            for target, (source, st) in picks.items():
                 # Start after the last port that answered, so each token names a new port.
                 last = max((p for p, r in st.replies.items() if r.is_icmp_error), default=0)
                 order = [p for p in st.pending if p > last] + [p for p in st.pending if p <= last]
-                source = st.sources[turn % len(st.sources)]
                 rounds.append(self.transport.send_udp(target, source, order, None))
+                st.round_end[source] = self.clock.now()
             self._settle(min(self.options.wait, 0.2))
             for sent in rounds:
                 st = leaking[sent.target]
                 found = self.transport.replies(sent)
                 st.replies.update(found)
                 st.pending = [p for p in st.pending if p not in found]
+                st.clean_passes = (
+                    0 if any(r.is_icmp_error for r in found.values()) else (st.clean_passes + 1)
+                )
+                st.settled = st.clean_passes >= rounds_needed
+
+    def _quiet_at(self, target: Target, source: Address, st: _Udp) -> float:
+        last = self.transport.last_icmp_error(target, source) or 0.0
+        return max(st.round_end[source], last) + st.interval * 1.1
 
     def quiet_all(self, picks: dict[Target, tuple[Address, _Udp]]) -> None:
         """Wait until every target has been quiet toward its source, all at the same time.

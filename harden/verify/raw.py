@@ -24,7 +24,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from harden.core.classify import EchoReply, Reply, classify
 from harden.core.findings import Mode
 from harden.core.plan import Target
-from harden.errors import EnvironmentProblem
+from harden.core.text import one_line
+from harden.errors import EnvironmentProblem, HardenError
 from harden.verify.payloads import udp_payloads
 from harden.verify.transport import Round
 
@@ -98,25 +99,65 @@ def _report_send_errors(sock: socket.socket, family: int) -> None:
 
 @dataclass(frozen=True)
 class Route:
-    """How this host reaches a target: interface and source address."""
+    """How this host reaches a target: interface, source address, on-link or not."""
 
     target: Address
     dev: str
     source: Address
+    on_link: bool = False  # no gateway: the target's neighbour entry is evidence of life
+
+
+def check_target(target: Address) -> None:
+    """Refuse what is not one host: multicast, unspecified, loopback (HardenError, exit 2)."""
+    kind = None
+    if target.is_multicast:
+        kind = "a multicast address"
+    elif target.is_unspecified:
+        kind = "the unspecified address"
+    elif target.is_loopback:
+        kind = "a loopback address"
+    elif isinstance(target, IPv4Address) and target == IPv4Address("255.255.255.255"):
+        kind = "the broadcast address"
+    if kind:
+        raise HardenError(f"--target {target} is {kind}, not one host: nothing to verify")
 
 
 def route_to(target: Address) -> Route:
     """Ask the kernel which interface and source address reach ``target``."""
+    check_target(target)
     args = ["ip", "-j", "-6" if target.version == 6 else "-4", "route", "get", str(target)]
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise EnvironmentProblem(f"no route to {target}: {proc.stderr.strip()}")
+        raise EnvironmentProblem(f"no route to {target}: {one_line(proc.stderr)}")
     info = json.loads(proc.stdout)[0]
-    if info.get("type") == "local" or info.get("dev") == "lo":
-        raise EnvironmentProblem(
-            f"{target} is an address of this host: verify from another host (or namespace)"
+    kind = info.get("type", "unicast")
+    if kind == "local" or info.get("dev") == "lo":
+        raise HardenError(
+            f"--target {target} is an address of this host: verify from another host (or namespace)"
         )
-    return Route(target, info["dev"], ip_address(info["prefsrc"]))
+    if kind in ("broadcast", "multicast", "anycast"):
+        raise HardenError(f"--target {target} is a {kind} address here, not one host")
+    if kind != "unicast" or "dev" not in info or "prefsrc" not in info:
+        raise EnvironmentProblem(f"no usable route to {target} (route type {kind})")
+    return Route(target, info["dev"], ip_address(info["prefsrc"]), "gateway" not in info)
+
+
+def neighbour(route: Route) -> str | None:
+    """The target's resolved link-layer entry, if it is on our link (evidence of a host)."""
+    if not route.on_link:
+        return None
+    family = "-6" if route.target.version == 6 else "-4"
+    args = ["ip", "-j", family, "neigh", "show", "to", str(route.target), "dev", route.dev]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    try:
+        entries = json.loads(proc.stdout or "[]")
+    except ValueError:
+        return None
+    for entry in entries:
+        states = set(entry.get("state", []))
+        if entry.get("lladdr") and states & {"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"}:
+            return f"neighbour {entry['lladdr']} on {route.dev} ({', '.join(sorted(states))})"
+    return None
 
 
 class Capture:
@@ -413,6 +454,17 @@ class RawTransport:
                 continue  # not an answer to our SYN (a stray or stale segment)
             found.setdefault(reply.port, reply)  # first wins: SYN-ACK retransmits repeat
         return found
+
+    def heard_from(self, target: Target) -> str | None:
+        """The first packet the capture saw from ``target`` (any reply proves a host)."""
+        for packet in self._capture.since(0.0):
+            reply = classify(packet, target.address)
+            if isinstance(reply, Reply):
+                return f"{reply.proto}/{reply.port} answered {reply.detail}"
+            if isinstance(reply, EchoReply):
+                return "echo reply"
+            return "a packet from it"  # the capture filter keeps only the targets' packets
+        return None
 
     def last_icmp_error(self, target: Target, source: Address) -> float | None:
         """When the capture last saw an ICMP error from ``target`` to ``source``."""

@@ -90,6 +90,10 @@ class Transport(Protocol):
         """Port -> the first reply to this round (duplicates and strays ignored)."""
         ...
 
+    def heard_from(self, target: Target) -> str | None:
+        """Evidence that ``target`` exists: the first thing it sent us, described."""
+        ...
+
     def last_icmp_error(self, target: Target, source: Address) -> float | None:
         """When ``target`` last sent ``source`` an ICMP error that we saw (None: never)."""
         ...
