@@ -278,9 +278,9 @@ class ScriptedTransport:
             if host.echo and not host.roll_loss() and not host.roll_loss():
                 self._echoes.append((target, ident, self.clock.now()))
 
-    def echoed(self, since: float, ident: int) -> set[Target]:
-        """Targets whose echo reply with ``ident`` arrived since ``since``."""
-        return {t for t, i, at in self._echoes if i == ident and at >= since}
+    def echoed(self, since: float, ident: int) -> set[Address]:
+        """Addresses whose echo reply with ``ident`` arrived since ``since``."""
+        return {t.address for t, i, at in self._echoes if i == ident and at >= since}
 
     def _send(
         self, target: Target, proto: Proto, source: Address, ports: list[int], progress: Sent | None

@@ -131,7 +131,8 @@ class _Run:
         for _ in range(1 + self.options.retries + self.options.declared_retries):
             self.transport.ping(sorted(waiting, key=str), ident)
             self._settle(min(self.options.wait, 0.3))
-            waiting -= self.transport.echoed(since, ident)
+            answered = self.transport.echoed(since, ident)
+            waiting = {t for t in waiting if t.address not in answered}
             if not waiting:
                 break
         for target in self.targets:

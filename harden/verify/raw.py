@@ -175,6 +175,7 @@ class Capture:
                 expr = " or ".join(f"src host {r.target}" for r in routes if r.dev == dev)
                 _attach_filter(sock, expr, dev)
                 sock.bind((dev, ETH_P_ALL))
+                _drain(sock)  # what queued before the filter was attached is anyone's
                 sock.settimeout(0.05)
                 self._socks.append(sock)
         except PermissionError:
@@ -227,6 +228,15 @@ class Capture:
             thread.join(timeout=1)
         for sock in self._socks:
             sock.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(65536)
+    except BlockingIOError:
+        pass
 
 
 def _attach_filter(sock: socket.socket, expr: str, dev: str) -> None:
@@ -411,16 +421,14 @@ class RawTransport:
         for target in targets:
             self._senders[target.address].ping(ident)
 
-    def echoed(self, since: float, ident: int) -> set[Target]:
-        """Targets whose echo reply with ``ident`` was captured since ``since``."""
-        packets = self._capture.since(since)
+    def echoed(self, since: float, ident: int) -> set[Address]:
+        """Addresses whose echo reply with ``ident`` was captured since ``since``."""
         out = set()
-        for target in (Target(a, s.route.source) for a, s in self._senders.items()):
-            for packet in packets:
-                reply = classify(packet, target.address)
+        for packet in self._capture.since(since):
+            for address in self._senders:
+                reply = classify(packet, address)
                 if isinstance(reply, EchoReply) and reply.ident == ident:
-                    out.add(target)
-                    break
+                    out.add(address)
         return out
 
     def send_tcp(self, target: Target, ports: list[int], progress: Progress | None) -> Round:
@@ -457,13 +465,17 @@ class RawTransport:
 
     def heard_from(self, target: Target) -> str | None:
         """The first packet the capture saw from ``target`` (any reply proves a host)."""
+        packed = target.address.packed
         for packet in self._capture.since(0.0):
+            v4 = packet[0] >> 4 == 4
+            if (packet[12:16] if v4 else packet[8:24]) != packed:
+                continue  # queued before the capture filter was attached, or another target
             reply = classify(packet, target.address)
             if isinstance(reply, Reply):
                 return f"{reply.proto}/{reply.port} answered {reply.detail}"
             if isinstance(reply, EchoReply):
                 return "echo reply"
-            return "a packet from it"  # the capture filter keeps only the targets' packets
+            return f"a packet from it (IP protocol {packet[9] if v4 else packet[6]})"
         return None
 
     def last_icmp_error(self, target: Target, source: Address) -> float | None:
