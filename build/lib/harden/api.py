@@ -1,0 +1,91 @@
+"""The public Python API, for tools that import harden instead of running the CLI.
+
+Every function returns plain data (the same shapes as ``--format json``) and raises
+``HardenError`` (with ``exit_status``) on failure; nothing prints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from harden import apply as _apply
+from harden import defaults
+from harden.core.manifest import Manifest
+from harden.core.policy import build_policy
+from harden.core.render import Backend
+from harden.core.render import render as _render
+from harden.core.results import Validation
+from harden.errors import ExitStatus, HardenError
+from harden.files import load_manifest
+
+__all__ = [
+    "ExitStatus",
+    "HardenError",
+    "apply",
+    "diff",
+    "lab",
+    "load",
+    "render",
+    "status",
+    "validate",
+    "verify",
+]
+
+
+def load(path: str | Path) -> Manifest:
+    """Read and validate a manifest."""
+    return load_manifest(Path(path))
+
+
+def validate(path: str | Path) -> dict[str, Any]:
+    """What a manifest allows (one entry of ``harden validate --format json``)."""
+    manifest = load(path)
+    return Validation.of(str(path), manifest, build_policy(manifest)).to_json()
+
+
+def render(path: str | Path, backend: Backend = "nftables") -> dict[str, str]:
+    """The ruleset files a manifest renders to: file name -> text."""
+    return _render(build_policy(load(path)), backend)
+
+
+def apply(
+    path: str | Path,
+    backend: Backend = "nftables",
+    *,
+    state_dir: str | Path = defaults.STATE_DIR,
+    confirm: int | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Apply a manifest (see ``harden apply``); ``result["changed"]`` says if anything did."""
+    result = _apply.apply(
+        Path(path), backend, state_dir=Path(state_dir), confirm=confirm, force=force
+    )
+    return result.to_json()
+
+
+def diff(path: str | Path, backend: Backend = "nftables") -> dict[str, Any]:
+    """``{"drift": bool, "diff": str}``: the live rules against what the manifest renders."""
+    return _apply.diff(Path(path), backend).to_json()
+
+
+def status(state_dir: str | Path = defaults.STATE_DIR) -> dict[str, Any]:
+    """What harden has applied (as ``harden status --format json``)."""
+    return _apply.status(Path(state_dir)).to_json()
+
+
+def verify(path: str | Path, targets: list[str], **options: Any) -> dict[str, Any]:
+    """Probe ``targets`` against the manifest (as ``harden verify --format json``)."""
+    from harden.verify.run import run_verify
+
+    addresses = [ipaddress.ip_address(t) for t in targets]
+    report = run_verify([(build_policy(load(path)), addresses)], **options)
+    return report.to_json()
+
+
+def lab(path: str | Path, backend: Backend = "nftables", **options: Any) -> dict[str, Any]:
+    """Run the namespace lab (as ``harden lab --format json``); needs root."""
+    from harden.lab.run import run_lab
+
+    return run_lab(Path(path), backend, **options).to_json()

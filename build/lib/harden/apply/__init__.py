@@ -1,0 +1,13 @@
+"""Apply a ruleset to this host's kernel: check, snapshot, load, confirm or roll back."""
+
+from harden.apply.engine import (
+    apply,
+    confirm,
+    diff,
+    reset,
+    rollback,
+    rollback_if_pending,
+    status,
+)
+
+__all__ = ["apply", "confirm", "diff", "reset", "rollback", "rollback_if_pending", "status"]

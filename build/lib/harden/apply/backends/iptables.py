@@ -1,0 +1,259 @@
+"""iptables through iptables-restore / ip6tables-restore: only harden's own chains.
+
+harden owns ``HARDEN-INPUT`` (jumped to from the top of INPUT) and one
+``HARDEN-<GROUP>`` chain per source-restricted group. Every change goes through one
+``*-restore --noflush`` transaction per family, so other chains stay byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harden.core.policy import Policy
+from harden.core.render import IPT_FILES, Backend, render
+from harden.core.text import one_line
+from harden.errors import ApplyError, EnvironmentProblem, StateError
+from harden.files import write_atomic
+
+JUMP = "-A INPUT -j HARDEN-INPUT"
+TOOLS = {4: "iptables", 6: "ip6tables"}
+
+
+@dataclass(frozen=True)
+class Owned:
+    """harden's part of one family's filter table."""
+
+    chains: tuple[str, ...]
+    rules: tuple[str, ...]
+    jump: bool
+    # INPUT rules ahead of the jump: not harden's, but they decide before harden does.
+    before_jump: tuple[str, ...] = ()
+
+    def text(self, family: int) -> str:
+        """Readable canonical form (what diff compares)."""
+        lines = [f"# IPv{family}", *(f":{c}" for c in self.chains), *self.rules]
+        lines.append(f"# INPUT jumps to HARDEN-INPUT: {'yes' if self.jump else 'no'}")
+        if self.before_jump:
+            lines.append("# INPUT rules before the jump to HARDEN-INPUT (they bypass harden):")
+            lines += [f"#   {rule}" for rule in self.before_jump]
+        return "\n".join(lines) + "\n"
+
+
+def parse_save(saved: str) -> Owned:
+    """Harden's chains, rules and INPUT jump from ``iptables-save -t filter`` output."""
+    chains, rules, jump, before = [], [], False, []
+    for line in saved.splitlines():
+        if line.startswith(":HARDEN-"):
+            chains.append(line[1:].split()[0])
+        elif line.startswith("-A HARDEN-"):
+            rules.append(line)
+        elif line == JUMP:
+            jump = True
+        elif line.startswith("-A INPUT ") and not jump:
+            before.append(line)
+    return Owned(tuple(chains), tuple(rules), jump, tuple(before) if jump else ())
+
+
+_CHAIN = re.compile(r"HARDEN-[A-Z0-9-]{1,21}")
+
+
+def check_snapshot(snapshot: str) -> dict[str, Any]:
+    """A snapshot's data, if it holds nothing but harden's own chains (else StateError)."""
+    if not snapshot:
+        return {}
+    try:
+        data = json.loads(snapshot)
+        ok = isinstance(data, dict) and set(data) <= {"4", "6"}
+        for part in data.values():
+            chains, rules, jump = part["chains"], part["rules"], part["jump"]
+            ok = ok and isinstance(jump, bool)
+            ok = ok and all(isinstance(c, str) and _CHAIN.fullmatch(c) for c in chains)
+            ok = ok and all(
+                isinstance(r, str) and r.startswith("-A HARDEN-") and "\n" not in r for r in rules
+            )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        ok = False
+    if not ok:
+        raise StateError("the iptables snapshot holds more than harden's own chains: refused")
+    result: dict[str, Any] = data
+    return result
+
+
+class IptablesFirewall:
+    """Loads, snapshots and restores harden's iptables and ip6tables chains."""
+
+    name: Backend = "iptables"
+    atomic: bool = False  # one transaction per family (docs/design.md)
+
+    def __init__(self) -> None:
+        self._checked: dict[str, str] | None = None  # the files check() last accepted
+
+    def _tool(self, family: int, suffix: str, args: list[str], stdin: str | None = None) -> str:
+        cmd = [f"{TOOLS[family]}{suffix}", *args]
+        try:
+            proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
+        except FileNotFoundError as exc:
+            raise EnvironmentProblem(f"{cmd[0]} is missing (Debian package iptables)") from exc
+        if proc.returncode != 0:
+            raise ApplyError(f"{' '.join(cmd)} failed: {one_line(proc.stderr, 400)}")
+        return proc.stdout
+
+    def _owned(self, family: int) -> Owned:
+        return parse_save(self._tool(family, "-save", ["-t", "filter"]))
+
+    def render(self, policy: Policy) -> dict[str, str]:
+        """``harden.rules.v4`` and ``harden.rules.v6`` for ``*-restore --noflush``."""
+        return render(policy, "iptables")
+
+    def check(self, files: dict[str, str]) -> str:
+        """``*-restore --test`` for both families, then a real load in a scratch namespace.
+
+        iptables-nft's --test does not resolve everything the kernel checks (a jump to a
+        missing chain passes it), so the files are also loaded where nothing is at stake;
+        what that load lists back is the canonical form.
+        """
+        for family, name in IPT_FILES.items():
+            self._tool(family, "-restore", ["--test", "--noflush"], files[name])
+        canonical = self._canonical(files)
+        self._checked = dict(files)
+        return canonical
+
+    def snapshot(self) -> str:
+        """Both families' harden chains as JSON ("" if harden owns nothing)."""
+        owned = {family: self._owned(family) for family in IPT_FILES}
+        if not any(o.chains or o.jump for o in owned.values()):
+            return ""
+        return json.dumps(
+            {
+                str(f): {"chains": o.chains, "rules": o.rules, "jump": o.jump}
+                for f, o in owned.items()
+            }
+        )
+
+    def load(self, files: dict[str, str]) -> None:
+        """One restore transaction per family; if IPv6 fails, IPv4 is put back.
+
+        Both families are loaded in a scratch namespace first (by ``check``, which
+        apply has just run on these files; here otherwise), so a ruleset either family
+        refuses changes nothing at all; the put-back covers only a failure at commit time.
+        """
+        if self._checked != files:
+            self.check(files)
+        before = self.snapshot()
+        done: list[int] = []
+        try:
+            for family, name in IPT_FILES.items():
+                self._tool(family, "-restore", ["--noflush"], self._load_text(family, files[name]))
+                done.append(family)
+        except ApplyError:
+            if done:
+                self.restore(before)
+            raise
+
+    def _load_text(self, family: int, rendered: str) -> str:
+        new = parse_save(rendered)
+        live = self._owned(family)
+        extra = [f"-X {chain}" for chain in live.chains if chain not in new.chains]
+        extra = [f"-F {c}" for c in live.chains if c not in new.chains] + extra
+        if live.jump and live.before_jump:
+            extra.append("-D INPUT -j HARDEN-INPUT")  # harden decides first: move it up
+        if not live.jump or live.before_jump:
+            extra.append("-I INPUT 1 -j HARDEN-INPUT")
+        body = rendered.rstrip("\n")
+        assert body.endswith("COMMIT")
+        return body[: -len("COMMIT")] + "".join(f"{line}\n" for line in extra) + "COMMIT\n"
+
+    def restore(self, snapshot: str) -> None:
+        """Put back the snapshot's chains and jump; drop chains it did not have."""
+        data = check_snapshot(snapshot)
+        for family in IPT_FILES:
+            want = data.get(str(family), {"chains": [], "rules": [], "jump": False})
+            live = self._owned(family)
+            lines = ["*filter", *(f":{c} - [0:0]" for c in want["chains"]), *want["rules"]]
+            stale = [c for c in live.chains if c not in want["chains"]]
+            if live.jump and not want["jump"]:
+                lines.append("-D INPUT -j HARDEN-INPUT")
+            lines += [f"-F {c}" for c in stale] + [f"-X {c}" for c in stale]
+            if want["jump"] and not live.jump:
+                lines.append("-I INPUT 1 -j HARDEN-INPUT")
+            lines.append("COMMIT")
+            self._tool(family, "-restore", ["--noflush"], "\n".join(lines) + "\n")
+
+    def live(self) -> str:
+        """Both families' harden chains in canonical form ("" if none)."""
+        owned = {family: self._owned(family) for family in IPT_FILES}
+        if not any(o.chains or o.jump for o in owned.values()):
+            return ""
+        return "".join(o.text(f) for f, o in owned.items())
+
+    def _canonical(self, files: dict[str, str]) -> str:
+        """Load the ruleset into a throwaway network namespace and save it back."""
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for family, name in IPT_FILES.items():
+                paths[family] = Path(tmp) / name
+                paths[family].write_text(files[name])
+            script = (
+                'iptables-restore --noflush "$1" && ip6tables-restore --noflush "$2" && '
+                "iptables-save -t filter && echo '#harden-split' && ip6tables-save -t filter"
+            )
+            proc = subprocess.run(
+                ["unshare", "--net", "sh", "-c", script, "sh", str(paths[4]), str(paths[6])],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        if proc.returncode != 0:
+            raise ApplyError(f"the kernel refused the ruleset: {one_line(proc.stderr, 400)}")
+        v4, v6 = proc.stdout.split("#harden-split\n")
+        # Loading also adds the INPUT jump, which the rendered files leave to apply.
+        return "".join(
+            Owned(o.chains, o.rules, True).text(f)
+            for f, o in ((4, parse_save(v4)), (6, parse_save(v6)))
+        )
+
+    def persist_targets(self, root: Path) -> list[Path]:
+        """The files persist() writes under ``root``."""
+        return [*(root / HARDEN_ETC / n for n in IPT_FILES.values()), root / UNIT]
+
+    def persist(self, files: dict[str, str], root: Path) -> list[Path]:
+        """The restore files under /etc/harden and a harden.service unit that loads them."""
+        if set(files) != set(IPT_FILES.values()):
+            raise StateError(f"not an iptables ruleset: {sorted(files)}")
+        written = []
+        for name in IPT_FILES.values():
+            path = root / HARDEN_ETC / name
+            write_atomic(path, files[name], mode=0o644)
+            written.append(path)
+        write_atomic(root / UNIT, UNIT_TEXT, mode=0o644)
+        written.append(root / UNIT)
+        return written
+
+
+HARDEN_ETC = Path("etc/harden")
+UNIT = Path("etc/systemd/system/harden.service")
+UNIT_TEXT = """\
+# Written by harden apply --persist: restores harden's iptables chains at boot.
+[Unit]
+Description=harden firewall (iptables chains HARDEN-*)
+DefaultDependencies=no
+Before=network-pre.target
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/iptables-restore --noflush /etc/harden/harden.rules.v4
+ExecStart=/usr/sbin/ip6tables-restore --noflush /etc/harden/harden.rules.v6
+ExecStart=/bin/sh -c 'iptables -C INPUT -j HARDEN-INPUT || iptables -I INPUT 1 -j HARDEN-INPUT'
+ExecStart=/bin/sh -c 'ip6tables -C INPUT -j HARDEN-INPUT || ip6tables -I INPUT 1 -j HARDEN-INPUT'
+
+[Install]
+WantedBy=multi-user.target
+"""

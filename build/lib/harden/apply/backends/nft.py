@@ -1,0 +1,140 @@
+"""nftables through the official libnftables bindings (Debian's python3-nftables)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from harden.core.policy import Policy
+from harden.core.render import NFT_FILE, Backend, render
+from harden.core.text import one_line
+from harden.errors import ApplyError, EnvironmentProblem, StateError
+from harden.files import write_atomic
+
+TABLE = "inet harden"
+HARDEN_ETC = Path("etc/harden")
+NFT_CONF = Path("etc/nftables.conf")  # loaded at boot by Debian's nftables.service
+
+
+class NftFirewall:
+    """Loads, snapshots and restores ``table inet harden``; never touches another table."""
+
+    name: Backend = "nftables"
+    atomic: bool = True
+
+    def __init__(self) -> None:
+        try:
+            import nftables
+        except ImportError as exc:
+            raise EnvironmentProblem(
+                "the nftables Python bindings are missing (Debian package python3-nftables; "
+                "a virtualenv needs --system-site-packages)"
+            ) from exc
+        self._nft = nftables.Nftables()
+        self._nft.set_json_output(False)
+
+    def _run(
+        self, text: str, *, dry: bool = False, stateless: bool = False
+    ) -> tuple[int, str, str]:
+        self._nft.set_dry_run(dry)
+        self._nft.set_stateless_output(stateless)
+        try:
+            rc, out, err = self._nft.cmd(text)
+        finally:
+            self._nft.set_dry_run(False)
+        return int(rc), str(out), str(err)
+
+    def render(self, policy: Policy) -> dict[str, str]:
+        """``harden.nft``: one ``table inet harden`` transaction."""
+        return render(policy, "nftables")
+
+    def check(self, files: dict[str, str]) -> str:
+        """Dry-run the whole transaction in the kernel (nft -c); the canonical form."""
+        rc, _, err = self._run(files[NFT_FILE], dry=True)
+        if rc != 0:
+            raise ApplyError(
+                f"the kernel refused the ruleset (nothing changed): {one_line(err, 400)}"
+            )
+        return self._canonical(files)
+
+    def snapshot(self) -> str:
+        """The live table with its counters, or "" if harden has no table."""
+        rc, out, _ = self._run(f"list table {TABLE}")
+        return out if rc == 0 else ""
+
+    def load(self, files: dict[str, str]) -> None:
+        """Load the rendered file: declare, delete and recreate the table in one transaction."""
+        rc, _, err = self._run(files[NFT_FILE])
+        if rc != 0:
+            raise ApplyError(f"loading the ruleset failed (nothing changed): {one_line(err, 400)}")
+
+    def restore(self, snapshot: str) -> None:
+        """Reload a snapshot atomically, or delete harden's table if there was none."""
+        check_snapshot(snapshot)
+        text = f"table {TABLE}\ndelete table {TABLE}\n"
+        if snapshot:
+            text += snapshot
+        rc, _, err = self._run(text)
+        if rc != 0:
+            raise ApplyError(f"restoring the snapshot failed: {one_line(err, 400)}")
+
+    def live(self) -> str:
+        """The live table without counter values ("" if absent)."""
+        rc, out, _ = self._run(f"list table {TABLE}", stateless=True)
+        return out if rc == 0 else ""
+
+    def _canonical(self, files: dict[str, str]) -> str:
+        """Load the ruleset into a throwaway network namespace and list it back."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / NFT_FILE
+            path.write_text(files[NFT_FILE])
+            proc = subprocess.run(
+                [
+                    "unshare",
+                    "--net",
+                    "sh",
+                    "-c",
+                    f'nft -f "$1" && nft -s list table {TABLE}',
+                    "sh",
+                    str(path),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        if proc.returncode != 0:
+            raise ApplyError(f"the kernel refused the ruleset: {one_line(proc.stderr, 400)}")
+        return proc.stdout
+
+    def persist_targets(self, root: Path) -> list[Path]:
+        """The files persist() writes under ``root``."""
+        return [root / HARDEN_ETC / NFT_FILE, root / NFT_CONF]
+
+    def persist(self, files: dict[str, str], root: Path) -> list[Path]:
+        """/etc/harden/harden.nft, included from Debian's /etc/nftables.conf."""
+        if set(files) != {NFT_FILE}:
+            raise StateError(f"not an nftables ruleset: {sorted(files)}")
+        path = root / HARDEN_ETC / NFT_FILE
+        write_atomic(path, files[NFT_FILE], mode=0o644)
+        written = [path]
+        conf = root / NFT_CONF
+        include = f'include "/{HARDEN_ETC / NFT_FILE}"'
+        current = conf.read_text() if conf.exists() else "#!/usr/sbin/nft -f\n"
+        if include not in current.splitlines():
+            text = current.rstrip("\n") + f"\n\n# added by harden\n{include}\n"
+            write_atomic(conf, text, mode=0o755)
+            written.append(conf)
+        return written
+
+
+def check_snapshot(snapshot: str) -> None:
+    """Refuse a snapshot that holds anything but ``table inet harden`` (StateError).
+
+    A snapshot is loaded as root: one that flushed the ruleset or touched another table
+    would do so too. ``nft list table`` output has the table's lines at column 0 and
+    everything inside indented.
+    """
+    top = [line for line in snapshot.splitlines() if line and not line[0].isspace()]
+    if top and (top[0] != f"table {TABLE} {{" or top[1:] != ["}"]):
+        raise StateError(f"the nftables snapshot holds more than table {TABLE}: refused")

@@ -1,0 +1,397 @@
+"""Apply safely: check -> snapshot -> record -> watchdog -> load; confirm or roll back.
+
+Only harden's own table (or chains) is ever loaded, snapshotted or restored
+(docs/design.md, "Why apply cannot lock you out"). The record of an apply is written
+before its rules are loaded and the rollback watchdog is running before the load, so
+a crash at any instant leaves either the old rules, or the new ones with a way back
+(docs/design.md, "Check, snapshot, load"). The state transitions themselves are pure
+(harden.apply.state.State).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import os
+import secrets
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from harden.apply.backends import Firewall, firewall, other
+from harden.apply.guard import lockout_reason, require_namespace
+from harden.apply.state import Applied, Pending, State, StateDir
+from harden.core.policy import Policy, build_policy
+from harden.core.render import Backend
+from harden.core.results import ApplyResult, Drift, StatusReport
+from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused
+from harden.files import read_manifest, write_atomic
+
+WATCHDOG = "harden.apply.watchdog"
+WATCHDOG_START_SECONDS = 10.0
+
+
+def digest(text: str) -> str:
+    """sha256 of text, hex."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything decided before the firewall is touched."""
+
+    manifest: Path
+    manifest_sha256: str
+    policy: Policy
+    files: dict[str, str]
+
+    @property
+    def ruleset_sha256(self) -> str:
+        """sha256 of the rendered files, concatenated."""
+        return digest("".join(self.files.values()))
+
+
+def prepare(manifest_path: Path, fw: Firewall) -> Prepared:
+    """Read the manifest once, validate it and render it (a bad manifest fails here)."""
+    text, manifest = read_manifest(manifest_path)
+    policy = build_policy(manifest)
+    return Prepared(manifest_path, digest(text), policy, fw.render(policy))
+
+
+def check_lockout(policy: Policy, env: Mapping[str, str]) -> None:
+    """Refuse (LockoutRefused, exit 2) a ruleset that would cut SSH access."""
+    reason = lockout_reason(policy, env)
+    if reason:
+        raise LockoutRefused(f"refusing to apply: {reason} (use --force to apply anyway)")
+
+
+def apply(
+    manifest_path: Path,
+    backend: Backend,
+    *,
+    state_dir: Path,
+    confirm: int | None = None,
+    force: bool = False,
+    persist_to: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ApplyResult:
+    """Check, snapshot, record, arm the watchdog, load; persist if asked."""
+    fw = firewall(backend)
+    prepared = prepare(manifest_path, fw)
+    require_namespace()
+    if not force:
+        check_lockout(prepared.policy, os.environ if env is None else env)
+    states = StateDir(state_dir)
+    result = ApplyResult(
+        changed=False,
+        backend=backend,
+        manifest=str(manifest_path),
+        manifest_sha256=prepared.manifest_sha256,
+        ruleset_sha256=prepared.ruleset_sha256,
+    )
+    with states.locked():
+        old = states.load()
+        old.ensure_settled()
+        canonical = fw.check(prepared.files)
+        if persist_to is not None:
+            check_persist_targets(fw.persist_targets(persist_to))
+        others = _other_backend_rules(backend)
+        if fw.live() == canonical and not others:
+            result.message = "unchanged: the live ruleset already matches the manifest"
+            if persist_to is not None:  # asked to persist what is live: still do that
+                result.persisted = [str(p) for p in fw.persist(prepared.files, persist_to)]
+            return result
+        snapshots = {**others, backend: fw.snapshot()}
+        states.save_snapshot(snapshots)
+        states.save_files(prepared.files)
+        now = time.time()
+        new = Applied(
+            backend=backend,
+            manifest=str(manifest_path),
+            manifest_sha256=prepared.manifest_sha256,
+            ruleset_sha256=prepared.ruleset_sha256,
+            applied_at=now,
+            live_sha256=digest(canonical),
+        )
+        deadline = None if confirm is None else now + confirm
+        on_confirm = persist_to is not None and confirm is not None
+        token = secrets.token_hex(8)
+        pending = Pending(token, deadline, None, on_confirm, str(persist_to or "/"))
+        state = old.applied(new, pending)
+        states.save(state)  # write-ahead: from here on, 'harden rollback' has a way back
+        try:
+            if deadline is not None:
+                state = state.with_watchdog(_start_watchdog(states.path, token, deadline))
+                states.save(state)
+            fw.load(prepared.files)
+            for name in others:  # a backend switch: the other backend's rules go
+                firewall(name).restore("")
+        except HardenError:
+            _put_back(snapshots)
+            states.save(old)
+            if state.pending is not None:
+                _stop_watchdog(state.pending)
+            raise
+        state = state.loaded()
+        states.save(state)
+        result.changed = True
+        if deadline is not None:
+            result.confirm_deadline = deadline
+            result.message = f"applied; rolls back in {confirm} s unless 'harden confirm' runs"
+        else:
+            result.message = "applied"
+            if persist_to is not None:
+                result.persisted = [
+                    str(p) for p in _persist(states, fw, prepared.files, persist_to)
+                ]
+        if others:
+            result.message += f" (the {', '.join(others)} rules harden had loaded are removed)"
+    return result
+
+
+def _other_backend_rules(backend: Backend) -> dict[Backend, str]:
+    """Snapshot of harden's rules in the other backend, if any are loaded there."""
+    name = other(backend)
+    try:
+        snapshot = firewall(name).snapshot()
+    except EnvironmentProblem:
+        return {}  # that backend's tools are not installed: it cannot hold rules
+    return {name: snapshot} if snapshot else {}
+
+
+def _put_back(snapshots: Mapping[Backend, str]) -> None:
+    for name, snapshot in snapshots.items():
+        firewall(name).restore(snapshot)
+
+
+def check_persist_targets(paths: list[Path]) -> None:
+    """Make sure every boot file can be written before any rule is loaded."""
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise ApplyError(f"cannot persist to {path}: not a regular file")
+        except OSError as exc:
+            raise ApplyError(
+                f"cannot persist to {path}: {exc.strerror} (nothing was changed)"
+            ) from None
+
+
+def _persist(states: StateDir, fw: Firewall, files: dict[str, str], root: Path) -> list[Path]:
+    """Install the boot files, remembering what they replaced so a rollback can undo it."""
+    before: dict[str, tuple[str | None, int]] = {}
+    for path in fw.persist_targets(root):
+        if path.is_file():
+            before[str(path.absolute())] = (path.read_text(), path.stat().st_mode & 0o7777)
+        else:
+            before[str(path.absolute())] = (None, 0o644)
+    states.save_persist_undo(before)
+    return fw.persist(files, root)
+
+
+def _unpersist(states: StateDir) -> None:
+    for name, (text, mode) in states.load_persist_undo().items():
+        path = Path(name)
+        if text is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, text, mode=mode)
+    states.drop_persist_undo()
+
+
+def _start_watchdog(state_dir: Path, token: str, deadline: float) -> int:
+    """Start the detached watchdog and wait until it says it runs (else nothing changed).
+
+    Its own session and no inherited descriptors but the ready pipe: it outlives this
+    process, its terminal and the SSH session, and runs in the same network namespace.
+    Isolated (-I: no current directory or user site on the import path, no PYTHON*
+    variables), with a minimal environment, started in /: root never runs code from
+    where apply was called.
+    """
+    read_end, write_end = os.pipe()
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+    if "HARDEN_REQUIRE_NETNS" in os.environ:
+        env["HARDEN_REQUIRE_NETNS"] = os.environ["HARDEN_REQUIRE_NETNS"]
+    try:
+        argv = [str(state_dir.absolute()), token, repr(deadline), str(write_end)]
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", WATCHDOG, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(write_end,),
+            cwd="/",
+            env=env,
+        )
+    finally:
+        os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], WATCHDOG_START_SECONDS)
+        said = os.read(read_end, 16) if ready else b""
+    finally:
+        os.close(read_end)
+    if said != b"ready\n":
+        proc.kill()
+        raise EnvironmentProblem(
+            "the rollback watchdog did not start, so no rule was loaded "
+            f"(exit {proc.poll()}; try 'python3 -I -m {WATCHDOG}' to see why)"
+        )
+    return proc.pid
+
+
+def watchdog_alive(pending: Pending) -> bool:
+    """Whether the pending apply's watchdog process still runs."""
+    if pending.watchdog_pid is None:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pending.watchdog_pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return WATCHDOG.encode() in cmdline and pending.token.encode() in cmdline
+
+
+def _stop_watchdog(pending: Pending) -> None:
+    if watchdog_alive(pending):
+        assert pending.watchdog_pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pending.watchdog_pid, 15)
+
+
+def confirm(state_dir: Path) -> str:
+    """Keep the applied ruleset: cancel the pending rollback (and persist if asked)."""
+    states = StateDir(state_dir)
+    message = "confirmed: the rollback is cancelled"
+    with states.locked():
+        state = states.load()
+        pending, current = state.pending, state.current
+        if pending is None or current is None:
+            raise HardenError("nothing to confirm: no apply is waiting for confirmation")
+        if pending.deadline is not None and time.time() > pending.deadline:
+            if watchdog_alive(pending):
+                raise ApplyError("too late: the confirm window has passed; the rollback runs now")
+            raise ApplyError(
+                "too late: the confirm window has passed, but its watchdog is not running, so "
+                "nothing rolled back: run 'harden rollback' to restore the previous rules, or "
+                "apply again"
+            )
+        fw = firewall(current.backend)
+        state = state.confirmed(time.time(), digest(fw.live()))
+        if pending.persist:
+            paths = _persist(states, fw, states.load_files(), Path(pending.root))
+            message += "; persisted to " + ", ".join(map(str, paths))
+        states.save(state)
+    _stop_watchdog(pending)
+    return message
+
+
+def _restore(states: StateDir, state: State, reason: str = "") -> State:
+    snapshots = states.load_snapshot()
+    if snapshots is None or state.current is None:
+        raise HardenError(f"nothing to roll back: no snapshot in {states.path}")
+    _put_back(snapshots)
+    _unpersist(states)
+    restored = state.previous
+    live = digest(firewall(restored.backend).live()) if restored is not None else ""
+    state = state.rolled_back(time.time(), live, reason)
+    states.save(state)
+    states.drop_snapshot()
+    return state
+
+
+def rollback(state_dir: Path) -> str:
+    """Restore the rules (and boot files) from before the last apply, now."""
+    require_namespace()
+    states = StateDir(state_dir)
+    with states.locked():
+        before = states.load()
+        after = _restore(states, before)
+    if before.pending is not None:
+        _stop_watchdog(before.pending)
+    restored = after.current.manifest if after.current else "no harden rules"
+    return f"rolled back: the rules from before the last apply are restored ({restored})"
+
+
+def rollback_if_pending(state_dir: Path, token: str) -> bool:
+    """The watchdog's deadline action: roll back if this apply is still unconfirmed."""
+    require_namespace()
+    states = StateDir(state_dir)
+    with states.locked():
+        state = states.load()
+        if state.pending is None or state.pending.token != token:
+            return False
+        _restore(states, state, reason="not confirmed in time")
+    return True
+
+
+def reset(state_dir: Path) -> str:
+    """Move the state files aside: for a corrupt or foreign state directory."""
+    states = StateDir(state_dir)
+    moved = states.reset(time.time())
+    if not moved:
+        return f"nothing to reset in {state_dir}"
+    return (
+        "moved aside: " + ", ".join(p.name for p in moved) + "; harden's live rules are "
+        "unchanged ('harden diff MANIFEST' compares them, 'harden apply' records them again)"
+    )
+
+
+def diff(manifest_path: Path, backend: Backend) -> Drift:
+    """Whether the live rules drifted from what the manifest renders, and a unified diff."""
+    fw = firewall(backend)
+    prepared = prepare(manifest_path, fw)
+    want, have = fw.check(prepared.files), fw.live()
+    leftover = _other_backend_rules(backend)
+    if want == have and not leftover:
+        return Drift(False, "")
+    text = "".join(
+        difflib.unified_diff(
+            have.splitlines(True), want.splitlines(True), "live", f"{manifest_path} ({backend})"
+        )
+    )
+    if want != have and not text:
+        text = "(harden's rules are absent)\n"
+    for name in leftover:
+        text += f"(harden's {name} rules are also loaded: applying removes them)\n"
+    return Drift(True, text)
+
+
+def status(state_dir: Path) -> StatusReport:
+    """What is applied, from which manifest, whether it is still live, what is pending."""
+    state = StateDir(state_dir).load()
+    current = state.current
+    pending = state.pending
+    watchdog = None
+    if pending is not None and pending.deadline is not None:
+        watchdog = "running" if watchdog_alive(pending) else "not running"
+    if current is None:
+        return StatusReport(str(state_dir), history=state.history)
+    deadline = left = None
+    if pending is not None and pending.deadline is not None:
+        deadline = pending.deadline
+        left = max(0.0, round(deadline - time.time(), 1))
+    live = digest(firewall(current.backend).live())
+    return StatusReport(
+        state_dir=str(state_dir),
+        backend=current.backend,
+        manifest=current.manifest,
+        manifest_sha256=current.manifest_sha256,
+        applied_at=current.applied_at,
+        pending_deadline=deadline,
+        seconds_left=left,
+        live_matches_last_apply=live == state.live_sha256,
+        history=state.history,
+        interrupted=state.interrupted
+        and pending is not None
+        and (pending.deadline is None or watchdog != "running"),
+        watchdog=watchdog,
+    )

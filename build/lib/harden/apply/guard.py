@@ -1,0 +1,277 @@
+"""Guards that run before anything changes: the SSH lockout check and the netns belt.
+
+docs/design.md, "The SSH guard". The guard looks at the kernel, not at the
+environment: ``SSH_CONNECTION`` is dropped by sudo's default ``env_reset`` and
+may not survive Ansible's ``become``, so on its own it would miss the very
+session that runs harden. Instead:
+
+- The SSH ports are the TCP ports where a process named ``sshd`` listens, plus
+  the ports that systemd holds for a socket-activated sshd (``ssh.socket`` or
+  ``sshd.socket``, as ``systemctl`` lists them).
+- Every ESTABLISHED TCP connection whose local port is an SSH port is an SSH
+  session, whoever owns it (with ``Accept=yes`` socket activation the listener is
+  systemd's and the sessions are sshd's). The new policy must accept a new
+  connection from each session's peer to that port, or applying it would cut the
+  session (once the operator reconnects, or at once if state is not tracked).
+- ``SSH_CONNECTION``, when set, is still checked: it names the current session
+  even where ``ss`` cannot see it.
+- A policy that closes an SSH port to every source is refused.
+
+The decision is the pure function :func:`ssh_guard`; :func:`lockout_reason`
+(apply's entry) feeds it what :func:`tcp_sockets` and :func:`socket_unit_ports`
+read from the kernel and from systemd.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from harden.core.policy import Address, Policy
+from harden.errors import EnvironmentProblem
+from harden.lab.netns import current_namespace_name
+
+Session = tuple[Address, int]  # (peer address, local port)
+
+SSH_SOCKET_UNITS = ("ssh.socket", "sshd.socket")  # Debian/Ubuntu, Fedora/Arch names
+
+_OWNER = re.compile(r'\("((?:[^"\\]|\\.)*)",pid=(\d+)')
+_LISTEN_PORT = re.compile(r"(?:^|[\s:\]])(\d+)\s+\(Stream\)")
+
+
+def require_namespace() -> None:
+    """Refuse to touch a ruleset outside a named netns when HARDEN_REQUIRE_NETNS=1.
+
+    The test suite sets it: a test that forgets ``ip netns exec`` then fails
+    instead of firewalling the machine it runs on.
+    """
+    if os.environ.get("HARDEN_REQUIRE_NETNS") == "1" and current_namespace_name() is None:
+        raise EnvironmentProblem(
+            "HARDEN_REQUIRE_NETNS=1 and this process is not inside a named network namespace: "
+            "refusing to change the firewall"
+        )
+
+
+# The decision (pure: no kernel, no environment but the mapping it is given).
+
+
+def ssh_guard(
+    policy: Policy,
+    env: Mapping[str, str],
+    ssh_ports: Iterable[int],
+    sessions: Iterable[Session],
+) -> str | None:
+    """Why applying ``policy`` would lock the operator out, or None if it would not.
+
+    ``ssh_ports`` are the TCP ports sshd is reachable on (listening itself or via
+    systemd socket activation); ``sessions`` are the established SSH connections
+    as (peer address, local port). docs/design.md, "The SSH guard".
+    """
+    connection = env.get("SSH_CONNECTION", "").split()
+    if len(connection) == 4:
+        try:
+            client: Address | None = normalise(ipaddress.ip_address(connection[0].split("%")[0]))
+            port = int(connection[3])
+        except ValueError:
+            client = None  # malformed: the kernel's view below still applies
+        if client is not None and not policy.accepts(client, "tcp", port):
+            return (
+                f"this session came over SSH from {client} to port {port}, and the manifest "
+                f"does not allow tcp/{port} from {client}: you could not reconnect"
+            )
+    seen = {(normalise(peer), port) for peer, port in sessions}
+    cut = sorted(
+        (s for s in seen if not policy.accepts(s[0], "tcp", s[1])),
+        key=lambda s: (s[0].version, s[0], s[1]),
+    )
+    if cut:
+        peer, port = cut[0]
+        more = f" (and {len(cut) - 1} more that would be cut too)" if len(cut) > 1 else ""
+        return (
+            f"an SSH session from {peer} to port {port} is established{more}, and the manifest "
+            f"does not allow tcp/{port} from {peer}: it would be cut"
+        )
+    for port in sorted(set(ssh_ports)):
+        if not policy.reachable("tcp", port):
+            return f"sshd listens on tcp/{port}, and the manifest closes it to every source"
+    return None
+
+
+def normalise(address: Address) -> Address:
+    """An IPv4-mapped IPv6 address (``::ffff:198.18.1.5``) as the IPv4 address it carries."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def lockout_reason(policy: Policy, env: Mapping[str, str]) -> str | None:
+    """Why applying ``policy`` here would lock the operator out, or None (apply's entry).
+
+    Reads this network namespace's TCP sockets (ss) and, only if systemd holds a
+    listener, the ports of sshd's socket unit (systemctl). If the sockets cannot
+    be listed at all, that is the reason: the guard fails closed (``--force``
+    overrides it).
+    """
+    try:
+        sockets = tcp_sockets()
+    except EnvironmentProblem as problem:
+        return f"{problem}: cannot tell whether an SSH session would be cut"
+    unit_ports = socket_unit_ports() if any(s.held_by_systemd for s in sockets) else set()
+    ports = ssh_ports(sockets, unit_ports)
+    return ssh_guard(policy, env, ports, ssh_sessions(sockets, ports))
+
+
+# Reading the kernel: parse functions are pure; tcp_sockets and socket_unit_ports run commands.
+
+
+@dataclass(frozen=True)
+class TcpSocket:
+    """One line of ``ss -Htanp``: state, local and peer endpoints, owning processes."""
+
+    state: str  # ss's names: LISTEN, ESTAB, TIME-WAIT, ...
+    local: tuple[Address | None, int]  # None: a wildcard address (``*``)
+    peer: tuple[Address | None, int | None]
+    owners: tuple[tuple[str, int], ...]  # (process name, pid)
+
+    @property
+    def held_by_sshd(self) -> bool:
+        """Whether a process named sshd owns this socket."""
+        return any(name == "sshd" for name, _ in self.owners)
+
+    @property
+    def held_by_systemd(self) -> bool:
+        """Whether systemd (pid 1 or a process named systemd) owns this socket."""
+        return any(name == "systemd" or pid == 1 for name, pid in self.owners)
+
+
+def tcp_sockets() -> list[TcpSocket]:
+    """All TCP sockets of this network namespace, in every state (``ss -Htanp``).
+
+    Raises EnvironmentProblem if ss is missing or fails.
+    """
+    try:
+        proc = subprocess.run(
+            ["ss", "-Htanp"], capture_output=True, text=True, check=False, timeout=30
+        )
+    except FileNotFoundError:
+        raise EnvironmentProblem("the SSH guard needs 'ss' (Debian package iproute2)") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EnvironmentProblem(f"could not run 'ss -Htanp': {exc}") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise EnvironmentProblem(f"'ss -Htanp' failed: {detail[0]}")
+    return parse_ss(proc.stdout)
+
+
+def parse_ss(text: str) -> list[TcpSocket]:
+    """Parse ``ss -Htanp`` output; lines that do not parse are skipped."""
+    sockets = []
+    for line in text.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 5:
+            continue
+        try:
+            local_addr, local_port = parse_endpoint(fields[3])
+            peer = parse_endpoint(fields[4])
+        except ValueError:
+            continue
+        if local_port is None:
+            continue
+        owners = tuple(
+            (name, int(pid)) for name, pid in _OWNER.findall(fields[5] if len(fields) > 5 else "")
+        )
+        sockets.append(TcpSocket(fields[0], (local_addr, local_port), peer, owners))
+    return sockets
+
+
+def parse_endpoint(text: str) -> tuple[Address | None, int | None]:
+    """``198.18.1.1:22``, ``[fd00::1]:22``, ``[::ffff:198.18.1.5]:22``, ``*:22``, ``[::]:*``.
+
+    Returns (address, port); a wildcard address or port is None, an IPv4-mapped
+    address comes back as IPv4, and a zone (``%eth0``) is dropped.
+    Raises ValueError for anything else.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"not an address:port: {text!r}")
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            raise ValueError(f"unbalanced bracket: {text!r}")
+        host = host[1:end] + host[end + 1 :]  # ss may print the zone after the bracket
+    host = host.split("%", 1)[0]
+    address = None if host in ("*", "") else normalise(ipaddress.ip_address(host))
+    port = None if port_text == "*" else int(port_text)
+    if port is not None and not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {text!r}")
+    return address, port
+
+
+def ssh_ports(sockets: Iterable[TcpSocket], unit_ports: set[int]) -> list[int]:
+    """Ports sshd listens on here: its own listeners, and systemd's that belong to its unit."""
+    return sorted(
+        {
+            s.local[1]
+            for s in sockets
+            if s.state == "LISTEN"
+            and (s.held_by_sshd or (s.held_by_systemd and s.local[1] in unit_ports))
+        }
+    )
+
+
+def ssh_sessions(sockets: Iterable[TcpSocket], ports: Sequence[int]) -> list[Session]:
+    """Established connections to an SSH port, as (peer address, local port)."""
+    return [
+        (s.peer[0], s.local[1])
+        for s in sockets
+        if s.state == "ESTAB" and s.local[1] in ports and s.peer[0] is not None
+    ]
+
+
+def socket_unit_ports() -> set[int]:
+    """TCP ports of sshd's systemd socket unit, if it is active; empty if that cannot be told.
+
+    Asks ``systemctl show`` for each name in SSH_SOCKET_UNITS; a missing
+    systemctl, a system not booted with systemd or an inactive unit count as none.
+    """
+    ports: set[int] = set()
+    for unit in SSH_SOCKET_UNITS:
+        try:
+            proc = subprocess.run(
+                ["systemctl", "show", unit, "-p", "ActiveState", "-p", "Listen"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ports
+        if proc.returncode == 0:
+            ports |= parse_unit_listen(proc.stdout)
+    return ports
+
+
+def parse_unit_listen(text: str) -> set[int]:
+    """Ports from ``systemctl show UNIT -p ActiveState -p Listen``, if the unit is active.
+
+    Listen lines look like ``Listen=0.0.0.0:22 (Stream)``, ``Listen=[::]:22 (Stream)``
+    or ``Listen=22 (Stream)`` (one per socket, or several on one line).
+    """
+    props: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            props.setdefault(key.strip(), []).append(value.strip())
+    if props.get("ActiveState", [""])[0] != "active":
+        return set()
+    ports = set()
+    for value in props.get("Listen", []):
+        for match in _LISTEN_PORT.finditer(value):
+            port = int(match.group(1))
+            if 0 < port <= 65535:
+                ports.add(port)
+    return ports

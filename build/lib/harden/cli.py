@@ -1,0 +1,494 @@
+"""The command line: the only module that prints, reads the environment and exits."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harden import __version__, defaults
+from harden.core.manifest import json_schema
+from harden.core.policy import build_policy
+from harden.core.render import BACKENDS, Backend, render
+from harden.core.results import Validation
+from harden.core.text import one_line
+from harden.errors import ExitStatus, HardenError
+from harden.files import load_manifest, write_atomic
+
+EPILOG = """\b
+Exit codes:
+  0  ok
+  1  verification failed / drift found
+  2  usage or manifest error
+  3  apply failed (previous state restored)
+  4  probe or environment error (retryable)
+  5  verify inconclusive: a target never showed it exists
+  70 internal error: a bug in harden (not retryable)
+"""
+
+MANIFEST = click.Path(path_type=Path, dir_okay=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(__version__, prog_name="harden")
+def cli(debug: bool) -> None:
+    """Generate a default-DROP firewall from a service manifest, apply it, verify it.
+
+    A manifest (YAML) declares the ports the host serves and from where;
+    everything else is closed. See `harden schema` for every key.
+    """
+
+
+@cli.command()
+@click.argument("manifests", nargs=-1, required=True, type=MANIFEST)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def validate(manifests: Sequence[Path], fmt: str) -> None:
+    """Check MANIFESTS and summarise what each one allows (exit 2 on the first bad one)."""
+    results = []
+    for path in manifests:
+        manifest = load_manifest(path)
+        results.append(Validation.of(str(path), manifest, build_policy(manifest)))
+    if fmt == "json":
+        # Always a list, one entry per manifest: the shape never depends on the arguments.
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+        return
+    for result in results:
+        click.echo(result.to_text())
+
+
+@cli.command(name="render")
+@click.argument("manifest", type=MANIFEST)
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="nftables",
+    show_default=True,
+    help="nftables: one inet table; iptables: iptables-restore and ip6tables-restore files.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write the files into this directory instead of printing them.",
+)
+def render_cmd(manifest: Path, backend: Backend, output: Path | None) -> None:
+    """Print (or write) the ruleset MANIFEST renders to. Touches no firewall."""
+    files = render(build_policy(load_manifest(manifest)), backend)
+    if output is None:
+        for name, text in files.items():
+            if len(files) > 1:
+                click.echo(f"# ==> {name} <==")
+            click.echo(text, nl=False)
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        write_atomic(output / name, text, mode=0o644)
+        click.echo(f"wrote {output / name}", err=True)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the manifest's JSON Schema."""
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+STATE_DIR = click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=defaults.STATE_DIR,
+    show_default=True,
+    envvar="HARDEN_STATE_DIR",
+    help="Where the snapshot and the pending confirmation live.",
+)
+FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+BACKEND = click.option(
+    "--backend", type=click.Choice(BACKENDS), default="nftables", show_default=True
+)
+
+
+def _emit(fmt: str, data: dict[str, Any], text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if fmt == "json" else text)
+
+
+@cli.command(name="apply")
+@click.argument("manifest", type=MANIFEST)
+@BACKEND
+@click.option(
+    "--confirm",
+    "confirm_window",
+    type=click.IntRange(1, 3600),
+    default=None,
+    help="Roll back after this many seconds unless 'harden confirm' runs.",
+)
+@click.option(
+    "--force", is_flag=True, help="Apply even if it would lock out the current SSH session or sshd."
+)
+@click.option(
+    "--persist",
+    is_flag=True,
+    help="Install the ruleset for boot (on confirm, if --confirm is given).",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/"),
+    show_default=True,
+    help="Prefix for --persist files (for tests and images).",
+)
+@STATE_DIR
+@FORMAT
+def apply_cmd(
+    manifest: Path,
+    backend: Backend,
+    confirm_window: int | None,
+    force: bool,
+    persist: bool,
+    root: Path,
+    state_dir: Path,
+    fmt: str,
+) -> None:
+    """Load MANIFEST's ruleset atomically, touching only harden's own table or chains.
+
+    Checks first, snapshots harden's current rules, then loads in one transaction;
+    a failed load changes nothing (exit 3). With --confirm N a detached watchdog
+    restores the snapshot after N seconds unless 'harden confirm' runs. Applying an
+    unchanged manifest changes nothing and says so (JSON: "changed": false).
+    """
+    from harden.apply import apply
+
+    result = apply(
+        manifest,
+        backend,
+        state_dir=state_dir,
+        confirm=confirm_window,
+        force=force,
+        persist_to=root if persist else None,
+    )
+    _emit(fmt, result.to_json(), result.to_text())
+
+
+@cli.command()
+@STATE_DIR
+def confirm(state_dir: Path) -> None:
+    """Keep the ruleset of the last 'apply --confirm': cancel its rollback."""
+    from harden.apply import confirm as do_confirm
+
+    click.echo(do_confirm(state_dir))
+
+
+@cli.command()
+@STATE_DIR
+def rollback(state_dir: Path) -> None:
+    """Restore harden's rules as they were before the last apply, now."""
+    from harden.apply import rollback as do_rollback
+
+    click.echo(do_rollback(state_dir))
+
+
+@cli.command()
+@STATE_DIR
+def reset(state_dir: Path) -> None:
+    """Move harden's state files aside (for a corrupt record); the live rules stay as they are.
+
+    After a reset, 'harden status' shows nothing applied and 'harden rollback' has
+    nothing to restore; 'harden diff MANIFEST' still compares the live rules, and the
+    next 'harden apply' records them again.
+    """
+    from harden.apply import reset as do_reset
+
+    click.echo(do_reset(state_dir))
+
+
+@cli.command(name="diff")
+@click.argument("manifest", type=MANIFEST)
+@BACKEND
+@FORMAT
+def diff_cmd(manifest: Path, backend: Backend, fmt: str) -> None:
+    """Compare the live rules with what MANIFEST renders: exit 0 same, 1 drift."""
+    from harden.apply import diff
+
+    result = diff(manifest, backend)
+    _emit(fmt, result.to_json(), result.to_text())
+    raise click.exceptions.Exit(ExitStatus.FAILED if result.drift else ExitStatus.OK)
+
+
+@cli.command()
+@STATE_DIR
+@FORMAT
+def status(state_dir: Path, fmt: str) -> None:
+    """Show what is applied, when, from which manifest, and any pending confirmation."""
+    from harden.apply import status as get_status
+
+    report = get_status(state_dir)
+    _emit(fmt, report.to_json(), report.to_text())
+
+
+@cli.command(name="verify")
+@click.argument("manifest", type=MANIFEST, required=False)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    help="Address of the server to probe (repeat for its IPv6 address).",
+)
+@click.option(
+    "--ports",
+    default="all",
+    show_default=True,
+    help="'all' (65535 TCP + 65535 UDP), 'declared', or a list like 1-1024,8080.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "junit"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the report here instead of standard output.",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0.05, 30),
+    default=defaults.WAIT,
+    show_default=True,
+    help="Seconds to wait for replies after each round.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 10),
+    default=defaults.RETRIES,
+    show_default=True,
+    help="Extra rounds for silent probes (packet loss).",
+)
+@click.option(
+    "--icmp-ratelimit-ms",
+    type=click.IntRange(1, 60000),
+    default=defaults.ICMP_RATELIMIT_MS,
+    show_default=True,
+    help="The target's net.ipv4.icmp_ratelimit; UDP sweeps wait this long without "
+    "ICMP from the target before they count silence as proof.",
+)
+@click.option(
+    "--icmp6-ratelimit-ms",
+    type=click.IntRange(1, 60000),
+    default=defaults.ICMP_RATELIMIT_MS,
+    show_default=True,
+    help="The target's net.ipv6.icmp.ratelimit.",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="Another address of this host to probe from (repeatable): each has its own ICMP "
+    "budget at the target, so UDP retries need not wait for a refill.",
+)
+@click.option(
+    "--seen-as",
+    "seen_as",
+    multiple=True,
+    help="The address the target sees this prober as, when a NAT rewrites ours (one per "
+    "family): source-restricted services are judged for it.",
+)
+@click.option(
+    "--inventory",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Verify a fleet: a YAML file of hosts, each with its manifest and targets.",
+)
+def verify_cmd(
+    manifest: Path | None,
+    inventory: Path | None,
+    targets: tuple[str, ...],
+    ports: str,
+    fmt: str,
+    output: Path | None,
+    wait: float,
+    retries: int,
+    icmp_ratelimit_ms: int,
+    icmp6_ratelimit_ms: int,
+    sources: tuple[str, ...],
+    seen_as: tuple[str, ...],
+) -> None:
+    """Probe a server from outside and compare every port with MANIFEST.
+
+    Declared ports must answer; every other port must be silent (closed: drop)
+    or answer admin-prohibited (closed: reject): no TCP RST, no ICMP
+    port-unreachable. Run it on another host, as root (raw sockets); exit 0
+    pass, 1 fail, 4 probe error, 5 inconclusive. With --inventory, every host of
+    a fleet is probed in the same sweeps and lands in one report.
+
+    \b
+    What a PASS proves, and assumes:
+    - The target showed it exists (some reply, or its neighbour entry on our
+      link); otherwise the verdict is INCONCLUSIVE, never PASS.
+    - UDP silence counts only for sweeps begun while the target's per-peer ICMP
+      budget held a token (no ICMP error to us for one --icmp-ratelimit-ms
+      interval). It assumes the target's interval is at most that, and that
+      other hosts did not spend its machine-wide icmp_msgs_per_sec meanwhile.
+    - A UDP listener that ignores unknown datagrams looks dropped from outside.
+    See docs/design.md, "Why silence proves what it proves".
+    """  # noqa: D301 (click's \\b keeps the list's line breaks)
+    from harden.verify.inventory import load_inventory
+    from harden.verify.run import run_verify
+
+    if (manifest is None) == (inventory is None):
+        raise click.UsageError("give a MANIFEST with --target, or --inventory FILE")
+    if manifest is not None and not targets:
+        raise click.UsageError("MANIFEST needs at least one --target address")
+    if inventory is not None and targets:
+        raise click.UsageError("--target and --inventory exclude each other")
+    if manifest is not None:
+        policy = build_policy(load_manifest(manifest))
+        hosts = [(policy, [_address(text, "--target") for text in targets])]
+    else:
+        assert inventory is not None
+        hosts = [(h.policy, list(h.targets)) for h in load_inventory(inventory)]
+    extra = tuple(_address(text, "--source") for text in sources)
+    seen: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+    for text in seen_as:
+        address = _address(text, "--seen-as")
+        if address.version in seen:
+            raise click.BadParameter("one address per family at most", param_hint="--seen-as")
+        seen[address.version] = address
+    show_progress = fmt == "text" and output is None and sys.stderr.isatty()
+    report = run_verify(
+        hosts,
+        ports=ports,
+        wait=wait,
+        retries=retries,
+        ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
+        extra_sources=extra,
+        seen_as=seen,
+        progress=show_progress,
+    )
+    text = {
+        "json": lambda: json.dumps(report.to_json(), indent=2) + "\n",
+        "junit": lambda: report.to_junit(),
+        "text": lambda: report.to_text(),
+    }[fmt]()
+    if output is not None:
+        write_atomic(output, text, mode=0o644)
+        click.echo(f"{report.verdict.upper()}: report written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+    raise click.exceptions.Exit(report.exit_status)
+
+
+def _address(text: str, option: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an IP address", param_hint=option) from None
+
+
+@cli.command()
+@click.argument("manifest", type=MANIFEST, required=False)
+@BACKEND
+@click.option(
+    "--confirm",
+    "confirm_window",
+    type=click.IntRange(5, 3600),
+    default=defaults.LAB_CONFIRM_WINDOW,
+    show_default=True,
+    help="Confirm window of the lab's apply.",
+)
+@click.option(
+    "--ports",
+    default="all",
+    show_default=True,
+    help="Ports to probe: 'all', 'declared' or a list like 1-1024.",
+)
+@click.option(
+    "--apply",
+    "apply_manifest",
+    type=MANIFEST,
+    default=None,
+    help="Apply this manifest instead (a change to test): verification still "
+    "expects MANIFEST, so a broken change is rolled back.",
+)
+@FORMAT
+def lab(
+    manifest: Path | None,
+    backend: Backend,
+    confirm_window: int,
+    ports: str,
+    apply_manifest: Path | None,
+    fmt: str,
+) -> None:
+    """Show the whole loop in throwaway network namespaces.
+
+    A server with MANIFEST's services listening, an outside host and (for
+    source-restricted services) a host inside the sources. Before: verify the
+    unfirewalled server (RST and ICMP leaks). Then the real apply path with a
+    confirm window, verification from every vantage point, and confirm on PASS or
+    rollback on FAIL. Nothing outside the lab's namespaces is touched.
+    """
+    from harden.lab.run import run_lab
+
+    path = manifest or Path(__file__).resolve().parent.parent / "rulesets" / "web-server.yaml"
+    progress = (lambda m: None) if fmt == "json" else (lambda m: click.echo(f"» {m}", err=True))
+    result = run_lab(
+        path,
+        backend,
+        confirm_window=confirm_window,
+        progress=progress,
+        ports=ports,
+        apply_manifest=apply_manifest,
+    )
+    click.echo(json.dumps(result.to_json(), indent=2) if fmt == "json" else result.to_text())
+    raise click.exceptions.Exit(ExitStatus.OK if result.ok else ExitStatus.FAILED)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; map errors to one-line messages and exit codes."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        # Without standalone mode click returns (not raises) the code of an Exit.
+        code = cli.main(args=args, prog_name="harden", standalone_mode=False)
+        if isinstance(code, int):
+            return code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        # One line, like every other error; the usage is one --help away.
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        click.echo(f"harden: error: {one_line(exc.format_message())}{hint}", err=True)
+        return ExitStatus.USAGE
+    except click.exceptions.Abort:
+        click.echo("harden: interrupted", err=True)
+        return 130
+    except HardenError as exc:
+        if debug:
+            raise
+        click.echo(f"harden: error: {exc}", err=True)
+        return exc.exit_status
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(
+            f"harden: internal error (a bug in harden, please report it): "
+            f"{type(exc).__name__}: {one_line(exc)} (rerun with --debug for the traceback)",
+            err=True,
+        )
+        return ExitStatus.INTERNAL
+    return ExitStatus.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Turn a captured reply (IP packet bytes) into an observation about one probed port.
+
+Pure: no sockets, so every rule is unit-tested with packet bytes. The mapping to
+nmap's port states is explicit (``nmap_state``) and cross-checked on the lab.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+Family = Literal[4, 6]
+Proto = Literal["tcp", "udp"]
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class State(StrEnum):
+    """What a probe drew from the target."""
+
+    OPEN = "open"  # SYN-ACK, or a UDP reply
+    CLOSED = "closed"  # RST, or ICMP port-unreachable to UDP: the port's stack answered
+    REJECTED = "rejected"  # any other ICMP unreachable (admin-prohibited, ...): a filter answered
+    SILENT = "silent"  # nothing, after retries
+
+
+class Reason(StrEnum):
+    """Why a reply means what it means: verdicts are decided on this, never on text."""
+
+    SYN_ACK = "syn-ack"
+    CONNECTED = "connected"  # connect mode: a completed handshake
+    UDP_REPLY = "udp reply"
+    RST = "rst"
+    REFUSED = "refused"  # connect mode: ECONNREFUSED (an RST or ICMP port-unreachable)
+    PORT_UNREACHABLE = "port-unreachable"  # ICMP(v6) port-unreachable
+    PROHIBITED = "prohibited"  # ICMP admin-/host-/net-prohibited: a reject rule answered
+    UNREACHABLE = "unreachable"  # any other ICMP(v6) destination-unreachable code
+    UNREACHABLE_UNSEEN = "unreachable-unseen"  # connect mode: an unreachable, code not visible
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One reply matched to the probe that caused it."""
+
+    family: Family
+    proto: Proto
+    port: int  # the target port the probe went to
+    sport: int  # our source port in the probe (tells rounds and stray traffic apart)
+    reason: Reason
+    icmp_code: int | None = None  # the ICMP(v6) unreachable code, when seen
+    ack: int | None = None  # TCP: the acknowledgement number (our sequence + 1)
+
+    @property
+    def state(self) -> State:
+        """The port state this reply shows."""
+        if self.reason is Reason.PORT_UNREACHABLE and self.proto == "tcp":
+            return State.REJECTED  # no kernel answers TCP with port-unreachable: a rule did
+        return _STATE.get(self.reason, State.REJECTED)
+
+    @property
+    def is_icmp_error(self) -> bool:
+        """Whether the target answered with an ICMP error (spends its rate-limit budget)."""
+        if self.reason is Reason.REFUSED:
+            return self.proto == "udp"  # to TCP, ECONNREFUSED is an RST
+        return self.reason in _ICMP_REASONS
+
+    @property
+    def detail(self) -> str:
+        """Display text, e.g. ``icmp admin-prohibited`` (never used to decide a verdict)."""
+        if self.icmp_code is not None:
+            names = ICMP_UNREACH if self.family == 4 else ICMP6_UNREACH
+            prefix = "icmp" if self.family == 4 else "icmpv6"
+            return f"{prefix} {names.get(self.icmp_code, f'code-{self.icmp_code}')}"
+        return _DETAIL.get(self.reason, self.reason.value)
+
+
+_STATE = {
+    Reason.SYN_ACK: State.OPEN,
+    Reason.CONNECTED: State.OPEN,
+    Reason.UDP_REPLY: State.OPEN,
+    Reason.RST: State.CLOSED,
+    Reason.REFUSED: State.CLOSED,
+    # Port-unreachable to UDP is the kernel's own answer: the datagram reached the UDP
+    # layer. To TCP no kernel sends it; only a reject rule does (Reply.state).
+    Reason.PORT_UNREACHABLE: State.CLOSED,
+}
+_ICMP_REASONS = frozenset(
+    {Reason.PORT_UNREACHABLE, Reason.PROHIBITED, Reason.UNREACHABLE, Reason.UNREACHABLE_UNSEEN}
+)
+_DETAIL = {
+    Reason.REFUSED: "refused (rst or icmp port-unreachable)",
+    Reason.UNREACHABLE_UNSEEN: "icmp unreachable (its code is not visible without raw sockets)",
+}
+# The reasons a `closed: reject` host should give: its reject rule's admin-prohibited
+# (raw), or an unreachable whose code connect mode cannot see.
+REJECT_REASONS = frozenset({Reason.PROHIBITED, Reason.UNREACHABLE_UNSEEN})
+
+
+@dataclass(frozen=True)
+class EchoReply:
+    """An ICMP/ICMPv6 echo reply from the target."""
+
+    family: Family
+    ident: int
+
+
+ICMP_UNREACH = {
+    0: "net-unreachable",
+    1: "host-unreachable",
+    2: "protocol-unreachable",
+    3: "port-unreachable",
+    4: "fragmentation-needed",
+    9: "net-prohibited",
+    10: "host-prohibited",
+    13: "admin-prohibited",
+}
+ICMP6_UNREACH = {
+    0: "no-route",
+    1: "admin-prohibited",
+    2: "beyond-scope",
+    3: "address-unreachable",
+    4: "port-unreachable",
+    5: "policy-fail",
+    6: "reject-route",
+}
+_PROHIBITED4 = frozenset({9, 10, 13})  # net-, host-, admin-prohibited
+_PROHIBITED6 = frozenset({1})  # administratively prohibited
+_PROTO: dict[int, Proto] = {6: "tcp", 17: "udp"}
+_TCP_SYN, _TCP_RST, _TCP_ACK = 0x02, 0x04, 0x10
+
+
+def classify(
+    packet: bytes, target: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> Reply | EchoReply | None:
+    """Classify an IP packet from ``target``; None if it is not a reply to a probe."""
+    try:
+        if packet and packet[0] >> 4 == 4:
+            return _classify4(packet, target)
+        if packet and packet[0] >> 4 == 6:
+            return _classify6(packet, target)
+    except (struct.error, IndexError, ValueError):
+        return None  # truncated or malformed: not something we sent
+    return None
+
+
+def _classify4(
+    packet: bytes, target: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> Reply | EchoReply | None:
+    ihl = (packet[0] & 0x0F) * 4
+    proto = packet[9]
+    if ipaddress.IPv4Address(packet[12:16]) != target:
+        return None
+    body = packet[ihl:]
+    if proto in _PROTO:
+        return _transport(4, _PROTO[proto], body)
+    if proto == 1:
+        kind, code = body[0], body[1]
+        if kind == 0:
+            return EchoReply(4, struct.unpack("!H", body[4:6])[0])
+        if kind == 3:
+            quoted = body[8:]
+            qihl = (quoted[0] & 0x0F) * 4
+            qproto = _PROTO.get(quoted[9])
+            if qproto is None or ipaddress.IPv4Address(quoted[16:20]) != target:
+                return None
+            sport, dport = struct.unpack("!HH", quoted[qihl : qihl + 4])
+            return Reply(4, qproto, dport, sport, _icmp_reason(code, 3, _PROHIBITED4), code)
+    return None
+
+
+def _classify6(
+    packet: bytes, target: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> Reply | EchoReply | None:
+    nxt = packet[6]
+    if ipaddress.IPv6Address(packet[8:24]) != target:
+        return None
+    body = packet[40:]
+    if nxt in _PROTO:
+        return _transport(6, _PROTO[nxt], body)
+    if nxt == 58:
+        kind, code = body[0], body[1]
+        if kind == 129:
+            return EchoReply(6, struct.unpack("!H", body[4:6])[0])
+        if kind == 1:
+            quoted = body[8:]
+            qproto = _PROTO.get(quoted[6])
+            if qproto is None or ipaddress.IPv6Address(quoted[24:40]) != target:
+                return None
+            sport, dport = struct.unpack("!HH", quoted[40:44])
+            return Reply(6, qproto, dport, sport, _icmp_reason(code, 4, _PROHIBITED6), code)
+    return None
+
+
+def _icmp_reason(code: int, port_unreachable: int, prohibited: frozenset[int]) -> Reason:
+    if code == port_unreachable:
+        return Reason.PORT_UNREACHABLE
+    return Reason.PROHIBITED if code in prohibited else Reason.UNREACHABLE
+
+
+def _transport(family: Family, proto: Proto, body: bytes) -> Reply | None:
+    sport, dport = struct.unpack("!HH", body[:4])  # target port, our port
+    if proto == "udp":
+        return Reply(family, "udp", sport, dport, Reason.UDP_REPLY)
+    ack = struct.unpack("!I", body[8:12])[0]
+    flags = body[13]
+    if flags & _TCP_SYN and flags & _TCP_ACK:
+        return Reply(family, "tcp", sport, dport, Reason.SYN_ACK, ack=ack)
+    if flags & _TCP_RST:
+        return Reply(family, "tcp", sport, dport, Reason.RST, ack=ack)
+    return None
+
+
+def nmap_state(proto: Proto, state: State) -> str:
+    """The port state nmap (-sS / -sU) reports for the same observation."""
+    if state is State.OPEN:
+        return "open"
+    if state is State.CLOSED:
+        return "closed"
+    if state is State.REJECTED:
+        return "filtered"
+    return "filtered" if proto == "tcp" else "open|filtered"

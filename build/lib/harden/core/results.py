@@ -1,0 +1,187 @@
+"""The results of validate, apply, diff and status: each owns its JSON shape and its text.
+
+The CLI prints ``to_text()`` or ``json.dumps(to_json())``; the Python API returns
+``to_json()``. Golden files in tests/golden_output/ pin every shape.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from harden.core.manifest import Manifest
+from harden.core.policy import FAMILIES, Policy
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+@dataclass(frozen=True)
+class Validation:
+    """What one valid manifest allows (``harden validate``)."""
+
+    manifest: str
+    host: str | None
+    services: int
+    closed: str
+    ipv6: bool
+    allows: tuple[str, ...]
+
+    @classmethod
+    def of(cls, source: str, manifest: Manifest, policy: Policy) -> Validation:
+        """Summarise a validated manifest and its policy."""
+        allows = []
+        for allow in policy.allows:
+            ports = ",".join(map(str, allow.ports))
+            if not allow.restricted:
+                where = "" if policy.ipv6 else " (IPv4 only)"
+            else:
+                nets = [str(n) for fam in FAMILIES for n in allow.sources(fam) or ()]
+                where = " from " + ",".join(nets)
+            allows.append(f"{allow.proto}/{ports}{where}")
+        return cls(
+            source,
+            manifest.host,
+            len(manifest.services),
+            policy.closed,
+            policy.ipv6,
+            tuple(allows),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """One entry of ``validate --format json`` (a list, one per manifest)."""
+        return {
+            "manifest": self.manifest,
+            "valid": True,
+            "host": self.host,
+            "services": self.services,
+            "closed": self.closed,
+            "ipv6": self.ipv6,
+            "allows": list(self.allows),
+        }
+
+    def to_text(self) -> str:
+        """One line."""
+        allowed = "; ".join(self.allows) or "nothing (every port closed)"
+        return (
+            f"{self.manifest}: valid, {self.services} service(s), "
+            f"closed ports {self.closed}, allows {allowed}"
+        )
+
+
+@dataclass
+class ApplyResult:
+    """What ``harden apply`` did."""
+
+    changed: bool
+    backend: str
+    manifest: str
+    manifest_sha256: str
+    ruleset_sha256: str
+    confirm_deadline: float | None = None
+    persisted: list[str] = field(default_factory=list)
+    message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """``apply --format json``."""
+        return {
+            "changed": self.changed,
+            "backend": self.backend,
+            "manifest": self.manifest,
+            "manifest_sha256": self.manifest_sha256,
+            "ruleset_sha256": self.ruleset_sha256,
+            "confirm_deadline": self.confirm_deadline,
+            "persisted": list(self.persisted),
+            "message": self.message,
+        }
+
+    def to_text(self) -> str:
+        """``changed: ...`` or ``ok: ...``."""
+        return f"{'changed' if self.changed else 'ok'}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Live rules against what a manifest renders (``harden diff``)."""
+
+    drift: bool
+    diff: str
+
+    def to_json(self) -> dict[str, Any]:
+        """``diff --format json``."""
+        return {"drift": self.drift, "diff": self.diff}
+
+    def to_text(self) -> str:
+        """The unified diff, or ``no drift``."""
+        return self.diff.rstrip("\n") if self.drift else "no drift"
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What harden has applied, and whether the kernel still shows it (``harden status``)."""
+
+    state_dir: str
+    backend: str | None = None
+    manifest: str | None = None
+    manifest_sha256: str | None = None
+    applied_at: float | None = None
+    pending_deadline: float | None = None
+    seconds_left: float | None = None
+    live_matches_last_apply: bool | None = None
+    history: tuple[dict[str, Any], ...] = ()
+    interrupted: bool = False  # an apply stopped before it finished, with no watchdog armed
+    watchdog: str | None = None  # "running" / "not running" while a confirmation is pending
+
+    @property
+    def applied(self) -> bool:
+        """Whether harden has rules applied."""
+        return self.backend is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """``status --format json``."""
+        pending = None
+        if self.pending_deadline is not None:
+            pending = {"deadline": self.pending_deadline, "seconds_left": self.seconds_left}
+        return {
+            "applied": self.applied,
+            "backend": self.backend,
+            "manifest": self.manifest,
+            "manifest_sha256": self.manifest_sha256,
+            "applied_at": self.applied_at,
+            "pending_confirmation": pending,
+            "live_matches_last_apply": self.live_matches_last_apply,
+            "interrupted": self.interrupted,
+            "watchdog": self.watchdog,
+            "history": list(self.history),
+        }
+
+    def to_text(self) -> str:
+        """A few aligned lines."""
+        if not self.applied:
+            return f"nothing applied by harden (state: {self.state_dir})"
+        sha = (self.manifest_sha256 or "")[:12]
+        pending = "no"
+        if self.pending_deadline is not None:
+            pending = f"rolls back in {self.seconds_left} s unless confirmed"
+            if self.watchdog == "not running":
+                pending = (
+                    f"yes, deadline in {self.seconds_left} s, but its watchdog is NOT running: "
+                    "nothing will roll back by itself ('harden rollback' or 'harden confirm')"
+                )
+        if self.interrupted:
+            pending = (
+                "INTERRUPTED: the last apply stopped before it finished; 'harden rollback' "
+                "restores the rules from before it, 'harden confirm' keeps them if live"
+            )
+        match = {True: "yes", False: "NO (drift)", None: "unknown"}[self.live_matches_last_apply]
+        return "\n".join(
+            [
+                f"backend:  {self.backend}",
+                f"manifest: {self.manifest} (sha256 {sha})",
+                f"applied:  {_utc(self.applied_at or 0.0)}",
+                f"pending:  {pending}",
+                f"live rules match the last apply: {match}",
+            ]
+        )

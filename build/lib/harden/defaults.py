@@ -1,0 +1,18 @@
+"""Every default in one place: the CLI, the API, the engine and the lab read them here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# verify (docs/design.md, "Loss, retries and lost sends")
+WAIT = 0.4  # seconds to wait for replies after a round
+RETRIES = 2  # extra rounds for silent probes (loss)
+DECLARED_RETRIES = 4  # more rounds for declared ports that stay silent
+ICMP_RATELIMIT_MS = 1000  # assumed net.ipv4.icmp_ratelimit / net.ipv6.icmp.ratelimit
+ENUMERATE_SECONDS = 3.0  # keep listing UDP leaks this long as the ICMP budget refills
+MAX_QUIET_WAIT = 20.0  # give up if the target never stays ICMP-quiet this long
+CONNECT_TIMEOUT = 1.0  # connect mode: the least time a silent TCP port is given
+
+# apply
+STATE_DIR = Path("/var/lib/harden")
+LAB_CONFIRM_WINDOW = 120  # seconds: the lab's apply rolls back unless verified in time

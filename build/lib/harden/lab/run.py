@@ -1,0 +1,319 @@
+"""The lab: the seed's story end to end in network namespaces.
+
+before (verify a host with no firewall: RST and ICMP leaks) -> apply (the real apply
+path, with a confirm window) -> after (verify from outside and from inside the declared
+sources) -> confirm only if the verification passed, otherwise roll back.
+
+Every step runs the real command line inside the namespace it belongs to, exactly as
+an operator would on separate machines: ``harden apply`` on the server, ``harden
+verify`` on the prober.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harden import defaults
+from harden.core.policy import build_policy
+from harden.core.render import Backend
+from harden.core.text import one_line
+from harden.errors import EnvironmentProblem
+from harden.files import load_manifest
+from harden.lab.net import Host, LabNet
+
+HARDEN = [sys.executable, "-m", "harden.cli"]
+
+
+@dataclass
+class Step:
+    """One verification run of the lab, as the prober's JSON report describes it."""
+
+    name: str
+    vantage: str
+    expect_pass: bool
+    report: dict[str, Any]
+    exit_code: int
+    seconds: float
+    dropped: dict[str, int] | None = None  # the server's drop counters: increase per step
+
+    @property
+    def passed(self) -> bool:
+        """Whether ``harden verify`` said PASS."""
+        return self.exit_code == 0
+
+    @property
+    def as_expected(self) -> bool:
+        """Whether the outcome is the one this step of the story expects."""
+        return self.passed == self.expect_pass
+
+
+@dataclass
+class LabResult:
+    """Everything the lab observed, in order."""
+
+    manifest: Path
+    backend: Backend
+    steps: list[Step] = field(default_factory=list)
+    applied: dict[str, Any] = field(default_factory=dict)
+    confirmed: bool = False
+    rolled_back: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Before leaked, after passed from every vantage point, and the apply was confirmed."""
+        return self.confirmed and all(step.as_expected for step in self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        """``harden lab --format json``: every step with the prober's own JSON report."""
+        return {
+            "manifest": str(self.manifest),
+            "backend": self.backend,
+            "ok": self.ok,
+            "confirmed": self.confirmed,
+            "rolled_back": self.rolled_back,
+            "steps": [
+                {
+                    "step": s.name,
+                    "vantage": s.vantage,
+                    "verdict": s.report.get("verdict"),
+                    "expected": "pass" if s.expect_pass else "fail",
+                    "seconds": round(s.seconds, 2),
+                    "dropped": s.dropped,
+                    "report": s.report,
+                }
+                for s in self.steps
+            ],
+        }
+
+    def to_text(self, width: int = 120) -> str:
+        """A table of the steps, what the prober saw, and a one-line outcome."""
+        table = Table(title=f"harden lab: {self.manifest.name} ({self.backend})")
+        for column in ("step", "from", "verdict", "expected", "time", "what the prober saw"):
+            table.add_column(column, overflow="fold")
+        for step in self.steps:
+            ok = sum(1 for p in step.report["ports"] if p["status"] == "ok")
+            seen = summarize(step) or [
+                f"{ok} declared port(s) open, "
+                f"{step.report['counts']['conforming']} closed port(s) silent"
+            ]
+            proof = two_sided(step)
+            if proof:
+                seen.append(f"server drop counters: {proof}")
+            table.add_row(
+                step.name,
+                step.vantage,
+                step.report["verdict"].upper(),
+                "PASS" if step.expect_pass else "FAIL",
+                f"{step.seconds:.1f}s",
+                "\n".join(seen[:8]),
+            )
+        buffer = io.StringIO()
+        Console(
+            file=buffer, width=width, force_terminal=False, color_system=None, markup=False
+        ).print(table)
+        outcome = "confirmed" if self.confirmed else "rolled back"
+        last = (
+            f"PASS: before leaked, after verified, ruleset {outcome}"
+            if self.ok
+            else f"FAIL: the verification after apply did not pass; ruleset {outcome}"
+        )
+        return buffer.getvalue() + last
+
+
+Progress = Callable[[str], None]
+
+
+def run_lab(
+    manifest: Path,
+    backend: Backend = "nftables",
+    *,
+    confirm_window: int = defaults.LAB_CONFIRM_WINDOW,
+    progress: Progress = lambda message: None,
+    before: bool = True,
+    ports: str = "all",
+    apply_manifest: Path | None = None,
+) -> LabResult:
+    """Build the lab, run before/apply/after, confirm or roll back, tear everything down.
+
+    ``apply_manifest`` applies a different manifest than the one verified against:
+    the way to show a broken change (one that forgets SSH, say) being rolled back.
+    """
+    policy = build_policy(load_manifest(manifest))
+    result = LabResult(manifest=manifest, backend=backend)
+    with tempfile.TemporaryDirectory(prefix="harden-lab-") as tmp, LabNet(policy) as lab:
+        state = Path(tmp) / "state"
+        progress(f"lab: server {lab.server.v4} / {lab.server.v6} in namespace {lab.server.ns.name}")
+        lab.start_services()
+        lab.wait_reachable()
+        limits = _ratelimits(lab.server)
+        if before:
+            progress("before: probing the unfirewalled server from outside")
+            result.steps.append(
+                _verify(
+                    lab, lab.outside, manifest, "before", False, tmp, limits=limits, ports=ports
+                )
+            )
+        progress(
+            f"apply: {backend} ruleset in the server namespace, confirm window {confirm_window}s"
+        )
+        result.applied = _apply(lab, apply_manifest or manifest, backend, state, confirm_window)
+        vantages = [("outside", lab.outside)]
+        if lab.allowed is not None:
+            vantages.append(("allowed source", lab.allowed))
+        for label, host in vantages:
+            progress(
+                f"after: probing from {label} ({host.v4}{', ' + str(host.v6) if host.v6 else ''})"
+            )
+            counters = _counters(lab.server) if backend == "nftables" else None
+            step = _verify(
+                lab, host, manifest, "after", True, tmp, label, limits=limits, ports=ports
+            )
+            if counters is not None:
+                now = _counters(lab.server)
+                step.dropped = {k: now.get(k, 0) - counters.get(k, 0) for k in now}
+            result.steps.append(step)
+        after_ok = all(s.passed for s in result.steps if s.name == "after")
+        if after_ok:
+            _harden(lab.server, ["confirm", "--state-dir", str(state)])
+            result.confirmed = True
+            progress("confirm: verification passed, ruleset confirmed")
+        else:
+            _harden(lab.server, ["rollback", "--state-dir", str(state)], check=False)
+            result.rolled_back = True
+            progress("rollback: verification failed, previous ruleset restored")
+    return result
+
+
+def _harden(
+    host: Host, args: Sequence[str], *, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    proc = host.ns.run([*HARDEN, *args], check=False, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise EnvironmentProblem(
+            f"lab: 'harden {' '.join(args[:1])}' in {host.ns.name} failed "
+            f"(exit {proc.returncode}): {one_line(proc.stderr, 300)}"
+        )
+    return proc
+
+
+def _ratelimits(server: Host) -> list[str]:
+    """The server's ICMP rate limits: the prober must not assume them (docs/design.md)."""
+    v4 = server.ns.run(["cat", "/proc/sys/net/ipv4/icmp_ratelimit"]).stdout.strip()
+    v6 = server.ns.run(["cat", "/proc/sys/net/ipv6/icmp/ratelimit"]).stdout.strip()
+    return [
+        "--icmp-ratelimit-ms",
+        str(max(1, int(v4))),
+        "--icmp6-ratelimit-ms",
+        str(max(1, int(v6))),
+    ]
+
+
+def _counters(server: Host) -> dict[str, int]:
+    """Harden's named drop counters in the server namespace (packets)."""
+    proc = server.ns.run(["nft", "-j", "list", "counters", "table", "inet", "harden"], check=False)
+    if proc.returncode != 0:
+        return {}
+    out = {}
+    for item in json.loads(proc.stdout).get("nftables", []):
+        counter = item.get("counter")
+        if counter:
+            out[counter["name"]] = int(counter["packets"])
+    return out
+
+
+def _apply(
+    lab: LabNet, manifest: Path, backend: Backend, state: Path, window: int
+) -> dict[str, Any]:
+    proc = _harden(
+        lab.server,
+        [
+            "apply",
+            str(manifest),
+            "--backend",
+            backend,
+            "--confirm",
+            str(window),
+            "--state-dir",
+            str(state),
+            "--format",
+            "json",
+        ],
+    )
+    data: dict[str, Any] = json.loads(proc.stdout)
+    return data
+
+
+def _verify(
+    lab: LabNet,
+    host: Host,
+    manifest: Path,
+    name: str,
+    expect_pass: bool,
+    tmp: str,
+    vantage: str = "outside",
+    *,
+    limits: list[str],
+    ports: str = "all",
+) -> Step:
+    targets = [*limits, "--ports", ports, "--target", str(lab.server.v4)]
+    for address in host.extra:
+        targets += ["--source", str(address)]
+    if host.v6 is not None and lab.server.v6 is not None:
+        targets += ["--target", str(lab.server.v6)]
+    out = Path(tmp) / f"{name}-{vantage.replace(' ', '-')}.json"
+    start = time.monotonic()
+    proc = _harden(
+        host, ["verify", str(manifest), *targets, "--format", "json", "-o", str(out)], check=False
+    )
+    seconds = time.monotonic() - start
+    if proc.returncode not in (0, 1) or not out.exists():
+        raise EnvironmentProblem(
+            f"lab: harden verify from {vantage} failed (exit {proc.returncode}): "
+            f"{one_line(proc.stderr, 300)}"
+        )
+    report: dict[str, Any] = json.loads(out.read_text())
+    return Step(name, vantage, expect_pass, report, proc.returncode, seconds)
+
+
+def summarize(step: Step) -> list[str]:
+    """Deviation counts of one step, e.g. "65532 tcp closed (rst) on 198.19.254.1"."""
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for entry in step.report.get("ports", []):
+        if entry["status"] == "fail":
+            detail = (
+                entry["detail"].split(":")[-1].strip()
+                if entry["port"] is None
+                else (entry["detail"].split(" reveals")[0].removeprefix("leak: "))
+            )
+            key = (entry["target"], entry["proto"], entry["observed"], detail)
+            counts[key] = counts.get(key, 0) + 1
+    return [
+        f"{n} {proto} {observed} ({detail}) on {target}"
+        for (target, proto, observed, detail), n in sorted(counts.items())
+    ]
+
+
+def two_sided(step: Step) -> str | None:
+    """Probes sent to closed ports vs packets the server's drop counters saw."""
+    if step.dropped is None:
+        return None
+    parts = []
+    for key, sent in sorted(step.report.get("sent", {}).items()):
+        family, proto, expect = key.split("/")
+        if expect != "silent":
+            continue
+        seen = step.dropped.get(f"closed_{proto}_v{family}", 0)
+        parts.append(f"IPv{family} {proto}: sent {sent}, dropped {seen}")
+    return "; ".join(parts)

@@ -1,0 +1,346 @@
+"""The round engine: ping, TCP rounds, then UDP rounds under the budget rule, any transport.
+
+The sound-UDP rule (docs/design.md, "UDP: ICMP rate limiting and the quiet rule"): a
+target limits the ICMP errors it sends to each peer (a token bucket: one token per
+``icmp_ratelimit`` ms, a burst of about six). A UDP sweep that meets silence proves
+"no port reached the UDP layer" only if the bucket held a token when the sweep
+began. We cannot read the target's bucket, but we see every ICMP error it sends us:
+once it has sent our source none for one refill interval, it holds at least one
+token, so the first leaking port of the next sweep draws an error. Each retry round
+waits for that quiet again, counted from the previous round's end too (an error that
+was sent but lost spent a token).
+
+Every phase runs across all targets at once, so a fleet shares the waits: a round
+sends to every target, then waits for replies once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harden import defaults
+from harden.core.classify import Reply
+from harden.core.findings import Address, Findings
+from harden.core.plan import Expect, Plan, Target
+from harden.errors import EnvironmentProblem
+from harden.verify.transport import Clock, Round, SystemClock, Transport
+
+# phase description, units done (or None to start a phase with a total)
+Progress = Callable[[str, int, int | None], None]
+
+
+def no_progress(phase: str, done: int, total: int | None) -> None:
+    """A progress callback that shows nothing."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """Knobs of a verification run; defaults (harden.defaults) are conservative, not fast."""
+
+    wait: float = defaults.WAIT
+    retries: int = defaults.RETRIES
+    declared_retries: int = defaults.DECLARED_RETRIES
+    ratelimit_ms: dict[int, int] = field(
+        default_factory=lambda: {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS}
+    )
+    enumerate_seconds: float = defaults.ENUMERATE_SECONDS
+    max_quiet_wait: float = defaults.MAX_QUIET_WAIT
+    # More addresses of this host: each has its own ICMP budget at the target, so a UDP
+    # retry round from another source need not wait for the first one's to refill.
+    extra_sources: tuple[Address, ...] = ()
+
+
+def verify(
+    plan: Plan,
+    targets: list[Target],
+    transport: Transport,
+    options: Options,
+    progress: Progress = no_progress,
+    clock: Clock | None = None,
+) -> Findings:
+    """Probe every target of the plan through ``transport`` and collect what answered."""
+    clock = clock or SystemClock()
+    findings = Findings(mode=transport.mode)
+    start = clock.now()
+    run = _Run(plan, targets, transport, options, progress, clock, findings)
+    if transport.can_ping:
+        run.echo()
+    run.tcp()
+    run.udp()
+    for target in targets:
+        evidence = transport.heard_from(target)
+        if evidence is not None:
+            findings.alive[target.address] = evidence
+    if any(findings.replies.get((t, "udp")) is not None for t in targets):
+        findings.notes.append(
+            "udp: a listener that ignores unknown datagrams answers nothing and draws no ICMP "
+            "error, so from outside it looks exactly like a dropped port; only the target's "
+            "own counters can tell the two apart (verify --witness)"
+        )
+    findings.notes.extend(transport.limitations)
+    findings.seconds = clock.now() - start
+    return findings
+
+
+@dataclass
+class _Udp:
+    """One target's UDP progress."""
+
+    expect: dict[int, Expect]
+    pending: list[int]
+    sources: list[Address]
+    interval: float
+    round_end: dict[Address, float]
+    replies: dict[int, Reply] = field(default_factory=dict)
+    rounds: int = 0
+    clean_passes: int = 0  # enumeration passes in a row that drew no new ICMP error
+    settled: bool = False  # the ports still pending are proven silent
+
+    @property
+    def errored(self) -> bool:
+        """Whether the target answered any probe with an ICMP error (its budget is spent)."""
+        return any(r.is_icmp_error for r in self.replies.values())
+
+
+@dataclass
+class _Run:
+    plan: Plan
+    targets: list[Target]
+    transport: Transport
+    options: Options
+    progress: Progress
+    clock: Clock
+    findings: Findings
+
+    def _settle(self, wait: float) -> None:
+        # A blocking transport has waited for its replies while sending.
+        if not self.transport.blocking:
+            self.clock.sleep(wait)
+
+    def _tick(self, n: int) -> None:
+        self.progress("", n, None)
+
+    def echo(self) -> None:
+        ident = random.getrandbits(16)
+        since = self.clock.now()
+        waiting = set(self.targets)
+        # Ping is a declared expectation too: as many tries as a declared port gets.
+        for _ in range(1 + self.options.retries + self.options.declared_retries):
+            self.transport.ping(sorted(waiting, key=str), ident)
+            self._settle(min(self.options.wait, 0.3))
+            answered = self.transport.echoed(since, ident)
+            waiting = {t for t in waiting if t.address not in answered}
+            if not waiting:
+                break
+        for target in self.targets:
+            self.findings.echo[target.address] = target not in waiting
+
+    def tcp(self) -> None:
+        o = self.options
+        expect = {t: self.plan.expectation(t, "tcp") for t in self.targets}
+        pending = {t: self.plan.ports(t, "tcp") for t in self.targets}
+        replies: dict[Target, dict[int, Reply]] = {t: {} for t in self.targets}
+        for round_no in range(1 + o.retries + o.declared_retries):
+            if round_no > o.retries:
+                # Extra rounds only for declared ports that stayed silent: loss must not
+                # turn an open port into a "declared port unreachable" failure.
+                pending = {
+                    t: [p for p in ps if expect[t][p] is Expect.ALLOWED]
+                    for t, ps in pending.items()
+                }
+            batch = {t: ps for t, ps in pending.items() if ps}
+            if not batch:
+                break
+            self.progress(f"tcp round {round_no + 1}", 0, sum(map(len, batch.values())))
+            rounds = [self.transport.send_tcp(t, ps, self._tick) for t, ps in batch.items()]
+            for sent in rounds:
+                self._count(sent, expect[sent.target])
+            self._settle(o.wait)
+            for sent in rounds:
+                found = self.transport.replies(sent)
+                replies[sent.target].update(found)
+                pending[sent.target] = [p for p in sent.ports if p not in found]
+        for target in self.targets:
+            self.findings.replies[(target, "tcp")] = replies[target]
+            silent = sum(
+                1
+                for p, e in expect[target].items()
+                if e is not Expect.ALLOWED and p in pending[target]
+            )
+            if silent:
+                self.findings.notes.append(
+                    f"{target.address} tcp: {silent} closed port(s) sent no RST and no SYN-ACK "
+                    f"in {1 + o.retries} round(s) from fresh source ports"
+                )
+
+    def udp(self) -> None:
+        o = self.options
+        states: dict[Target, _Udp] = {}
+        for target in self.targets:
+            sources = [target.source, *(a for a in o.extra_sources if a.version == target.family)]
+            states[target] = _Udp(
+                expect=self.plan.expectation(target, "udp"),
+                pending=self.plan.ports(target, "udp"),
+                sources=sources,
+                interval=o.ratelimit_ms[target.family] / 1000,
+                round_end=dict.fromkeys(sources, self.transport.started),
+            )
+        for round_no in range(1 + o.retries):
+            # An ICMP error means the budget is spent: enumerate instead of retrying.
+            active = {t: st for t, st in states.items() if st.pending and not st.errored}
+            if not active:
+                break
+            picks = {t: st.sources[round_no % len(st.sources)] for t, st in active.items()}
+            self.quiet_all({t: (picks[t], st) for t, st in active.items()})
+            total = sum(len(st.pending) for st in active.values())
+            self.progress(f"udp round {round_no + 1}", 0, total)
+            rounds = []
+            for target, st in active.items():
+                sent = self.transport.send_udp(target, picks[target], st.pending, self._tick)
+                st.round_end[picks[target]] = self.clock.now()
+                st.rounds += 1
+                self._count(sent, st.expect)
+                rounds.append(sent)
+            self._settle(o.wait)
+            for sent in rounds:
+                st = states[sent.target]
+                found = self.transport.replies(sent)
+                st.replies.update(found)
+                st.pending = [p for p in st.pending if p not in found]
+        self.enumerate({t: st for t, st in states.items() if st.errored})
+        for target, st in states.items():
+            self.findings.replies[(target, "udp")] = st.replies
+            self._udp_note(target, st)
+
+    def _udp_note(self, target: Target, st: _Udp) -> None:
+        label = str(target.address)
+        n = sum(1 for r in st.replies.values() if r.is_icmp_error)
+        assumption = (
+            f"Assumes the target's ICMP rate limit interval is at most {st.interval:g} s and "
+            "that other traffic did not spend its machine-wide ICMP limit meanwhile."
+        )
+        if st.errored and not st.settled:
+            self.findings.budget_limited.add((target, "udp"))
+            self.findings.notes.append(
+                f"{label} udp: {n} port(s) answered with ICMP; the target rate-limits ICMP "
+                f"errors (about one per {st.interval:g} s to each source), so more ports may "
+                f"answer than are listed: {len(st.pending)} silent port(s) are unprobed, "
+                "not proven silent"
+            )
+        elif st.errored:
+            self.findings.notes.append(
+                f"{label} udp: {n} port(s) answered with ICMP; the other {len(st.pending)} "
+                "silent port(s) drew no ICMP error in sweeps each begun while the target's "
+                f"budget held a token. {assumption}"
+            )
+        elif st.rounds:
+            self.findings.notes.append(
+                f"{label} udp: no UDP port drew an ICMP error while the target's budget held "
+                f"a token ({st.rounds} sweep(s) from {len(st.sources)} source address(es), "
+                f"each begun after {st.interval:g} s without any ICMP error to that source), "
+                f"so no probed port reached the UDP layer unanswered. {assumption}"
+            )
+
+    def enumerate(self, leaking: dict[Target, _Udp]) -> None:
+        """Sweep again as the budgets refill: list more leaks, or prove the rest silent.
+
+        Every pass begins under the quiet rule, so with a token in the target's bucket:
+        the first still-pending port that reaches the UDP layer draws an error. Passes
+        that draw no new error, as many in a row as a sweep has rounds (loss), prove the
+        ports still pending silent, and that target is settled. Bounded in time: a pass
+        that could not begin before the deadline is not sent.
+        """
+        deadline = self.clock.now() + self.options.enumerate_seconds
+        rounds_needed = 1 + self.options.retries
+        turn = 0
+        stopped: set[Target] = set()
+        while True:
+            turn += 1
+            picks = {}
+            for t, st in leaking.items():
+                if not st.pending or st.settled or t in stopped:
+                    continue
+                source = st.sources[turn % len(st.sources)]
+                # Listing leaks stops at the deadline; once passes come back clean, the
+                # proof may finish (as many more passes as a sweep has rounds).
+                until = deadline
+                if st.clean_passes:
+                    until += rounds_needed * st.interval * 1.1 + self.options.wait
+                if self._quiet_at(t, source, st) > until:
+                    stopped.add(t)
+                    continue
+                picks[t] = (source, st)
+            if not picks:
+                return
+            self.quiet_all(picks)
+            rounds = []
+            for target, (source, st) in picks.items():
+                # Start after the last port that answered, so each token names a new port.
+                last = max((p for p, r in st.replies.items() if r.is_icmp_error), default=0)
+                order = [p for p in st.pending if p > last] + [p for p in st.pending if p <= last]
+                rounds.append(self.transport.send_udp(target, source, order, None))
+                st.round_end[source] = self.clock.now()
+            self._settle(min(self.options.wait, 0.2))
+            for sent in rounds:
+                st = leaking[sent.target]
+                found = self.transport.replies(sent)
+                st.replies.update(found)
+                st.pending = [p for p in st.pending if p not in found]
+                st.clean_passes = (
+                    0 if any(r.is_icmp_error for r in found.values()) else (st.clean_passes + 1)
+                )
+                st.settled = st.clean_passes >= rounds_needed
+
+    def _quiet_at(self, target: Target, source: Address, st: _Udp) -> float:
+        last = self.transport.last_icmp_error(target, source) or 0.0
+        return max(st.round_end[source], last) + st.interval * 1.1
+
+    def quiet_all(self, picks: dict[Target, tuple[Address, _Udp]]) -> None:
+        """Wait until every target has been quiet toward its source, all at the same time.
+
+        The waits overlap; once each has ended, all are checked again, because an error
+        may have reached one source while we waited for another target.
+        """
+        deadline = self.clock.now() + self.options.max_quiet_wait
+        while True:
+            waits = [
+                self.quiet(target, source, st.interval, st.round_end[source], deadline)
+                for target, (source, st) in picks.items()
+            ]
+            if not any(waits):
+                return
+
+    def quiet(
+        self, target: Target, source: Address, interval: float, after: float, deadline: float
+    ) -> bool:
+        """Wait until ``target`` has sent ``source`` no ICMP error for one refill interval.
+
+        ``after`` is when our previous UDP round from ``source`` ended (or when the
+        transport began watching): an error it drew may have been lost on the way,
+        spending a token we never saw, so the interval also counts from there.
+        Returns whether it had to wait.
+        """
+        waited = False
+        while True:
+            last = self.transport.last_icmp_error(target, source) or 0.0
+            ready = max(after, last) + interval * 1.1
+            now = self.clock.now()
+            if now >= ready:
+                return waited
+            if ready > deadline:
+                raise EnvironmentProblem(
+                    f"{target.address} keeps sending ICMP errors: no quiet period of "
+                    f"{interval:g} s within {self.options.max_quiet_wait:g} s, so a UDP "
+                    "verdict would not be sound"
+                )
+            self.clock.sleep(ready - now)
+            waited = True
+
+    def _count(self, sent: Round, expect: dict[int, Expect]) -> None:
+        family = sent.target.family
+        for expectation, n in Counter(map(expect.__getitem__, sent.ports[: sent.sent])).items():
+            key = f"{family}/{sent.proto}/{expectation.value}"
+            self.findings.sent[key] = self.findings.sent.get(key, 0) + n

@@ -1,0 +1,490 @@
+"""The fast transport: raw-socket SYNs, plain UDP datagrams, AF_PACKET capture.
+
+Packets are built once from scapy templates; the send loop only patches ports and
+the checksum. Replies are captured on an AF_PACKET socket with a BPF filter for the
+target's addresses: that sees them before the prober host's own INPUT hook, so a
+prober behind its own default-DROP firewall still works (docs/design.md, "Capturing
+replies").
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from harden.core.classify import EchoReply, Reply, classify
+from harden.core.findings import Mode
+from harden.core.plan import Target
+from harden.core.text import one_line
+from harden.errors import EnvironmentProblem, HardenError
+from harden.verify.payloads import udp_payloads
+from harden.verify.transport import Round
+
+ETH_P_ALL = 0x0003
+ETHERTYPES = {0x0800, 0x86DD}
+RCVBUF = 256 * 1024 * 1024  # a no-firewall host answers 65,535 RSTs at once
+IPV6_CHECKSUM = 7  # linux/in6.h: the kernel fills the checksum at this offset
+IP_RECVERR = 11  # linux/in.h (not in Python 3.11's socket module)
+IPV6_RECVERR = 25  # linux/in6.h
+
+Address = IPv4Address | IPv6Address
+Progress = Callable[[int], None]
+SendTo = Callable[[bytes, tuple[str, int]], int]
+
+# A send that fails with one of these did not put the probe on the wire, and may
+# succeed a moment later: a full transmit queue (ENOBUFS, EAGAIN), or an ICMP error
+# the kernel reports on the socket's next send (IP_RECVERR) instead of sending it
+# (a reject-mode target's admin-prohibited is EHOSTUNREACH, or EACCES over IPv6).
+# EPERM, the prober's own output firewall, seldom clears: it ends in the stall error.
+TRANSIENT = {
+    errno.ENOBUFS,
+    errno.EAGAIN,
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EACCES,
+    errno.EPERM,
+}
+SEND_STALL_SECONDS = 5.0
+
+
+def send_until_sent(
+    sendto: SendTo, data: bytes, dest: tuple[str, int], stall: float = SEND_STALL_SECONDS
+) -> None:
+    """Send one probe, waiting out transient refusals; a probe is never skipped.
+
+    Silence is the verdict for closed ports, so a probe that silently did not leave
+    would read as "dropped by the firewall". Gives up with EnvironmentProblem only
+    when the socket refuses for ``stall`` seconds on end.
+    """
+    delay = 0.0005
+    deadline: float | None = None
+    while True:
+        try:
+            sendto(data, dest)
+            return
+        except OSError as exc:
+            if exc.errno not in TRANSIENT:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + stall
+            elif now > deadline:
+                raise EnvironmentProblem(
+                    f"cannot send probes to {dest[0]}: {exc.strerror} for {stall:.0f} s"
+                ) from exc
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _report_send_errors(sock: socket.socket, family: int) -> None:
+    """Make a full queue fail the send (ENOBUFS) instead of dropping the probe silently.
+
+    Without IP_RECVERR, Linux raw and UDP sends swallow the qdisc's drop.
+    """
+    if family == 4:
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+
+
+@dataclass(frozen=True)
+class Route:
+    """How this host reaches a target: interface, source address, on-link or not."""
+
+    target: Address
+    dev: str
+    source: Address
+    on_link: bool = False  # no gateway: the target's neighbour entry is evidence of life
+
+
+def check_target(target: Address) -> None:
+    """Refuse what is not one host: multicast, unspecified, loopback (HardenError, exit 2)."""
+    kind = None
+    if target.is_multicast:
+        kind = "a multicast address"
+    elif target.is_unspecified:
+        kind = "the unspecified address"
+    elif target.is_loopback:
+        kind = "a loopback address"
+    elif isinstance(target, IPv4Address) and target == IPv4Address("255.255.255.255"):
+        kind = "the broadcast address"
+    if kind:
+        raise HardenError(f"--target {target} is {kind}, not one host: nothing to verify")
+
+
+def route_to(target: Address) -> Route:
+    """Ask the kernel which interface and source address reach ``target``."""
+    check_target(target)
+    args = ["ip", "-j", "-6" if target.version == 6 else "-4", "route", "get", str(target)]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise EnvironmentProblem(f"no route to {target}: {one_line(proc.stderr)}")
+    info = json.loads(proc.stdout)[0]
+    kind = info.get("type", "unicast")
+    if kind == "local" or info.get("dev") == "lo":
+        raise HardenError(
+            f"--target {target} is an address of this host: verify from another host (or namespace)"
+        )
+    if kind in ("broadcast", "multicast", "anycast"):
+        raise HardenError(f"--target {target} is a {kind} address here, not one host")
+    if kind != "unicast" or "dev" not in info or "prefsrc" not in info:
+        raise EnvironmentProblem(f"no usable route to {target} (route type {kind})")
+    return Route(target, info["dev"], ip_address(info["prefsrc"]), "gateway" not in info)
+
+
+def neighbour(route: Route) -> str | None:
+    """The target's resolved link-layer entry, if it is on our link (evidence of a host)."""
+    if not route.on_link:
+        return None
+    family = "-6" if route.target.version == 6 else "-4"
+    args = ["ip", "-j", family, "neigh", "show", "to", str(route.target), "dev", route.dev]
+    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    try:
+        entries = json.loads(proc.stdout or "[]")
+    except ValueError:
+        return None
+    for entry in entries:
+        states = set(entry.get("state", []))
+        if entry.get("lladdr") and states & {"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"}:
+            return f"neighbour {entry['lladdr']} on {route.dev} ({', '.join(sorted(states))})"
+    return None
+
+
+class Capture:
+    """Everything the targets send us, timestamped, captured by a background thread."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.packets: list[tuple[float, bytes]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._socks: list[socket.socket] = []
+        try:
+            for dev in sorted({r.dev for r in routes}):
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
+                expr = " or ".join(f"src host {r.target}" for r in routes if r.dev == dev)
+                _attach_filter(sock, expr, dev)
+                sock.bind((dev, ETH_P_ALL))
+                _drain(sock)  # what queued before the filter was attached is anyone's
+                sock.settimeout(0.05)
+                self._socks.append(sock)
+        except PermissionError:
+            self.close()
+            raise
+        self.started = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._run, args=(s,), daemon=True) for s in self._socks
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, sock: socket.socket) -> None:
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        while not self._stop.is_set():
+            try:
+                n = sock.recv_into(buf)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if n < 14:
+                continue
+            ethertype, offset = struct.unpack_from("!H", buf, 12)[0], 14
+            if ethertype == 0x8100 and n >= 18:  # one VLAN tag
+                ethertype, offset = struct.unpack_from("!H", buf, 16)[0], 18
+            if ethertype in ETHERTYPES:
+                packet = bytes(view[offset:n])
+                with self._lock:
+                    self.packets.append((time.monotonic(), packet))
+
+    def since(self, start: float) -> list[bytes]:
+        """Packets captured at or after ``start`` (a time.monotonic() value)."""
+        with self._lock:
+            return [p for t, p in self.packets if t >= start]
+
+    def last(self, predicate: Callable[[bytes], bool]) -> float | None:
+        """Time of the newest captured packet matching ``predicate``."""
+        with self._lock:
+            for t, packet in reversed(self.packets):
+                if predicate(packet):
+                    return t
+        return None
+
+    def close(self) -> None:
+        """Stop the capture threads and close the sockets."""
+        self._stop.set()
+        for thread in getattr(self, "_threads", []):
+            thread.join(timeout=1)
+        for sock in self._socks:
+            sock.close()
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(65536)
+    except BlockingIOError:
+        pass
+
+
+def _attach_filter(sock: socket.socket, expr: str, dev: str) -> None:
+    from scapy.arch.linux import attach_filter  # slow import: only when probing
+
+    try:
+        attach_filter(sock, expr, dev)
+    except Exception as exc:  # scapy raises plain Exceptions for compile errors
+        hint = ""
+        if "libpcap" in str(exc):
+            hint = " (install Debian's libpcap0.8: scapy compiles the filter with it)"
+        raise EnvironmentProblem(
+            f"cannot attach capture filter {expr!r} on {dev}: {exc}{hint}"
+        ) from exc
+
+
+def is_icmp_error(packet: bytes) -> bool:
+    """Whether a captured IP packet is an ICMP/ICMPv6 error (what rate limiting throttles)."""
+    if packet[0] >> 4 == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        return packet[9] == 1 and len(packet) > ihl and packet[ihl] in (3, 11, 12)
+    return len(packet) > 40 and packet[6] == 58 and packet[40] < 128
+
+
+def _fold(total: int) -> int:
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _sum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+class Sender:
+    """Sends probes to one target from this host's raw and datagram sockets."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.family = route.target.version
+        af = socket.AF_INET if self.family == 4 else socket.AF_INET6
+        self._af = af
+        self._tcp = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_TCP)
+        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        if self.family == 6:
+            self._tcp.setsockopt(socket.IPPROTO_IPV6, IPV6_CHECKSUM, 16)
+        _report_send_errors(self._tcp, self.family)
+        icmp = socket.IPPROTO_ICMP if self.family == 4 else socket.IPPROTO_ICMPV6
+        self._icmp = socket.socket(af, socket.SOCK_RAW, icmp)
+        self.seq = random.getrandbits(32)
+
+    def close(self) -> None:
+        """Close the sockets."""
+        self._tcp.close()
+        self._icmp.close()
+
+    def _dest(self, port: int = 0) -> tuple[str, int]:
+        return (str(self.route.target), port)
+
+    def syn_sweep(self, ports: Iterable[int], sport: int, progress: Progress | None = None) -> int:
+        """Send one SYN per port from ``sport``; return how many were sent."""
+        from scapy.layers.inet import TCP  # template only; the loop patches bytes
+
+        header = bytearray(bytes(TCP(sport=0, dport=0, flags="S", seq=self.seq, window=1024)))
+        header[16:18] = b"\0\0"
+        base = _sum16(bytes(header))
+        if self.family == 4:
+            src = self.route.source.packed
+            dst = self.route.target.packed
+            base += _sum16(src + dst + struct.pack("!BBH", 0, 6, len(header)))
+        struct.pack_into("!H", header, 0, sport)
+        sent = 0
+        target = str(self.route.target)
+        sendto = self._tcp.sendto
+        v4 = self.family == 4
+        base += sport
+        for port in ports:
+            struct.pack_into("!H", header, 2, port)
+            if v4:
+                struct.pack_into("!H", header, 16, _fold(base + port))
+            try:
+                sendto(header, (target, 0))
+            except OSError:
+                send_until_sent(sendto, bytes(header), (target, 0))
+            sent += 1
+            if progress is not None and sent % 4096 == 0:
+                progress(4096)
+        if progress is not None:
+            progress(sent % 4096)
+        return sent
+
+    def udp_sweep(
+        self,
+        ports: Iterable[int],
+        payloads: dict[int, bytes],
+        progress: Progress | None = None,
+        source: Address | None = None,
+    ) -> int:
+        """Send one datagram per port from a fresh source port (kept in last_udp_sport)."""
+        sock = socket.socket(self._af, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        _report_send_errors(sock, self.family)
+        address = str(source or self.route.source)
+        try:
+            sock.bind((address, 0))
+        except OSError as exc:
+            sock.close()
+            raise EnvironmentProblem(f"cannot send from {address}: {exc.strerror}") from None
+        self.last_udp_sport = sock.getsockname()[1]
+        target = str(self.route.target)
+        sent = 0
+        empty = b""
+        try:
+            sendto = sock.sendto
+            for port in ports:
+                data = payloads.get(port, empty)
+                try:
+                    sendto(data, (target, port))
+                except OSError:
+                    send_until_sent(sendto, data, (target, port))
+                sent += 1
+                if progress is not None and sent % 4096 == 0:
+                    progress(4096)
+        finally:
+            sock.close()
+        if progress is not None:
+            progress(sent % 4096)
+        return sent
+
+    def ping(self, ident: int) -> None:
+        """Send one echo request."""
+        kind = 8 if self.family == 4 else 128
+        header = struct.pack("!BBHHH", kind, 0, 0, ident, 1) + b"harden"
+        if self.family == 4:
+            header = header[:2] + struct.pack("!H", _fold(_sum16(header))) + header[4:]
+        send_until_sent(self._icmp.sendto, header, self._dest())
+
+
+def raw_available() -> bool:
+    """Whether this process may open raw and packet sockets (CAP_NET_RAW)."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)).close()
+    except PermissionError:
+        return False
+    return True
+
+
+def fresh_sport() -> int:
+    """A random source port from the ephemeral range (a new flow for conntrack)."""
+    return random.randint(32768, 60999)
+
+
+class RawTransport:
+    """Raw SYNs and datagrams out, every reply captured: sees ICMP codes and the budget."""
+
+    mode: Mode = "raw"
+    can_ping: bool = True
+    blocking: bool = False
+    limitations: tuple[str, ...] = ()
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self._capture = Capture(routes)
+        self.started = self._capture.started
+        self._senders: dict[Address, Sender] = {}
+        try:
+            for route in routes:
+                self._senders[route.target] = Sender(route)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close every socket and stop the capture."""
+        for sender in self._senders.values():
+            sender.close()
+        self._capture.close()
+
+    def ping(self, targets: Sequence[Target], ident: int) -> None:
+        """One echo request to each target."""
+        for target in targets:
+            self._senders[target.address].ping(ident)
+
+    def echoed(self, since: float, ident: int) -> set[Address]:
+        """Addresses whose echo reply with ``ident`` was captured since ``since``."""
+        out = set()
+        for packet in self._capture.since(since):
+            for address in self._senders:
+                reply = classify(packet, address)
+                if isinstance(reply, EchoReply) and reply.ident == ident:
+                    out.add(address)
+        return out
+
+    def send_tcp(self, target: Target, ports: list[int], progress: Progress | None) -> Round:
+        """SYNs from a fresh source port (a new conntrack flow every round)."""
+        sender = self._senders[target.address]
+        sent = Round(target, "tcp", target.source, ports, time.monotonic(), fresh_sport())
+        sent.seq = sender.seq
+        sent.sent = sender.syn_sweep(ports, sent.sport, progress)
+        return sent
+
+    def send_udp(
+        self, target: Target, source: Address, ports: list[int], progress: Progress | None
+    ) -> Round:
+        """Datagrams from ``source`` and a fresh source port."""
+        sender = self._senders[target.address]
+        since = time.monotonic()
+        count = sender.udp_sweep(ports, udp_payloads(), progress, source)
+        return Round(target, "udp", source, ports, since, sender.last_udp_sport, None, count)
+
+    def replies(self, sent: Round) -> dict[int, Reply]:
+        """The first reply per port that answers this round's probes."""
+        found: dict[int, Reply] = {}
+        ack = None if sent.seq is None else (sent.seq + 1) & 0xFFFFFFFF
+        for packet in self._capture.since(sent.since):
+            reply = classify(packet, sent.target.address)
+            if not isinstance(reply, Reply) or reply.proto != sent.proto:
+                continue
+            if reply.sport != sent.sport:
+                continue  # another round's reply, or stray traffic
+            if ack is not None and reply.ack is not None and reply.ack != ack:
+                continue  # not an answer to our SYN (a stray or stale segment)
+            found.setdefault(reply.port, reply)  # first wins: SYN-ACK retransmits repeat
+        return found
+
+    def heard_from(self, target: Target) -> str | None:
+        """The first packet the capture saw from ``target`` (any reply proves a host)."""
+        packed = target.address.packed
+        for packet in self._capture.since(0.0):
+            v4 = packet[0] >> 4 == 4
+            if (packet[12:16] if v4 else packet[8:24]) != packed:
+                continue  # queued before the capture filter was attached, or another target
+            reply = classify(packet, target.address)
+            if isinstance(reply, Reply):
+                return f"{reply.proto}/{reply.port} answered {reply.detail}"
+            if isinstance(reply, EchoReply):
+                return "echo reply"
+            return f"a packet from it (IP protocol {packet[9] if v4 else packet[6]})"
+        return None
+
+    def last_icmp_error(self, target: Target, source: Address) -> float | None:
+        """When the capture last saw an ICMP error from ``target`` to ``source``."""
+        packed, to = target.address.packed, source.packed
+
+        def from_target(packet: bytes) -> bool:
+            v4 = packet[0] >> 4 == 4
+            src, dst = (packet[12:16], packet[16:20]) if v4 else (packet[8:24], packet[24:40])
+            return src == packed and dst == to and is_icmp_error(packet)
+
+        return self._capture.last(from_target)

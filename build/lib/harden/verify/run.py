@@ -1,0 +1,104 @@
+"""The verify shell: resolve targets, plan, pick a transport, probe, evaluate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv6Address
+
+from harden import defaults
+from harden.core.plan import Target, merge_plans, parse_port_selection, plan_probes
+from harden.core.policy import Policy
+from harden.core.report import Report, evaluate
+from harden.errors import HardenError
+from harden.verify.connect import ConnectTransport
+from harden.verify.engine import Options, Progress, no_progress, verify
+from harden.verify.raw import RawTransport, Route, neighbour, raw_available, route_to
+from harden.verify.transport import Transport
+
+Address = IPv4Address | IPv6Address
+
+
+def resolve_targets(
+    addresses: list[Address], seen_as: dict[int, Address] | None = None
+) -> list[tuple[Target, Route]]:
+    """Each target with the route (and so the source address) this host uses for it.
+
+    ``seen_as`` (per family) is the address a NAT between us and the target turns ours
+    into: expectations for source-restricted services are computed for it.
+    """
+    out = []
+    for address in addresses:
+        route = route_to(address)
+        if address == route.source:
+            raise HardenError(f"--target {address} is this host's own address")
+        seen = (seen_as or {}).get(address.version)
+        out.append((Target(address, route.source, seen), route))
+    return out
+
+
+def run_verify(
+    hosts: list[tuple[Policy, list[Address]]],
+    *,
+    ports: str = "all",
+    wait: float = defaults.WAIT,
+    retries: int = defaults.RETRIES,
+    ratelimit_ms: dict[int, int] | None = None,
+    extra_sources: tuple[Address, ...] = (),
+    seen_as: dict[int, Address] | None = None,
+    progress: bool = False,
+) -> Report:
+    """Probe each host's addresses against its policy, all at once; one evaluated report."""
+    selection = parse_port_selection(ports)
+    routes: dict[Target, Route] = {}
+    plans = []
+    for policy, addresses in hosts:
+        resolved = resolve_targets(addresses, seen_as)
+        routes.update(resolved)
+        plans.append(plan_probes(policy, [t for t, _ in resolved], selection))
+    plan = merge_plans(plans)
+    options = Options(
+        wait=wait,
+        retries=retries,
+        ratelimit_ms=ratelimit_ms or {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS},
+        extra_sources=extra_sources,
+    )
+    transport: Transport = (
+        RawTransport(list(routes.values())) if raw_available() else ConnectTransport(wait)
+    )
+    try:
+        with _progress_bar(progress) as callback:
+            findings = verify(plan, list(routes), transport, options, callback)
+    finally:
+        transport.close()
+    for target, route in routes.items():
+        if target.address not in findings.alive:
+            evidence = neighbour(route)  # a host on our link that drops everything
+            if evidence is not None:
+                findings.alive[target.address] = evidence
+    for target in routes:
+        if target.seen_as is not None:
+            findings.notes.append(
+                f"{target.address}: expectations computed for source {target.seen_as} "
+                f"(--seen-as), not for this host's {target.source}"
+            )
+    return evaluate(plan, findings)
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Progress]:
+    if not enabled:
+        yield no_progress
+        return
+    from rich.progress import Progress as Bar
+
+    with Bar(transient=True) as bar:
+        task = bar.add_task("probing", total=1)
+
+        def update(phase: str, done: int, total: int | None) -> None:
+            if total is not None:
+                bar.reset(task, total=total, description=phase)
+            else:
+                bar.advance(task, done)
+
+        yield update
