@@ -196,6 +196,32 @@ def rollback(state_dir: Path) -> None:
 
 
 @cli.command()
+@FORMAT
+def counters(fmt: str) -> None:
+    """Print harden's named counters on this host (for 'harden verify --witness').
+
+    closed_* count what reached the closed path; witness_in_* / witness_closed_*
+    (with verify.probers in the manifest) count the probers' new connections and
+    those harden's closed path dropped. Both backends are read.
+    """
+    from harden.apply.backends import firewall
+
+    found: dict[str, int] = {}
+    backends = []
+    for name in BACKENDS:
+        try:
+            values = firewall(name).counters()
+        except HardenError:
+            continue  # that backend's tools are missing: it holds no counters
+        if values:
+            backends.append(name)
+            found.update(values)
+    data = {"schema": "harden.counters/1", "backends": backends, "counters": found}
+    text = "\n".join(f"{k} {v}" for k, v in sorted(found.items())) or "no harden counters here"
+    _emit(fmt, data, text)
+
+
+@cli.command()
 @STATE_DIR
 def reset(state_dir: Path) -> None:
     """Move harden's state files aside (for a corrupt record); the live rules stay as they are.
@@ -304,6 +330,13 @@ def status(state_dir: Path, fmt: str) -> None:
     "family): source-restricted services are judged for it.",
 )
 @click.option(
+    "--witness",
+    metavar="CMD",
+    help="A shell command that prints the target's 'harden counters --format json' (e.g. "
+    '"ssh root@HOST harden counters --format json"): run before and after the sweep, it '
+    "shows whether the probes arrived and were dropped by harden (needs verify.probers).",
+)
+@click.option(
     "--inventory",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Verify a fleet: a YAML file of hosts, each with its manifest and targets.",
@@ -321,6 +354,7 @@ def verify_cmd(
     icmp6_ratelimit_ms: int,
     sources: tuple[str, ...],
     seen_as: tuple[str, ...],
+    witness: str | None,
 ) -> None:
     """Probe a server from outside and compare every port with MANIFEST.
 
@@ -350,6 +384,8 @@ def verify_cmd(
         raise click.UsageError("MANIFEST needs at least one --target address")
     if inventory is not None and targets:
         raise click.UsageError("--target and --inventory exclude each other")
+    if inventory is not None and witness:
+        raise click.UsageError("--witness reads one host's counters: use it with a MANIFEST")
     if manifest is not None:
         policy = build_policy(load_manifest(manifest))
         hosts = [(policy, [_address(text, "--target") for text in targets])]
@@ -372,6 +408,7 @@ def verify_cmd(
         ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
         extra_sources=extra,
         seen_as=seen,
+        witness=witness,
         progress=show_progress,
     )
     text = {

@@ -24,5 +24,7 @@ class Findings:
     budget_limited: set[tuple[Target, Proto]] = field(default_factory=set)
     # Proof that a host is there: what it sent us, or its neighbour entry on our link.
     alive: dict[Address, str] = field(default_factory=dict)
+    # The target's witness counters' increase over the run (verify --witness), if asked.
+    witness: dict[str, int] | None = None
     seconds: float = 0.0
     mode: Mode = "raw"

@@ -148,6 +148,16 @@ class Service(_Model):
         return "port" if self.ports is None else "ports"
 
 
+class Verify(_Model):
+    """What the target does for its verifier."""
+
+    probers: tuple[Source, ...] = Field(
+        min_length=1,
+        description="networks harden verify runs from: the ruleset counts their probes "
+        "(arrived, and dropped at the closed path) so 'verify --witness' can check both sides",
+    )
+
+
 class Manifest(_Model):
     """A host's service manifest (version 1)."""
 
@@ -155,6 +165,7 @@ class Manifest(_Model):
     host: str | None = Field(None, max_length=253, description="a label; never a selector")
     policy: Settings = Settings()
     services: tuple[Service, ...] = ()
+    verify: Verify | None = None
 
     @field_validator("version", mode="before")
     @classmethod
@@ -418,6 +429,12 @@ def _check_semantics(manifest: Manifest, source: str) -> None:
         names[service.name] = i
         _check_sources(manifest, i, service, source)
     _check_port_overlaps(manifest, source)
+    if manifest.verify is not None:
+        for j, net in enumerate(manifest.verify.probers):
+            if net.version == 6 and not manifest.policy.ipv6:
+                raise ManifestError(
+                    source, f"verify.probers[{j}]", f"IPv6 prober {net} but policy.ipv6 is false"
+                )
 
 
 def _check_sources(manifest: Manifest, i: int, service: Service, source: str) -> None:

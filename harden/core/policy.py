@@ -68,6 +68,13 @@ class Policy:
     ipv6: bool
     log_dropped: bool
     allows: tuple[Allow, ...]
+    # The verifier's networks: their probes are counted (verify --witness).
+    probers4: tuple[IPv4Network, ...] = ()
+    probers6: tuple[IPv6Network, ...] = ()
+
+    def probers(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The prober networks of one family (empty: no witness counters)."""
+        return self.probers4 if family == 4 else self.probers6
 
     def accepted(self, family: Family, proto: Proto) -> tuple[Allow, ...]:
         """The allow rules that can accept ``proto`` over ``family``."""
@@ -132,6 +139,7 @@ def build_policy(manifest: Manifest) -> Policy:
     for proto, (nets4, nets6), members in restricted:
         key_name = _unique_key(f"{_slug(min(s.name for s in members))}_{proto}", used)
         allows.append(_allow(key_name, proto, members, nets4, nets6 if v6 else ()))
+    probers = manifest.verify.probers if manifest.verify is not None else ()
     return Policy(
         host=manifest.host,
         closed=manifest.policy.closed,
@@ -139,6 +147,8 @@ def build_policy(manifest: Manifest) -> Policy:
         ipv6=v6,
         log_dropped=manifest.policy.log_dropped,
         allows=tuple(allows),
+        probers4=tuple(collapse_addresses(n for n in probers if isinstance(n, IPv4Network))),
+        probers6=tuple(collapse_addresses(n for n in probers if isinstance(n, IPv6Network))),
     )
 
 

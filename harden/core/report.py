@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -20,6 +21,7 @@ from harden.core.findings import Findings
 from harden.core.manifest import PROTOS, Proto
 from harden.core.plan import Expect, Plan, Target
 from harden.core.ports import compress
+from harden.core.witness import judge
 from harden.errors import ExitStatus
 
 SCHEMA = "harden.verify/2"
@@ -144,8 +146,11 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
         seconds=findings.seconds,
         mode=findings.mode,
     )
+    alive = dict(findings.alive)
+    if findings.witness is not None:
+        _witness(report, findings, targets, alive)
     for target in targets:
-        _alive(report, findings, target)
+        _alive(report, alive, target)
         _echo(report, plan, findings, target)
         for proto in PROTOS:
             _ports(report, plan, findings, target, proto)
@@ -169,8 +174,39 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
     return report
 
 
-def _alive(report: Report, findings: Findings, target: Target) -> None:
-    evidence = findings.alive.get(target.address)
+def _witness(
+    report: Report,
+    findings: Findings,
+    targets: list[Target],
+    alive: dict[IPv4Address | IPv6Address, str],
+) -> None:
+    assert findings.witness is not None
+    for judgement in judge(findings.sent, findings.witness):
+        family_targets = [t for t in targets if t.family == judgement.family]
+        if judgement.arrived:
+            for t in family_targets:
+                alive.setdefault(t.address, f"its witness counted {judgement.arrived} probes")
+        if judgement.verdict in ("ok", "unknown") or not family_targets:
+            report.notes.append(f"witness: {judgement.detail}")
+            continue
+        status = Status.FAIL if judgement.verdict == "fail" else Status.INCONCLUSIVE
+        observed = "accepted" if judgement.verdict == "fail" else "nothing arrived"
+        report.entries.append(
+            Entry(
+                str(family_targets[0].address),
+                judgement.family,
+                judgement.proto,
+                None,
+                "arrived and dropped",
+                observed,
+                status,
+                f"witness: {judgement.detail}",
+            )
+        )
+
+
+def _alive(report: Report, alive: dict[IPv4Address | IPv6Address, str], target: Target) -> None:
+    evidence = alive.get(target.address)
     if evidence is not None:
         report.alive[str(target.address)] = evidence
         return

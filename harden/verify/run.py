@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
@@ -10,7 +12,9 @@ from harden import defaults
 from harden.core.plan import Target, merge_plans, parse_port_selection, plan_probes
 from harden.core.policy import Policy
 from harden.core.report import Report, evaluate
-from harden.errors import HardenError
+from harden.core.text import one_line
+from harden.core.witness import delta
+from harden.errors import EnvironmentProblem, HardenError
 from harden.verify.connect import ConnectTransport
 from harden.verify.engine import Options, Progress, no_progress, verify
 from harden.verify.raw import RawTransport, Route, neighbour, raw_available, route_to
@@ -46,6 +50,7 @@ def run_verify(
     ratelimit_ms: dict[int, int] | None = None,
     extra_sources: tuple[Address, ...] = (),
     seen_as: dict[int, Address] | None = None,
+    witness: str | None = None,
     progress: bool = False,
 ) -> Report:
     """Probe each host's addresses against its policy, all at once; one evaluated report."""
@@ -63,6 +68,7 @@ def run_verify(
         ratelimit_ms=ratelimit_ms or {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS},
         extra_sources=extra_sources,
     )
+    before = read_witness(witness) if witness else None
     transport: Transport = (
         RawTransport(list(routes.values())) if raw_available() else ConnectTransport(wait)
     )
@@ -71,6 +77,9 @@ def run_verify(
             findings = verify(plan, list(routes), transport, options, callback)
     finally:
         transport.close()
+    if witness:
+        assert before is not None
+        findings.witness = delta(before, read_witness(witness))
     for target, route in routes.items():
         if target.address not in findings.alive:
             evidence = neighbour(route)  # a host on our link that drops everything
@@ -83,6 +92,33 @@ def run_verify(
                 f"(--seen-as), not for this host's {target.source}"
             )
     return evaluate(plan, findings)
+
+
+def read_witness(command: str) -> dict[str, int]:
+    """Run the witness command (``harden counters --format json`` on the target) and parse it."""
+    try:
+        proc = subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=120, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise EnvironmentProblem(f"--witness {command!r} did not finish in 120 s") from None
+    if proc.returncode != 0:
+        raise EnvironmentProblem(
+            f"--witness {command!r} exited {proc.returncode}: {one_line(proc.stderr, 300)}"
+        )
+    try:
+        data = json.loads(proc.stdout)
+        counters = {str(k): int(v) for k, v in data["counters"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise EnvironmentProblem(
+            f"--witness {command!r} did not print 'harden counters --format json' output"
+        ) from None
+    if not any(name.startswith("witness_") for name in counters):
+        raise HardenError(
+            "--witness: the target has no witness counters; list the prober's networks "
+            "under verify.probers in its manifest and apply it"
+        )
+    return counters
 
 
 @contextmanager

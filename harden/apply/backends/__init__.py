@@ -47,6 +47,10 @@ class Firewall(Protocol):
         """Harden's live rules in canonical form, without counter values."""
         ...
 
+    def counters(self) -> dict[str, int]:
+        """Packets seen by harden's named counters (closed_*, witness_*); {} if none."""
+        ...
+
     def persist_targets(self, root: Path) -> list[Path]:
         """The files ``persist`` writes under ``root`` (checked before anything loads)."""
         ...

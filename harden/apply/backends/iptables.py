@@ -61,6 +61,10 @@ def parse_save(saved: str) -> Owned:
 
 
 _CHAIN = re.compile(r"HARDEN-[A-Z0-9-]{1,21}")
+# "[12:720] -A HARDEN-INPUT ... --comment witness_in_tcp_v4 ..." from iptables-save -c
+_COUNTED = re.compile(
+    r"\[(?P<packets>\d+):\d+\] -A HARDEN-INPUT .*--comment \"?(?P<name>(?:closed|witness)_\w+)"
+)
 
 
 def check_snapshot(snapshot: str) -> dict[str, Any]:
@@ -217,6 +221,17 @@ class IptablesFirewall:
             Owned(o.chains, o.rules, True).text(f)
             for f, o in ((4, parse_save(v4)), (6, parse_save(v6)))
         )
+
+    def counters(self) -> dict[str, int]:
+        """Packets per counting rule comment (closed_*, witness_*), summed over rules."""
+        found: dict[str, int] = {}
+        for family in IPT_FILES:
+            for line in self._tool(family, "-save", ["-c", "-t", "filter"]).splitlines():
+                match = _COUNTED.match(line)
+                if match:
+                    name = match.group("name")
+                    found[name] = found.get(name, 0) + int(match.group("packets"))
+        return found
 
     def persist_targets(self, root: Path) -> list[Path]:
         """The files persist() writes under ``root``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -106,6 +107,22 @@ class NftFirewall:
         if proc.returncode != 0:
             raise ApplyError(f"the kernel refused the ruleset: {one_line(proc.stderr, 400)}")
         return proc.stdout
+
+    def counters(self) -> dict[str, int]:
+        """Packets per named counter of ``table inet harden`` ({} without the table)."""
+        self._nft.set_json_output(True)
+        try:
+            rc, out, _ = self._run(f"list counters table {TABLE}")
+        finally:
+            self._nft.set_json_output(False)
+        if rc != 0:
+            return {}
+        found = {}
+        for item in json.loads(out).get("nftables", []):
+            counter = item.get("counter")
+            if counter and counter.get("table") == "harden":
+                found[str(counter["name"])] = int(counter["packets"])
+        return found
 
     def persist_targets(self, root: Path) -> list[Path]:
         """The files persist() writes under ``root``."""

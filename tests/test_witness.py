@@ -1,0 +1,225 @@
+"""The witness: the target's own counters settle what outside probing cannot.
+
+Pure judgement first, then the real thing in namespaces (needs root): a silent UDP
+listener behind an inserted accept rule, and an upstream filter that drops every probe.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harden.core.witness import TCP_SLACK, delta, judge
+from harden.lab.netns import Namespace, connect
+
+from .labutil import HARDEN, write
+
+NsFactory = Callable[[str], Namespace]
+
+
+# -- pure -------------------------------------------------------------------------------
+
+
+def counted(**values: int) -> dict[str, int]:
+    base = {f"witness_{k}_{p}_v4": 0 for k in ("in", "closed") for p in ("tcp", "udp")}
+    base.update(values)
+    return base
+
+
+def test_every_probe_arrived_and_was_dropped_or_declared() -> None:
+    sent = {"4/udp/silent": 100, "4/udp/allowed": 3}
+    [verdict] = judge(sent, counted(witness_in_udp_v4=103, witness_closed_udp_v4=100))
+    assert verdict.verdict == "ok" and "103 of 103" in verdict.detail
+
+
+def test_probes_accepted_past_harden_are_a_failure() -> None:
+    sent = {"4/udp/silent": 100, "4/udp/allowed": 3}
+    [verdict] = judge(sent, counted(witness_in_udp_v4=103, witness_closed_udp_v4=97))
+    assert verdict.verdict == "fail" and verdict.detail.startswith("3 IPv4 udp probe(s)")
+
+
+def test_nothing_arrived_is_inconclusive_and_loss_is_only_a_note() -> None:
+    sent = {"4/tcp/silent": 50}
+    assert judge(sent, counted())[0].verdict == "inconclusive"
+    [lossy] = judge(sent, counted(witness_in_tcp_v4=45, witness_closed_tcp_v4=45))
+    assert lossy.verdict == "ok" and "5 did not arrive" in lossy.detail
+
+
+def test_the_witness_commands_own_ssh_connection_is_tolerated() -> None:
+    sent = {"4/tcp/silent": 50}
+    ok = counted(witness_in_tcp_v4=50 + TCP_SLACK, witness_closed_tcp_v4=50)
+    assert judge(sent, ok)[0].verdict == "ok"
+    bad = counted(witness_in_tcp_v4=51 + TCP_SLACK, witness_closed_tcp_v4=50)
+    assert judge(sent, bad)[0].verdict == "fail"
+
+
+def test_a_family_without_probers_is_unknown_not_passed() -> None:
+    assert judge({"6/udp/silent": 9}, counted())[0].verdict == "unknown"
+    assert delta({"a": 5}, {"a": 7, "b": 1}) == {"a": 2, "b": 1}
+
+
+# -- real kernel --------------------------------------------------------------------------
+
+
+def verify(ns: Namespace, manifest: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    proc = ns.run(
+        [*HARDEN, "verify", str(manifest), *args, "--ports", "1-6000", "--format", "json"],
+        check=False,
+        timeout=300,
+    )
+    report: dict[str, Any] = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return proc.returncode, report, proc.stderr
+
+
+def manifest_for(tmp: Path, prober_net: str) -> Path:
+    return write(
+        tmp,
+        "m.yaml",
+        "version: 1\npolicy: {ipv6: false}\nservices:\n"
+        "  - {name: web, port: 80, proto: tcp}\n"
+        f"verify:\n  probers: [{prober_net}]\n",
+    )
+
+
+def witness_cmd(server: Namespace) -> str:
+    return f"ip netns exec {server.name} {sys.executable} -m harden.cli counters --format json"
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[Callable[[Namespace, int], None]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(ns: Namespace, port: int) -> None:
+        code = (
+            "import socket, sys, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"s.bind(('0.0.0.0', {port}))\n"
+            "print('ready', flush=True)\n"
+            "end = time.time() + 120\n"
+            "s.settimeout(1)\n"
+            "while time.time() < end:\n"
+            "    try: s.recv(2048)\n"
+            "    except OSError: pass\n"
+        )
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.netns
+def test_a_silent_udp_listener_behind_an_inserted_accept_fails_only_with_a_witness(
+    netns: NsFactory, tmp_path: Path, silent_listener: Callable[[Namespace, int], None]
+) -> None:
+    prober, server = netns("wp"), netns("ws")
+    n = 100 + uuid.uuid4().int % 100
+    connect(server, prober, [f"198.18.{n}.1/24"], [f"198.18.{n}.2/24"])
+    manifest = manifest_for(tmp_path, f"198.18.{n}.0/24")
+    state = tmp_path / "s"
+    assert server.run([*HARDEN, "apply", str(manifest), "--state-dir", str(state)]).returncode == 0
+    silent_listener(server, 5001)
+    server.run(
+        ["nft", "insert", "rule", "inet", "harden", "input", "udp", "dport", "5001", "accept"]
+    )
+    # From outside the hole is invisible: no reply, no ICMP. The report must not claim
+    # it proved otherwise, and says a silent listener cannot be seen.
+    code, report, stderr = verify(prober, manifest, "--target", f"198.18.{n}.1")
+    assert code == 0, (stderr, report.get("ports"))
+    assert any("looks exactly like a dropped port" in note for note in report["notes"])
+    code, report, stderr = verify(
+        prober, manifest, "--target", f"198.18.{n}.1", "--witness", witness_cmd(server)
+    )
+    assert code == 1, (stderr, report.get("ports"))
+    [failure] = [p for p in report["ports"] if p["status"] == "fail"]
+    assert failure["proto"] == "udp" and failure["detail"].startswith("witness: 3 IPv4 udp")
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_clean_host_passes_with_every_probe_counted(
+    netns: NsFactory, tmp_path: Path, backend: str
+) -> None:
+    prober, server = netns("wp"), netns("ws")
+    n = 100 + uuid.uuid4().int % 100
+    connect(server, prober, [f"198.18.{n}.1/24"], [f"198.18.{n}.2/24"])
+    manifest = manifest_for(tmp_path, f"198.18.{n}.2/32")
+    apply = [*HARDEN, "apply", str(manifest), "--backend", backend, "--state-dir", str(tmp_path)]
+    assert server.run(apply).returncode == 0
+    code, report, stderr = verify(
+        prober, manifest, "--target", f"198.18.{n}.1", "--witness", witness_cmd(server)
+    )
+    assert code == 0, (stderr, report.get("ports"))
+    notes = [n for n in report["notes"] if n.startswith("witness:")]
+    sent_udp = sum(v for k, v in report["sent"].items() if k.startswith("4/udp/"))
+    assert any(f"counted {sent_udp} of {sent_udp} IPv4 udp" in note for note in notes), notes
+
+
+@pytest.mark.netns
+def test_probes_dropped_upstream_are_inconclusive_with_a_witness(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """A filter between prober and server drops TCP and UDP but lets ping through: from
+    outside, a PASS (the host answers ping, every port is silent); the witness shows no
+    probe ever reached it, so the PASS would have been vacuous."""
+    prober, router, server = netns("wp"), netns("wr"), netns("ws")
+    k = 100 + uuid.uuid4().int % 100
+    connect(router, prober, [f"198.18.{k}.1/24"], [f"198.18.{k}.2/24"])
+    connect(router, server, [f"198.19.{k}.1/24"], [f"198.19.{k}.5/24"])
+    prober.run(["ip", "route", "add", "default", "via", f"198.18.{k}.1"])
+    server.run(["ip", "route", "add", "default", "via", f"198.19.{k}.1"])
+    router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    router.run(
+        [
+            "nft",
+            "add table inet cloud; add chain inet cloud screen "
+            "{ type filter hook forward priority 0; policy accept; }; "
+            f"add rule inet cloud screen ip saddr 198.18.{k}.0/24 meta l4proto {{ tcp, udp }} drop",
+        ]
+    )
+    manifest = write(
+        tmp_path,
+        "m.yaml",
+        "version: 1\npolicy: {ipv6: false}\nservices: []\n"
+        f"verify:\n  probers: [198.18.{k}.0/24]\n",
+    )
+    assert (
+        server.run([*HARDEN, "apply", str(manifest), "--state-dir", str(tmp_path)]).returncode == 0
+    )
+    target = f"198.19.{k}.5"
+    code, report, _ = verify(prober, manifest, "--target", target)
+    assert code == 0 and report["alive"][target] == "echo reply"  # looks fine from outside
+    code, report, stderr = verify(
+        prober, manifest, "--target", target, "--witness", witness_cmd(server)
+    )
+    assert code == 5, (stderr, report.get("ports"))
+    assert report["verdict"] == "inconclusive"
+    details = [p["detail"] for p in report["ports"] if p["status"] == "inconclusive"]
+    assert any("reached the host" in d and "upstream" in d for d in details), details
+
+
+@pytest.mark.netns
+def test_witness_needs_witness_counters(netns: NsFactory, tmp_path: Path) -> None:
+    prober, server = netns("wp"), netns("ws")
+    n = 100 + uuid.uuid4().int % 100
+    connect(server, prober, [f"198.18.{n}.1/24"], [f"198.18.{n}.2/24"])
+    plain = write(tmp_path, "p.yaml", "version: 1\nservices: []\n")
+    assert server.run([*HARDEN, "apply", str(plain), "--state-dir", str(tmp_path)]).returncode == 0
+    code, _, stderr = verify(
+        prober, plain, "--target", f"198.18.{n}.1", "--witness", witness_cmd(server)
+    )
+    assert code == 2 and "verify.probers" in stderr
