@@ -107,7 +107,11 @@ def provision(lab: VmLab, tmp: Path, manifest: Path) -> tuple[int, dict[str, int
         f"provision {manifest.name}: rc {proc.returncode}, {counts}, "
         f"{time.monotonic() - started:.0f} s"
     )
-    return proc.returncode, counts, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    report = tmp / "reports" / "target" / "tmp" / "harden-target.xml"
+    if proc.returncode != 0 and report.exists():  # what verify saw, in the failure message
+        output += "\n--- the JUnit report ---\n" + report.read_text()[:20000]
+    return proc.returncode, counts, output
 
 
 def harden_on(lab: VmLab, host: str, args: str, *, check: bool = True) -> Any:
