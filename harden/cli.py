@@ -237,15 +237,49 @@ def reset(state_dir: Path) -> None:
 
 @cli.command(name="diff")
 @click.argument("manifest", type=MANIFEST)
+@click.argument("new", type=MANIFEST, required=False)
 @BACKEND
-@FORMAT
-def diff_cmd(manifest: Path, backend: Backend, fmt: str) -> None:
-    """Compare the live rules with what MANIFEST renders: exit 0 same, 1 drift."""
-    from harden.apply import diff
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="markdown (a pull-request comment) with OLD NEW only.",
+)
+@click.pass_context
+def diff_cmd(
+    ctx: click.Context, manifest: Path, new: Path | None, backend: Backend, fmt: str
+) -> None:
+    """Compare the live rules with what MANIFEST renders: exit 0 same, 1 drift.
 
-    result = diff(manifest, backend)
-    _emit(fmt, result.to_json(), result.to_text())
-    raise click.exceptions.Exit(ExitStatus.FAILED if result.drift else ExitStatus.OK)
+    With two manifests, 'harden diff OLD NEW' touches no firewall: it prints what
+    NEW opens, widens, narrows and closes compared with OLD (per protocol, port,
+    address family and source) and the policy changes that alter exposure; exit 0
+    no exposure change, 1 change. Reordering or renaming services changes nothing.
+    """
+    from click.core import ParameterSource
+
+    if new is None:
+        from harden.apply import diff
+
+        if fmt == "markdown":
+            raise click.UsageError("--format markdown needs two manifests: OLD NEW", ctx=ctx)
+        result = diff(manifest, backend)
+        _emit(fmt, result.to_json(), result.to_text())
+        raise click.exceptions.Exit(ExitStatus.FAILED if result.drift else ExitStatus.OK)
+
+    from harden.core.exposure import exposure_diff
+
+    if ctx.get_parameter_source("backend") is not ParameterSource.DEFAULT:
+        raise click.UsageError("--backend reads live rules: give it one MANIFEST", ctx=ctx)
+    old_policy, new_policy = (build_policy(load_manifest(path)) for path in (manifest, new))
+    exposure = exposure_diff(old_policy, new_policy, str(manifest), str(new))
+    if fmt == "markdown":
+        click.echo(exposure.to_markdown(), nl=False)
+    else:
+        _emit(fmt, exposure.to_json(), exposure.to_text())
+    raise click.exceptions.Exit(ExitStatus.FAILED if exposure.changed else ExitStatus.OK)
 
 
 @cli.command()
@@ -487,6 +521,40 @@ def lab(
     )
     click.echo(json.dumps(result.to_json(), indent=2) if fmt == "json" else result.to_text())
     raise click.exceptions.Exit(ExitStatus.OK if result.ok else ExitStatus.FAILED)
+
+
+@cli.command(name="init")
+@FORMAT
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the proposed manifest (YAML) here instead of printing it.",
+)
+def init_cmd(fmt: str, output: Path | None) -> None:
+    """Propose a manifest from the sockets this host listens on. Applies nothing.
+
+    One service per (process, port) that other hosts can reach, named from
+    /etc/services or the process; loopback and IPv6 link-local listeners are left
+    out (listed in a comment); the live SSH port is always kept. Review it, then
+    'harden validate' and 'harden apply --confirm'.
+    """
+    import os
+
+    from harden.init import init
+
+    proposal = init(os.environ)
+    if output is not None:
+        write_atomic(output, proposal.manifest, mode=0o644)
+        click.echo(
+            f"wrote {output}: {len(proposal.services)} service(s), "
+            f"{len(proposal.left_out)} listener(s) left out",
+            err=True,
+        )
+    if fmt == "json":
+        click.echo(json.dumps(proposal.to_json(), indent=2))
+    elif output is None:
+        click.echo(proposal.to_text(), nl=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

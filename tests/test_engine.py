@@ -422,3 +422,12 @@ def test_a_silent_host_that_never_answered_anything_is_not_proven_alive() -> Non
     somebody = host()
     findings, _, _ = run(somebody)
     assert TARGET.address in findings.alive
+
+
+def test_the_report_says_what_tcp_silence_proved() -> None:
+    findings, _, _ = run(host())
+    note = next(n for n in findings.notes if " tcp: " in n)
+    assert note.endswith(
+        "closed port(s) sent no RST and no SYN-ACK in 3 round(s) from fresh source ports"
+    )
+    assert f"tcp: {len(UNDECLARED_TCP)} closed port(s)" in note

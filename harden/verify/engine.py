@@ -165,10 +165,9 @@ class _Run:
                 pending[sent.target] = [p for p in sent.ports if p not in found]
         for target in self.targets:
             self.findings.replies[(target, "tcp")] = replies[target]
+            heard = replies[target]
             silent = sum(
-                1
-                for p, e in expect[target].items()
-                if e is not Expect.ALLOWED and p in pending[target]
+                1 for p, e in expect[target].items() if e is not Expect.ALLOWED and p not in heard
             )
             if silent:
                 self.findings.notes.append(

@@ -1,0 +1,364 @@
+"""The exposure difference of two policies (``harden diff OLD NEW``): what NEW opens, closes.
+
+Exposure is, per address family and protocol, the set of (port, source address) a new
+connection is accepted for. It is read from the normalised policies, so reordering,
+renaming, splitting or merging services changes nothing.
+
+Every port change is exact: an ``opens`` or ``widens`` change on ``ports`` adds exactly
+``after`` minus ``before`` (per family, ``None`` is any source and ``()`` none); a ``closes``
+or ``narrows`` change removes exactly ``before`` minus ``after``. ``opens`` and ``closes``
+have nothing on one side; ``widens`` and ``narrows`` keep the ports open with a larger or
+smaller source set. When both lists change in ways neither contains (198.18.1.0/24 becomes
+198.18.2.0/24), the difference reads as an ``opens`` and a ``closes``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses
+from itertools import pairwise
+from typing import Any, Literal
+
+from harden.core.manifest import PROTOS, Proto
+from harden.core.policy import FAMILIES, Family, Policy, Sources
+from harden.core.ports import PortRange, merge
+
+SCHEMA = "harden.exposure/1"
+Kind = Literal["opens", "closes", "widens", "narrows", "policy"]
+FamilyName = Literal["ipv4", "ipv6", "both"]
+Network = IPv4Network | IPv6Network
+# Opens first: they are what a reviewer must look at.
+ORDER: dict[Kind, int] = {"opens": 0, "widens": 1, "narrows": 2, "closes": 3, "policy": 4}
+_FAMILY: dict[Family, FamilyName] = {4: "ipv4", 6: "ipv6"}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One statement of an exposure difference.
+
+    Port changes carry ``proto``, ``ports`` and the source sets ``before`` and ``after``
+    (``None``: any source of ``family``; ``()``: none). Policy changes (``change ==
+    "policy"``) name the ``setting`` and its ``old``/``new`` values instead.
+    """
+
+    change: Kind
+    family: FamilyName
+    proto: str | None
+    ports: tuple[PortRange, ...]
+    before: Sources
+    after: Sources
+    text: str
+    setting: str | None = None
+    old: str | bool | None = None
+    new: str | bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """One entry of ``changes``."""
+        if self.change == "policy":
+            return {
+                "change": "policy",
+                "family": self.family,
+                "proto": self.proto,
+                "ports": [],
+                "setting": self.setting,
+                "from": self.old,
+                "to": self.new,
+                "text": self.text,
+            }
+        return {
+            "change": self.change,
+            "family": self.family,
+            "proto": self.proto,
+            "ports": [str(r) for r in self.ports],
+            "from": _sources_json(self.before),
+            "to": _sources_json(self.after),
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class ExposureDiff:
+    """What NEW accepts that OLD did not, and the reverse (``harden diff OLD NEW``)."""
+
+    old: str
+    new: str
+    changes: tuple[Change, ...]
+
+    @property
+    def changed(self) -> bool:
+        """Whether the exposure differs at all."""
+        return bool(self.changes)
+
+    def to_json(self) -> dict[str, Any]:
+        """``diff OLD NEW --format json``: schema harden.exposure/1."""
+        return {
+            "schema": SCHEMA,
+            "old": self.old,
+            "new": self.new,
+            "changed": self.changed,
+            "changes": [c.to_json() for c in self.changes],
+        }
+
+    def to_text(self) -> str:
+        """One line per change, opens first; ``no exposure change`` otherwise."""
+        return "\n".join(c.text for c in self.changes) or "no exposure change"
+
+    def to_markdown(self) -> str:
+        """A short section for a pull-request review comment: opens first, marked."""
+        lines = [f"### Exposure diff: `{_code(self.old)}` → `{_code(self.new)}`", ""]
+        if not self.changes:
+            return "\n".join([*lines, "No exposure change."]) + "\n"
+        sections: tuple[tuple[str, tuple[Kind, ...]], ...] = (
+            ("**⚠ Opens** (new exposure: review these first)", ("opens", "widens")),
+            ("**Closes**", ("narrows", "closes")),
+            ("**Policy**", ("policy",)),
+        )
+        for title, kinds in sections:
+            items = [c for c in self.changes if c.change in kinds]
+            if items:
+                lines += [title, "", *(f"- {_mark(c)}{c.text}" for c in items), ""]
+        return "\n".join(lines)
+
+
+def _mark(change: Change) -> str:
+    return "⚠ " if change.change in ("opens", "widens") else ""
+
+
+def _code(text: str) -> str:
+    return text.replace("`", "'")
+
+
+def _sources_json(sources: Sources) -> str | list[str]:
+    return "any" if sources is None else [str(n) for n in sources]
+
+
+def exposure_diff(old: Policy, new: Policy, old_name: str, new_name: str) -> ExposureDiff:
+    """The exposure difference from ``old`` to ``new``."""
+    changes: list[Change] = []
+    for proto in PROTOS:
+        per_family = {f: _port_changes(old, new, f, proto) for f in FAMILIES}
+        changes += _join_families(per_family[4], per_family[6], proto)
+    changes.sort(key=lambda c: (ORDER[c.change], c.proto or "", c.ports, c.family))
+    changes += _policy_changes(old, new)
+    return ExposureDiff(old_name, new_name, tuple(changes))
+
+
+# A port change before families are joined: (kind, before, after) -> port ranges.
+_Key = tuple[Kind, Sources, Sources]
+
+
+def exposure(policy: Policy, family: Family, proto: Proto) -> list[tuple[PortRange, Sources]]:
+    """Disjoint port ranges and the sources they accept (``None``: any), gaps left out."""
+    return [(rng, src) for rng, src in _segments((policy,), family, proto)[0] if src != ()]
+
+
+def _segments(
+    policies: tuple[Policy, ...], family: Family, proto: Proto
+) -> list[list[tuple[PortRange, Sources]]]:
+    """Per policy, the port space cut at every boundary of any of them, with sources."""
+    rules = [[(a.ports, a.sources(family)) for a in p.accepted(family, proto)] for p in policies]
+    cuts = sorted(
+        {b for rs in rules for ports, _ in rs for r in ports for b in (r.first, r.last + 1)}
+    )
+    out: list[list[tuple[PortRange, Sources]]] = [[] for _ in policies]
+    for first, nxt in pairwise(cuts):
+        rng = PortRange(first, nxt - 1)
+        for i, rs in enumerate(rules):
+            out[i].append((rng, _sources_at(rs, first)))
+    return out
+
+
+def _sources_at(rules: list[tuple[tuple[PortRange, ...], Sources]], port: int) -> Sources:
+    nets: list[Network] = []
+    for ports, sources in rules:
+        i = bisect_right(ports, PortRange(port, 65536)) - 1
+        if i >= 0 and port in ports[i]:
+            if sources is None:
+                return None
+            nets += sources
+    return _collapse(nets)
+
+
+def _collapse(nets: Iterable[Network]) -> tuple[Network, ...]:
+    nets = list(nets)
+    v4 = collapse_addresses(n for n in nets if isinstance(n, IPv4Network))
+    v6 = collapse_addresses(n for n in nets if isinstance(n, IPv6Network))
+    return (*v4, *v6)
+
+
+def _minus(a: tuple[Network, ...], b: tuple[Network, ...]) -> tuple[Network, ...]:
+    """The networks of ``a`` outside every network of ``b`` (both of one family)."""
+    out: list[Network] = []
+    for net in a:
+        pieces: list[Network] = [net]
+        for cut in b:
+            nxt: list[Network] = []
+            for piece in pieces:
+                if piece.version != cut.version or not piece.overlaps(cut):
+                    nxt.append(piece)
+                elif not piece.subnet_of(cut):  # type: ignore[arg-type]
+                    nxt += piece.address_exclude(cut)  # type: ignore[arg-type]
+            pieces = nxt
+        out += pieces
+    return _collapse(out)
+
+
+def _port_changes(
+    old: Policy, new: Policy, family: Family, proto: Proto
+) -> dict[_Key, list[PortRange]]:
+    before_segs, after_segs = _segments((old, new), family, proto)
+    found: dict[_Key, list[PortRange]] = {}
+    for (rng, before), (_, after) in zip(before_segs, after_segs, strict=True):
+        for key in _classify(before, after):
+            found.setdefault(key, []).append(rng)
+    return {key: list(merge(ranges)) for key, ranges in found.items()}
+
+
+def _classify(before: Sources, after: Sources) -> list[_Key]:
+    if before == after:
+        return []
+    if before == ():
+        return [("opens", (), after)]
+    if after == ():
+        return [("closes", before, ())]
+    if after is None:
+        return [("widens", before, None)]
+    if before is None:
+        return [("narrows", None, after)]
+    added, removed = _minus(after, before), _minus(before, after)
+    if not removed:
+        return [("widens", before, after)]
+    if not added:
+        return [("narrows", before, after)]
+    return [("opens", (), added), ("closes", removed, ())]
+
+
+def _join_families(
+    v4: dict[_Key, list[PortRange]], v6: dict[_Key, list[PortRange]], proto: Proto
+) -> list[Change]:
+    """One change per key; a v4 and a v6 change alike but for their networks become one."""
+    out: list[Change] = []
+    spare6 = dict(v6)
+    for (kind, before, after), ports in v4.items():
+        twin = next(
+            (
+                k
+                for k, p in spare6.items()
+                if k[0] == kind
+                and p == ports
+                and (k[1] is None) == (before is None)
+                and (k[2] is None) == (after is None)
+            ),
+            None,
+        )
+        if twin is None:
+            out.append(_change(kind, "ipv4", proto, ports, before, after))
+            continue
+        del spare6[twin]
+        out.append(
+            _change(kind, "both", proto, ports, _join(before, twin[1]), _join(after, twin[2]))
+        )
+    out += [_change(k[0], "ipv6", proto, p, k[1], k[2]) for k, p in spare6.items()]
+    return out
+
+
+def _join(a: Sources, b: Sources) -> Sources:
+    return None if a is None or b is None else (*a, *b)
+
+
+def _change(
+    kind: Kind,
+    family: FamilyName,
+    proto: Proto,
+    ports: list[PortRange],
+    before: Sources,
+    after: Sources,
+) -> Change:
+    where = f"{proto}/{','.join(map(str, ports))}"
+    if kind == "opens":
+        text = f"opens {where} to {_sources_text(after, family)}"
+    elif kind == "closes":
+        text = f"closes {where} to {_sources_text(before, family)}"
+    else:
+        text = (
+            f"{kind} {where} from {_sources_text(before, family)} to {_sources_text(after, family)}"
+        )
+        # Two lists where whole networks come or go: name them (a bigger network that
+        # replaces a smaller one says enough as it is).
+        if before is not None and after is not None:
+            big, small = (after, before) if kind == "widens" else (before, after)
+            moved = _minus(big, small)
+            if set(moved) <= set(big):
+                verb = "adds" if kind == "widens" else "removes"
+                text += f" ({verb} {_sources_text(moved, family)})"
+    return Change(kind, family, proto, tuple(ports), before, after, text)
+
+
+def _sources_text(sources: Sources, family: FamilyName) -> str:
+    if sources is None:
+        return {
+            "ipv4": "any IPv4 source",
+            "ipv6": "any IPv6 source",
+            "both": "any IPv4 and IPv6 source",
+        }[family]
+    return ", ".join(map(str, sources)) or "no source"
+
+
+def _policy_changes(old: Policy, new: Policy) -> list[Change]:
+    out: list[Change] = []
+    if old.closed != new.closed:
+        how = {"drop": "dropped silently", "reject": "rejected (ICMP admin-prohibited)"}
+        out.append(
+            _setting(
+                "closed",
+                "both" if old.ipv6 or new.ipv6 else "ipv4",
+                None,
+                old.closed,
+                new.closed,
+                f"closed ports are now {how[new.closed]} instead of {how[old.closed]} "
+                f"(closed: {old.closed} -> {new.closed})",
+            )
+        )
+    if old.echo != new.echo:
+        fam: FamilyName = "both" if old.ipv6 or new.ipv6 else "ipv4"
+        verb = "starts answering" if new.echo else "stops answering"
+        out.append(
+            _setting(
+                "icmp.echo",
+                fam,
+                "icmp",
+                old.echo,
+                new.echo,
+                f"{verb} ping (icmp.echo: {_yaml(old.echo)} -> {_yaml(new.echo)})",
+            )
+        )
+    if old.ipv6 != new.ipv6:
+        verb = "starts serving IPv6" if new.ipv6 else "stops serving IPv6"
+        out.append(
+            _setting(
+                "ipv6",
+                "ipv6",
+                None,
+                old.ipv6,
+                new.ipv6,
+                f"{verb} (ipv6: {_yaml(old.ipv6)} -> {_yaml(new.ipv6)})",
+            )
+        )
+    return out
+
+
+def _yaml(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _setting(
+    setting: str,
+    family: FamilyName,
+    proto: str | None,
+    old: str | bool,
+    new: str | bool,
+    text: str,
+) -> Change:
+    return Change("policy", family, proto, (), None, None, text, setting, old, new)

@@ -1,0 +1,96 @@
+"""``harden init``: read this host's listening sockets and propose a manifest (never applies).
+
+The shell half: it lists the listening TCP and bound UDP sockets with their processes
+(``ss``, parsed by the SSH guard's own parser), finds the live SSH ports the way the
+guard does, and hands both to :func:`harden.core.proposal.propose`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import subprocess
+from collections.abc import Mapping
+
+from harden.apply.guard import (
+    TcpSocket,
+    parse_ss,
+    socket_unit_ports,
+    ssh_ports,
+    ssh_sessions,
+)
+from harden.core.manifest import Proto
+from harden.core.proposal import Listener, Proposal, propose
+from harden.errors import EnvironmentProblem
+
+SSH_PROCESSES = ("sshd", "sshd-session")  # OpenSSH 9.8+ runs each session as sshd-session
+
+
+def ss(args: str) -> list[TcpSocket]:
+    """The sockets ``ss ARGS`` lists (``-Htanp``, ``-Hlunp``); EnvironmentProblem if it fails."""
+    try:
+        proc = subprocess.run(["ss", args], capture_output=True, text=True, check=False, timeout=30)
+    except FileNotFoundError:
+        raise EnvironmentProblem("harden init needs 'ss' (Debian package iproute2)") from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EnvironmentProblem(f"could not run 'ss {args}': {exc}") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise EnvironmentProblem(f"'ss {args}' failed: {detail[0]}")
+    return parse_ss(proc.stdout)
+
+
+def listeners(tcp: list[TcpSocket], udp: list[TcpSocket]) -> list[Listener]:
+    """Listening TCP sockets and unconnected (bound) UDP sockets as Listeners."""
+    found = []
+    for proto, sockets, state in (("tcp", tcp, "LISTEN"), ("udp", udp, "UNCONN")):
+        for s in sockets:
+            if s.state == state:
+                names = tuple(name for name, _ in s.owners)
+                found.append(Listener(_proto(proto), s.local[0], s.local[1], names))
+    return found
+
+
+def live_ssh_ports(tcp: list[TcpSocket], env: Mapping[str, str]) -> set[int]:
+    """The ports SSH is live on: the guard's sshd ports, plus the local ports of SSH sessions.
+
+    A session is an established connection owned by sshd (or OpenSSH's sshd-session),
+    or the one ``SSH_CONNECTION`` names. A port-22 listener whose owner ss cannot show
+    (not root) counts as SSH too: the guess that keeps the operator in.
+    """
+    units = socket_unit_ports() if any(s.held_by_systemd for s in tcp) else set()
+    ports = set(ssh_ports(tcp, units))
+    ports |= {port for _, port in ssh_sessions(tcp, sorted(ports))}
+    ports |= {
+        s.local[1]
+        for s in tcp
+        if s.state == "ESTAB" and any(name in SSH_PROCESSES for name, _ in s.owners)
+    }
+    ports |= {s.local[1] for s in tcp if s.state == "LISTEN" and s.local[1] == 22 and not s.owners}
+    connection = env.get("SSH_CONNECTION", "").split()
+    if len(connection) == 4 and connection[3].isdigit() and 0 < int(connection[3]) <= 65535:
+        try:
+            ipaddress.ip_address(connection[2].split("%")[0])
+            ports.add(int(connection[3]))
+        except ValueError:
+            pass  # malformed: the kernel's view above still applies
+    return ports
+
+
+def port_name(port: int, proto: Proto) -> str | None:
+    """The port's name in /etc/services for ``proto``, or None."""
+    try:
+        return socket.getservbyport(port, proto)
+    except (OSError, OverflowError):
+        return None
+
+
+def init(env: Mapping[str, str]) -> Proposal:
+    """Propose a manifest for this host from its sockets (``harden init``)."""
+    tcp = ss("-Htanp")
+    udp = ss("-Hlunp")
+    return propose(listeners(tcp, udp), live_ssh_ports(tcp, env), port_name)
+
+
+def _proto(text: str) -> Proto:
+    return "tcp" if text == "tcp" else "udp"
