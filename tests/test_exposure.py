@@ -179,7 +179,7 @@ NEW_SOURCES = st.sampled_from(
 @given(
     manifests(),
     st.sampled_from(["tcp", "udp", ["tcp", "udp"]]),
-    st.lists(st.integers(65521, 65535), min_size=1, max_size=4),  # past the generator's blocks
+    st.lists(st.integers(65521, 65535), min_size=1, max_size=4, unique=True),  # unused ports
     NEW_SOURCES,
 )
 def test_adding_one_service_opens_exactly_its_ports_to_its_sources(

@@ -4,7 +4,9 @@ mutated ones always fail with a one-line error naming the field."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,7 +94,14 @@ def manifests(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def as_yaml(data: dict[str, Any]) -> str:
-    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+    # JSON is YAML 1.2 with every string quoted: PyYAML's own dumper quotes by YAML 1.1
+    # rules and leaves names like 0E0 plain, which a YAML 1.2 reader takes for a number.
+    # Astral characters: JSON's surrogate-pair escapes become YAML's \\UXXXXXXXX.
+    return re.sub(
+        r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})",
+        lambda m: f"\\U{ord(bytes.fromhex(m[1] + m[2]).decode('utf-16-be')):08x}",
+        json.dumps(data),
+    )
 
 
 @pytest.fixture(scope="module")
