@@ -74,6 +74,9 @@ def provision(lab: VmLab, tmp: Path, manifest: Path) -> tuple[int, dict[str, int
                 "harden_prober": "prober",
                 "harden_verify_targets": [target.v4, target.v6],
                 "harden_fetch_report_to": f"{tmp}/reports/",
+                # Under software emulation a full verify of both families takes minutes;
+                # the window must outlast it, or the watchdog (rightly) rolls back first.
+                "harden_confirm_seconds": 900,
             }
         )
     )
