@@ -176,10 +176,17 @@ def _states(report: dict[str, object], proto: str) -> dict[int, State]:
     for entry in report["ports"]:  # type: ignore[attr-defined]
         if entry["proto"] == proto and entry["port"] and entry["family"] == "ipv4":
             out[entry["port"]] = State(entry["observed"].replace("open|filtered", "silent"))
-    for span in report["conforming"]:  # type: ignore[attr-defined]
+    # Unproven silence (rate-limited, unprobed) is still silence on the wire, as nmap sees it.
+    spans = [*report["conforming"], *report["unproven"]]  # type: ignore[misc]
+    for span in spans:
         if span["proto"] == proto and span["family"] == "ipv4":
             for item in span["ranges"]:
                 first, _, last = item.partition("-")
                 for port in range(int(first), int(last or first) + 1):
-                    out[port] = State(span["observed"].replace("silent-unproven", "silent"))
+                    observed = span["observed"]
+                    out[port] = (
+                        State(observed)
+                        if observed in State.__members__.values()
+                        else (State.SILENT)
+                    )
     return out
