@@ -1,1 +1,0 @@
-"""Throwaway network-namespace labs: the only place harden loads rules in tests and demos."""

@@ -1,1 +1,0 @@
-"""Verify a host from outside: one round engine over a raw or a connect() transport."""
