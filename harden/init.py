@@ -9,35 +9,19 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import subprocess
 from collections.abc import Mapping
 
 from harden.apply.guard import (
     TcpSocket,
-    parse_ss,
+    run_ss,
     socket_unit_ports,
     ssh_ports,
     ssh_sessions,
 )
 from harden.core.manifest import Proto
 from harden.core.proposal import Listener, Proposal, propose
-from harden.errors import EnvironmentProblem
 
 SSH_PROCESSES = ("sshd", "sshd-session")  # OpenSSH 9.8+ runs each session as sshd-session
-
-
-def ss(args: str) -> list[TcpSocket]:
-    """The sockets ``ss ARGS`` lists (``-Htanp``, ``-Hlunp``); EnvironmentProblem if it fails."""
-    try:
-        proc = subprocess.run(["ss", args], capture_output=True, text=True, check=False, timeout=30)
-    except FileNotFoundError:
-        raise EnvironmentProblem("harden init needs 'ss' (Debian package iproute2)") from None
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EnvironmentProblem(f"could not run 'ss {args}': {exc}") from None
-    if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise EnvironmentProblem(f"'ss {args}' failed: {detail[0]}")
-    return parse_ss(proc.stdout)
 
 
 def listeners(tcp: list[TcpSocket], udp: list[TcpSocket]) -> list[Listener]:
@@ -87,8 +71,8 @@ def port_name(port: int, proto: Proto) -> str | None:
 
 def init(env: Mapping[str, str]) -> Proposal:
     """Propose a manifest for this host from its sockets (``harden init``)."""
-    tcp = ss("-Htanp")
-    udp = ss("-Hlunp")
+    tcp = run_ss("-Htanp", "harden init")
+    udp = run_ss("-Hlunp", "harden init")
     return propose(listeners(tcp, udp), live_ssh_ports(tcp, env), port_name)
 
 

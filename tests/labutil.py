@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from harden.core.policy import build_policy
 from harden.core.render import render
 from harden.files import parse_manifest
 from harden.lab.net import Host, LabNet
+from harden.lab.netns import Namespace, connect
 
 HARDEN = [sys.executable, "-m", "harden.cli"]
 
@@ -81,3 +84,17 @@ def nmap(host: Host, *args: str) -> dict[tuple[str, int], str]:
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def routed(
+    make: Callable[[str], Namespace], tag: str
+) -> tuple[Namespace, Namespace, Namespace, int]:
+    """prober 198.18.K.2 -> router (forwarding) 198.19.K.1 -> server 198.19.K.5; returns K."""
+    prober, router, server = make(f"{tag}p"), make(f"{tag}r"), make(f"{tag}s")
+    k = 100 + uuid.uuid4().int % 100
+    connect(router, prober, [f"198.18.{k}.1/24"], [f"198.18.{k}.2/24"])
+    connect(router, server, [f"198.19.{k}.1/24"], [f"198.19.{k}.5/24"])
+    prober.run(["ip", "route", "add", "default", "via", f"198.18.{k}.1"])
+    server.run(["ip", "route", "add", "default", "via", f"198.19.{k}.1"])
+    router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    return prober, router, server, k

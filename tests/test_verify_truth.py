@@ -21,7 +21,7 @@ import pytest
 from harden.lab.netns import Namespace, connect
 
 from .conftest import REPO
-from .labutil import HARDEN, write
+from .labutil import HARDEN, routed, write
 
 pytestmark = pytest.mark.netns
 NsFactory = Callable[[str], Namespace]
@@ -116,13 +116,7 @@ def test_a_host_that_drops_everything_passes_on_its_neighbour_entry(
 @pytest.fixture
 def natted(netns: NsFactory) -> Iterator[tuple[Namespace, Namespace, str, str]]:
     """prober 198.18.K.2 -> router (masquerade) 198.19.K.1 -> server 198.19.K.5."""
-    prober, router, server = netns("np"), netns("nr"), netns("ns")
-    k = 100 + uuid.uuid4().int % 100
-    connect(router, prober, [f"198.18.{k}.1/24"], [f"198.18.{k}.2/24"])
-    connect(router, server, [f"198.19.{k}.1/24"], [f"198.19.{k}.5/24"])
-    prober.run(["ip", "route", "add", "default", "via", f"198.18.{k}.1"])
-    server.run(["ip", "route", "add", "default", "via", f"198.19.{k}.1"])
-    router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    prober, router, server, k = routed(netns, "n")
     router.run(
         [
             "nft",

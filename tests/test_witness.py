@@ -19,7 +19,7 @@ import pytest
 from harden.core.witness import TCP_SLACK, delta, judge
 from harden.lab.netns import Namespace, connect
 
-from .labutil import HARDEN, write
+from .labutil import HARDEN, routed, write
 
 NsFactory = Callable[[str], Namespace]
 
@@ -176,13 +176,7 @@ def test_probes_dropped_upstream_are_inconclusive_with_a_witness(
     """A filter between prober and server drops TCP and UDP but lets ping through: from
     outside, a PASS (the host answers ping, every port is silent); the witness shows no
     probe ever reached it, so the PASS would have been vacuous."""
-    prober, router, server = netns("wp"), netns("wr"), netns("ws")
-    k = 100 + uuid.uuid4().int % 100
-    connect(router, prober, [f"198.18.{k}.1/24"], [f"198.18.{k}.2/24"])
-    connect(router, server, [f"198.19.{k}.1/24"], [f"198.19.{k}.5/24"])
-    prober.run(["ip", "route", "add", "default", "via", f"198.18.{k}.1"])
-    server.run(["ip", "route", "add", "default", "via", f"198.19.{k}.1"])
-    router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    prober, router, server, k = routed(netns, "w")
     router.run(
         [
             "nft",

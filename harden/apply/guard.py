@@ -153,17 +153,20 @@ def tcp_sockets() -> list[TcpSocket]:
 
     Raises EnvironmentProblem if ss is missing or fails.
     """
+    return run_ss("-Htanp", "the SSH guard")
+
+
+def run_ss(args: str, needed_by: str) -> list[TcpSocket]:
+    """The sockets ``ss ARGS`` lists (``-Htanp``, ``-Hlunp``); EnvironmentProblem if it fails."""
     try:
-        proc = subprocess.run(
-            ["ss", "-Htanp"], capture_output=True, text=True, check=False, timeout=30
-        )
+        proc = subprocess.run(["ss", args], capture_output=True, text=True, check=False, timeout=30)
     except FileNotFoundError:
-        raise EnvironmentProblem("the SSH guard needs 'ss' (Debian package iproute2)") from None
+        raise EnvironmentProblem(f"{needed_by} needs 'ss' (Debian package iproute2)") from None
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EnvironmentProblem(f"could not run 'ss -Htanp': {exc}") from None
+        raise EnvironmentProblem(f"could not run 'ss {args}': {exc}") from None
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise EnvironmentProblem(f"'ss -Htanp' failed: {detail[0]}")
+        raise EnvironmentProblem(f"'ss {args}' failed: {detail[0]}")
     return parse_ss(proc.stdout)
 
 
