@@ -156,7 +156,7 @@ def test_reject_mode_renders_admin_prohibited_everywhere() -> None:
 def test_schema_describes_every_key() -> None:
     schema = json_schema()
     service = schema["$defs"]["Service"]["properties"]
-    assert set(service) == {"name", "comment", "port", "ports", "proto", "sources"}
+    assert set(service) == {"name", "comment", "port", "ports", "proto", "sources", "limit", "log"}
     assert schema["additionalProperties"] is False
 
 

@@ -7,6 +7,7 @@ import ipaddress
 import re
 import types
 import typing
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -97,6 +98,81 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# An interface name (at most IFNAMSIZ - 1 = 15 characters), or a prefix ending in "*".
+# Both backends match a trailing wildcard (nft "br-*", iptables "br-+") and nothing
+# else, so no other glob is accepted: we refuse what a backend cannot express.
+_IFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}|[A-Za-z0-9_.-]{1,14}\*")
+
+
+def _parse_iface(value: object) -> str:
+    if not isinstance(value, str) or not _IFACE.fullmatch(value):
+        raise ValueError(
+            "expected an interface name (up to 15 of A-Z a-z 0-9 _ . -) or a prefix "
+            f"ending in '*' such as 'br-*', got {show(value)}"
+        )
+    return value
+
+
+Iface = Annotated[
+    str,
+    PlainValidator(_parse_iface),
+    WithJsonSchema({"type": "string", "description": "interface name, or prefix ending in '*'"}),
+]
+
+# Periods a new-connection limit may use, in seconds; both nftables (limit rate N/unit)
+# and iptables (hashlimit N/unit) take these four units.
+RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_UNIT_ALIASES = {"s": 1, "m": 60, "h": 3600, "d": 86400, **RATE_UNITS}
+_LIMIT = re.compile(r"(\d{1,5})\s*/\s*(\d{0,5})\s*([a-z]+)")
+MAX_LIMIT_COUNT = 10_000  # iptables hashlimit refuses larger bursts
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``count`` new connections per ``period`` seconds from one source address.
+
+    Rendered as a token bucket holding ``count`` tokens and refilling at
+    ``rate`` per ``unit``: the same average, and a burst of ``count``.
+    """
+
+    count: int
+    period: int  # seconds
+    rate: int
+    unit: str  # second | minute | hour | day
+
+    def __str__(self) -> str:
+        """``6/30s``."""
+        return f"{self.count}/{self.period}s"
+
+
+def _parse_limit(value: object) -> RateLimit:
+    match = _LIMIT.fullmatch(value.strip().lower()) if isinstance(value, str) else None
+    if match is None or match.group(3) not in _UNIT_ALIASES:
+        raise ValueError(
+            "expected new connections per source and period, like '6/30s', '10/minute' "
+            f"or '100/h', got {show(value)}"
+        )
+    count = int(match.group(1))
+    period = int(match.group(2) or 1) * _UNIT_ALIASES[match.group(3)]
+    if not 1 <= count <= MAX_LIMIT_COUNT or period == 0:
+        raise ValueError(f"the count must be 1 to {MAX_LIMIT_COUNT} and the period above 0")
+    for unit, seconds in RATE_UNITS.items():
+        if (count * seconds) % period == 0:
+            return RateLimit(count, period, count * seconds // period, unit)
+    raise ValueError(
+        f"{count} per {period} s is no whole number of connections per second, minute, "
+        "hour or day, which is what nftables and iptables can express; "
+        "pick a period that divides evenly"
+    )
+
+
+Limit = Annotated[
+    RateLimit,
+    PlainValidator(_parse_limit),
+    WithJsonSchema({"type": "string", "description": "new connections per source, e.g. '6/30s'"}),
+]
+
+
 # Booleans are strict: a YAML string "no" or a 0 never becomes a boolean by accident.
 class Icmp(_Model):
     """ICMP behaviour. Essential ICMP/ICMPv6 (ND, PMTU, errors) is always allowed."""
@@ -114,6 +190,17 @@ class Settings(_Model):
     icmp: Icmp = Icmp()
     ipv6: StrictBool = Field(True, description="serve the services over IPv6 too")
     log_dropped: StrictBool = Field(False, description="rate-limited kernel log of dropped packets")
+    trusted_interfaces: tuple[Iface, ...] = Field(
+        (),
+        description="interfaces whose traffic is not the outside world (container bridges "
+        "such as docker0 or 'br-*', cni0, a management link): accepted in input and never "
+        "filtered in forward",
+    )
+    dhcpv6: StrictBool = Field(
+        False,
+        description="accept DHCPv6 replies (udp 547 -> 546 from fe80::/10) for a host whose "
+        "addresses come from DHCPv6",
+    )
 
 
 class Service(_Model):
@@ -126,6 +213,14 @@ class Service(_Model):
     proto: Protos
     sources: tuple[Source, ...] | None = Field(
         None, min_length=1, description="allowed source networks; omit for any source"
+    )
+    limit: Limit | None = Field(
+        None,
+        description="new connections per source address, like ufw's 'limit' ('6/30s'): "
+        "more are dropped",
+    )
+    log: StrictBool = Field(
+        False, description="rate-limited kernel log of refused attempts (source or limit)"
     )
 
     @model_validator(mode="after")
@@ -158,6 +253,48 @@ class Verify(_Model):
     )
 
 
+class ForwardAllow(_Model):
+    """Routed, untranslated traffic harden lets through when ``forward.policy`` is drop."""
+
+    name: str = Field(min_length=1, max_length=64)
+    comment: str | None = Field(None, max_length=200)
+    in_interface: Iface = Field(description="interface the traffic arrives on")
+    out_interface: Iface | None = Field(None, description="interface it leaves by; omit: any")
+    sources: tuple[Source, ...] | None = Field(None, min_length=1)
+    destinations: tuple[Source, ...] | None = Field(None, min_length=1)
+    proto: Protos | None = None
+    ports: tuple[Port, ...] | None = Field(
+        None, min_length=1, description="destination ports (needs proto)"
+    )
+
+    @model_validator(mode="after")
+    def _ports_need_proto(self) -> ForwardAllow:
+        if self.ports is not None and self.proto is None:
+            raise ValueError("'ports' needs 'proto'")
+        return self
+
+
+class Forward(_Model):
+    """Routed traffic that was not destination-NATed.
+
+    Translated traffic (Docker, Kubernetes, port forwards) is always held to
+    ``services`` by its original port; this covers the rest.
+    """
+
+    policy: Literal["accept", "drop"] = Field(
+        "accept",
+        description="accept: routed traffic is left to the host's other rules (default); "
+        "drop: only 'allow' entries, trusted interfaces and replies pass",
+    )
+    allow: tuple[ForwardAllow, ...] = ()
+
+    @model_validator(mode="after")
+    def _allow_needs_drop(self) -> Forward:
+        if self.allow and self.policy != "drop":
+            raise ValueError("'allow' entries need 'policy: drop' (otherwise all is allowed)")
+        return self
+
+
 class Manifest(_Model):
     """A host's service manifest (version 1)."""
 
@@ -165,6 +302,7 @@ class Manifest(_Model):
     host: str | None = Field(None, max_length=253, description="a label; never a selector")
     policy: Settings = Settings()
     services: tuple[Service, ...] = ()
+    forward: Forward = Forward()
     verify: Verify | None = None
 
     @field_validator("version", mode="before")
@@ -429,12 +567,42 @@ def _check_semantics(manifest: Manifest, source: str) -> None:
         names[service.name] = i
         _check_sources(manifest, i, service, source)
     _check_port_overlaps(manifest, source)
+    if manifest.policy.dhcpv6 and not manifest.policy.ipv6:
+        raise ManifestError(source, "policy.dhcpv6", "DHCPv6 needs policy.ipv6: true")
+    _check_forward(manifest, source)
     if manifest.verify is not None:
         for j, net in enumerate(manifest.verify.probers):
             if net.version == 6 and not manifest.policy.ipv6:
                 raise ManifestError(
                     source, f"verify.probers[{j}]", f"IPv6 prober {net} but policy.ipv6 is false"
                 )
+
+
+def _check_forward(manifest: Manifest, source: str) -> None:
+    names: dict[str, int] = {}
+    for i, allow in enumerate(manifest.forward.allow):
+        where = f"forward.allow[{i}]"
+        if allow.name in names:
+            raise ManifestError(
+                source,
+                f"{where}.name",
+                f"duplicate name {allow.name!r} (also forward.allow[{names[allow.name]}])",
+            )
+        names[allow.name] = i
+        for key in ("sources", "destinations"):
+            nets: tuple[Network, ...] = getattr(allow, key) or ()
+            for j, net in enumerate(nets):
+                if net.version == 6 and not manifest.policy.ipv6:
+                    problem = f"IPv6 network {net} but policy.ipv6 is false"
+                    raise ManifestError(source, f"{where}.{key}[{j}]", problem)
+        families = {n.version for n in allow.sources or ()}
+        other = {n.version for n in allow.destinations or ()}
+        if allow.sources and allow.destinations and not families & other:
+            raise ManifestError(
+                source,
+                f"{where}.destinations",
+                "no destination is of the same address family as a source: matches nothing",
+            )
 
 
 def _check_sources(manifest: Manifest, i: int, service: Service, source: str) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses
 from typing import Literal
 
-from harden.core.manifest import PROTOS, Manifest, Proto, Service
+from harden.core.manifest import PROTOS, ForwardAllow, Manifest, Proto, RateLimit, Service
 from harden.core.ports import PortRange, merge
 
 Family = Literal[4, 6]
@@ -30,6 +30,8 @@ class Allow:
     sources6: tuple[IPv6Network, ...] | None
     services: tuple[str, ...]
     comments: tuple[tuple[str, str], ...] = ()  # (service name, its comment)
+    limit: RateLimit | None = None  # new connections per source address
+    log: bool = False  # log refused attempts (source not allowed, or over the limit)
 
     @property
     def label(self) -> str:
@@ -59,6 +61,34 @@ class Allow:
 
 
 @dataclass(frozen=True)
+class Forwarded:
+    """One ``forward.allow`` entry, normalised (per family: None = any, () = none)."""
+
+    key: str
+    label: str
+    in_interface: str
+    out_interface: str | None
+    sources4: tuple[IPv4Network, ...] | None
+    sources6: tuple[IPv6Network, ...] | None
+    destinations4: tuple[IPv4Network, ...] | None
+    destinations6: tuple[IPv6Network, ...] | None
+    protos: tuple[Proto, ...] | None
+    ports: tuple[PortRange, ...] | None
+
+    def families(self) -> tuple[Family, ...]:
+        """The address families this entry can match at all."""
+        return tuple(f for f in FAMILIES if self.sources(f) != () and self.destinations(f) != ())
+
+    def sources(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...] | None:
+        """Source networks of one family (None: any)."""
+        return self.sources4 if family == 4 else self.sources6
+
+    def destinations(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...] | None:
+        """Destination networks of one family (None: any)."""
+        return self.destinations4 if family == 4 else self.destinations6
+
+
+@dataclass(frozen=True)
 class Policy:
     """Everything a renderer or a probe planner needs; no manifest details left."""
 
@@ -71,6 +101,12 @@ class Policy:
     # The verifier's networks: their probes are counted (verify --witness).
     probers4: tuple[IPv4Network, ...] = ()
     probers6: tuple[IPv6Network, ...] = ()
+    # Interfaces whose traffic is not the outside world (container bridges, cni0).
+    trusted: tuple[str, ...] = ()
+    dhcpv6: bool = False
+    # Routed, untranslated traffic: "accept" leaves it alone; "drop" passes only these.
+    forward: Literal["accept", "drop"] = "accept"
+    forwarded: tuple[Forwarded, ...] = ()
 
     def probers(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...]:
         """The prober networks of one family (empty: no witness counters)."""
@@ -112,7 +148,9 @@ def build_policy(manifest: Manifest) -> Policy:
     """Normalise a validated manifest: group by protocol and sources, merge port ranges."""
     v6 = manifest.policy.ipv6
     SourceKey = tuple[tuple[IPv4Network, ...], tuple[IPv6Network, ...]] | None
-    groups: dict[tuple[Proto, SourceKey], list[Service]] = {}
+    # Services share a rule when protocol, sources, limit and logging are the same.
+    GroupKey = tuple[Proto, SourceKey, RateLimit | None, bool]
+    groups: dict[GroupKey, list[Service]] = {}
     for service in manifest.services:
         key: SourceKey = None
         if service.sources is not None:
@@ -123,22 +161,23 @@ def build_policy(manifest: Manifest) -> Policy:
                 tuple(collapse_addresses(n for n in nets if isinstance(n, IPv6Network))),
             )
         for proto in service.proto:
-            groups.setdefault((proto, key), []).append(service)
+            groups.setdefault((proto, key, service.limit, service.log), []).append(service)
 
     allows: list[Allow] = []
-    # Unrestricted groups first (one per protocol), then source-restricted ones by name.
+    # Plain unrestricted groups first (one per protocol), then the others by name.
     for proto in PROTOS:
-        members = groups.get((proto, None))
+        members = groups.pop((proto, None, None, False), [])
         if members:
             allows.append(_allow(proto, proto, members, None, None if v6 else ()))
-    restricted = sorted(
-        ((proto, src, members) for (proto, src), members in groups.items() if src is not None),
-        key=lambda g: (min(s.name for s in g[2]), g[0]),
-    )
+    rest = sorted(groups.items(), key=lambda g: (min(s.name for s in g[1]), g[0][0]))
     used: set[str] = set(PROTOS)
-    for proto, (nets4, nets6), members in restricted:
+    for (proto, src, limit, log), members in rest:
         key_name = _unique_key(f"{_slug(min(s.name for s in members))}_{proto}", used)
-        allows.append(_allow(key_name, proto, members, nets4, nets6 if v6 else ()))
+        if src is None:
+            allow = _allow(key_name, proto, members, None, None if v6 else ())
+        else:
+            allow = _allow(key_name, proto, members, src[0], src[1] if v6 else ())
+        allows.append(replace(allow, limit=limit, log=log))
     probers = manifest.verify.probers if manifest.verify is not None else ()
     return Policy(
         host=manifest.host,
@@ -149,6 +188,42 @@ def build_policy(manifest: Manifest) -> Policy:
         allows=tuple(allows),
         probers4=tuple(collapse_addresses(n for n in probers if isinstance(n, IPv4Network))),
         probers6=tuple(collapse_addresses(n for n in probers if isinstance(n, IPv6Network))),
+        trusted=manifest.policy.trusted_interfaces,
+        dhcpv6=manifest.policy.dhcpv6,
+        forward=manifest.forward.policy,
+        forwarded=tuple(
+            _forwarded(entry, _unique_key(f"fwd_{_slug(entry.name)}", used), v6)
+            for entry in manifest.forward.allow
+        ),
+    )
+
+
+def _split(
+    nets: tuple[IPv4Network | IPv6Network, ...] | None, v6: bool
+) -> tuple[tuple[IPv4Network, ...] | None, tuple[IPv6Network, ...] | None]:
+    """Per-family networks: None (any) stays None; a list may leave a family empty."""
+    if nets is None:
+        return None, None if v6 else ()
+    four = tuple(collapse_addresses(n for n in nets if isinstance(n, IPv4Network)))
+    six = tuple(collapse_addresses(n for n in nets if isinstance(n, IPv6Network)))
+    return four, six if v6 else ()
+
+
+def _forwarded(entry: ForwardAllow, key: str, v6: bool) -> Forwarded:
+    sources4, sources6 = _split(entry.sources, v6)
+    destinations4, destinations6 = _split(entry.destinations, v6)
+    label = f"{entry.name}: {entry.comment}" if entry.comment else entry.name
+    return Forwarded(
+        key=key,
+        label=label,
+        in_interface=entry.in_interface,
+        out_interface=entry.out_interface,
+        sources4=sources4,
+        sources6=sources6,
+        destinations4=destinations4,
+        destinations6=destinations6,
+        protos=entry.proto,
+        ports=merge(entry.ports) if entry.ports is not None else None,
     )
 
 
@@ -181,8 +256,9 @@ def _slug(name: str) -> str:
     return slug
 
 
-# iptables chain names are at most 28 characters and ours are "HARDEN-" + the key.
-MAX_KEY = 28 - len("HARDEN-")
+# iptables chain names are at most 28 characters and ours are "HARDEN-" + the key,
+# and "HARDEN-" + the key + "-F" for its forward twin.
+MAX_KEY = 28 - len("HARDEN-") - len("-F")
 
 
 def _unique_key(key: str, used: set[str]) -> str:

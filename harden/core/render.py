@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from typing import Literal, get_args
@@ -55,11 +56,36 @@ IPT_CHAIN_MAX = 28
 
 
 def ipt_chain(allow: Allow) -> str:
-    """The iptables chain holding a source-restricted group's accepted sources."""
+    """The iptables chain holding a source-restricted group's accepted sources.
+
+    Its twin for forwarded traffic adds "-F", so that must fit too.
+    """
     name = "HARDEN-" + allow.key.upper().replace("_", "-")
-    if len(name) > IPT_CHAIN_MAX:  # policy keys are capped so this cannot happen
+    if len(name) + len("-F") > IPT_CHAIN_MAX:  # policy keys are capped so this cannot happen
         raise RenderError(f"iptables chain name {name!r} is longer than {IPT_CHAIN_MAX} characters")
     return name
+
+
+def ctport_ranges(ports: tuple[PortRange, ...]) -> Iterator[str]:
+    """One ``--ctorigdstport`` value per range (the conntrack match takes no lists)."""
+    for rng in ports:
+        yield str(rng.first) if rng.first == rng.last else f"{rng.first}:{rng.last}"
+
+
+def ipt_iface(name: str) -> str:
+    """An interface pattern in iptables syntax: the trailing wildcard is ``+``."""
+    return name[:-1] + "+" if name.endswith("*") else name
+
+
+def hashlimit_name(allow: Allow, family: int) -> str:
+    """A hashlimit table name (at most 15 characters) unique to the limit's parameters.
+
+    The kernel reuses a table found by name whatever its parameters, so a changed limit
+    gets a new name rather than the old table's settings.
+    """
+    limit = allow.limit
+    digest = hashlib.sha256(f"{allow.key}/{limit}/{family}".encode()).hexdigest()[:8]
+    return f"harden-{digest}"
 
 
 _ENV = jinja2.Environment(
@@ -73,6 +99,9 @@ _ENV = jinja2.Environment(
 _ENV.filters["comment"] = safe_comment
 _ENV.filters["multiport"] = multiport_chunks
 _ENV.filters["ipt_chain"] = ipt_chain
+_ENV.filters["ctports"] = ctport_ranges
+_ENV.filters["ipt_iface"] = ipt_iface
+_ENV.filters["hashlimit_name"] = hashlimit_name
 
 
 def render(policy: Policy, backend: Backend) -> dict[str, str]:

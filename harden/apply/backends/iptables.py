@@ -1,7 +1,9 @@
 """iptables through iptables-restore / ip6tables-restore: only harden's own chains.
 
-harden owns ``HARDEN-INPUT`` (jumped to from the top of INPUT) and one
-``HARDEN-<GROUP>`` chain per source-restricted group. Every change goes through one
+harden owns ``HARDEN-INPUT`` (jumped to from the top of INPUT), ``HARDEN-FORWARD``
+(from the top of DOCKER-USER if Docker made it, else of FORWARD), the chains they call
+(``HARDEN-DNAT-IN``, ``HARDEN-DNAT-FWD``, ``HARDEN-CLOSED``...) and two
+``HARDEN-<GROUP>`` chains per source-restricted group. Every change goes through one
 ``*-restore --noflush`` transaction per family, so other chains stay byte-identical.
 """
 
@@ -22,6 +24,9 @@ from harden.errors import ApplyError, EnvironmentProblem, StateError
 from harden.files import write_atomic
 
 JUMP = "-A INPUT -j HARDEN-INPUT"
+# Forwarded traffic reaches HARDEN-FORWARD from DOCKER-USER when Docker made that chain
+# (Docker keeps its jump to it first in FORWARD, across restarts), else from FORWARD.
+FORWARD_HOOKS = ("DOCKER-USER", "FORWARD")
 TOOLS = {4: "iptables", 6: "ip6tables"}
 
 
@@ -34,6 +39,15 @@ class Owned:
     jump: bool
     # INPUT rules ahead of the jump: not harden's, but they decide before harden does.
     before_jump: tuple[str, ...] = ()
+    # The chain jumping to HARDEN-FORWARD (FORWARD or DOCKER-USER), if any.
+    fwd_jump: str | None = None
+    before_fwd_jump: tuple[str, ...] = ()
+    docker_user: bool = False  # whether the table has Docker's DOCKER-USER chain
+
+    @property
+    def forward_hook(self) -> str:
+        """Where the forward jump belongs in this table."""
+        return "DOCKER-USER" if self.docker_user else "FORWARD"
 
     def text(self, family: int) -> str:
         """Readable canonical form (what diff compares)."""
@@ -42,28 +56,56 @@ class Owned:
         if self.before_jump:
             lines.append("# INPUT rules before the jump to HARDEN-INPUT (they bypass harden):")
             lines += [f"#   {rule}" for rule in self.before_jump]
+        if "HARDEN-FORWARD" in self.chains or self.fwd_jump:
+            lines.append(
+                f"# forwarded traffic jumps to HARDEN-FORWARD: {'yes' if self.fwd_jump else 'no'}"
+            )
+        if self.before_fwd_jump:
+            lines.append(
+                f"# {self.fwd_jump} rules before the jump to HARDEN-FORWARD (they bypass harden):"
+            )
+            lines += [f"#   {rule}" for rule in self.before_fwd_jump]
         return "\n".join(lines) + "\n"
 
 
 def parse_save(saved: str) -> Owned:
-    """Harden's chains, rules and INPUT jump from ``iptables-save -t filter`` output."""
+    """Harden's chains, rules and jumps from ``iptables-save -t filter`` output."""
     chains, rules, jump, before = [], [], False, []
+    fwd_jump: str | None = None
+    ahead: dict[str, list[str]] = {hook: [] for hook in FORWARD_HOOKS}
+    docker_user = False
     for line in saved.splitlines():
         if line.startswith(":HARDEN-"):
             chains.append(line[1:].split()[0])
+        elif line.startswith(":DOCKER-USER "):
+            docker_user = True
         elif line.startswith("-A HARDEN-"):
             rules.append(line)
         elif line == JUMP:
             jump = True
         elif line.startswith("-A INPUT ") and not jump:
             before.append(line)
-    return Owned(tuple(chains), tuple(rules), jump, tuple(before) if jump else ())
+        elif line.split(" ", 2)[1:2] and line.split(" ", 2)[1] in FORWARD_HOOKS:
+            hook = line.split(" ", 2)[1]
+            if line == f"-A {hook} -j HARDEN-FORWARD":
+                fwd_jump = fwd_jump or hook
+            elif fwd_jump is None:
+                ahead[hook].append(line)
+    return Owned(
+        tuple(chains),
+        tuple(rules),
+        jump,
+        tuple(before) if jump else (),
+        fwd_jump,
+        tuple(ahead[fwd_jump]) if fwd_jump else (),
+        docker_user,
+    )
 
 
 _CHAIN = re.compile(r"HARDEN-[A-Z0-9-]{1,21}")
 # "[12:720] -A HARDEN-INPUT ... --comment witness_in_tcp_v4 ..." from iptables-save -c
 _COUNTED = re.compile(
-    r"\[(?P<packets>\d+):\d+\] -A HARDEN-INPUT .*--comment \"?(?P<name>(?:closed|witness)_\w+)"
+    r"\[(?P<packets>\d+):\d+\] -A HARDEN-[A-Z0-9-]+ .*--comment \"?(?P<name>(?:closed|witness)_\w+)"
 )
 
 
@@ -76,7 +118,7 @@ def check_snapshot(snapshot: str) -> dict[str, Any]:
         ok = isinstance(data, dict) and set(data) <= {"4", "6"}
         for part in data.values():
             chains, rules, jump = part["chains"], part["rules"], part["jump"]
-            ok = ok and isinstance(jump, bool)
+            ok = ok and isinstance(jump, bool) and part.get("fwd_jump") in (None, *FORWARD_HOOKS)
             ok = ok and all(isinstance(c, str) and _CHAIN.fullmatch(c) for c in chains)
             ok = ok and all(
                 isinstance(r, str) and r.startswith("-A HARDEN-") and "\n" not in r for r in rules
@@ -131,11 +173,16 @@ class IptablesFirewall:
     def snapshot(self) -> str:
         """Both families' harden chains as JSON ("" if harden owns nothing)."""
         owned = {family: self._owned(family) for family in IPT_FILES}
-        if not any(o.chains or o.jump for o in owned.values()):
+        if not any(o.chains or o.jump or o.fwd_jump for o in owned.values()):
             return ""
         return json.dumps(
             {
-                str(f): {"chains": o.chains, "rules": o.rules, "jump": o.jump}
+                str(f): {
+                    "chains": o.chains,
+                    "rules": o.rules,
+                    "jump": o.jump,
+                    "fwd_jump": o.fwd_jump,
+                }
                 for f, o in owned.items()
             }
         )
@@ -169,6 +216,14 @@ class IptablesFirewall:
             extra.append("-D INPUT -j HARDEN-INPUT")  # harden decides first: move it up
         if not live.jump or live.before_jump:
             extra.append("-I INPUT 1 -j HARDEN-INPUT")
+        hook = live.forward_hook
+        misplaced = live.fwd_jump is not None and (
+            live.fwd_jump != hook or bool(live.before_fwd_jump)
+        )
+        if misplaced:
+            extra.append(f"-D {live.fwd_jump} -j HARDEN-FORWARD")
+        if live.fwd_jump is None or misplaced:
+            extra.append(f"-I {hook} 1 -j HARDEN-FORWARD")
         body = rendered.rstrip("\n")
         assert body.endswith("COMMIT")
         return body[: -len("COMMIT")] + "".join(f"{line}\n" for line in extra) + "COMMIT\n"
@@ -183,16 +238,24 @@ class IptablesFirewall:
             stale = [c for c in live.chains if c not in want["chains"]]
             if live.jump and not want["jump"]:
                 lines.append("-D INPUT -j HARDEN-INPUT")
+            # Snapshots from before harden filtered forwarded traffic have no "fwd_jump".
+            fwd_want: str | None = want.get("fwd_jump")
+            if fwd_want == "DOCKER-USER" and not live.docker_user:
+                fwd_want = "FORWARD"  # Docker's chain is gone: its hook still is not
+            if live.fwd_jump and live.fwd_jump != fwd_want:
+                lines.append(f"-D {live.fwd_jump} -j HARDEN-FORWARD")
             lines += [f"-F {c}" for c in stale] + [f"-X {c}" for c in stale]
             if want["jump"] and not live.jump:
                 lines.append("-I INPUT 1 -j HARDEN-INPUT")
+            if fwd_want and live.fwd_jump != fwd_want:
+                lines.append(f"-I {fwd_want} 1 -j HARDEN-FORWARD")
             lines.append("COMMIT")
             self._tool(family, "-restore", ["--noflush"], "\n".join(lines) + "\n")
 
     def live(self) -> str:
         """Both families' harden chains in canonical form ("" if none)."""
         owned = {family: self._owned(family) for family in IPT_FILES}
-        if not any(o.chains or o.jump for o in owned.values()):
+        if not any(o.chains or o.jump or o.fwd_jump for o in owned.values()):
             return ""
         return "".join(o.text(f) for f, o in owned.items())
 
@@ -216,9 +279,9 @@ class IptablesFirewall:
         if proc.returncode != 0:
             raise ApplyError(f"the kernel refused the ruleset: {one_line(proc.stderr, 400)}")
         v4, v6 = proc.stdout.split("#harden-split\n")
-        # Loading also adds the INPUT jump, which the rendered files leave to apply.
+        # Loading also adds the jumps, which the rendered files leave to apply.
         return "".join(
-            Owned(o.chains, o.rules, True).text(f)
+            Owned(o.chains, o.rules, True, fwd_jump="FORWARD").text(f)
             for f, o in ((4, parse_save(v4)), (6, parse_save(v6)))
         )
 
@@ -268,7 +331,9 @@ ExecStart=/usr/sbin/iptables-restore --noflush /etc/harden/harden.rules.v4
 ExecStart=/usr/sbin/ip6tables-restore --noflush /etc/harden/harden.rules.v6
 ExecStart=/bin/sh -c 'iptables -C INPUT -j HARDEN-INPUT || iptables -I INPUT 1 -j HARDEN-INPUT'
 ExecStart=/bin/sh -c 'ip6tables -C INPUT -j HARDEN-INPUT || ip6tables -I INPUT 1 -j HARDEN-INPUT'
+ExecStart=/bin/sh -c 'iptables -C FORWARD -j HARDEN-FORWARD || iptables -I FORWARD 1 -j HARDEN-FORWARD'
+ExecStart=/bin/sh -c 'ip6tables -C FORWARD -j HARDEN-FORWARD || ip6tables -I FORWARD 1 -j HARDEN-FORWARD'
 
 [Install]
 WantedBy=multi-user.target
-"""
+"""  # noqa: E501
