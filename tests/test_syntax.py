@@ -110,6 +110,11 @@ def _ipt_shape(saved: str) -> dict[str, list[str]]:
         if line.startswith("-A "):
             _, chain, rule = line.split(" ", 2)
             rule = re.sub(r'-m comment --comment ("[^"]*"|\S+) ', "", rule)
-            rule = re.sub(r"HARDEN-(?!INPUT)[A-Z0-9-]+", "SRC", rule)
-            chains.setdefault(re.sub(r"HARDEN-(?!INPUT)[A-Z0-9-]+", "SRC", chain), []).append(rule)
-    return chains
+            rule = _NAMED.sub("SRC", rule)
+            chains.setdefault(_NAMED.sub("SRC", chain), []).append(rule)
+    # Chains named after services sort by those names: compare their rules as a multiset.
+    return {chain: sorted(rules) if chain == "SRC" else rules for chain, rules in chains.items()}
+
+
+# harden's chains whose names come from the manifest (its fixed ones keep their names).
+_NAMED = re.compile(r"HARDEN-(?!(?:INPUT|FORWARD|DNAT-IN|DNAT-FWD|CLOSED|LIMITED)\b)[A-Z0-9-]+")
