@@ -8,7 +8,7 @@ DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3
   tcpdump iputils-ping
 STAMP := $(VENV)/.installed
 
-.PHONY: install deb apt-install test lint demo bench vm-test clean
+.PHONY: install deb apt-install apt-install-nostart test lint demo bench vm-test clean
 
 install: $(STAMP)
 
@@ -19,10 +19,36 @@ install: $(STAMP)
 DEB_NO_RECOMMENDS := vagrant qemu-system-x86 qemu-utils debootstrap debian-archive-keyring \
   e2fsprogs openssh-client
 
+# For tests/test_forwarded.py: a real dockerd, started only inside test namespaces, and a
+# busybox for its image (no registry is reachable).
+DEB_DOCKER := docker.io busybox-static
+
 deb:
 	@$(MAKE) --no-print-directory apt-install PKGS="$(DEB_PACKAGES)" APT_FLAGS=""
 	@$(MAKE) --no-print-directory apt-install PKGS="$(DEB_NO_RECOMMENDS)" \
 	  APT_FLAGS="--no-install-recommends"
+	@$(MAKE) --no-print-directory apt-install-nostart PKGS="$(DEB_DOCKER)"
+
+# Like apt-install, but the packages' services never start on this machine: dockerd in the
+# machine's own namespace would rewrite its iptables (FORWARD policy DROP). A policy-rc.d
+# that forbids starting is in place during the install (removed after, unless it was there
+# already), and on a systemd host the units we installed are disabled for boot too.
+apt-install-nostart:
+	@missing=""; for p in $(PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages (services not started):$$missing"; \
+	  made=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made=1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  rc=$$?; if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	  if [ $$rc -eq 0 ] && [ -d /run/systemd/system ]; then \
+	    systemctl disable --quiet docker.service docker.socket containerd.service 2>/dev/null || true; \
+	  fi; \
+	  exit $$rc; \
+	fi
 
 # Install those Debian packages in PKGS that are not installed yet.
 apt-install:
