@@ -423,3 +423,22 @@ def test_cli_diff_refuses_backend_with_two_manifests_and_bad_manifests(tmp_path:
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"harden: error: {bad}: services[0].port")
     assert proc.stderr.count("\n") == 1
+
+
+def test_forwarding_settings_are_reviewed() -> None:
+    """Trusting an interface, routing policy, forward allows, limits and DHCPv6 are named."""
+    old = "version: 1\nservices: [{name: ssh, port: 22, proto: tcp, limit: 6/30s}]\n"
+    new = (
+        "version: 1\npolicy: {trusted_interfaces: [docker0], dhcpv6: true}\n"
+        "services: [{name: ssh, port: 22, proto: tcp}]\n"
+        "forward: {policy: drop, allow: [{name: vpn, in_interface: wg0}]}\n"
+    )
+    texts = [c.text for c in diff_of(old, new).changes]
+    assert texts == [
+        "trusted interfaces change (+docker0): everything arriving on docker0 is accepted",
+        "drops routed traffic (forward.policy: accept -> drop)",
+        "adds the forward allow 'vpn'",
+        "accepts DHCPv6 replies (dhcpv6: false -> true)",
+        "ssh/tcp: new connections per source limited 6/30s -> none",
+    ]
+    assert not diff_of(new, new).changed

@@ -346,7 +346,74 @@ def _policy_changes(old: Policy, new: Policy) -> list[Change]:
                 f"{verb} (ipv6: {_yaml(old.ipv6)} -> {_yaml(new.ipv6)})",
             )
         )
+    out += _forwarding_changes(old, new)
     return out
+
+
+def _forwarding_changes(old: Policy, new: Policy) -> list[Change]:
+    """Trusted interfaces, forward policy and allows, DHCPv6, per-service limits."""
+    out: list[Change] = []
+    both: FamilyName = "both" if old.ipv6 or new.ipv6 else "ipv4"
+    gained = [i for i in new.trusted if i not in old.trusted]
+    lost = [i for i in old.trusted if i not in new.trusted]
+    if gained or lost:
+        what = ", ".join([*(f"+{i}" for i in gained), *(f"-{i}" for i in lost)])
+        text = f"trusted interfaces change ({what})"
+        if gained:
+            text += f": everything arriving on {', '.join(gained)} is accepted"
+        old_text, new_text = ", ".join(old.trusted), ", ".join(new.trusted)
+        out.append(_setting("trusted_interfaces", both, None, old_text, new_text, text))
+    if old.forward != new.forward:
+        verb = "drops" if new.forward == "drop" else "no longer filters"
+        text = f"{verb} routed traffic (forward.policy: {old.forward} -> {new.forward})"
+        out.append(_setting("forward.policy", both, None, old.forward, new.forward, text))
+    old_allows = {f.label: f for f in old.forwarded}
+    new_allows = {f.label: f for f in new.forwarded}
+    changed = sorted(
+        label
+        for label in old_allows.keys() | new_allows.keys()
+        if old_allows.get(label) != new_allows.get(label)
+    )
+    for label in changed:
+        verb = (
+            "adds"
+            if label not in old_allows
+            else "removes"
+            if label not in new_allows
+            else "changes"
+        )
+        out.append(
+            _setting(
+                "forward.allow", both, None, label in old_allows, label in new_allows,
+                f"{verb} the forward allow {label!r}",
+            )
+        )  # fmt: skip
+    if old.dhcpv6 != new.dhcpv6:
+        verb = "accepts" if new.dhcpv6 else "stops accepting"
+        out.append(
+            _setting(
+                "dhcpv6", "ipv6", "udp", old.dhcpv6, new.dhcpv6,
+                f"{verb} DHCPv6 replies (dhcpv6: {_yaml(old.dhcpv6)} -> {_yaml(new.dhcpv6)})",
+            )
+        )  # fmt: skip
+    old_limits, new_limits = _limits(old), _limits(new)
+    for name in sorted(old_limits.keys() | new_limits.keys()):
+        before, after = old_limits.get(name, "none"), new_limits.get(name, "none")
+        if before != after:
+            out.append(
+                _setting(
+                    "limit", both, None, before, after,
+                    f"{name}: new connections per source limited {before} -> {after}",
+                )
+            )  # fmt: skip
+    return out
+
+
+def _limits(policy: Policy) -> dict[str, str]:
+    """Each limited service's limit (and protocol, if it has two)."""
+    return {
+        f"{name}/{a.proto}": str(a.limit) for a in policy.allows if a.limit for name in a.services
+    }
 
 
 def _yaml(value: bool) -> str:
