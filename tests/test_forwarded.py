@@ -207,3 +207,42 @@ def test_a_limit_admits_a_burst_per_source(tmp_path: Path, backend: str) -> None
         assert burst(first, 8) == 3  # the burst of 3, then silence
         assert burst(second, 2) == 2  # per source: another address has its own bucket
         assert burst(first, 2) == 0  # the first source is still over its limit
+
+
+def _log_hits(ns: Namespace, backend: str, prefix: str) -> int:
+    """Packets that reached harden's log rule with ``prefix`` (rule counters, summed)."""
+    if backend == "nftables":
+        listing = ns.run(["nft", "list", "table", "inet", "harden"]).stdout
+        pattern = rf'counter packets (\d+) bytes \d+ limit .* log prefix "{prefix}"'
+    else:
+        listing = ns.run(["iptables-save", "-c", "-t", "filter"]).stdout
+        pattern = rf'\[(\d+):\d+\] -A HARDEN-[A-Z-]+ .*--log-prefix "{prefix}"'
+    return sum(int(n) for n in re.findall(pattern, listing))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_log_counts_refused_attempts_only(tmp_path: Path, backend: str) -> None:
+    manifest = write(
+        tmp_path,
+        "logged.yaml",
+        "version: 1\nservices:\n"
+        "  - {name: ssh, port: 22, proto: tcp, sources: [198.18.1.0/24], log: true}\n"
+        "  - {name: api, port: 8000, proto: tcp, limit: 1/minute, log: true}\n",
+    )
+    with lab_for(manifest) as lab:
+        lab.start_services(lifetime=120)
+        lab.wait_reachable()
+        assert lab.allowed is not None
+        srv = lab.server.ns
+        harden(srv, "apply", manifest, "--backend", backend, "--state-dir", tmp_path / "st")
+
+        def connects(host: Namespace, source: str, port: int, n: int) -> int:
+            args = [str(lab.server.v4), str(port), str(n), source]
+            return int(host.run([sys.executable, "-c", CONNECTS, *args], timeout=60).stdout)
+
+        assert connects(lab.allowed.ns, str(lab.allowed.v4), 22, 2) == 2
+        assert _log_hits(srv, backend, "harden:ssh_tcp ") == 0  # accepted: not logged
+        assert connects(lab.outside.ns, str(lab.outside.v4), 22, 2) == 0
+        assert _log_hits(srv, backend, "harden:ssh_tcp ") == 2  # one SYN per refused attempt
+        assert connects(lab.outside.ns, str(lab.outside.v4), 8000, 3) == 1
+        assert _log_hits(srv, backend, "harden:limited ") == 2  # over the limit: logged

@@ -28,6 +28,8 @@ class Validation:
     closed: str
     ipv6: bool
     allows: tuple[str, ...]
+    trusted: tuple[str, ...] = ()
+    forward: str = "accept"
 
     @classmethod
     def of(cls, source: str, manifest: Manifest, policy: Policy) -> Validation:
@@ -40,7 +42,11 @@ class Validation:
             else:
                 nets = [str(n) for fam in FAMILIES for n in allow.sources(fam) or ()]
                 where = " from " + ",".join(nets)
-            allows.append(f"{allow.proto}/{ports}{where}")
+            limit = f" (limit {allow.limit} per source)" if allow.limit else ""
+            allows.append(f"{allow.proto}/{ports}{where}{limit}")
+        forward = policy.forward
+        if policy.forward == "drop" and policy.forwarded:
+            forward += " except " + ", ".join(f.label for f in policy.forwarded)
         return cls(
             source,
             manifest.host,
@@ -48,6 +54,8 @@ class Validation:
             policy.closed,
             policy.ipv6,
             tuple(allows),
+            policy.trusted,
+            forward,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -60,15 +68,22 @@ class Validation:
             "closed": self.closed,
             "ipv6": self.ipv6,
             "allows": list(self.allows),
+            "trusted_interfaces": list(self.trusted),
+            "forward": self.forward,
         }
 
     def to_text(self) -> str:
         """One line."""
         allowed = "; ".join(self.allows) or "nothing (every port closed)"
-        return (
+        text = (
             f"{self.manifest}: valid, {self.services} service(s), "
             f"closed ports {self.closed}, allows {allowed}"
         )
+        if self.trusted:
+            text += f", trusts {', '.join(self.trusted)}"
+        if self.forward != "accept":
+            text += f", routed traffic: {self.forward}"
+        return text
 
 
 @dataclass
