@@ -44,7 +44,7 @@ class Validation:
                 where = " from " + ",".join(nets)
             limit = f" (limit {allow.limit} per source)" if allow.limit else ""
             allows.append(f"{allow.proto}/{ports}{where}{limit}")
-        forward = policy.forward
+        forward: str = policy.forward
         if policy.forward == "drop" and policy.forwarded:
             forward += " except " + ", ".join(f.label for f in policy.forwarded)
         return cls(
