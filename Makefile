@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # libpcap0.8: scapy compiles verify's capture filter with it (not only a tcpdump dependency).
 DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv libpcap0.8 \
-  tcpdump iputils-ping
+  tcpdump iputils-ping ndiff
 STAMP := $(VENV)/.installed
 
 .PHONY: install deb apt-install apt-install-nostart test lint demo bench vm-test clean

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -116,8 +117,20 @@ BACKEND = click.option(
 )
 
 
+def _render(fmt: str, data: dict[str, Any], text: str) -> str:
+    return (json.dumps(data, indent=2) if fmt == "json" else text).rstrip("\n") + "\n"
+
+
 def _emit(fmt: str, data: dict[str, Any], text: str) -> None:
-    click.echo(json.dumps(data, indent=2) if fmt == "json" else text)
+    click.echo(_render(fmt, data, text), nl=False)
+
+
+def _write(output: Path | None, text: str) -> None:
+    """To ``output`` atomically (a collector never reads half a file), else to stdout."""
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_atomic(output, text, mode=0o644)
 
 
 @cli.command(name="apply")
@@ -242,14 +255,26 @@ def reset(state_dir: Path) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "markdown"]),
+    type=click.Choice(["text", "json", "markdown", "prometheus"]),
     default="text",
     show_default=True,
-    help="markdown (a pull-request comment) with OLD NEW only.",
+    help="markdown (a pull-request comment) with OLD NEW only; prometheus (the harden_drift "
+    "metric, for node_exporter's textfile collector) with one MANIFEST.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the result here (atomically) instead of standard output.",
 )
 @click.pass_context
 def diff_cmd(
-    ctx: click.Context, manifest: Path, new: Path | None, backend: Backend, fmt: str
+    ctx: click.Context,
+    manifest: Path,
+    new: Path | None,
+    backend: Backend,
+    fmt: str,
+    output: Path | None,
 ) -> None:
     """Compare the live rules with what MANIFEST renders: exit 0 same, 1 drift.
 
@@ -266,17 +291,28 @@ def diff_cmd(
         if fmt == "markdown":
             raise click.UsageError("--format markdown needs two manifests: OLD NEW", ctx=ctx)
         result = diff(manifest, backend)
-        _emit(fmt, result.to_json(), result.to_text())
+        if fmt == "prometheus":
+            from harden.core.metrics import drift_metrics
+
+            _write(output, drift_metrics(result.drift, backend, time.time()))
+        elif output is not None:
+            _write(output, _render(fmt, result.to_json(), result.to_text()))
+        else:
+            _emit(fmt, result.to_json(), result.to_text())
         raise click.exceptions.Exit(ExitStatus.FAILED if result.drift else ExitStatus.OK)
 
     from harden.core.exposure import exposure_diff
 
     if ctx.get_parameter_source("backend") is not ParameterSource.DEFAULT:
         raise click.UsageError("--backend reads live rules: give it one MANIFEST", ctx=ctx)
+    if fmt == "prometheus":
+        raise click.UsageError("--format prometheus reads live rules: give one MANIFEST", ctx=ctx)
     old_policy, new_policy = (build_policy(load_manifest(path)) for path in (manifest, new))
     exposure = exposure_diff(old_policy, new_policy, str(manifest), str(new))
     if fmt == "markdown":
-        click.echo(exposure.to_markdown(), nl=False)
+        _write(output, exposure.to_markdown())
+    elif output is not None:
+        _write(output, _render(fmt, exposure.to_json(), exposure.to_text()))
     else:
         _emit(fmt, exposure.to_json(), exposure.to_text())
     raise click.exceptions.Exit(ExitStatus.FAILED if exposure.changed else ExitStatus.OK)
@@ -310,9 +346,11 @@ def status(state_dir: Path, fmt: str) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "junit"]),
+    type=click.Choice(["text", "json", "junit", "prometheus", "nmap-xml"]),
     default="text",
     show_default=True,
+    help="prometheus: node_exporter textfile-collector metrics (use -o FILE: written "
+    "atomically); nmap-xml: nmap's XML, for ndiff and tools that read nmap reports.",
 )
 @click.option(
     "-o",
@@ -448,6 +486,8 @@ def verify_cmd(
     text = {
         "json": lambda: json.dumps(report.to_json(), indent=2) + "\n",
         "junit": lambda: report.to_junit(),
+        "prometheus": lambda: report.to_prometheus(),
+        "nmap-xml": lambda: report.to_nmap_xml(),
         "text": lambda: report.to_text(),
     }[fmt]()
     if output is not None:

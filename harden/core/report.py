@@ -7,6 +7,7 @@ Pure: ``evaluate(plan, findings)`` builds a Report; ``to_json``, ``to_junit`` an
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
@@ -79,6 +80,7 @@ class Report:
     sent: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     mode: str = "raw"
+    started: float = 0.0  # when probing began (seconds since the epoch; 0: unknown)
 
     @property
     def failures(self) -> list[Entry]:
@@ -118,6 +120,27 @@ class Report:
     def to_text(self, width: int = 110) -> str:
         """A table of declared ports and deviations, the notes, and a one-line verdict."""
         return _text(self, width)
+
+    def to_prometheus(self) -> str:
+        """node_exporter textfile-collector metrics (see harden/core/metrics.py)."""
+        from harden.core.metrics import verify_metrics
+
+        return verify_metrics(self)
+
+    def to_nmap_xml(self) -> str:
+        """An nmap-compatible XML report (see harden/core/nmapxml.py)."""
+        from harden.core.nmapxml import nmap_xml
+
+        return nmap_xml(self)
+
+    def verdict_of(self, target: str) -> str:
+        """One target's verdict, by the same rule as ``verdict``."""
+        mine = [e for e in self.entries if e.target == target]
+        if any(e.status is Status.FAIL for e in mine):
+            return "fail"
+        if any(e.status is Status.INCONCLUSIVE for e in mine):
+            return "inconclusive"
+        return "pass"
 
     def counts(self) -> dict[str, int]:
         """Summary numbers."""
@@ -362,6 +385,7 @@ def _json(report: Report) -> dict[str, Any]:
         "verdict": report.verdict,
         "mode": report.mode,
         "seconds": round(report.seconds, 3),
+        "started": round(report.started, 3),
         "counts": report.counts(),
         "ports": [
             {
@@ -400,9 +424,17 @@ def _span(s: Span) -> dict[str, Any]:
 
 def _junit(report: Report) -> str:
     """JUnit XML: one testcase per (target, protocol, expectation) group, plus ping."""
-    suites = ET.Element("testsuites", name="harden verify")
+    suites = ET.Element("testsuites", name="harden verify", time=f"{report.seconds:.3f}")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(report.started))
     for target in report.targets:
-        suite = ET.SubElement(suites, "testsuite", name=f"harden verify {target}")
+        # Targets are probed together: each suite took the whole run.
+        suite = ET.SubElement(
+            suites,
+            "testsuite",
+            name=f"harden verify {target}",
+            timestamp=stamp,
+            time=f"{report.seconds:.3f}",
+        )
         cases = 0
         failures = 0
         errors = 0

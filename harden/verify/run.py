@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
@@ -69,6 +70,7 @@ def run_verify(
         extra_sources=extra_sources,
     )
     before = read_witness(witness) if witness else None
+    started = time.time()
     transport: Transport = (
         RawTransport(list(routes.values())) if raw_available() else ConnectTransport(wait)
     )
@@ -91,7 +93,9 @@ def run_verify(
                 f"{target.address}: expectations computed for source {target.seen_as} "
                 f"(--seen-as), not for this host's {target.source}"
             )
-    return evaluate(plan, findings)
+    report = evaluate(plan, findings)
+    report.started = started
+    return report
 
 
 def read_witness(command: str) -> dict[str, int]:

@@ -1,0 +1,136 @@
+"""Prometheus text exposition (node_exporter's textfile collector) of verify and diff results.
+
+Every series a dashboard or an alert needs exists in every file, with 0 where nothing
+happened, so an alert like ``harden_verify_success == 0`` never meets a missing series
+that Prometheus would read as "no data" rather than "bad".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from harden.core.report import Report, Status
+
+VERDICTS = ("pass", "fail", "inconclusive")
+
+
+def _escape(value: str) -> str:
+    """A label value in the text format: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(
+        self, name: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]
+    ) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} gauge")
+        for labels, value in samples:
+            number = repr(float(value)) if value != int(value) else str(int(value))
+            self.lines.append(f"{name}{_labels(labels)} {number}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def verify_metrics(report: Report) -> str:
+    """The verification's metrics.
+
+    Per target: verdict, deviations by kind, warnings, ports probed and unproven; for
+    the run: success, duration and when it ended.
+    """
+    out = _Writer()
+    targets = report.targets
+    out.metric(
+        "harden_verify_success",
+        "1 if the last harden verify passed, 0 if it failed or was inconclusive.",
+        [({}, 1 if report.verdict == "pass" else 0)],
+    )
+    out.metric(
+        "harden_verify_target_verdict",
+        "The last verdict per target: 1 on the verdict it had, 0 on the others.",
+        [
+            ({"target": t, "verdict": v}, 1 if report.verdict_of(t) == v else 0)
+            for t in targets
+            for v in VERDICTS
+        ],
+    )
+    kinds = Counter(
+        (e.target, e.proto, e.observed) for e in report.entries if e.status is Status.FAIL
+    )
+    out.metric(
+        "harden_verify_deviations",
+        "Ports that deviate from the manifest, per target, protocol and what was observed "
+        "(open: an undeclared port answers; closed: an RST or port-unreachable leaks; "
+        "silent: a declared port does not answer).",
+        [({"target": t, "proto": p, "observed": o}, n) for (t, p, o), n in sorted(kinds.items())],
+    )
+    totals = Counter(e.target for e in report.entries if e.status is Status.FAIL)
+    out.metric(
+        "harden_verify_deviations_total",
+        "All deviating ports per target.",
+        [({"target": t}, totals.get(t, 0)) for t in targets],
+    )
+    warnings = Counter(e.target for e in report.entries if e.status is Status.WARN)
+    out.metric(
+        "harden_verify_warnings",
+        "Declared ports that are allowed but not provably serving, per target.",
+        [({"target": t}, warnings.get(t, 0)) for t in targets],
+    )
+    probed = Counter[str]()
+    unproven = Counter[str]()
+    for span in report.spans:
+        probed[span.target] += span.count
+    for span in report.unproven:
+        probed[span.target] += span.count
+        unproven[span.target] += span.count
+    for entry in report.entries:
+        if entry.port:
+            probed[entry.target] += 1
+    out.metric(
+        "harden_verify_ports_probed",
+        "Ports probed per target (TCP and UDP).",
+        [({"target": t}, probed.get(t, 0)) for t in targets],
+    )
+    out.metric(
+        "harden_verify_ports_unproven",
+        "Silent ports whose silence proves nothing (ICMP budget, no sign of life).",
+        [({"target": t}, unproven.get(t, 0)) for t in targets],
+    )
+    out.metric(
+        "harden_verify_duration_seconds",
+        "How long the last verification probed.",
+        [({}, round(report.seconds, 3))],
+    )
+    out.metric(
+        "harden_verify_last_run_timestamp_seconds",
+        "When the last verification ended (seconds since the epoch).",
+        [({}, round(report.started + report.seconds, 3))],
+    )
+    return out.text()
+
+
+def drift_metrics(drift: bool, backend: str, checked_at: float) -> str:
+    """``harden diff MANIFEST --format prometheus``: whether the live rules drifted."""
+    out = _Writer()
+    out.metric(
+        "harden_drift",
+        "1 if harden's live rules differ from what the manifest renders, else 0.",
+        [({"backend": backend}, 1 if drift else 0)],
+    )
+    out.metric(
+        "harden_drift_last_check_timestamp_seconds",
+        "When harden diff last compared the live rules (seconds since the epoch).",
+        [({}, round(checked_at, 3))],
+    )
+    return out.text()

@@ -1,0 +1,121 @@
+"""An nmap-compatible XML report, so ndiff and tools that ingest nmap XML read harden's results.
+
+Each probed port gets the state nmap would give it for the same reply: a SYN-ACK or a UDP
+reply is ``open``, an RST or an ICMP port-unreachable ``closed``, an admin-prohibited
+``filtered``, and silence ``filtered`` for TCP and ``open|filtered`` for UDP (from one
+reply nmap cannot tell a dropped UDP port from a listener that ignores junk; harden's
+proof that the silence is a drop is in its own reports). As nmap does without ``-v``, a
+state other than open that more than 25 ports share is summarised in ``extraports``,
+the state with most ports first, as nmap 7.93 writes them.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+
+from harden.core.ports import expand, parse_port
+from harden.core.report import Report
+
+# nmap's order of port states (portlist.h): extraports come most ports first, then in it.
+_STATE_ORDER = ("closed", "open", "filtered", "unfiltered", "open|filtered", "closed|filtered")
+MAX_LISTED = 25  # nmap's max_per_state without -v: more ports in one state are summarised
+
+# harden's observation -> nmap's (state, reason), per protocol.
+_TCP = {
+    "open": ("open", "syn-ack"),
+    "closed": ("closed", "reset"),
+    "rejected": ("filtered", "admin-prohibited"),
+}
+_UDP = {
+    "open": ("open", "udp-response"),
+    "closed": ("closed", "port-unreach"),
+    "rejected": ("filtered", "admin-prohibited"),
+}
+_SILENT = {"tcp": ("filtered", "no-response"), "udp": ("open|filtered", "no-response")}
+
+
+def nmap_state(proto: str, observed: str) -> tuple[str, str]:
+    """The state and reason nmap gives the reply harden observed on one port."""
+    table = _TCP if proto == "tcp" else _UDP
+    return table.get(observed, _SILENT[proto])
+
+
+def nmap_xml(report: Report) -> str:
+    """The report as an ``nmaprun`` document: one host per target."""
+    start = int(report.started)
+    end = int(report.started + report.seconds)
+    run = ET.Element(
+        "nmaprun",
+        scanner="harden",
+        args="harden verify",
+        start=str(start),
+        startstr=time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(start)),
+        version="harden",
+        xmloutputversion="1.05",
+    )
+    up = 0
+    for target in report.targets:
+        # (proto, port) -> (state, reason)
+        ports: dict[tuple[str, int], tuple[str, str]] = {}
+        for span in [*report.spans, *report.unproven]:
+            if span.target == target:
+                state = nmap_state(span.proto, span.observed)
+                for port in expand(parse_port(text) for text in span.ranges):
+                    ports[(span.proto, port)] = state
+        for entry in report.entries:
+            if entry.target == target and entry.port:
+                ports[(entry.proto, entry.port)] = nmap_state(entry.proto, entry.observed)
+        alive = target in report.alive
+        up += alive
+        host = ET.SubElement(run, "host", starttime=str(start), endtime=str(end))
+        ET.SubElement(
+            host,
+            "status",
+            state="up" if alive else "down",
+            reason="harden" if alive else "no-response",
+            reason_ttl="0",
+        )
+        family = "ipv6" if ":" in target else "ipv4"
+        ET.SubElement(host, "address", addr=target, addrtype=family)
+        _ports(ET.SubElement(host, "ports"), ports)
+    stats = ET.SubElement(run, "runstats")
+    ET.SubElement(
+        stats,
+        "finished",
+        time=str(end),
+        timestr=time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(end)),
+        elapsed=f"{report.seconds:.2f}",
+        summary=f"harden verify: {report.verdict.upper()}",
+        exit="success",
+    )
+    total = len(report.targets)
+    ET.SubElement(stats, "hosts", up=str(up), down=str(total - up), total=str(total))
+    ET.indent(run)
+    body = ET.tostring(run, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE nmaprun>\n' + body + "\n"
+
+
+def _ports(parent: ET.Element, ports: dict[tuple[str, int], tuple[str, str]]) -> None:
+    by_state: dict[str, list[tuple[str, int, str]]] = defaultdict(list)
+    for (proto, port), (state, reason) in ports.items():
+        by_state[state].append((proto, port, reason))
+    summarised = {s for s, items in by_state.items() if s != "open" and len(items) > MAX_LISTED}
+    for state in sorted(summarised, key=lambda s: (-len(by_state[s]), _STATE_ORDER.index(s))):
+        items = by_state[state]
+        extra = ET.SubElement(parent, "extraports", state=state, count=str(len(items)))
+        reasons: dict[tuple[str, str], int] = defaultdict(int)
+        for proto, _, reason in items:
+            reasons[(reason, proto)] += 1
+        for (reason, proto), count in sorted(reasons.items()):
+            ET.SubElement(extra, "extrareasons", reason=reason, count=str(count), proto=proto)
+    listed = sorted(
+        (proto, port, state, reason)
+        for state, items in by_state.items()
+        if state not in summarised
+        for proto, port, reason in items
+    )
+    for proto, port, state, reason in listed:
+        element = ET.SubElement(parent, "port", protocol=proto, portid=str(port))
+        ET.SubElement(element, "state", state=state, reason=reason, reason_ttl="0")

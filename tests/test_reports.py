@@ -1,0 +1,98 @@
+"""Outputs other tools read, checked with those tools on the lab: ndiff against a real nmap
+scan of the same host, prometheus_client's parser on the textfile-collector metrics."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import REPO
+from .labutil import HARDEN, lab_for
+
+pytestmark = pytest.mark.netns
+WEB = REPO / "rulesets" / "web-server.yaml"
+
+
+def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text file: (name, sorted labels) -> value."""
+    found = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_ndiff_sees_no_port_state_difference_from_nmap(tmp_path: Path) -> None:
+    if shutil.which("ndiff") is None:
+        pytest.skip("ndiff is not installed (Debian package ndiff; make install adds it)")
+    with lab_for(WEB) as lab:
+        lab.start_services(lifetime=120)
+        lab.wait_reachable()
+        lab.server.ns.run([*HARDEN, "apply", WEB, "--state-dir", tmp_path / "st"])
+        target = str(lab.server.v4)
+        ours, theirs = tmp_path / "harden.xml", tmp_path / "nmap.xml"
+        lab.outside.ns.run(
+            [*HARDEN, "verify", WEB, "--target", target, "--ports", "1-1000",
+             "--format", "nmap-xml", "-o", ours],
+            timeout=120,
+        )  # fmt: skip
+        lab.outside.ns.run(
+            ["nmap", "-n", "-Pn", "-sS", "-sU", "-p", "1-1000", "--max-retries", "1",
+             "--min-rate", "5000", "-oX", theirs, target],
+            timeout=300,
+        )  # fmt: skip
+    diff = subprocess.run(["ndiff", theirs, ours], capture_output=True, text=True, check=False)
+    assert diff.returncode in (0, 1), diff.stderr
+    # ndiff lists a port whose state or service name differs as a -/+ pair; harden names
+    # no services, so the states must be equal wherever a pair appears.
+    states: dict[str, dict[str, str]] = {"-": {}, "+": {}}
+    for sign, port, state in re.findall(r"^([-+])(\d+/(?:tcp|udp))\s+(\S+)", diff.stdout, re.M):
+        states[sign][port] = state
+    assert states["-"] == states["+"], diff.stdout
+    assert states["-"] == {"80/tcp": "open", "443/tcp": "open", "443/udp": "open"}
+    assert not re.search(r"^[-+]Not shown", diff.stdout, re.M), diff.stdout  # same extraports
+
+
+def test_prometheus_metrics_parse_and_flip_on_drift(tmp_path: Path) -> None:
+    with lab_for(WEB) as lab:
+        lab.start_services(lifetime=120)
+        lab.wait_reachable()
+        srv = lab.server.ns
+        srv.run([*HARDEN, "apply", WEB, "--state-dir", tmp_path / "st"])
+        target = str(lab.server.v4)
+        prom, drift = tmp_path / "verify.prom", tmp_path / "drift.prom"
+
+        def verify() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            lab.outside.ns.run(
+                [*HARDEN, "verify", WEB, "--target", target, "--ports", "30000-32000",
+                 "--format", "prometheus", "-o", prom],
+                check=False,
+                timeout=120,
+            )  # fmt: skip
+            return samples(prom)
+
+        def drifted() -> float:
+            srv.run([*HARDEN, "diff", WEB, "--format", "prometheus", "-o", drift], check=False)
+            return samples(drift)[("harden_drift", (("backend", "nftables"),))]
+
+        before = verify()
+        assert before[("harden_verify_success", ())] == 1
+        assert before[("harden_verify_target_verdict", (("target", target), ("verdict", "pass")))]
+        assert before[("harden_verify_deviations_total", (("target", target),))] == 0
+        assert before[("harden_verify_ports_probed", (("target", target),))] >= 2 * 2001
+        assert before[("harden_verify_last_run_timestamp_seconds", ())] > 1.7e9
+        assert drifted() == 0
+
+        # Someone opens a port by hand: nothing listens, so it leaks an RST.
+        srv.run(["nft", "insert rule inet harden input tcp dport 31337 accept"])
+        after = verify()
+        assert after[("harden_verify_success", ())] == 0
+        assert after[("harden_verify_target_verdict", (("target", target), ("verdict", "fail")))]
+        key = (("observed", "closed"), ("proto", "tcp"), ("target", target))
+        assert after[("harden_verify_deviations", key)] == 1
+        assert drifted() == 1
