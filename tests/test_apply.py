@@ -94,6 +94,10 @@ def test_apply_idempotent_diff_status_rollback(
     status = json.loads(harden(ns, "status", "--state-dir", state, "--format", "json").stdout)
     assert status["manifest"] == str(b) and status["live_matches_last_apply"] is True
     assert status["pending_confirmation"] is None
+    assert status["allows"] and any("53" in allow for allow in status["allows"])
+    b.write_text(b.read_text() + "\n")  # edited since the apply: what is live is unknown
+    status = json.loads(harden(ns, "status", "--state-dir", state, "--format", "json").stdout)
+    assert status["allows"] is None
 
     assert harden(ns, "rollback", "--state-dir", state).returncode == 0
     assert harden(ns, "diff", a, "--backend", backend).returncode == 0

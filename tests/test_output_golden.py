@@ -157,6 +157,9 @@ STATUS = StatusReport(
     live_matches_last_apply=True,
     watchdog="running",
     history=({"event": "applied", "at": 1790000000.0, "manifest_sha256": "e" * 64},),
+    allows=("tcp/80,443", "udp/443", "tcp/22 from 198.18.1.0/24,fd00:1::/64"),
+    trusted=("docker0",),
+    forward="drop",
 )
 DEAD_WATCHDOG = dataclasses.replace(STATUS, watchdog="not running")
 INTERRUPTED = dataclasses.replace(STATUS, interrupted=True, watchdog="not running")

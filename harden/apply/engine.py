@@ -29,7 +29,7 @@ from harden.apply.guard import lockout_reason, require_namespace
 from harden.apply.state import Applied, Pending, State, StateDir
 from harden.core.policy import Policy, build_policy
 from harden.core.render import Backend
-from harden.core.results import ApplyResult, Drift, StatusReport
+from harden.core.results import ApplyResult, Drift, StatusReport, Validation
 from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused
 from harden.files import read_manifest, write_atomic
 
@@ -380,6 +380,7 @@ def status(state_dir: Path) -> StatusReport:
         deadline = pending.deadline
         left = max(0.0, round(deadline - time.time(), 1))
     live = digest(firewall(current.backend).live())
+    allows, trusted, forward = _allowed(Path(current.manifest), current.manifest_sha256)
     return StatusReport(
         state_dir=str(state_dir),
         backend=current.backend,
@@ -394,4 +395,23 @@ def status(state_dir: Path) -> StatusReport:
         and pending is not None
         and (pending.deadline is None or watchdog != "running"),
         watchdog=watchdog,
+        allows=allows,
+        trusted=trusted,
+        forward=forward,
     )
+
+
+def _allowed(path: Path, sha256: str) -> tuple[tuple[str, ...] | None, tuple[str, ...], str | None]:
+    """What the applied manifest allows, if its file still holds what was applied.
+
+    The rules keep no manifest of their own: a file edited (or gone) since the apply
+    cannot say what is live, so the answer is then None (unknown), never a guess.
+    """
+    try:
+        text, manifest = read_manifest(path)
+    except HardenError:
+        return None, (), None
+    if digest(text) != sha256:
+        return None, (), None
+    summary = Validation.of(str(path), manifest, build_policy(manifest))
+    return summary.allows, summary.trusted, summary.forward

@@ -148,6 +148,10 @@ class StatusReport:
     history: tuple[dict[str, Any], ...] = ()
     interrupted: bool = False  # an apply stopped before it finished, with no watchdog armed
     watchdog: str | None = None  # "running" / "not running" while a confirmation is pending
+    # What the applied manifest allows (None: its file changed or is gone since the apply).
+    allows: tuple[str, ...] | None = None
+    trusted: tuple[str, ...] = ()
+    forward: str | None = None
 
     @property
     def applied(self) -> bool:
@@ -169,6 +173,9 @@ class StatusReport:
             "live_matches_last_apply": self.live_matches_last_apply,
             "interrupted": self.interrupted,
             "watchdog": self.watchdog,
+            "allows": None if self.allows is None else list(self.allows),
+            "trusted_interfaces": list(self.trusted),
+            "forward": self.forward,
             "history": list(self.history),
         }
 
@@ -198,5 +205,19 @@ class StatusReport:
                 f"applied:  {_utc(self.applied_at or 0.0)}",
                 f"pending:  {pending}",
                 f"live rules match the last apply: {match}",
+                *self._allowed_lines(),
             ]
         )
+
+    def _allowed_lines(self) -> list[str]:
+        """What is allowed, one rule a line (as ``ufw status verbose`` lists them)."""
+        if self.allows is None:
+            return ["allowed:  unknown (the manifest file changed or is gone since the apply)"]
+        lines = ["allowed:  " + (self.allows[0] if self.allows else "nothing")]
+        lines += [f"          {allow}" for allow in self.allows[1:]]
+        if self.trusted:
+            lines.append(f"trusted:  {', '.join(self.trusted)} (all traffic accepted)")
+        lines.append("closed:   everything else, including ports containers publish")
+        if self.forward and self.forward != "accept":
+            lines.append(f"routed:   {self.forward}")
+        return lines
