@@ -597,6 +597,123 @@ def init_cmd(fmt: str, output: Path | None) -> None:
         click.echo(proposal.to_text(), nl=False)
 
 
+@cli.group()
+def schedule() -> None:
+    """Write a systemd service and timer that re-run harden and write metrics.
+
+    A firewall drifts: a container publishes a port, someone runs 'nft add rule'. On
+    the prober, 'schedule verify' re-verifies its targets every --every and writes
+    'verify --format prometheus' metrics; on the target, 'schedule diff' re-runs
+    'harden diff' and writes the harden_drift metric. Point node_exporter's textfile
+    collector at the metrics directory, then: systemctl daemon-reload && systemctl
+    enable --now NAME.timer
+    """
+
+
+SCHEDULE_OPTIONS = [
+    click.option(
+        "--every",
+        default="15min",
+        show_default=True,
+        help="How often: a systemd time span such as 90s, 15min, 1h or 1d.",
+    ),
+    click.option(
+        "--metrics",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The metrics file the unit writes (atomically).  [default: "
+        "/var/lib/prometheus/node-exporter/harden_NAME.prom, Debian's textfile directory]",
+    ),
+    click.option(
+        "--name", help="Unit name without suffix.  [default: harden-verify / harden-diff]"
+    ),
+    click.option(
+        "-o",
+        "--output",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("/etc/systemd/system"),
+        show_default=True,
+        help="Directory to write NAME.service and NAME.timer into.",
+    ),
+]
+
+
+def _schedule_options(func: Any) -> Any:
+    for option in reversed(SCHEDULE_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _write_units(
+    kind: str,
+    description: str,
+    args: list[str],
+    ok_exits: tuple[int, ...],
+    every: str,
+    metrics: Path | None,
+    name: str | None,
+    output: Path,
+) -> None:
+    from harden.core.units import Schedule
+
+    unit = name or f"harden-{kind}"
+    metrics = (metrics or Path(f"/var/lib/prometheus/node-exporter/{unit}.prom")).absolute()
+    # This harden, however it was installed (a venv, pipx, a Debian package).
+    command = (sys.executable, "-m", "harden.cli", *args, "--format", "prometheus", "-o")
+    job = Schedule(
+        unit, description, (*command, str(metrics)), every, str(metrics.parent), ok_exits
+    )
+    # ReadWritePaths= must exist when the unit starts, or systemd refuses to run it.
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in (("service", job.service()), ("timer", job.timer())):
+        path = output / f"{unit}.{suffix}"
+        write_atomic(path, text, mode=0o644)
+        click.echo(f"wrote {path}", err=True)
+    click.echo(f"then: systemctl daemon-reload && systemctl enable --now {unit}.timer", err=True)
+
+
+@schedule.command(name="verify")
+@click.argument("manifest", type=MANIFEST)
+@click.option("--target", "targets", multiple=True, required=True, help="As for 'harden verify'.")
+@click.option("--ports", default="all", show_default=True, help="As for 'harden verify'.")
+@_schedule_options
+def schedule_verify(
+    manifest: Path,
+    targets: Sequence[str],
+    ports: str,
+    every: str,
+    metrics: Path | None,
+    name: str | None,
+    output: Path,
+) -> None:
+    """On the prober: re-verify MANIFEST's targets on a timer (FAIL is a metric)."""
+    load_manifest(manifest)  # a bad manifest fails now, not at 3 a.m.
+    for text in targets:
+        _address(text, "--target")
+    args = ["verify", str(manifest.absolute()), *(a for t in targets for a in ("--target", t))]
+    args += ["--ports", ports]
+    description = f"harden verify {manifest.name} against {', '.join(targets)}"
+    _write_units("verify", description, args, (1, 5), every, metrics, name, output)
+
+
+@schedule.command(name="diff")
+@click.argument("manifest", type=MANIFEST)
+@BACKEND
+@_schedule_options
+def schedule_diff(
+    manifest: Path,
+    backend: Backend,
+    every: str,
+    metrics: Path | None,
+    name: str | None,
+    output: Path,
+) -> None:
+    """On the target: compare the live rules with MANIFEST on a timer (drift is a metric)."""
+    load_manifest(manifest)
+    args = ["diff", str(manifest.absolute()), "--backend", backend]
+    description = f"harden diff {manifest.name} ({backend})"
+    _write_units("diff", description, args, (1,), every, metrics, name, output)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; map errors to one-line messages and exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
