@@ -7,6 +7,7 @@ The CLI prints ``to_text()`` or ``json.dumps(to_json())``; the Python API return
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,11 @@ from harden.core.policy import FAMILIES, Policy
 
 def _utc(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+
+
+def _nets(nets: Sequence[object] | None) -> str | list[str]:
+    """Sources of one family: "any", or the networks ([] when the family is not served)."""
+    return "any" if nets is None else [str(n) for n in nets]
 
 
 @dataclass(frozen=True)
@@ -30,12 +36,25 @@ class Validation:
     allows: tuple[str, ...]
     trusted: tuple[str, ...] = ()
     forward: str = "accept"
+    rules: tuple[dict[str, Any], ...] = ()  # the allows, structured (JSON)
 
     @classmethod
     def of(cls, source: str, manifest: Manifest, policy: Policy) -> Validation:
         """Summarise a validated manifest and its policy."""
         allows = []
+        rules = []
         for allow in policy.allows:
+            rules.append(
+                {
+                    "services": list(allow.services),
+                    "proto": allow.proto,
+                    "ports": [str(p) for p in allow.ports],
+                    "ipv4_sources": _nets(allow.sources(4)),
+                    "ipv6_sources": _nets(allow.sources(6)),
+                    "limit": str(allow.limit) if allow.limit else None,
+                    "log": allow.log,
+                }
+            )
             ports = ",".join(map(str, allow.ports))
             if not allow.restricted:
                 where = "" if policy.ipv6 else " (IPv4 only)"
@@ -56,6 +75,7 @@ class Validation:
             tuple(allows),
             policy.trusted,
             forward,
+            tuple(rules),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -67,7 +87,8 @@ class Validation:
             "services": self.services,
             "closed": self.closed,
             "ipv6": self.ipv6,
-            "allows": list(self.allows),
+            "allows": list(self.rules),
+            "summary": list(self.allows),
             "trusted_interfaces": list(self.trusted),
             "forward": self.forward,
         }
