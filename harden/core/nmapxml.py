@@ -15,6 +15,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 
+from harden import __version__
 from harden.core.ports import expand, parse_port
 from harden.core.report import Report
 
@@ -52,7 +53,7 @@ def nmap_xml(report: Report) -> str:
         args="harden verify",
         start=str(start),
         startstr=time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(start)),
-        version="harden",
+        version=__version__,
         xmloutputversion="1.05",
     )
     up = 0
