@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 # verify (docs/design.md, "Loss, retries and lost sends")
-WAIT = 0.4  # seconds to wait for replies after a round
+WAIT = 0.4  # seconds to wait for replies after a round, at most (and when no RTT is known)
+MIN_WAIT = 0.05  # ... at least, however short the measured round-trip time
+RTT_FACTOR = 4  # the wait is this many echo round-trip times, between MIN_WAIT and WAIT
+QUIET_MARGIN = 1.1  # a refill interval is waited this many times over (timer slack)
 RETRIES = 2  # extra rounds for silent probes (loss)
 DECLARED_RETRIES = 4  # more rounds for declared ports that stay silent
 ICMP_RATELIMIT_MS = 1000  # assumed net.ipv4.icmp_ratelimit / net.ipv6.icmp.ratelimit

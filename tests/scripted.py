@@ -262,6 +262,7 @@ class ScriptedTransport:
         self.closed = False
         self._sport = 40000
         self._echoes: list[tuple[Target, int, float]] = []
+        self.rtt = 0.0  # echo replies arrive this long after the request
         self._heard: dict[Address, str] = {}
 
     def _host(self, target: Target) -> ScriptedTarget:
@@ -278,9 +279,13 @@ class ScriptedTransport:
             if host.echo and not host.roll_loss() and not host.roll_loss():
                 self._echoes.append((target, ident, self.clock.now()))
 
-    def echoed(self, since: float, ident: int) -> set[Address]:
-        """Addresses whose echo reply with ``ident`` arrived since ``since``."""
-        return {t.address for t, i, at in self._echoes if i == ident and at >= since}
+    def echoed(self, since: float, ident: int) -> dict[Address, float]:
+        """Address -> when its echo reply with ``ident`` arrived (since ``since``)."""
+        out: dict[Address, float] = {}
+        for t, i, at in self._echoes:
+            if i == ident and at >= since and at + self.rtt <= self.clock.now():
+                out.setdefault(t.address, at + self.rtt)
+        return out
 
     def _send(
         self, target: Target, proto: Proto, source: Address, ports: list[int], progress: Sent | None

@@ -11,6 +11,7 @@ from ipaddress import ip_address
 
 import pytest
 
+from harden import defaults
 from harden.core.classify import Reason
 from harden.core.findings import Address, Findings
 from harden.core.plan import Plan, Target, plan_probes
@@ -179,7 +180,7 @@ def one_leak(**kwargs: object) -> ScriptedTarget:
     return target
 
 
-def test_retry_waits_a_refill_interval_from_the_previous_round_end() -> None:
+def test_the_kth_sweep_begins_k_refill_intervals_after_the_start() -> None:
     target = one_leak()
     clock = FakeClock(send_cost=1e-4)  # rounds take time: start and end differ
     findings, report, transport = run(target, clock=clock)
@@ -188,12 +189,32 @@ def test_retry_waits_a_refill_interval_from_the_previous_round_end() -> None:
     errors = target.errors_to(SOURCE)
     assert errors[0].port == 150 and errors[0].lost
     assert first.start <= errors[0].time <= first.end
-    # ... yet it still waited one interval (plus margin) from round 1's end.
-    assert second.start >= first.end + 1.1 * INTERVAL - 1e-9
-    assert second.start - first.end < 1.1 * INTERVAL + WAIT + 0.01  # and not much longer
+    # ... yet round 2 began only when the budget had earned a second token since we
+    # began watching, so it held one even though round 1 spent one unseen.
+    step = defaults.QUIET_MARGIN * INTERVAL
+    assert first.start >= transport.started + step - 1e-9
+    assert second.start >= transport.started + 2 * step - 1e-9
+    assert second.start < transport.started + 2 * step + 0.01  # and no later
     assert ("udp", 150, "closed") in failed(report)
     assert errors[1].port == 150 and not errors[1].lost
     assert (TARGET, "udp") not in findings.budget_limited  # the rest proven by later passes
+
+
+def test_three_sweeps_draw_three_errors_whatever_the_budget_held() -> None:
+    """The argument of "Sweeps counted from the start": k sweeps draw k errors.
+
+    Every error this leaking host sends is lost, so the engine never learns of the leak
+    (a false PASS, which loss of every error makes unavoidable); what matters is that it
+    drew as many errors as it swept, so a PASS needs every one of them to be lost.
+    """
+    for leaks in (1, 2, 10):
+        target = host(lose_reply=lambda probe: probe.proto == "udp")
+        for port in range(150, 150 + leaks):
+            target.udp[port] = "closed"
+        _, _, transport = run(target, clock=FakeClock(send_cost=1e-4))
+        sweeps = len(transport.udp_sweeps())
+        assert sweeps == 1 + FAST.retries
+        assert len(target.errors_to(SOURCE)) >= sweeps
 
 
 def test_counting_the_wait_only_from_errors_seen_would_miss_a_leak(
@@ -348,8 +369,8 @@ def test_a_retry_from_an_extra_source_needs_no_wait_for_the_first_budget() -> No
     first, second = transport.udp_sweeps()[:2]
     assert (first.source, second.source) == (SOURCE, EXTRA)
     # Round 1's error to SOURCE was lost; round 2 comes from EXTRA right after the reply
-    # wait, not one refill interval later.
-    assert second.start - first.end == pytest.approx(WAIT)
+    # wait (the target answered ping at once: the least wait), not one refill later.
+    assert second.start - first.end == pytest.approx(defaults.MIN_WAIT)
     assert second.start < first.end + INTERVAL
     to_extra = target.errors_to(EXTRA)
     assert to_extra[0].port == 150 and not to_extra[0].lost
@@ -370,8 +391,9 @@ def test_extra_sources_rotate_and_shorten_a_clean_run() -> None:
     assert report.verdict == "pass"
     sweeps = transport.udp_sweeps()
     assert [s.source for s in sweeps] == [SOURCE, EXTRA, SOURCE]
-    assert sweeps[1].start - sweeps[0].end == pytest.approx(WAIT)
-    assert sweeps[2].start >= sweeps[0].end + 1.1 * INTERVAL - 1e-9
+    assert sweeps[1].start - sweeps[0].end == pytest.approx(defaults.MIN_WAIT)
+    # SOURCE's second sweep: two refill intervals after the start.
+    assert sweeps[2].start >= transport.started + 2 * defaults.QUIET_MARGIN * INTERVAL - 1e-9
     assert findings.seconds < alone.seconds
     assert any("from 2 source address(es)" in n for n in findings.notes)
 

@@ -157,7 +157,7 @@ class ConnectTransport:
         """Not possible without raw sockets."""
         raise NotImplementedError("connect mode cannot ping")
 
-    def echoed(self, since: float, ident: int) -> set[Address]:
+    def echoed(self, since: float, ident: int) -> dict[Address, float]:
         """Not possible without raw sockets."""
         raise NotImplementedError("connect mode cannot ping")
 

@@ -70,6 +70,7 @@ def verify(
         run.echo()
     run.tcp()
     run.udp()
+    run.finish_tcp()
     for target in targets:
         evidence = transport.heard_from(target)
         if evidence is not None:
@@ -114,25 +115,49 @@ class _Run:
     progress: Progress
     clock: Clock
     findings: Findings
+    rtt: dict[Target, float] = field(default_factory=dict)  # echo round-trip times
+    tcp_rounds: list[Round] = field(default_factory=list)
 
     def _settle(self, wait: float) -> None:
         # A blocking transport has waited for its replies while sending.
         if not self.transport.blocking:
             self.clock.sleep(wait)
 
+    def round_wait(self, targets: list[Target]) -> float:
+        """How long replies to a round get.
+
+        RTT_FACTOR echo round-trip times of the slowest target, between MIN_WAIT and
+        ``wait``; ``wait`` if a target's RTT is unknown. Late replies are not lost: every
+        round's replies are read again at the end of the run (docs/design.md, "Waits from
+        the round-trip time").
+        """
+        if not targets or any(t not in self.rtt for t in targets):
+            return self.options.wait
+        slowest = max(self.rtt[t] for t in targets)
+        return min(self.options.wait, max(defaults.MIN_WAIT, defaults.RTT_FACTOR * slowest))
+
     def _tick(self, n: int) -> None:
         self.progress("", n, None)
 
     def echo(self) -> None:
-        ident = random.getrandbits(16)
-        since = self.clock.now()
+        """Ping every target (retried like a declared port); measure each round-trip time."""
         waiting = set(self.targets)
+        by_address = {t.address: t for t in self.targets}
         # Ping is a declared expectation too: as many tries as a declared port gets.
         for _ in range(1 + self.options.retries + self.options.declared_retries):
+            ident = random.getrandbits(16)  # a new one per try: RTTs are not mixed up
+            sent_at = self.clock.now()
             self.transport.ping(sorted(waiting, key=str), ident)
-            self._settle(min(self.options.wait, 0.3))
-            answered = self.transport.echoed(since, ident)
-            waiting = {t for t in waiting if t.address not in answered}
+            deadline = sent_at + min(self.options.wait, 0.3)
+            while True:
+                for address, at in self.transport.echoed(sent_at, ident).items():
+                    target = by_address.get(address)
+                    if target in waiting:
+                        waiting.discard(target)
+                        self.rtt[target] = max(0.0, at - sent_at)
+                if not waiting or self.clock.now() >= deadline:
+                    break
+                self.clock.sleep(0.005)
             if not waiting:
                 break
         for target in self.targets:
@@ -156,19 +181,31 @@ class _Run:
                 break
             self.progress(f"tcp round {round_no + 1}", 0, sum(map(len, batch.values())))
             rounds = [self.transport.send_tcp(t, ps, self._tick) for t, ps in batch.items()]
+            self.tcp_rounds += rounds
             for sent in rounds:
                 self._count(sent, expect[sent.target])
-            self._settle(o.wait)
+            self._settle(self.round_wait(list(batch)))
             for sent in rounds:
                 found = self.transport.replies(sent)
                 replies[sent.target].update(found)
                 pending[sent.target] = [p for p in sent.ports if p not in found]
         for target in self.targets:
             self.findings.replies[(target, "tcp")] = replies[target]
-            heard = replies[target]
-            silent = sum(
-                1 for p, e in expect[target].items() if e is not Expect.ALLOWED and p not in heard
-            )
+
+    def finish_tcp(self) -> None:
+        """Read every TCP round's replies again, now that the UDP phase has passed.
+
+        A reply that came after its round's wait still counts: a late RST is a leak.
+        """
+        o = self.options
+        for sent in self.tcp_rounds:
+            heard = self.findings.replies[(sent.target, "tcp")]
+            for port, reply in self.transport.replies(sent).items():
+                heard.setdefault(port, reply)
+        for target in self.targets:
+            heard = self.findings.replies[(target, "tcp")]
+            expect = self.plan.expectation(target, "tcp")
+            silent = sum(1 for p, e in expect.items() if e is not Expect.ALLOWED and p not in heard)
             if silent:
                 self.findings.notes.append(
                     f"{target.address} tcp: {silent} closed port(s) sent no RST and no SYN-ACK "
@@ -187,28 +224,50 @@ class _Run:
                 interval=o.ratelimit_ms[target.family] / 1000,
                 round_end=dict.fromkeys(sources, self.transport.started),
             )
+        # The k-th sweep from a source begins k refill intervals after we began watching
+        # (docs/design.md, "Sweeps counted from the start"): by then the budget has
+        # earned k tokens, and every earlier sweep that saw no error spent at most the
+        # errors we lost, so k sweeps have drawn at least k errors from a leaking port.
+        start = self.transport.started
+        swept: dict[tuple[Target, Address], int] = {}
+        main_rounds: list[Round] = []
         for round_no in range(1 + o.retries):
             # An ICMP error means the budget is spent: enumerate instead of retrying.
             active = {t: st for t, st in states.items() if st.pending and not st.errored}
             if not active:
                 break
             picks = {t: st.sources[round_no % len(st.sources)] for t, st in active.items()}
-            self.quiet_all({t: (picks[t], st) for t, st in active.items()})
+            self.quiet_all(
+                {t: (picks[t], st) for t, st in active.items()},
+                {
+                    t: start + swept.get((t, picks[t]), 0) * st.interval * defaults.QUIET_MARGIN
+                    for t, st in active.items()
+                },
+            )
             total = sum(len(st.pending) for st in active.values())
             self.progress(f"udp round {round_no + 1}", 0, total)
             rounds = []
             for target, st in active.items():
                 sent = self.transport.send_udp(target, picks[target], st.pending, self._tick)
                 st.round_end[picks[target]] = self.clock.now()
+                swept[(target, picks[target])] = swept.get((target, picks[target]), 0) + 1
                 st.rounds += 1
                 self._count(sent, st.expect)
                 rounds.append(sent)
-            self._settle(o.wait)
+            main_rounds += rounds
+            self._settle(self.round_wait(list(active)))
             for sent in rounds:
                 st = states[sent.target]
                 found = self.transport.replies(sent)
                 st.replies.update(found)
                 st.pending = [p for p in st.pending if p not in found]
+        # Errors that came after their round's wait still count (a late error is a leak).
+        for sent in main_rounds:
+            st = states[sent.target]
+            found = self.transport.replies(sent)
+            for port, reply in found.items():
+                st.replies.setdefault(port, reply)
+            st.pending = [p for p in st.pending if p not in found]
         self.enumerate({t: st for t, st in states.items() if st.errored})
         for target, st in states.items():
             self.findings.replies[(target, "udp")] = st.replies
@@ -267,7 +326,7 @@ class _Run:
                 # proof may finish (as many more passes as a sweep has rounds).
                 until = deadline
                 if st.clean_passes:
-                    until += rounds_needed * st.interval * 1.1 + self.options.wait
+                    until += rounds_needed * st.interval * defaults.QUIET_MARGIN + self.options.wait
                 if self._quiet_at(t, source, st) > until:
                     stopped.add(t)
                     continue
@@ -295,18 +354,30 @@ class _Run:
 
     def _quiet_at(self, target: Target, source: Address, st: _Udp) -> float:
         last = self.transport.last_icmp_error(target, source) or 0.0
-        return max(st.round_end[source], last) + st.interval * 1.1
+        return max(st.round_end[source], last) + st.interval * defaults.QUIET_MARGIN
 
-    def quiet_all(self, picks: dict[Target, tuple[Address, _Udp]]) -> None:
+    def quiet_all(
+        self,
+        picks: dict[Target, tuple[Address, _Udp]],
+        after: dict[Target, float] | None = None,
+    ) -> None:
         """Wait until every target has been quiet toward its source, all at the same time.
 
-        The waits overlap; once each has ended, all are checked again, because an error
-        may have reached one source while we waited for another target.
+        ``after`` is, per target, when the refill interval may begin at the earliest
+        (default: when the source's previous round ended). The waits overlap; once each
+        has ended, all are checked again, because an error may have reached one source
+        while we waited for another target.
         """
         deadline = self.clock.now() + self.options.max_quiet_wait
         while True:
             waits = [
-                self.quiet(target, source, st.interval, st.round_end[source], deadline)
+                self.quiet(
+                    target,
+                    source,
+                    st.interval,
+                    st.round_end[source] if after is None else after[target],
+                    deadline,
+                )
                 for target, (source, st) in picks.items()
             ]
             if not any(waits):
@@ -325,7 +396,7 @@ class _Run:
         waited = False
         while True:
             last = self.transport.last_icmp_error(target, source) or 0.0
-            ready = max(after, last) + interval * 1.1
+            ready = max(after, last) + interval * defaults.QUIET_MARGIN
             now = self.clock.now()
             if now >= ready:
                 return waited

@@ -213,6 +213,11 @@ class Capture:
         with self._lock:
             return [p for t, p in self.packets if t >= start]
 
+    def timed_since(self, start: float) -> list[tuple[float, bytes]]:
+        """(capture time, packet) for packets captured at or after ``start``."""
+        with self._lock:
+            return [(t, p) for t, p in self.packets if t >= start]
+
     def last(self, predicate: Callable[[bytes], bool]) -> float | None:
         """Time of the newest captured packet matching ``predicate``."""
         with self._lock:
@@ -421,14 +426,14 @@ class RawTransport:
         for target in targets:
             self._senders[target.address].ping(ident)
 
-    def echoed(self, since: float, ident: int) -> set[Address]:
-        """Addresses whose echo reply with ``ident`` was captured since ``since``."""
-        out = set()
-        for packet in self._capture.since(since):
+    def echoed(self, since: float, ident: int) -> dict[Address, float]:
+        """Address -> when its first echo reply with ``ident`` was captured since ``since``."""
+        out: dict[Address, float] = {}
+        for at, packet in self._capture.timed_since(since):
             for address in self._senders:
                 reply = classify(packet, address)
                 if isinstance(reply, EchoReply) and reply.ident == ident:
-                    out.add(address)
+                    out.setdefault(address, at)
         return out
 
     def send_tcp(self, target: Target, ports: list[int], progress: Progress | None) -> Round:

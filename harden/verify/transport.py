@@ -72,8 +72,8 @@ class Transport(Protocol):
         """Send one echo request to each target."""
         ...
 
-    def echoed(self, since: float, ident: int) -> set[Address]:
-        """The addresses whose echo reply with ``ident`` arrived since ``since``."""
+    def echoed(self, since: float, ident: int) -> dict[Address, float]:
+        """Address -> when its first echo reply with ``ident`` arrived (since ``since``)."""
         ...
 
     def send_tcp(self, target: Target, ports: list[int], progress: Sent | None) -> Round:
