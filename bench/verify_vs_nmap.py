@@ -173,6 +173,15 @@ def main() -> None:
     print(f"\nnmap -sS + -sU (tuned) together: {nmap_total:.2f} s for what one harden run covers")
     for name, times, _, _ in rows[:3]:
         print(f"  {nmap_total / statistics.median(times):5.1f}x the time of {name}")
+    timing = report.get("timing", {})
+    probing = report["seconds"]
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.2f} s" for k, v in timing.items())
+    other = probing - sum(timing.values())
+    print(
+        f"harden defaults, where the time went (last run): probing {probing:.2f} s = {parts}, "
+        f"other (classifying, the final re-read) {other:.2f} s; the rest of the wall time "
+        "is start-up (Python, scapy, the capture)"
+    )
     print(
         f"TCP verdicts agree with nmap -sS: {'yes' if tcp_agree else 'NO'} "
         f"(open: harden {sorted(tcp_ours.get('open', set()))}, "

@@ -28,3 +28,5 @@ class Findings:
     witness: dict[str, int] | None = None
     seconds: float = 0.0
     mode: Mode = "raw"
+    # Where the time went: "send", "reply_wait", "quiet_wait" (seconds, summed).
+    timing: dict[str, float] = field(default_factory=dict)

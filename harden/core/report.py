@@ -81,6 +81,7 @@ class Report:
     seconds: float = 0.0
     mode: str = "raw"
     started: float = 0.0  # when probing began (seconds since the epoch; 0: unknown)
+    timing: dict[str, float] = field(default_factory=dict)  # send / reply_wait / quiet_wait
 
     @property
     def failures(self) -> list[Entry]:
@@ -168,6 +169,7 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
         sent=dict(findings.sent),
         seconds=findings.seconds,
         mode=findings.mode,
+        timing={k: round(v, 3) for k, v in sorted(findings.timing.items())},
     )
     alive = dict(findings.alive)
     if findings.witness is not None:
@@ -386,6 +388,7 @@ def _json(report: Report) -> dict[str, Any]:
         "mode": report.mode,
         "seconds": round(report.seconds, 3),
         "started": round(report.started, 3),
+        "timing": report.timing,
         "counts": report.counts(),
         "ports": [
             {

@@ -20,6 +20,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from harden import defaults
 from harden.core.classify import Reply
@@ -122,6 +123,17 @@ class _Run:
         # A blocking transport has waited for its replies while sending.
         if not self.transport.blocking:
             self.clock.sleep(wait)
+            self._spent("reply_wait", wait)
+
+    def _spent(self, what: str, seconds: float) -> None:
+        timing = self.findings.timing
+        timing[what] = timing.get(what, 0.0) + max(0.0, seconds)
+
+    def _timed(self, send: Callable[..., Round], *args: Any) -> Round:
+        begun = self.clock.now()
+        sent = send(*args)
+        self._spent("send", self.clock.now() - begun)
+        return sent
 
     def round_wait(self, targets: list[Target]) -> float:
         """How long replies to a round get.
@@ -158,6 +170,7 @@ class _Run:
                 if not waiting or self.clock.now() >= deadline:
                     break
                 self.clock.sleep(0.005)
+                self._spent("echo_wait", 0.005)
             if not waiting:
                 break
         for target in self.targets:
@@ -180,7 +193,9 @@ class _Run:
             if not batch:
                 break
             self.progress(f"tcp round {round_no + 1}", 0, sum(map(len, batch.values())))
-            rounds = [self.transport.send_tcp(t, ps, self._tick) for t, ps in batch.items()]
+            rounds = [
+                self._timed(self.transport.send_tcp, t, ps, self._tick) for t, ps in batch.items()
+            ]
             self.tcp_rounds += rounds
             for sent in rounds:
                 self._count(sent, expect[sent.target])
@@ -248,7 +263,9 @@ class _Run:
             self.progress(f"udp round {round_no + 1}", 0, total)
             rounds = []
             for target, st in active.items():
-                sent = self.transport.send_udp(target, picks[target], st.pending, self._tick)
+                sent = self._timed(
+                    self.transport.send_udp, target, picks[target], st.pending, self._tick
+                )
                 st.round_end[picks[target]] = self.clock.now()
                 swept[(target, picks[target])] = swept.get((target, picks[target]), 0) + 1
                 st.rounds += 1
@@ -339,7 +356,7 @@ class _Run:
                 # Start after the last port that answered, so each token names a new port.
                 last = max((p for p, r in st.replies.items() if r.is_icmp_error), default=0)
                 order = [p for p in st.pending if p > last] + [p for p in st.pending if p <= last]
-                rounds.append(self.transport.send_udp(target, source, order, None))
+                rounds.append(self._timed(self.transport.send_udp, target, source, order, None))
                 st.round_end[source] = self.clock.now()
             self._settle(min(self.options.wait, 0.2))
             for sent in rounds:
@@ -407,6 +424,7 @@ class _Run:
                     "verdict would not be sound"
                 )
             self.clock.sleep(ready - now)
+            self._spent("quiet_wait", ready - now)
             waited = True
 
     def _count(self, sent: Round, expect: dict[int, Expect]) -> None:
