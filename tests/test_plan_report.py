@@ -62,7 +62,7 @@ def test_port_selection() -> None:
         parse_port_selection("0-5")
     policy = build_policy(parse_manifest(MANIFEST))
     plan = plan_probes(policy, [STRANGER], "declared")
-    assert plan.ports(STRANGER, "tcp") == [22, 80, 443]
+    assert list(plan.ports(STRANGER, "tcp")) == [22, 80, 443]
 
 
 def test_compress_and_expand_are_inverse() -> None:

@@ -8,18 +8,18 @@ rejected with admin-prohibited (``closed: reject``).
 from __future__ import annotations
 
 import re
+from array import array
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 
 from harden.core.manifest import PROTOS, Proto
 from harden.core.policy import Family, Policy
-from harden.core.ports import ALL, expand, parse_port
+from harden.core.ports import PortRange, compress, expand, parse_port
 from harden.errors import HardenError
-
-# One shared tuple: a fleet's plans point at the same 65,535 int objects instead of
-# each target making its own (about 2 MB per target and protocol saved).
-ALL_PORTS = tuple(ALL)
 
 
 class Expect(StrEnum):
@@ -58,8 +58,62 @@ class Group:
     target: Target
     proto: Proto
     expect: Expect
-    ports: tuple[int, ...]
+    # As ranges, not one entry per port: a fleet of 64 hosts would otherwise hold
+    # 8 million port entries (docs/design.md, "Expectations as ranges").
+    ranges: tuple[PortRange, ...]
     services: dict[int, str]  # port -> service names (allowed groups only)
+
+    @property
+    def ports(self) -> Iterator[int]:
+        """Every port of the group, in order."""
+        return expand(self.ranges)
+
+
+class PortMap(Mapping[int, Expect]):
+    """Port -> expectation for one target and protocol, held as sorted ranges.
+
+    A read-only mapping (lookups by bisection), so 65,535 ports cost a few ranges,
+    not a dict of 65,535 entries.
+    """
+
+    def __init__(self, spans: Iterable[tuple[PortRange, Expect]]) -> None:
+        """Build from (range, expectation) pairs that do not overlap."""
+        self._spans = sorted(spans, key=lambda span: span[0].first)
+        self._starts = [rng.first for rng, _ in self._spans]
+
+    def __getitem__(self, port: int) -> Expect:
+        """The expectation for ``port`` (KeyError if it is not planned)."""
+        i = bisect_right(self._starts, port) - 1
+        if i >= 0 and port in self._spans[i][0]:
+            return self._spans[i][1]
+        raise KeyError(port)
+
+    def __iter__(self) -> Iterator[int]:
+        """Every planned port, in order."""
+        for rng, _ in self._spans:
+            yield from rng
+
+    def __len__(self) -> int:
+        """How many ports are planned."""
+        return sum(len(rng) for rng, _ in self._spans)
+
+    def spans(self) -> list[tuple[PortRange, Expect]]:
+        """The (range, expectation) pairs, in port order."""
+        return list(self._spans)
+
+    def kinds(self) -> set[Expect]:
+        """The expectations that occur."""
+        return {expect for _, expect in self._spans}
+
+    def count(self, ports: Iterable[int]) -> Counter[Expect]:
+        """How many of ``ports`` fall under each expectation (ports must be planned)."""
+        ordered = sorted(ports)
+        counts: Counter[Expect] = Counter()
+        for rng, expect in self._spans:
+            n = bisect_right(ordered, rng.last) - bisect_left(ordered, rng.first)
+            if n:
+                counts[expect] += n
+        return counts
 
 
 @dataclass(frozen=True)
@@ -71,20 +125,18 @@ class Plan:
     # Declared ports a --ports subset left out: said in the report, never silently dropped.
     skipped: tuple[tuple[Target, Proto, tuple[int, ...]], ...] = ()
 
-    def ports(self, target: Target, proto: Proto) -> list[int]:
-        """Every port to probe on a target for a protocol, sorted."""
-        return sorted(
-            p for g in self.groups if g.target == target and g.proto == proto for p in g.ports
-        )
+    def ports(self, target: Target, proto: Proto) -> array[int]:
+        """Every port to probe on a target for a protocol, sorted (two bytes a port)."""
+        return array("H", sorted(self.expectation(target, proto)))
 
-    def expectation(self, target: Target, proto: Proto) -> dict[int, Expect]:
+    def expectation(self, target: Target, proto: Proto) -> PortMap:
         """Port -> expected outcome for one target and protocol."""
-        return {
-            p: g.expect
+        return PortMap(
+            (rng, g.expect)
             for g in self.groups
             if g.target == target and g.proto == proto
-            for p in g.ports
-        }
+            for rng in g.ranges
+        )
 
 
 def parse_port_selection(spec: str) -> str | tuple[int, ...]:
@@ -119,27 +171,37 @@ def plan_probes(
                     skipped.append((target, proto, tuple(sorted(left_out))))
             if selection == "all":
                 allowed_here = sorted(allowed)
-                closed_here = [p for p in ALL_PORTS if p not in allowed]
+                closed_here = _complement(allowed_here)
             else:
                 chosen: set[int] = (
                     _declared_ports(policy, proto) if isinstance(selection, str) else set(selection)
                 )
                 allowed_here = sorted(p for p in allowed if p in chosen)
-                closed_here = sorted(p for p in chosen if p not in allowed)
+                closed_here = compress(sorted(p for p in chosen if p not in allowed))
             if allowed_here:
                 groups.append(
                     Group(
                         target,
                         proto,
                         Expect.ALLOWED,
-                        tuple(allowed_here),
+                        compress(allowed_here),
                         {p: allowed[p] for p in allowed_here},
                     )
                 )
             if closed_here:
-                groups.append(Group(target, proto, closed, tuple(closed_here), {}))
+                groups.append(Group(target, proto, closed, closed_here, {}))
     echo = {t.address: policy.echo and (t.family == 4 or policy.ipv6) for t in targets}
     return Plan(tuple(groups), echo, tuple(skipped))
+
+
+def _complement(allowed: list[int]) -> tuple[PortRange, ...]:
+    """The ranges of ports from 1 to 65535 not in the sorted list ``allowed``."""
+    out, previous = [], 0
+    for port in [*allowed, 65536]:
+        if port > previous + 1:
+            out.append(PortRange(previous + 1, port - 1))
+        previous = port
+    return tuple(out)
 
 
 def merge_plans(plans: list[Plan]) -> Plan:

@@ -21,7 +21,7 @@ from harden.core.classify import REJECT_REASONS, Reply, State
 from harden.core.findings import Findings
 from harden.core.manifest import PROTOS, Proto
 from harden.core.plan import Expect, Plan, Target
-from harden.core.ports import compress
+from harden.core.ports import PortRange, compress, expand, merge
 from harden.core.witness import judge
 from harden.errors import ExitStatus
 
@@ -283,31 +283,34 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
         if g.target == target and g.proto == proto
         for p, s in g.services.items()
     }
-    conforming: dict[tuple[str, str], list[int]] = {}
-    unproven: dict[tuple[str, str], list[int]] = {}
+    conforming: dict[tuple[str, str], list[PortRange]] = {}
+    unproven: dict[tuple[str, str], list[PortRange]] = {}
     # The target's ICMP budget ran out before these ports' silence could mean anything.
     budget_spent = (target, proto) in findings.budget_limited
     alive = target.address in findings.alive
     rejected_seen = False
-    for port in sorted(expect):
-        exp = expect[port]
-        reply = replies.get(port)
+    entries: list[Entry] = []
+
+    def conclude(ranges: list[PortRange], exp: Expect, reply: Reply | None) -> None:
+        """One verdict for ports that got the same reply (or none): in bulk, as ranges."""
+        nonlocal rejected_seen
         status, observed, detail = _judge(proto, exp, reply)
         if exp is Expect.REJECTED and status is Status.OK:
             rejected_seen = True
+        key: tuple[str, str] | None = None
+        bucket = unproven
         if exp is not Expect.ALLOWED and status is Status.UNPROVEN:
-            unproven.setdefault((exp.value, "silent-unproven"), []).append(port)
-            continue
-        if exp is Expect.SILENT and status is Status.OK and budget_spent:
-            unproven.setdefault((exp.value, "unprobed"), []).append(port)
-            continue
-        if exp is not Expect.ALLOWED and status is Status.OK and not alive:
-            unproven.setdefault((exp.value, "silent, no host seen"), []).append(port)
-            continue
-        if exp is not Expect.ALLOWED and status is Status.OK:
-            conforming.setdefault((exp.value, observed), []).append(port)
-            continue
-        report.entries.append(
+            key = (exp.value, "silent-unproven")
+        elif exp is Expect.SILENT and status is Status.OK and budget_spent:
+            key = (exp.value, "unprobed")
+        elif exp is not Expect.ALLOWED and status is Status.OK and not alive:
+            key = (exp.value, "silent, no host seen")
+        elif exp is not Expect.ALLOWED and status is Status.OK:
+            key, bucket = (exp.value, observed), conforming
+        if key is not None:
+            bucket.setdefault(key, []).extend(ranges)
+            return
+        entries.extend(
             Entry(
                 str(target.address),
                 target.family,
@@ -319,9 +322,21 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
                 detail,
                 services.get(port, ""),
             )
+            for port in expand(ranges)
         )
+
+    # Most ports of a span get no reply: judged once per span, not once per port (a
+    # fleet of 64 hosts is 8 million ports), and only the ports that answered one by one.
+    for rng, exp in expect.spans():
+        answered = sorted(p for p in replies if p in rng)
+        conclude(_gaps(rng, answered), exp, None)
+        for port in answered:
+            conclude([PortRange(port, port)], exp, replies[port])
+    entries.sort(key=lambda e: e.port or 0)
+    report.entries.extend(entries)
     for spans, groups in ((report.spans, conforming), (report.unproven, unproven)):
-        for (exp_value, observed), ports in groups.items():
+        for (exp_value, observed), ranges in groups.items():
+            merged = merge(ranges)
             spans.append(
                 Span(
                     str(target.address),
@@ -329,11 +344,11 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
                     proto,
                     exp_value,
                     observed,
-                    tuple(map(str, compress(ports))),
-                    len(ports),
+                    tuple(map(str, merged)),
+                    sum(len(r) for r in merged),
                 )
             )
-    if Expect.REJECTED in expect.values() and not rejected_seen:
+    if Expect.REJECTED in expect.kinds() and not rejected_seen:
         report.entries.append(
             Entry(
                 str(target.address),
@@ -346,6 +361,16 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
                 "closed: reject, but no closed port answered admin-prohibited (is reject active?)",
             )
         )
+
+
+def _gaps(rng: PortRange, answered: list[int]) -> list[PortRange]:
+    """The parts of ``rng`` between the sorted ports in ``answered``."""
+    out, first = [], rng.first
+    for port in [*answered, rng.last + 1]:
+        if port > first:
+            out.append(PortRange(first, port - 1))
+        first = port + 1
+    return out
 
 
 def _judge(proto: str, exp: Expect, reply: Reply | None) -> tuple[Status, str, str]:

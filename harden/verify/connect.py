@@ -161,7 +161,7 @@ class ConnectTransport:
         """Not possible without raw sockets."""
         raise NotImplementedError("connect mode cannot ping")
 
-    def send_tcp(self, target: Target, ports: list[int], progress: Sent | None) -> Round:
+    def send_tcp(self, target: Target, ports: Sequence[int], progress: Sent | None) -> Round:
         """connect() every port; returns once each answered or timed out."""
         sent = Round(target, "tcp", target.source, ports, time.monotonic())
         timeout = max(self.wait, defaults.CONNECT_TIMEOUT)
@@ -172,7 +172,7 @@ class ConnectTransport:
         return sent
 
     def send_udp(
-        self, target: Target, source: Address, ports: list[int], progress: Sent | None
+        self, target: Target, source: Address, ports: Sequence[int], progress: Sent | None
     ) -> Round:
         """A datagram to every port from ``source``; returns after ``wait``."""
         sent = Round(target, "udp", source, ports, time.monotonic())

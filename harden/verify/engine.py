@@ -17,15 +17,15 @@ sends to every target, then waits for replies once.
 from __future__ import annotations
 
 import random
-from collections import Counter
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from harden import defaults
 from harden.core.classify import Reply
 from harden.core.findings import Address, Findings
-from harden.core.plan import Expect, Plan, Target
+from harden.core.plan import Expect, Plan, PortMap, Target
 from harden.errors import EnvironmentProblem
 from harden.verify.transport import Clock, Round, SystemClock, Transport
 
@@ -91,8 +91,8 @@ def verify(
 class _Udp:
     """One target's UDP progress."""
 
-    expect: dict[int, Expect]
-    pending: list[int]
+    expect: PortMap
+    pending: Sequence[int]
     sources: list[Address]
     interval: float
     round_end: dict[Address, float]
@@ -186,7 +186,7 @@ class _Run:
                 # Extra rounds only for declared ports that stayed silent: loss must not
                 # turn an open port into a "declared port unreachable" failure.
                 pending = {
-                    t: [p for p in ps if expect[t][p] is Expect.ALLOWED]
+                    t: array("H", [p for p in ps if expect[t][p] is Expect.ALLOWED])
                     for t, ps in pending.items()
                 }
             batch = {t: ps for t, ps in pending.items() if ps}
@@ -203,7 +203,7 @@ class _Run:
             for sent in rounds:
                 found = self.transport.replies(sent)
                 replies[sent.target].update(found)
-                pending[sent.target] = [p for p in sent.ports if p not in found]
+                pending[sent.target] = _without(sent.ports, found)
         for target in self.targets:
             self.findings.replies[(target, "tcp")] = replies[target]
 
@@ -220,7 +220,9 @@ class _Run:
         for target in self.targets:
             heard = self.findings.replies[(target, "tcp")]
             expect = self.plan.expectation(target, "tcp")
-            silent = sum(1 for p, e in expect.items() if e is not Expect.ALLOWED and p not in heard)
+            closed = sum(n for e, n in expect.count(expect).items() if e is not Expect.ALLOWED)
+            answered = expect.count(p for p in heard if p in expect)
+            silent = closed - sum(n for e, n in answered.items() if e is not Expect.ALLOWED)
             if silent:
                 self.findings.notes.append(
                     f"{target.address} tcp: {silent} closed port(s) sent no RST and no SYN-ACK "
@@ -277,14 +279,14 @@ class _Run:
                 st = states[sent.target]
                 found = self.transport.replies(sent)
                 st.replies.update(found)
-                st.pending = [p for p in st.pending if p not in found]
+                st.pending = _without(st.pending, found)
         # Errors that came after their round's wait still count (a late error is a leak).
         for sent in main_rounds:
             st = states[sent.target]
             found = self.transport.replies(sent)
             for port, reply in found.items():
                 st.replies.setdefault(port, reply)
-            st.pending = [p for p in st.pending if p not in found]
+            st.pending = _without(st.pending, found)
         self.enumerate({t: st for t, st in states.items() if st.errored})
         for target, st in states.items():
             self.findings.replies[(target, "udp")] = st.replies
@@ -355,7 +357,8 @@ class _Run:
             for target, (source, st) in picks.items():
                 # Start after the last port that answered, so each token names a new port.
                 last = max((p for p, r in st.replies.items() if r.is_icmp_error), default=0)
-                order = [p for p in st.pending if p > last] + [p for p in st.pending if p <= last]
+                order = array("H", [p for p in st.pending if p > last])
+                order.extend(p for p in st.pending if p <= last)
                 rounds.append(self._timed(self.transport.send_udp, target, source, order, None))
                 st.round_end[source] = self.clock.now()
             self._settle(min(self.options.wait, 0.2))
@@ -363,7 +366,7 @@ class _Run:
                 st = leaking[sent.target]
                 found = self.transport.replies(sent)
                 st.replies.update(found)
-                st.pending = [p for p in st.pending if p not in found]
+                st.pending = _without(st.pending, found)
                 st.clean_passes = (
                     0 if any(r.is_icmp_error for r in found.values()) else (st.clean_passes + 1)
                 )
@@ -427,8 +430,13 @@ class _Run:
             self._spent("quiet_wait", ready - now)
             waited = True
 
-    def _count(self, sent: Round, expect: dict[int, Expect]) -> None:
+    def _count(self, sent: Round, expect: PortMap) -> None:
         family = sent.target.family
-        for expectation, n in Counter(map(expect.__getitem__, sent.ports[: sent.sent])).items():
+        for expectation, n in expect.count(sent.ports[: sent.sent]).items():
             key = f"{family}/{sent.proto}/{expectation.value}"
             self.findings.sent[key] = self.findings.sent.get(key, 0) + n
+
+
+def _without(ports: Sequence[int], found: Mapping[int, object]) -> array[int]:
+    """``ports`` less those that answered, two bytes a port (fleets hold many of these)."""
+    return array("H", [p for p in ports if p not in found])

@@ -436,7 +436,7 @@ class RawTransport:
                     out.setdefault(address, at)
         return out
 
-    def send_tcp(self, target: Target, ports: list[int], progress: Progress | None) -> Round:
+    def send_tcp(self, target: Target, ports: Sequence[int], progress: Progress | None) -> Round:
         """SYNs from a fresh source port (a new conntrack flow every round)."""
         sender = self._senders[target.address]
         sent = Round(target, "tcp", target.source, ports, time.monotonic(), fresh_sport())
@@ -445,7 +445,7 @@ class RawTransport:
         return sent
 
     def send_udp(
-        self, target: Target, source: Address, ports: list[int], progress: Progress | None
+        self, target: Target, source: Address, ports: Sequence[int], progress: Progress | None
     ) -> Round:
         """Datagrams from ``source`` and a fresh source port."""
         sender = self._senders[target.address]

@@ -51,7 +51,7 @@ class Round:
     target: Target
     proto: Proto
     source: Address
-    ports: list[int]
+    ports: Sequence[int]
     since: float  # when sending began (clock time)
     sport: int = 0  # our source port (raw mode: matches replies to this round)
     seq: int | None = None  # TCP: our initial sequence number
@@ -76,12 +76,12 @@ class Transport(Protocol):
         """Address -> when its first echo reply with ``ident`` arrived (since ``since``)."""
         ...
 
-    def send_tcp(self, target: Target, ports: list[int], progress: Sent | None) -> Round:
+    def send_tcp(self, target: Target, ports: Sequence[int], progress: Sent | None) -> Round:
         """One SYN (or connect) per port from a fresh source port."""
         ...
 
     def send_udp(
-        self, target: Target, source: Address, ports: list[int], progress: Sent | None
+        self, target: Target, source: Address, ports: Sequence[int], progress: Sent | None
     ) -> Round:
         """One datagram per port from ``source``, from a fresh source port."""
         ...
