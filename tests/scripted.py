@@ -288,7 +288,12 @@ class ScriptedTransport:
         return out
 
     def _send(
-        self, target: Target, proto: Proto, source: Address, ports: list[int], progress: Sent | None
+        self,
+        target: Target,
+        proto: Proto,
+        source: Address,
+        ports: Sequence[int],
+        progress: Sent | None,
     ) -> Round:
         host = self._host(target)
         number = host.start_round(proto)
@@ -310,12 +315,12 @@ class ScriptedTransport:
         )
         return sent
 
-    def send_tcp(self, target: Target, ports: list[int], progress: Sent | None) -> Round:
+    def send_tcp(self, target: Target, ports: Sequence[int], progress: Sent | None) -> Round:
         """One SYN per port from the target's source address."""
         return self._send(target, "tcp", target.source, ports, progress)
 
     def send_udp(
-        self, target: Target, source: Address, ports: list[int], progress: Sent | None
+        self, target: Target, source: Address, ports: Sequence[int], progress: Sent | None
     ) -> Round:
         """One datagram per port from ``source``."""
         return self._send(target, "udp", source, ports, progress)
