@@ -71,3 +71,75 @@ def test_a_real_socket_reporting_an_icmp_error_on_send_still_sends() -> None:
     finally:
         sock.close()
         sink.close()
+
+
+# -- sendmmsg batches (harden/verify/batch.py) ------------------------------------------
+
+
+def _receiver() -> socket.socket:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    sink.bind(("127.0.0.1", 0))
+    sink.settimeout(1)
+    return sink
+
+
+def _drain(sink: socket.socket) -> list[bytes]:
+    got = []
+    try:
+        while True:
+            got.append(sink.recv(100))
+    except TimeoutError:
+        return got
+
+
+def test_a_batch_sends_every_slot_once() -> None:
+    from ipaddress import ip_address
+
+    from harden.verify import batch
+
+    if not batch.available():
+        pytest.skip("this C library has no sendmmsg")
+    sink = _receiver()
+    slots = batch.Batch(8, batch.sockaddr(ip_address("127.0.0.1"), sink.getsockname()[1]))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(batch.BATCH):
+        slots.write(i, f"{i:08d}".encode())
+    slots.flush(sock, batch.BATCH, lambda i: pytest.fail(f"slot {i} refused"), set())
+    assert sorted(_drain(sink)) == [f"{i:08d}".encode() for i in range(batch.BATCH)]
+
+
+def test_a_refused_slot_is_resent_and_the_rest_still_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+    from ipaddress import ip_address
+
+    from harden.verify import batch
+
+    if not batch.available():
+        pytest.skip("this C library has no sendmmsg")
+    real = batch._sendmmsg
+    calls = {"n": 0}
+
+    def flaky(fd: int, msgs: int, count: int, flags: int) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the kernel refuses once, in the middle of the batch
+            ctypes.set_errno(errno.ENOBUFS)
+            return -1
+        return int(real(fd, msgs, min(count, 100), flags))  # and sends 100 at a time
+
+    monkeypatch.setattr(batch, "_sendmmsg", flaky)
+    sink = _receiver()
+    port = sink.getsockname()[1]
+    slots = batch.Batch(8, batch.sockaddr(ip_address("127.0.0.1"), port))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(300):
+        slots.write(i, f"{i:08d}".encode())
+    resent: list[int] = []
+
+    def resend(i: int) -> None:
+        resent.append(i)
+        send_until_sent(sock.sendto, slots.payload(i), ("127.0.0.1", port))
+
+    slots.flush(sock, 300, resend, {errno.ENOBUFS})
+    assert resent == [100]
+    assert sorted(_drain(sink)) == [f"{i:08d}".encode() for i in range(300)]

@@ -26,6 +26,7 @@ from harden.core.findings import Mode
 from harden.core.plan import Target
 from harden.core.text import one_line
 from harden.errors import EnvironmentProblem, HardenError
+from harden.verify import batch
 from harden.verify.payloads import udp_payloads
 from harden.verify.transport import Round
 
@@ -294,6 +295,8 @@ class Sender:
         icmp = socket.IPPROTO_ICMP if self.family == 4 else socket.IPPROTO_ICMPV6
         self._icmp = socket.socket(af, socket.SOCK_RAW, icmp)
         self.seq = random.getrandbits(32)
+        self._syn_batch: batch.Batch | None = None
+        self._udp_batch: batch.Batch | None = None
 
     def close(self) -> None:
         """Close the sockets."""
@@ -315,11 +318,13 @@ class Sender:
             dst = self.route.target.packed
             base += _sum16(src + dst + struct.pack("!BBH", 0, 6, len(header)))
         struct.pack_into("!H", header, 0, sport)
+        base += sport
+        if batch.available():
+            return self._syn_batches(bytes(header), base, ports, progress)
         sent = 0
         target = str(self.route.target)
         sendto = self._tcp.sendto
         v4 = self.family == 4
-        base += sport
         for port in ports:
             struct.pack_into("!H", header, 2, port)
             if v4:
@@ -333,6 +338,40 @@ class Sender:
                 progress(4096)
         if progress is not None:
             progress(sent % 4096)
+        return sent
+
+    def _syn_batches(
+        self, header: bytes, base: int, ports: Iterable[int], progress: Progress | None
+    ) -> int:
+        """The SYN sweep through sendmmsg: ``batch.BATCH`` SYNs a system call."""
+        if self._syn_batch is None:
+            self._syn_batch = batch.Batch(len(header), batch.sockaddr(self.route.target))
+        slots = self._syn_batch
+        for i in range(batch.BATCH):
+            slots.write(i, header)
+        buffer, v4, size = slots.payloads, self.family == 4, len(header)
+        target = (str(self.route.target), 0)
+
+        def resend(i: int) -> None:
+            send_until_sent(self._tcp.sendto, slots.payload(i), target)
+
+        sent = n = 0
+        for port in ports:
+            struct.pack_into("!H", buffer, n * size + 2, port)
+            if v4:  # IPv6: the kernel fills the checksum in (IPV6_CHECKSUM)
+                struct.pack_into("!H", buffer, n * size + 16, _fold(base + port))
+            n += 1
+            if n == batch.BATCH:
+                slots.flush(self._tcp, n, resend, TRANSIENT)
+                sent += n
+                n = 0
+                if progress is not None:
+                    progress(batch.BATCH)
+        if n:
+            slots.flush(self._tcp, n, resend, TRANSIENT)
+            sent += n
+            if progress is not None:
+                progress(n)
         return sent
 
     def udp_sweep(
@@ -356,6 +395,11 @@ class Sender:
         target = str(self.route.target)
         sent = 0
         empty = b""
+        if batch.available():
+            try:
+                return self._udp_batches(sock, ports, payloads, progress)
+            finally:
+                sock.close()
         try:
             sendto = sock.sendto
             for port in ports:
@@ -371,6 +415,47 @@ class Sender:
             sock.close()
         if progress is not None:
             progress(sent % 4096)
+        return sent
+
+    def _udp_batches(
+        self,
+        sock: socket.socket,
+        ports: Iterable[int],
+        payloads: dict[int, bytes],
+        progress: Progress | None,
+    ) -> int:
+        """The UDP sweep through sendmmsg: one datagram per port, each to its own port."""
+        slot = max((len(p) for p in payloads.values()), default=1) or 1
+        if self._udp_batch is None or self._udp_batch.slot < slot:
+            self._udp_batch = batch.Batch(slot, batch.sockaddr(self.route.target))
+        slots = self._udp_batch
+        names, name_size, iov = slots.names, slots.name_size, slots.iov
+        target = str(self.route.target)
+
+        def resend(i: int) -> None:
+            port = struct.unpack_from("!H", names, i * name_size + 2)[0]
+            send_until_sent(sock.sendto, slots.payload(i), (target, port))
+
+        sent = n = 0
+        for port in ports:
+            struct.pack_into("!H", names, n * name_size + 2, port)
+            data = payloads.get(port)
+            if data:
+                slots.write(n, data)
+            else:
+                iov[n].iov_len = 0
+            n += 1
+            if n == batch.BATCH:
+                slots.flush(sock, n, resend, TRANSIENT)
+                sent += n
+                n = 0
+                if progress is not None:
+                    progress(batch.BATCH)
+        if n:
+            slots.flush(sock, n, resend, TRANSIENT)
+            sent += n
+            if progress is not None:
+                progress(n)
         return sent
 
     def ping(self, ident: int) -> None:
