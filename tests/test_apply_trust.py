@@ -310,3 +310,20 @@ def test_killing_apply_at_any_instant_leaves_a_way_back(ns: Namespace, tmp_path:
         kill_namespace_processes(ns)  # watchdogs started by killed applies
     print(f"\n{KILLS} kills over {span:.2f} s applies: {outcomes}")
     assert len(outcomes) >= 2  # the kills did land at different stages
+
+
+def test_rolling_back_a_later_apply_keeps_the_earlier_boot_files(
+    ns: Namespace, tmp_path: Path
+) -> None:
+    """Found by the Ansible role's tests: a failed change must not unpersist the last good one."""
+    a, b = write(tmp_path, "a.yaml", A), write(tmp_path, "b.yaml", B)
+    state, root = tmp_path / "state", tmp_path / "root"
+    boot = root / "etc/harden/harden.nft"
+    persist = ["--state-dir", state, "--confirm", "60", "--persist", "--root", root]
+    assert harden(ns, "apply", a, *persist).returncode == 0
+    assert harden(ns, "confirm", "--state-dir", state).returncode == 0
+    good = boot.read_text()
+    assert harden(ns, "apply", b, *persist).returncode == 0  # verification would fail ...
+    assert harden(ns, "rollback", "--state-dir", state).returncode == 0  # ... so it goes
+    assert boot.read_text() == good  # the confirmed rules still load at boot
+    assert harden(ns, "diff", a).returncode == 0

@@ -2,7 +2,7 @@
 built here with debootstrap, and the same playbook Vagrant runs drives them over SSH.
 
 apply on target -> verify from prober -> confirm; a second provision changes nothing; an
-edited manifest that verification fails (a DNAT leak in another table) is rolled back to the
+edited manifest that verification fails (another table drops its port) is rolled back to the
 previous rules; a manifest that would close SSH is refused over a live SSH session.
 KVM is used where it boots Debian's kernel; a /dev/kvm that cannot (a nested PVM host)
 falls back to software emulation and says so; no /dev/kvm at all skips, with the reason.
@@ -157,12 +157,13 @@ def test_a_change_that_fails_verification_is_rolled_back(lab: VmLab, tmp_path: P
     code, _, out = provision(lab, tmp_path, MANIFEST)  # the known-good state
     assert code == 0, out
     before = lab.ssh("target", "nft list table inet harden").stdout
-    # A port forward another tool put in its own table: our input chain never sees it.
+    # Another tool's table drops the port the change declares, before harden's chain sees
+    # it: harden's accept cannot undo a drop elsewhere, so the new service is unreachable.
     lab.ssh(
         "target",
-        "nft 'add table ip nat; "
-        "add chain ip nat pre { type nat hook prerouting priority dstnat; }; "
-        "add rule ip nat pre tcp dport 1080 redirect to :22'",
+        "nft 'add table inet other; "
+        "add chain inet other in { type filter hook input priority -10; }; "
+        "add rule inet other in tcp dport 8080 drop'",
     )
     try:
         edited = tmp_path / "manifest.yml"
@@ -173,14 +174,14 @@ def test_a_change_that_fails_verification_is_rolled_back(lab: VmLab, tmp_path: P
         assert code != 0 and recap["failed"] == 1, out
         assert "Roll back (verification failed)" in out
         report = junit(tmp_path)
-        assert "1080" in report, report
+        assert "8080" in report, report
         after = lab.ssh("target", "nft list table inet harden").stdout
         assert after == before  # the previous rules, not the change
         assert "8080" not in after
         status = json.loads(harden_on(lab, "target", "status --format json").stdout)
         assert status["pending_confirmation"] is None
     finally:
-        lab.ssh("target", "nft delete table ip nat", check=False)
+        lab.ssh("target", "nft delete table inet other", check=False)
 
 
 def test_a_manifest_that_closes_ssh_is_refused_over_ssh(lab: VmLab, tmp_path: Path) -> None:

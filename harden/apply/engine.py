@@ -140,6 +140,9 @@ def apply(
             raise
         state = state.loaded()
         states.save(state)
+        # What an earlier apply's persist replaced is no longer this apply's to undo: a
+        # rollback of this apply must leave the boot files of the rules it restores.
+        states.drop_persist_undo()
         result.changed = True
         if deadline is not None:
             result.confirm_deadline = deadline
