@@ -319,7 +319,15 @@ def test_rolling_back_a_later_apply_keeps_the_earlier_boot_files(
     a, b = write(tmp_path, "a.yaml", A), write(tmp_path, "b.yaml", B)
     state, root = tmp_path / "state", tmp_path / "root"
     boot = root / "etc/harden/harden.nft"
-    persist = ["--state-dir", state, "--confirm", "60", "--persist", "--root", root]
+    persist: list[str | Path] = [
+        "--state-dir",
+        state,
+        "--confirm",
+        "60",
+        "--persist",
+        "--root",
+        root,
+    ]
     assert harden(ns, "apply", a, *persist).returncode == 0
     assert harden(ns, "confirm", "--state-dir", state).returncode == 0
     good = boot.read_text()

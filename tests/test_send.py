@@ -118,6 +118,7 @@ def test_a_refused_slot_is_resent_and_the_rest_still_go(monkeypatch: pytest.Monk
     if not batch.available():
         pytest.skip("this C library has no sendmmsg")
     real = batch._sendmmsg
+    assert real is not None
     calls = {"n": 0}
 
     def flaky(fd: int, msgs: int, count: int, flags: int) -> int:
