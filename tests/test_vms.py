@@ -24,7 +24,8 @@ import yaml
 
 from .vmlab import REPO, VmLab, choose_accelerator, ensure_image, kvm_skip_reason
 
-pytestmark = pytest.mark.netns
+# One worker boots both VMs once for every test here (make test runs pytest -n).
+pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("vms")]
 PLAYBOOK = REPO / "vagrant" / "ansible" / "site.yml"
 MANIFEST = REPO / "vagrant" / "ansible" / "manifest.yml"
 ANSIBLE = Path(sys.executable).parent / "ansible-playbook"
