@@ -93,7 +93,8 @@ def main() -> None:
             print(
                 f"{size:5d} {report['counts']['ports']:13d} {seconds:8.2f} "
                 f"{seconds / size:7.2f} {rss:8.0f} {probes / seconds:10.0f} "
-                f"{report['verdict'].upper():>8}"
+                f"{report['verdict'].upper():>8}   "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in report.get("timing", {}).items())
             )
 
 
