@@ -204,6 +204,7 @@ class _Run:
                 found = self.transport.replies(sent)
                 replies[sent.target].update(found)
                 pending[sent.target] = _without(sent.ports, found)
+                sent.ports = EMPTY  # kept for the final re-read, which needs no ports
         for target in self.targets:
             self.findings.replies[(target, "tcp")] = replies[target]
 
@@ -280,6 +281,7 @@ class _Run:
                 found = self.transport.replies(sent)
                 st.replies.update(found)
                 st.pending = _without(st.pending, found)
+                sent.ports = EMPTY  # kept for the final re-read, which needs no ports
         # Errors that came after their round's wait still count (a late error is a leak).
         for sent in main_rounds:
             st = states[sent.target]
@@ -435,6 +437,9 @@ class _Run:
         for expectation, n in expect.count(sent.ports[: sent.sent]).items():
             key = f"{family}/{sent.proto}/{expectation.value}"
             self.findings.sent[key] = self.findings.sent.get(key, 0) + n
+
+
+EMPTY: array[int] = array("H")
 
 
 def _without(ports: Sequence[int], found: Mapping[int, object]) -> array[int]:
