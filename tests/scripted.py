@@ -249,6 +249,7 @@ class ScriptedTransport:
     mode: Mode = "raw"
     can_ping: bool = True
     blocking: bool = False
+    parallel: bool = False
     limitations: tuple[str, ...] = ()
 
     def __init__(

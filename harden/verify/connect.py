@@ -141,6 +141,7 @@ class ConnectTransport:
     mode: Mode = "connect"
     can_ping: bool = False
     blocking: bool = True
+    parallel: bool = False
     limitations: tuple[str, ...] = (
         "unprivileged mode (no CAP_NET_RAW): connect() probes, ping not checked, ICMP "
         "unreachable codes not visible, and an ICMP error drawn by another program on this "

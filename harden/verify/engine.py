@@ -16,9 +16,11 @@ sends to every target, then waits for replies once.
 
 from __future__ import annotations
 
+import os
 import random
 from array import array
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,11 +131,22 @@ class _Run:
         timing = self.findings.timing
         timing[what] = timing.get(what, 0.0) + max(0.0, seconds)
 
-    def _timed(self, send: Callable[..., Round], *args: Any) -> Round:
+    def _send_round(self, calls: list[tuple[Callable[..., Round], tuple[Any, ...]]]) -> list[Round]:
+        """One round's sweeps, one per target: side by side where the transport allows.
+
+        On a real prober the cost of a probe is mostly the kernel's, outside the
+        interpreter lock, so targets sent from threads use every core (docs/design.md,
+        "The send path").
+        """
         begun = self.clock.now()
-        sent = send(*args)
+        if self.transport.parallel and len(calls) > 1:
+            workers = min(len(calls), os.cpu_count() or 1)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                rounds = list(pool.map(lambda call: call[0](*call[1]), calls))
+        else:
+            rounds = [send(*args) for send, args in calls]
         self._spent("send", self.clock.now() - begun)
-        return sent
+        return rounds
 
     def round_wait(self, targets: list[Target]) -> float:
         """How long replies to a round get.
@@ -193,9 +206,9 @@ class _Run:
             if not batch:
                 break
             self.progress(f"tcp round {round_no + 1}", 0, sum(map(len, batch.values())))
-            rounds = [
-                self._timed(self.transport.send_tcp, t, ps, self._tick) for t, ps in batch.items()
-            ]
+            rounds = self._send_round(
+                [(self.transport.send_tcp, (t, ps, self._tick)) for t, ps in batch.items()]
+            )
             self.tcp_rounds += rounds
             for sent in rounds:
                 self._count(sent, expect[sent.target])
@@ -264,16 +277,18 @@ class _Run:
             )
             total = sum(len(st.pending) for st in active.values())
             self.progress(f"udp round {round_no + 1}", 0, total)
-            rounds = []
-            for target, st in active.items():
-                sent = self._timed(
-                    self.transport.send_udp, target, picks[target], st.pending, self._tick
-                )
-                st.round_end[picks[target]] = self.clock.now()
-                swept[(target, picks[target])] = swept.get((target, picks[target]), 0) + 1
+            rounds = self._send_round(
+                [
+                    (self.transport.send_udp, (target, picks[target], st.pending, self._tick))
+                    for target, st in active.items()
+                ]
+            )
+            for sent in rounds:
+                st = states[sent.target]
+                st.round_end[sent.source] = self.clock.now()
+                swept[(sent.target, sent.source)] = swept.get((sent.target, sent.source), 0) + 1
                 st.rounds += 1
                 self._count(sent, st.expect)
-                rounds.append(sent)
             main_rounds += rounds
             self._settle(self.round_wait(list(active)))
             for sent in rounds:
@@ -355,14 +370,16 @@ class _Run:
             if not picks:
                 return
             self.quiet_all(picks)
-            rounds = []
+            calls = []
             for target, (source, st) in picks.items():
                 # Start after the last port that answered, so each token names a new port.
                 last = max((p for p, r in st.replies.items() if r.is_icmp_error), default=0)
                 order = array("H", [p for p in st.pending if p > last])
                 order.extend(p for p in st.pending if p <= last)
-                rounds.append(self._timed(self.transport.send_udp, target, source, order, None))
-                st.round_end[source] = self.clock.now()
+                calls.append((self.transport.send_udp, (target, source, order, None)))
+            rounds = self._send_round(calls)
+            for sent in rounds:
+                leaking[sent.target].round_end[sent.source] = self.clock.now()
             self._settle(min(self.options.wait, 0.2))
             for sent in rounds:
                 st = leaking[sent.target]

@@ -487,6 +487,7 @@ class RawTransport:
     mode: Mode = "raw"
     can_ping: bool = True
     blocking: bool = False
+    parallel: bool = True
     limitations: tuple[str, ...] = ()
 
     def __init__(self, routes: Sequence[Route]) -> None:

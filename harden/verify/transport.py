@@ -65,6 +65,7 @@ class Transport(Protocol):
     mode: Mode
     can_ping: bool
     blocking: bool  # True: a send returns after its replies are in (no extra wait needed)
+    parallel: bool  # True: sends to different targets may run in threads at once
     started: float  # when the transport began watching the targets (clock time)
     limitations: tuple[str, ...]  # notes the report must carry in this mode
 
