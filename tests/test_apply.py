@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -203,7 +204,10 @@ def test_rollback_survives_kill_9_of_the_applying_process(
     while not _rolled_back(ns, b, backend):  # wait until b is live
         assert time.monotonic() < deadline and proc.poll() in (None, 0)
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    # On a busy machine apply may have returned already; its group is then gone, and the
+    # rollback must come all the same (kills at every instant: tests/test_apply_trust.py).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     while not _rolled_back(ns, a, backend):
         assert time.monotonic() - start < window + 5, "no rollback within the window"

@@ -328,6 +328,13 @@ class VmLab(_Namespaces):
             "BatchMode=yes",
             "-o",
             "ConnectTimeout=10",
+            # A connection that dies after the handshake (seen once on a loaded machine:
+            # the client waited 20 minutes on bytes the VM never acknowledged) fails in a
+            # minute instead; ANSIBLE_SSH_RETRIES then connects again.
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
         ]
 
     def _ssh_argv(self, name: str, command: str) -> list[str]:

@@ -480,6 +480,10 @@ def parse_manifest(
 def _yaml_message(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
+    if "nesting depth" in str(problem):
+        # PyYAML 6.0.3+ stops deep flow collections itself, while scanning ahead of the
+        # events _check_shape counts: the same refusal, in the same words.
+        return f"{_where(mark)}nested deeper than {MAX_DEPTH} levels"
     return one_line(f"{_where(mark)}YAML syntax error: {problem}", 300)
 
 
