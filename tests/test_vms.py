@@ -26,7 +26,7 @@ from .vmlab import REPO, VmLab, choose_accelerator, ensure_image, kvm_skip_reaso
 
 # make test runs these on their own, after the rest: qemu's software emulation beside
 # four busy workers slowed the VMs until connections broke.
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.alone]
 PLAYBOOK = REPO / "vagrant" / "ansible" / "site.yml"
 MANIFEST = REPO / "vagrant" / "ansible" / "manifest.yml"
 ANSIBLE = Path(sys.executable).parent / "ansible-playbook"
