@@ -18,7 +18,7 @@ from harden.core.policy import build_policy
 from harden.core.render import BACKENDS, Backend, render
 from harden.core.results import Validation
 from harden.core.text import one_line
-from harden.errors import ExitStatus, HardenError
+from harden.errors import EnvironmentProblem, ExitStatus, HardenError
 from harden.files import load_manifest, write_atomic
 
 EPILOG = """\b
@@ -662,12 +662,16 @@ def _write_units(
     job = Schedule(
         unit, description, (*command, str(metrics)), every, str(metrics.parent), ok_exits
     )
-    # ReadWritePaths= must exist when the unit starts, or systemd refuses to run it.
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in (("service", job.service()), ("timer", job.timer())):
-        path = output / f"{unit}.{suffix}"
-        write_atomic(path, text, mode=0o644)
-        click.echo(f"wrote {path}", err=True)
+    try:
+        # ReadWritePaths= must exist when the unit starts, or systemd refuses to run it.
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, text in (("service", job.service()), ("timer", job.timer())):
+            path = output / f"{unit}.{suffix}"
+            write_atomic(path, text, mode=0o644)
+            click.echo(f"wrote {path}", err=True)
+    except OSError as exc:
+        where = exc.filename or output
+        raise EnvironmentProblem(f"cannot write {where}: {exc.strerror} (run as root?)") from None
     click.echo(f"then: systemctl daemon-reload && systemctl enable --now {unit}.timer", err=True)
 
 

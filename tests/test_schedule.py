@@ -95,3 +95,11 @@ def test_the_scheduled_commands_write_metrics(tmp_path: Path) -> None:
         assert metrics(verify_prom)["harden_verify_success"] == 0
         assert run(lab.server.ns, "harden-diff.service") == 1
         assert metrics(diff_prom)["harden_drift"] == 1
+
+
+def test_an_unwritable_place_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = schedule(blocker / "units", "diff", str(WEB), "--metrics", str(tmp_path / "m.prom"))
+    assert proc.returncode == 4 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "cannot write" in proc.stderr and "Traceback" not in proc.stderr
