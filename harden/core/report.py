@@ -95,11 +95,7 @@ class Report:
         A deviation is a real finding even where another target stayed silent, so FAIL
         wins over INCONCLUSIVE.
         """
-        if self.failures:
-            return "fail"
-        if any(e.status is Status.INCONCLUSIVE for e in self.entries):
-            return "inconclusive"
-        return "pass"
+        return _verdict(self.entries)
 
     @property
     def exit_status(self) -> ExitStatus:
@@ -136,12 +132,7 @@ class Report:
 
     def verdict_of(self, target: str) -> str:
         """One target's verdict, by the same rule as ``verdict``."""
-        mine = [e for e in self.entries if e.target == target]
-        if any(e.status is Status.FAIL for e in mine):
-            return "fail"
-        if any(e.status is Status.INCONCLUSIVE for e in mine):
-            return "inconclusive"
-        return "pass"
+        return _verdict([e for e in self.entries if e.target == target])
 
     def counts(self) -> dict[str, int]:
         """Summary numbers."""
@@ -158,6 +149,14 @@ class Report:
             "unproven": sum(s.count for s in self.unproven),
             "skipped": sum(s.count for s in self.skipped),
         }
+
+
+def _verdict(entries: list[Entry]) -> str:
+    if any(e.status is Status.FAIL for e in entries):
+        return "fail"
+    if any(e.status is Status.INCONCLUSIVE for e in entries):
+        return "inconclusive"
+    return "pass"
 
 
 def evaluate(plan: Plan, findings: Findings) -> Report:
