@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-# libpcap0.8: scapy compiles verify's capture filter with it (not only a tcpdump dependency).
+# libpcap0.8: verify compiles its capture filter with it, through ctypes (not only tcpdump's).
 DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv libpcap0.8 \
   tcpdump iputils-ping ndiff
 STAMP := $(VENV)/.installed

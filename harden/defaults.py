@@ -8,7 +8,10 @@ from pathlib import Path
 WAIT = 0.4  # seconds to wait for replies after a round, at most (and when no RTT is known)
 MIN_WAIT = 0.05  # ... at least, however short the measured round-trip time
 RTT_FACTOR = 4  # the wait is this many echo round-trip times, between MIN_WAIT and WAIT
-QUIET_MARGIN = 1.1  # a refill interval is waited this many times over (timer slack)
+# The coarsest Linux timer tick (HZ=100): the target counts its ICMP budget in ticks, so
+# k refill intervals are waited as k x (interval + TICK) + TICK (docs/design.md,
+# "Counting in the target's ticks").
+TICK = 0.01
 RETRIES = 2  # extra rounds for silent probes (loss)
 DECLARED_RETRIES = 4  # more rounds for declared ports that stay silent
 ICMP_RATELIMIT_MS = 1000  # assumed net.ipv4.icmp_ratelimit / net.ipv6.icmp.ratelimit

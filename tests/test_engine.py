@@ -19,7 +19,7 @@ from harden.core.policy import build_policy
 from harden.core.report import Report, evaluate
 from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
-from harden.verify.engine import Options, _Run, verify
+from harden.verify.engine import Options, _Run, refill, verify
 from tests.scripted import BURST, FakeClock, Probe, ScriptedTarget, ScriptedTransport
 
 MANIFEST = """
@@ -117,7 +117,7 @@ def test_firewalled_host_passes_and_every_undeclared_udp_port_is_probed() -> Non
     assert not findings.budget_limited
     assert any(f"{rounds} sweep(s)" in n for n in findings.notes)
     # No UDP round began before one quiet refill interval since the capture started.
-    assert transport.udp_sweeps()[0].start >= transport.started + 1.1 * INTERVAL
+    assert transport.udp_sweeps()[0].start >= transport.started + refill(INTERVAL)
     assert target.icmp_errors == []
 
 
@@ -141,7 +141,7 @@ def test_quiet_rule_drained_budget_on_an_unfirewalled_host_still_fails() -> None
     assert leaks and leaks[0] == 1  # the first closed port of the first sweep drew an error
     assert ("udp", 1, "closed") in failed(report)
     first = transport.udp_sweeps()[0]
-    assert first.start >= transport.started + 1.1 * INTERVAL
+    assert first.start >= transport.started + refill(INTERVAL)
     assert any(first.start <= e.time <= first.end and e.port == 1 for e in target.icmp_errors)
 
 
@@ -191,10 +191,9 @@ def test_the_kth_sweep_begins_k_refill_intervals_after_the_start() -> None:
     assert first.start <= errors[0].time <= first.end
     # ... yet round 2 began only when the budget had earned a second token since we
     # began watching, so it held one even though round 1 spent one unseen.
-    step = defaults.QUIET_MARGIN * INTERVAL
-    assert first.start >= transport.started + step - 1e-9
-    assert second.start >= transport.started + 2 * step - 1e-9
-    assert second.start < transport.started + 2 * step + 0.01  # and no later
+    assert first.start >= transport.started + refill(INTERVAL, 1) - 1e-9
+    assert second.start >= transport.started + refill(INTERVAL, 2) - 1e-9
+    assert second.start < transport.started + refill(INTERVAL, 2) + 0.01  # and no later
     assert ("udp", 150, "closed") in failed(report)
     assert errors[1].port == 150 and not errors[1].lost
     assert (TARGET, "udp") not in findings.budget_limited  # the rest proven by later passes
@@ -253,7 +252,7 @@ def test_enumeration_lists_more_leaks_as_the_budget_refills(seconds: float) -> N
     # Round 1 spends the full burst; then each refill names one new port, in order.
     refills = len(transport.udp_sweeps()) - 1
     assert leaks == UNDECLARED_UDP[: BURST + refills]
-    assert refills >= int(seconds / (INTERVAL * 1.1 + WAIT))
+    assert refills >= int(seconds / (refill(INTERVAL) + WAIT))
     # Every error that reached us is listed, and nothing else.
     assert leaks == sorted(e.port for e in target.errors_to(SOURCE) if e.port is not None)
     # No retry rounds once the budget is known to be spent: enumeration passes only,
@@ -338,7 +337,7 @@ def test_a_target_that_never_goes_quiet_is_an_environment_problem() -> None:
     assert transport.udp_sweeps() == []  # no unsound UDP round was sent
     began = transport.sweeps[-1].end + WAIT  # the quiet wait followed the last TCP round
     waited = clock.now() - began
-    assert options.max_quiet_wait - 1.1 * INTERVAL <= waited <= options.max_quiet_wait
+    assert options.max_quiet_wait - refill(INTERVAL) <= waited <= options.max_quiet_wait
     # Errors kept reaching our address: never a full interval without one.
     times = [e.time for e in target.errors_to(SOURCE) if e.time >= transport.started]
     assert all(b - a <= INTERVAL + 1e-9 for a, b in itertools.pairwise(times))
@@ -354,8 +353,8 @@ def test_the_quiet_wait_counts_from_the_last_error_seen() -> None:
     last = max(e.time for e in target.errors_to(SOURCE))
     assert last <= stop
     first = transport.udp_sweeps()[0]
-    assert first.start >= last + 1.1 * INTERVAL - 1e-9
-    assert first.start - last < 1.1 * INTERVAL + 0.01
+    assert first.start >= last + refill(INTERVAL) - 1e-9
+    assert first.start - last < refill(INTERVAL) + 0.01
 
 
 # -- 7. extra source addresses ---------------------------------------------------------
@@ -393,7 +392,7 @@ def test_extra_sources_rotate_and_shorten_a_clean_run() -> None:
     assert [s.source for s in sweeps] == [SOURCE, EXTRA, SOURCE]
     assert sweeps[1].start - sweeps[0].end == pytest.approx(defaults.MIN_WAIT)
     # SOURCE's second sweep: two refill intervals after the start.
-    assert sweeps[2].start >= transport.started + 2 * defaults.QUIET_MARGIN * INTERVAL - 1e-9
+    assert sweeps[2].start >= transport.started + refill(INTERVAL, 2) - 1e-9
     assert findings.seconds < alone.seconds
     assert any("from 2 source address(es)" in n for n in findings.notes)
 
@@ -419,7 +418,7 @@ def test_every_fleet_udp_round_starts_after_a_quiet_interval_to_its_source() -> 
         (s, first if s.target == ADDRESS else second) for s in transport.udp_sweeps()
     ):
         seen = [e.time for e in target.errors_to(sweep.source) if not e.lost]
-        assert not [t for t in seen if sweep.start - 1.1 * INTERVAL < t < sweep.start], sweep
+        assert not [t for t in seen if sweep.start - refill(INTERVAL) < t < sweep.start], sweep
 
 
 def test_after_an_expected_error_the_rest_is_still_proven_silent() -> None:
@@ -453,3 +452,20 @@ def test_the_report_says_what_tcp_silence_proved() -> None:
         "closed port(s) sent no RST and no SYN-ACK in 3 round(s) from fresh source ports"
     )
     assert f"tcp: {len(UNDECLARED_TCP)} closed port(s)" in note
+
+
+@pytest.mark.parametrize("hz", [100, 250, 300, 1000])
+@pytest.mark.parametrize("ratelimit_ms", [1000, 250, 333])
+def test_refill_spans_k_intervals_of_the_targets_ticks_whatever_their_phase(
+    hz: int, ratelimit_ms: int
+) -> None:
+    """The budget grows by whole ticks; an interval is msecs_to_jiffies, rounded up."""
+    interval = ratelimit_ms / 1000
+    per_token = -(-ratelimit_ms * hz // 1000)  # ticks a token costs (rounded up)
+    for k in (1, 2, 3, 6):
+        span = refill(interval, k)
+        for phase in (0.0, 0.25, 0.5, 0.999, 0.9999):  # where in a tick we begin, in ticks
+            begin = phase / hz
+            ticks = int((begin + span) * hz) - int(begin * hz)  # ticks seen to elapse
+            assert ticks >= k * per_token, (k, phase, span)
+    assert refill(interval, 0) == 0.0

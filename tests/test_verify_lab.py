@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +12,7 @@ import pytest
 
 from harden.core.classify import State, nmap_state
 
-from .labutil import failing, lab_for, load_ruleset, nmap, statuses, verify_from, write
+from .labutil import HARDEN, failing, lab_for, load_ruleset, nmap, statuses, verify_from, write
 
 pytestmark = pytest.mark.netns
 
@@ -190,3 +193,42 @@ def _states(report: dict[str, object], proto: str) -> dict[int, State]:
                         else (State.SILENT)
                     )
     return out
+
+
+def test_verify_through_a_tunnel_without_link_layer_header(tmp_path: Path) -> None:
+    """A tunnel device (like WireGuard's) delivers packets with no Ethernet header.
+
+    The capture reads every link from the IP header on, so the RSTs and ICMP errors
+    that come back through the tunnel are seen, and the unfirewalled host FAILs.
+    """
+    manifest = write(tmp_path, "web.yaml", WEB)
+    with lab_for(manifest) as lab:
+        lab.start_services(lifetime=120)
+        lab.wait_reachable()
+        pair = [lab.outside.ns.name, lab.server.ns.name]
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "tests.tunrelay", *pair, "tnl0", "90"],
+            cwd=Path(__file__).parent.parent,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert relay.stdout is not None and relay.stdout.readline() == "ready\n"
+            for host, inner in ((lab.outside, "198.51.100.1"), (lab.server, "198.51.100.2")):
+                host.ns.run(["ip", "addr", "add", f"{inner}/30", "dev", "tnl0"])
+                host.ns.run(["ip", "link", "set", "tnl0", "up"])
+            kind = lab.outside.ns.run(["cat", "/sys/class/net/tnl0/type"]).stdout.strip()
+            assert kind == "65534"  # ARPHRD_NONE: packets carry no link-layer header
+            out = tmp_path / "tunnel.json"
+            argv: list[str | Path] = [*HARDEN, "verify", manifest, "--target", "198.51.100.2"]
+            argv += ["--ports", "1-1000"]
+            proc = lab.outside.ns.run([*argv, "--format", "json", "-o", out], check=False)
+        finally:
+            relay.kill()
+            relay.wait()
+        report = json.loads(out.read_text())
+        assert (proc.returncode, report["verdict"]) == (1, "fail"), proc.stderr
+        closed = {p for proto, p, seen in failing(report) if proto == "tcp" and seen == "closed"}
+        assert len(closed) == 1000 - 3  # every RST came back through the tunnel
+        udp = {p for proto, p, seen in failing(report) if proto == "udp" and seen == "closed"}
+        assert udp  # and ICMP port-unreachable too

@@ -268,10 +268,13 @@ class _Run:
             if not active:
                 break
             picks = {t: st.sources[round_no % len(st.sources)] for t, st in active.items()}
+            # quiet_all adds one refill to these: the k-th sweep waits refill(k) in all.
             self.quiet_all(
                 {t: (picks[t], st) for t, st in active.items()},
                 {
-                    t: start + swept.get((t, picks[t]), 0) * st.interval * defaults.QUIET_MARGIN
+                    t: start
+                    + refill(st.interval, swept.get((t, picks[t]), 0) + 1)
+                    - refill(st.interval)
                     for t, st in active.items()
                 },
             )
@@ -362,7 +365,7 @@ class _Run:
                 # proof may finish (as many more passes as a sweep has rounds).
                 until = deadline
                 if st.clean_passes:
-                    until += rounds_needed * st.interval * defaults.QUIET_MARGIN + self.options.wait
+                    until += refill(st.interval, rounds_needed) + self.options.wait
                 if self._quiet_at(t, source, st) > until:
                     stopped.add(t)
                     continue
@@ -393,7 +396,7 @@ class _Run:
 
     def _quiet_at(self, target: Target, source: Address, st: _Udp) -> float:
         last = self.transport.last_icmp_error(target, source) or 0.0
-        return max(st.round_end[source], last) + st.interval * defaults.QUIET_MARGIN
+        return max(st.round_end[source], last) + refill(st.interval)
 
     def quiet_all(
         self,
@@ -435,7 +438,7 @@ class _Run:
         waited = False
         while True:
             last = self.transport.last_icmp_error(target, source) or 0.0
-            ready = max(after, last) + interval * defaults.QUIET_MARGIN
+            ready = max(after, last) + refill(interval)
             now = self.clock.now()
             if now >= ready:
                 return waited
@@ -457,6 +460,19 @@ class _Run:
 
 
 EMPTY: array[int] = array("H")
+
+
+def refill(interval: float, k: int = 1) -> float:
+    """How long the target surely takes to earn ``k`` tokens, counted in its timer ticks.
+
+    Its budget grows by the ticks elapsed; an interval is a whole number of ticks,
+    rounded up. Real time ``k x (interval + tick) + tick`` spans at least that many
+    ticks whatever the phase of its clock (docs/design.md, "Counting in the target's
+    ticks"). With no interval at all, nothing need be waited.
+    """
+    if k <= 0:
+        return 0.0
+    return k * (interval + defaults.TICK) + defaults.TICK
 
 
 def _without(ports: Sequence[int], found: Mapping[int, object]) -> array[int]:

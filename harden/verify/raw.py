@@ -26,12 +26,11 @@ from harden.core.findings import Mode
 from harden.core.plan import Target
 from harden.core.text import one_line
 from harden.errors import EnvironmentProblem, HardenError
-from harden.verify import batch
+from harden.verify import batch, bpf
 from harden.verify.payloads import udp_payloads
 from harden.verify.transport import Round
 
 ETH_P_ALL = 0x0003
-ETHERTYPES = {0x0800, 0x86DD}
 RCVBUF = 256 * 1024 * 1024  # a no-firewall host answers 65,535 RSTs at once
 IPV6_CHECKSUM = 7  # linux/in6.h: the kernel fills the checksum at this offset
 IP_RECVERR = 11  # linux/in.h (not in Python 3.11's socket module)
@@ -171,7 +170,9 @@ class Capture:
         self._socks: list[socket.socket] = []
         try:
             for dev in sorted({r.dev for r in routes}):
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+                # SOCK_DGRAM: every packet begins at its IP header whatever the link
+                # (Ethernet, a WireGuard or other tun device), for the filter too.
+                sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
                 sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
                 expr = " or ".join(f"src host {r.target}" for r in routes if r.dev == dev)
                 _attach_filter(sock, expr, dev)
@@ -199,13 +200,8 @@ class Capture:
                 continue
             except OSError:
                 return
-            if n < 14:
-                continue
-            ethertype, offset = struct.unpack_from("!H", buf, 12)[0], 14
-            if ethertype == 0x8100 and n >= 18:  # one VLAN tag
-                ethertype, offset = struct.unpack_from("!H", buf, 16)[0], 18
-            if ethertype in ETHERTYPES:
-                packet = bytes(view[offset:n])
+            if n >= 20 and buf[0] >> 4 in (4, 6):
+                packet = bytes(view[:n])
                 with self._lock:
                     self.packets.append((time.monotonic(), packet))
 
@@ -246,14 +242,10 @@ def _drain(sock: socket.socket) -> None:
 
 
 def _attach_filter(sock: socket.socket, expr: str, dev: str) -> None:
-    from scapy.arch.linux import attach_filter  # slow import: only when probing
-
     try:
-        attach_filter(sock, expr, dev)
-    except Exception as exc:  # scapy raises plain Exceptions for compile errors
-        hint = ""
-        if "libpcap" in str(exc):
-            hint = " (install Debian's libpcap0.8: scapy compiles the filter with it)"
+        bpf.attach(sock, bpf.compile_raw(expr))
+    except bpf.FilterError as exc:
+        hint = " (install Debian's libpcap0.8)" if "not installed" in str(exc) else ""
         raise EnvironmentProblem(
             f"cannot attach capture filter {expr!r} on {dev}: {exc}{hint}"
         ) from exc

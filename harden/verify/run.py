@@ -56,25 +56,29 @@ def run_verify(
 ) -> Report:
     """Probe each host's addresses against its policy, all at once; one evaluated report."""
     selection = parse_port_selection(ports)
-    routes: dict[Target, Route] = {}
-    plans = []
-    for policy, addresses in hosts:
-        resolved = resolve_targets(addresses, seen_as)
-        routes.update(resolved)
-        plans.append(plan_probes(policy, [t for t, _ in resolved], selection))
-    plan = merge_plans(plans)
+    resolved = [resolve_targets(addresses, seen_as) for _, addresses in hosts]
+    routes: dict[Target, Route] = {t: r for pairs in resolved for t, r in pairs}
     options = Options(
         wait=wait,
         retries=retries,
         ratelimit_ms=ratelimit_ms or {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS},
         extra_sources=extra_sources,
     )
-    before = read_witness(witness) if witness else None
     started = time.time()
+    # The capture first: the UDP schedule counts from its start, so planning, the
+    # witness and scapy's import all happen inside the first refill interval
+    # (docs/design.md, "Capturing replies").
     transport: Transport = (
         RawTransport(list(routes.values())) if raw_available() else ConnectTransport(wait)
     )
     try:
+        plan = merge_plans(
+            [
+                plan_probes(policy, [t for t, _ in pairs], selection)
+                for (policy, _), pairs in zip(hosts, resolved, strict=True)
+            ]
+        )
+        before = read_witness(witness) if witness else None
         with _progress_bar(progress) as callback:
             findings = verify(plan, list(routes), transport, options, callback)
     finally:
