@@ -13,7 +13,9 @@ import ctypes.util
 import os
 import socket
 import struct
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv6Address
 
 BATCH = 512
@@ -84,6 +86,11 @@ class Batch:
             header.msg_iov = ctypes.cast(iov_base + i * iov_size, ctypes.POINTER(_Iovec))
             header.msg_iovlen = 1
 
+    def address(self, name: bytes) -> None:
+        """Address every message to ``name`` (a sockaddr of this batch's size)."""
+        assert len(name) == self.name_size
+        ctypes.memmove(self.names, name * BATCH, BATCH * len(name))
+
     def write(self, i: int, data: bytes) -> None:
         """Put ``data`` (at most ``slot`` bytes) in slot ``i`` and send that much."""
         ctypes.memmove(ctypes.addressof(self.payloads) + i * self.slot, data, len(data))
@@ -117,3 +124,29 @@ class Batch:
                 raise OSError(code, os.strerror(code))
             resend(done)
             done += 1
+
+
+_spare: list[Batch] = []
+_spare_lock = threading.Lock()
+
+
+@contextmanager
+def borrowed(slot: int, name: bytes) -> Iterator[Batch]:
+    """A batch of ``slot``-byte messages addressed to ``name``, for one sweep.
+
+    Returned batches serve the next sweep to any target: a fleet holds as many as sweeps
+    run at once (one per core and kind of probe), not two for every target.
+    """
+    with _spare_lock:
+        fit = next((b for b in _spare if b.slot == slot and b.name_size == len(name)), None)
+        if fit is not None:
+            _spare.remove(fit)
+    if fit is None:
+        fit = Batch(slot, name)
+    else:
+        fit.address(name)
+    try:
+        yield fit
+    finally:
+        with _spare_lock:
+            _spare.append(fit)

@@ -287,8 +287,6 @@ class Sender:
         icmp = socket.IPPROTO_ICMP if self.family == 4 else socket.IPPROTO_ICMPV6
         self._icmp = socket.socket(af, socket.SOCK_RAW, icmp)
         self.seq = random.getrandbits(32)
-        self._syn_batch: batch.Batch | None = None
-        self._udp_batch: batch.Batch | None = None
 
     def close(self) -> None:
         """Close the sockets."""
@@ -336,9 +334,17 @@ class Sender:
         self, header: bytes, base: int, ports: Iterable[int], progress: Progress | None
     ) -> int:
         """The SYN sweep through sendmmsg: ``batch.BATCH`` SYNs a system call."""
-        if self._syn_batch is None:
-            self._syn_batch = batch.Batch(len(header), batch.sockaddr(self.route.target))
-        slots = self._syn_batch
+        with batch.borrowed(len(header), batch.sockaddr(self.route.target)) as slots:
+            return self._syn_batch(slots, header, base, ports, progress)
+
+    def _syn_batch(
+        self,
+        slots: batch.Batch,
+        header: bytes,
+        base: int,
+        ports: Iterable[int],
+        progress: Progress | None,
+    ) -> int:
         for i in range(batch.BATCH):
             slots.write(i, header)
         buffer, v4, size = slots.payloads, self.family == 4, len(header)
@@ -418,9 +424,17 @@ class Sender:
     ) -> int:
         """The UDP sweep through sendmmsg: one datagram per port, each to its own port."""
         slot = max((len(p) for p in payloads.values()), default=1) or 1
-        if self._udp_batch is None or self._udp_batch.slot < slot:
-            self._udp_batch = batch.Batch(slot, batch.sockaddr(self.route.target))
-        slots = self._udp_batch
+        with batch.borrowed(slot, batch.sockaddr(self.route.target)) as slots:
+            return self._udp_batch(slots, sock, ports, payloads, progress)
+
+    def _udp_batch(
+        self,
+        slots: batch.Batch,
+        sock: socket.socket,
+        ports: Iterable[int],
+        payloads: dict[int, bytes],
+        progress: Progress | None,
+    ) -> int:
         names, name_size, iov = slots.names, slots.name_size, slots.iov
         target = str(self.route.target)
 
