@@ -144,3 +144,35 @@ def test_a_refused_slot_is_resent_and_the_rest_still_go(monkeypatch: pytest.Monk
     slots.flush(sock, 300, resend, {errno.ENOBUFS})
     assert resent == [100]
     assert sorted(_drain(sink)) == [f"{i:08d}".encode() for i in range(300)]
+
+
+def test_a_borrowed_batch_goes_to_the_next_sweeps_target() -> None:
+    """Batches are shared between targets: a returned one is readdressed, never stale."""
+    from ipaddress import ip_address
+
+    from harden.verify import batch
+
+    if not batch.available():
+        pytest.skip("this C library has no sendmmsg")
+    first, second = _receiver(), _receiver()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for sink, text in ((first, b"one"), (second, b"two")):
+        name = batch.sockaddr(ip_address("127.0.0.1"), sink.getsockname()[1])
+        with batch.borrowed(3, name) as slots:
+            used = id(slots)
+            for i in range(4):
+                slots.write(i, text)
+            slots.flush(sock, 4, lambda i: pytest.fail(f"slot {i} refused"), set())
+    assert _drain(first) == [b"one"] * 4 and _drain(second) == [b"two"] * 4
+    with batch.borrowed(3, name) as again, batch.borrowed(3, name) as other:
+        assert id(again) == used and id(other) != used  # reused; never lent twice at once
+
+
+def test_the_capture_filter_compiles_with_libpcap_and_bad_ones_say_why() -> None:
+    from harden.verify import bpf
+
+    program = bpf.compile_raw("src host 198.51.100.7 or src host fd00::7")
+    assert program[-1][0] == 0x06  # BPF_RET: a complete program
+    assert any(k == 0xC6336407 for _, _, _, k in program)  # 198.51.100.7, compared
+    with pytest.raises(bpf.FilterError, match="syntax error"):
+        bpf.compile_raw("src host (")
