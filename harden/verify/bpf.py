@@ -1,8 +1,8 @@
 """The capture filter: a pcap expression compiled by libpcap, attached to a packet socket.
 
 libpcap is called through ctypes directly rather than through scapy: importing scapy
-takes about half a second, and the capture must be watching before anything else
-happens, because the UDP schedule counts from the moment it began (docs/design.md,
+takes about half a second, and the capture must be watching before the rest of the
+start-up, because the UDP schedule counts from the moment it began (docs/design.md,
 "Sweeps counted from the start"). Scapy is still what builds the probes' templates
 and payloads; it is imported after the capture has started.
 """
