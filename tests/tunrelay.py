@@ -36,8 +36,7 @@ def tun_in(namespace: str, dev: str) -> int:
 
 def main() -> None:
     a, b, dev, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-    fds = {tun_in(a, dev): None, tun_in(b, dev): None}
-    one, two = fds
+    one, two = tun_in(a, dev), tun_in(b, dev)
     peer = {one: two, two: one}
     print("ready", flush=True)
     deadline = time.monotonic() + seconds

@@ -73,8 +73,7 @@ def compile_raw(expr: str) -> list[tuple[int, int, int, int]]:
     try:
         if lib.pcap_compile(handle, ctypes.byref(program), expr.encode(), 1, PCAP_NETMASK_UNKNOWN):
             raise FilterError((lib.pcap_geterr(handle) or b"").decode(errors="replace"))
-        insns = [program.insns[i] for i in range(program.len)]
-        out = [(i.code, i.jt, i.jf, i.k) for i in insns]
+        out = [(i.code, i.jt, i.jf, i.k) for i in program.insns[: program.len]]
         lib.pcap_freecode(ctypes.byref(program))
         return out
     finally:

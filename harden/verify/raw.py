@@ -310,7 +310,8 @@ class Sender:
         struct.pack_into("!H", header, 0, sport)
         base += sport
         if batch.available():
-            return self._syn_batches(bytes(header), base, ports, progress)
+            with batch.borrowed(len(header), batch.sockaddr(self.route.target)) as slots:
+                return self._syn_batches(slots, bytes(header), base, ports, progress)
         sent = 0
         target = str(self.route.target)
         sendto = self._tcp.sendto
@@ -331,13 +332,6 @@ class Sender:
         return sent
 
     def _syn_batches(
-        self, header: bytes, base: int, ports: Iterable[int], progress: Progress | None
-    ) -> int:
-        """The SYN sweep through sendmmsg: ``batch.BATCH`` SYNs a system call."""
-        with batch.borrowed(len(header), batch.sockaddr(self.route.target)) as slots:
-            return self._syn_batch(slots, header, base, ports, progress)
-
-    def _syn_batch(
         self,
         slots: batch.Batch,
         header: bytes,
@@ -345,6 +339,7 @@ class Sender:
         ports: Iterable[int],
         progress: Progress | None,
     ) -> int:
+        """The SYN sweep through sendmmsg: ``batch.BATCH`` SYNs a system call."""
         for i in range(batch.BATCH):
             slots.write(i, header)
         buffer, v4, size = slots.payloads, self.family == 4, len(header)
@@ -394,8 +389,10 @@ class Sender:
         sent = 0
         empty = b""
         if batch.available():
+            slot = max((len(p) for p in payloads.values()), default=1) or 1
             try:
-                return self._udp_batches(sock, ports, payloads, progress)
+                with batch.borrowed(slot, batch.sockaddr(self.route.target)) as slots:
+                    return self._udp_batches(slots, sock, ports, payloads, progress)
             finally:
                 sock.close()
         try:
@@ -417,24 +414,13 @@ class Sender:
 
     def _udp_batches(
         self,
-        sock: socket.socket,
-        ports: Iterable[int],
-        payloads: dict[int, bytes],
-        progress: Progress | None,
-    ) -> int:
-        """The UDP sweep through sendmmsg: one datagram per port, each to its own port."""
-        slot = max((len(p) for p in payloads.values()), default=1) or 1
-        with batch.borrowed(slot, batch.sockaddr(self.route.target)) as slots:
-            return self._udp_batch(slots, sock, ports, payloads, progress)
-
-    def _udp_batch(
-        self,
         slots: batch.Batch,
         sock: socket.socket,
         ports: Iterable[int],
         payloads: dict[int, bytes],
         progress: Progress | None,
     ) -> int:
+        """The UDP sweep through sendmmsg: one datagram per port, each to its own port."""
         names, name_size, iov = slots.names, slots.name_size, slots.iov
         target = str(self.route.target)
 
