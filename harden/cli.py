@@ -213,25 +213,48 @@ def rollback(state_dir: Path) -> None:
 def counters(fmt: str) -> None:
     """Print harden's named counters on this host (for 'harden verify --witness').
 
-    closed_* count what reached the closed path; witness_in_* / witness_closed_*
-    (with verify.probers in the manifest) count the probers' new connections and
-    those harden's closed path dropped. Both backends are read.
+    closed_* count what reached the closed path; witness_in_* / witness_closed_* /
+    witness_passed_* (with verify.probers in the manifest) count the probers' new
+    connections as they arrive, those harden's closed path dropped, and those every
+    firewall let through. Both backends are read. Also printed: an identity of
+    harden's table (a re-apply changes it) and this host's ICMP error limits, which
+    verify then uses instead of assumed ones.
     """
     from harden.apply.backends import firewall
+    from harden.apply.hostinfo import icmp_settings
 
     found: dict[str, int] = {}
     backends = []
+    identities = []
+    problems: list[HardenError] = []
     for name in BACKENDS:
         try:
-            values = firewall(name).counters()
-        except HardenError:
-            continue  # that backend's tools are missing: it holds no counters
+            backend = firewall(name)
+            values = backend.counters()
+            identity = backend.identity() if values else None
+        except HardenError as exc:
+            problems.append(exc)  # that backend's tools are missing: it holds no counters
+            continue
         if values:
             backends.append(name)
             found.update(values)
-    data = {"schema": "harden.counters/1", "backends": backends, "counters": found}
-    text = "\n".join(f"{k} {v}" for k, v in sorted(found.items())) or "no harden counters here"
-    _emit(fmt, data, text)
+            if identity is not None:
+                identities.append(identity)
+    if len(problems) == len(BACKENDS):
+        # No backend could be read at all: "no counters" would read as "nothing arrived".
+        raise problems[0]
+    icmp = icmp_settings()
+    data = {
+        "schema": "harden.counters/2",
+        "backends": backends,
+        "counters": found,
+        "identity": ", ".join(identities) or None,
+        "icmp": icmp,
+    }
+    lines = [f"{k} {v}" for k, v in sorted(found.items())] or ["no harden counters here"]
+    for family, values in icmp.items():
+        lines.append(f"icmp {family}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    _emit(fmt, data, "\n".join(lines))
 
 
 @cli.command()

@@ -18,8 +18,8 @@ from harden.apply.guard import (
     ssh_ports,
     ssh_sessions,
 )
-from harden.core.manifest import Proto
 from harden.core.proposal import Listener, Proposal, propose
+from harden.core.types import Proto
 
 SSH_PROCESSES = ("sshd", "sshd-session")  # OpenSSH 9.8+ runs each session as sshd-session
 

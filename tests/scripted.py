@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from harden.core.classify import Family, Proto, Reason, Reply
-from harden.core.findings import Address, Mode
+from harden.core.classify import Reason, Reply
+from harden.core.findings import Mode
 from harden.core.plan import Target
+from harden.core.types import Address, Family, Proto
 from harden.verify.transport import Round, Sent
 
 Behaviour = Literal["open", "closed", "drop", "reject"]

@@ -97,8 +97,40 @@ def test_v6_syn_ack_and_echo() -> None:
     assert c(IP(src=T4, dst=US4) / ICMP(type=0, id=9), T4) == EchoReply(4, 9)
 
 
+def test_replies_from_another_address_are_matched_by_what_they_answer() -> None:
+    """A host answers from the address its routing picks: the reply counts, naming it."""
+    elsewhere = "198.19.254.9"
+    udp = c(IP(src=elsewhere, dst=US4) / UDP(sport=5000, dport=41000) / b"echo")
+    assert isinstance(udp, Reply) and (udp.port, udp.sport) == (5000, 41000)
+    assert udp.responder == ip_address(elsewhere) and udp.detail == f"udp reply from {elsewhere}"
+    rst = c(IP(src=elsewhere, dst=US4) / TCP(sport=1, dport=2, flags="RA"))
+    assert isinstance(rst, Reply) and rst.reason is Reason.RST
+    # ... unless it is another target of the run: then it is that target's reply.
+    packet = bytes(IP(src=elsewhere, dst=US4) / TCP(sport=1, dport=2, flags="SA"))
+    assert classify(packet, ip_address(T4), {ip_address(elsewhere)}) is None
+    # An ICMP error quoting a probe to the target, sent from another of its addresses.
+    quoting = (
+        IP(src=elsewhere, dst=US4)
+        / ICMP(type=3, code=3)
+        / IPerror(src=US4, dst=T4)
+        / UDPerror(sport=41000, dport=161)
+    )
+    error = c(quoting)
+    assert isinstance(error, Reply) and error.port == 161 and error.responder is not None
+    # A router's "no route" says nothing about a port, nor that a host is there.
+    for code in (0, 1):
+        no_route = (
+            IP(src=elsewhere, dst=US4)
+            / ICMP(type=3, code=code)
+            / IPerror(src=US4, dst=T4)
+            / UDPerror(sport=41000, dport=161)
+        )
+        assert c(no_route) is None
+    # An echo reply counts only from the address pinged.
+    assert c(IP(src=elsewhere, dst=US4) / ICMP(type=0, id=7)) is None
+
+
 def test_other_sources_and_junk_are_ignored() -> None:
-    assert c(IP(src="198.19.254.9", dst=US4) / TCP(sport=1, dport=2, flags="SA")) is None
     # An ICMP error about a probe to some other host is not about our target.
     other = (
         IP(src=T4, dst=US4)

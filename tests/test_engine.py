@@ -13,10 +13,11 @@ import pytest
 
 from harden import defaults
 from harden.core.classify import Reason
-from harden.core.findings import Address, Findings
+from harden.core.findings import Findings
 from harden.core.plan import Plan, Target, plan_probes
 from harden.core.policy import build_policy
 from harden.core.report import Report, evaluate
+from harden.core.types import Address
 from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
 from harden.verify.engine import Options, _Run, refill, verify
@@ -114,7 +115,7 @@ def test_firewalled_host_passes_and_every_undeclared_udp_port_is_probed() -> Non
         22: Reason.SYN_ACK,
         80: Reason.SYN_ACK,
     }
-    assert not findings.budget_limited
+    assert not findings.unproven
     assert any(f"{rounds} sweep(s)" in n for n in findings.notes)
     # No UDP round began before one quiet refill interval since the capture started.
     assert transport.udp_sweeps()[0].start >= transport.started + refill(INTERVAL)
@@ -196,7 +197,7 @@ def test_the_kth_sweep_begins_k_refill_intervals_after_the_start() -> None:
     assert second.start < transport.started + refill(INTERVAL, 2) + 0.01  # and no later
     assert ("udp", 150, "closed") in failed(report)
     assert errors[1].port == 150 and not errors[1].lost
-    assert (TARGET, "udp") not in findings.budget_limited  # the rest proven by later passes
+    assert (TARGET, "udp") not in findings.unproven  # the rest proven by later passes
 
 
 def test_three_sweeps_draw_three_errors_whatever_the_budget_held() -> None:
@@ -261,7 +262,7 @@ def test_enumeration_lists_more_leaks_as_the_budget_refills(seconds: float) -> N
     assert all(g >= INTERVAL for g in gaps)
     # Bounded in time: the last pass begins at most one refill after the deadline.
     assert transport.clock.now() - began <= seconds + INTERVAL + min(WAIT, 0.2) + 1e-9
-    assert findings.budget_limited == {(TARGET, "udp")}
+    assert findings.unproven == {(TARGET, "udp"): "unprobed"}
     assert any("more ports may answer" in n for n in findings.notes)
     assert evaluate(make_plan(), findings).verdict == "fail"
 
@@ -377,7 +378,7 @@ def test_a_retry_from_an_extra_source_needs_no_wait_for_the_first_budget() -> No
     assert ("udp", 150, "closed") in failed(report)
     # The one leak is named; later passes, each begun with a token, drew no other error,
     # so the other ports are proven silent rather than left unprobed.
-    assert findings.budget_limited == set()
+    assert findings.unproven == {}
     assert any("drew no ICMP error in sweeps each begun" in n for n in findings.notes)
 
 
@@ -430,7 +431,7 @@ def test_after_an_expected_error_the_rest_is_still_proven_silent() -> None:
     """
     clean = host(udp={53: "closed"})  # 53 is declared: a warning, not a leak
     findings, report, _ = run(clean)
-    assert findings.budget_limited == set() and report.verdict == "pass"
+    assert findings.unproven == {} and report.verdict == "pass"
     leaky = host(udp={53: "closed", 170: "closed"})
     findings, report, _ = run(leaky)
     assert ("udp", 170, "closed") in failed(report)

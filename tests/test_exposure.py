@@ -21,8 +21,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from harden.core.exposure import Change, ExposureDiff, exposure, exposure_diff
-from harden.core.policy import FAMILIES, Address, Policy, build_policy
+from harden.core.policy import Policy, build_policy
 from harden.core.ports import PortRange, merge
+from harden.core.types import FAMILIES, Address
 from harden.files import parse_manifest
 
 from .conftest import REPO

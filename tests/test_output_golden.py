@@ -76,7 +76,7 @@ def leaky_report() -> Report:
         }
         findings.echo[t.address] = True
         findings.alive[t.address] = "tcp/22 answered syn-ack"
-        findings.budget_limited.add((t, "udp"))
+        findings.unproven[(t, "udp")] = "unprobed"
     findings.sent = {"4/tcp/allowed": 4, "4/tcp/silent": 6, "6/tcp/allowed": 4, "6/tcp/silent": 6}
     findings.notes.append("198.19.254.1 udp: 1 port(s) answered with ICMP; more may answer")
     return evaluate(plan, findings)

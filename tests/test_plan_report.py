@@ -133,9 +133,20 @@ def test_reject_mode_needs_at_least_one_admin_prohibited() -> None:
     prohibited = Reply(4, "tcp", 2, 40000, Reason.PROHIBITED, 13)
     udp = {1: Reply(4, "udp", 1, 41000, Reason.PROHIBITED, 13)}
     ok = evaluate(plan, findings_for({2: prohibited}, udp))
-    assert ok.verdict == "pass"
-    assert {s.observed for s in ok.spans} == {"rejected"}
-    assert {s.observed for s in ok.unproven} == {"silent-unproven"}
+    # TCP: a port that let the SYN through would have answered with an RST or SYN-ACK,
+    # which are not rate-limited, so the silent ports are proven. UDP: a leak's
+    # port-unreachable is throttled like the reject, so silence proves nothing there.
+    assert {(s.proto, s.observed) for s in ok.spans} == {
+        ("tcp", "rejected"),
+        ("tcp", "silent"),
+        ("udp", "rejected"),
+    }
+    assert {(s.proto, s.observed) for s in ok.unproven} == {("udp", "silent-unproven")}
+    assert ok.verdict == "inconclusive" and ok.exit_status == 5
+    assert "INCONCLUSIVE" in ok.to_text() and 'errors="1"' in ok.to_junit()
+    # With every UDP port answered, every port is proven.
+    every = {p: Reply(4, "udp", p, 41000, Reason.PROHIBITED, 13) for p in (1, 2, 3)}
+    assert evaluate(plan, findings_for({2: prohibited}, every)).verdict == "pass"
 
 
 def test_drop_mode_fails_on_admin_prohibited() -> None:
@@ -164,7 +175,7 @@ def test_a_target_that_never_answered_is_inconclusive_never_pass() -> None:
     assert report.verdict == "inconclusive" and report.exit_status == 5
     assert report.to_json()["verdict"] == "inconclusive"
     assert "INCONCLUSIVE" in report.to_text()
-    assert 'errors="1"' in report.to_junit()
+    assert 'error message="inconclusive"' in report.to_junit()
     # A leak seen on another target is still a FAIL.
     other = Target(ip_address("198.19.254.9"), STRANGER.source)
     plan2 = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER, other], (99,))
@@ -177,7 +188,7 @@ def test_a_target_that_never_answered_is_inconclusive_never_pass() -> None:
 def test_budget_spent_ports_are_unproven_not_conforming() -> None:
     plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (7, 8, 9))
     f = findings_for({}, {7: Reply(4, "udp", 7, 41000, Reason.PORT_UNREACHABLE, 3)})
-    f.budget_limited.add((STRANGER, "udp"))
+    f.unproven[(STRANGER, "udp")] = "unprobed"
     data = evaluate(plan, f).to_json()
     assert data["verdict"] == "fail"
     assert not any(s["proto"] == "udp" for s in data["conforming"])

@@ -31,7 +31,8 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from harden.core.policy import Address, Policy
+from harden.core.policy import Policy
+from harden.core.types import Address
 from harden.errors import EnvironmentProblem
 from harden.lab.netns import current_namespace_name
 

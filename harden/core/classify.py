@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
 
-Family = Literal[4, 6]
-Proto = Literal["tcp", "udp"]
-
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from harden.core.types import Address, Family, Proto
 
 
 class State(StrEnum):
@@ -53,6 +49,9 @@ class Reply:
     reason: Reason
     icmp_code: int | None = None  # the ICMP(v6) unreachable code, when seen
     ack: int | None = None  # TCP: the acknowledgement number (our sequence + 1)
+    # The address the reply came from, when it is not the probed one: a host answers
+    # from the address its routing picks (docs/design.md, "Capturing replies").
+    responder: Address | None = None
 
     @property
     def state(self) -> State:
@@ -74,8 +73,10 @@ class Reply:
         if self.icmp_code is not None:
             names = ICMP_UNREACH if self.family == 4 else ICMP6_UNREACH
             prefix = "icmp" if self.family == 4 else "icmpv6"
-            return f"{prefix} {names.get(self.icmp_code, f'code-{self.icmp_code}')}"
-        return _DETAIL.get(self.reason, self.reason.value)
+            text = f"{prefix} {names.get(self.icmp_code, f'code-{self.icmp_code}')}"
+        else:
+            text = _DETAIL.get(self.reason, self.reason.value)
+        return text if self.responder is None else f"{text} from {self.responder}"
 
 
 _STATE = {
@@ -129,69 +130,88 @@ ICMP6_UNREACH = {
 }
 _PROHIBITED4 = frozenset({9, 10, 13})  # net-, host-, admin-prohibited
 _PROHIBITED6 = frozenset({1})  # administratively prohibited
+# From an address other than the target, these say a router could not deliver the
+# probe: nothing about the port, and no sign that a host is there.
+_NO_ROUTE4 = frozenset({0, 1, 5, 6, 7, 8, 11, 12})
+_NO_ROUTE6 = frozenset({0, 2, 3})
 _PROTO: dict[int, Proto] = {6: "tcp", 17: "udp"}
 _TCP_SYN, _TCP_RST, _TCP_ACK = 0x02, 0x04, 0x10
 
 
 def classify(
-    packet: bytes, target: ipaddress.IPv4Address | ipaddress.IPv6Address
+    packet: bytes, target: Address, others: Collection[Address] = ()
 ) -> Reply | EchoReply | None:
-    """Classify an IP packet from ``target``; None if it is not a reply to a probe."""
+    """Classify an IP packet as an answer to a probe sent to ``target``; None if it is not.
+
+    Replies are matched by what they answer, not by where they came from
+    (docs/design.md, "Capturing replies"): a TCP or UDP segment counts from any
+    address but ``others`` (the run's other targets, whose own replies they are),
+    and the caller matches its ports to a round; an ICMP error counts when the probe
+    it quotes went to ``target``, from whichever address sent it, except a router's
+    no-route codes, which say nothing about a port. An echo reply counts only from
+    ``target`` itself. A reply from another address names it (``Reply.responder``).
+    """
     try:
-        if packet and packet[0] >> 4 == 4:
-            return _classify4(packet, target)
-        if packet and packet[0] >> 4 == 6:
-            return _classify6(packet, target)
+        if packet and packet[0] >> 4 == 4 and target.version == 4:
+            return _classify4(packet, target, others)
+        if packet and packet[0] >> 4 == 6 and target.version == 6:
+            return _classify6(packet, target, others)
     except (struct.error, IndexError, ValueError):
         return None  # truncated or malformed: not something we sent
     return None
 
 
 def _classify4(
-    packet: bytes, target: ipaddress.IPv4Address | ipaddress.IPv6Address
+    packet: bytes, target: Address, others: Collection[Address]
 ) -> Reply | EchoReply | None:
     ihl = (packet[0] & 0x0F) * 4
     proto = packet[9]
-    if ipaddress.IPv4Address(packet[12:16]) != target:
-        return None
+    source = ipaddress.IPv4Address(packet[12:16])
+    responder = None if source == target else source
     body = packet[ihl:]
     if proto in _PROTO:
-        return _transport(4, _PROTO[proto], body)
+        if responder is not None and responder in others:
+            return None
+        return _transport(4, _PROTO[proto], body, responder)
     if proto == 1:
         kind, code = body[0], body[1]
-        if kind == 0:
+        if kind == 0 and responder is None:
             return EchoReply(4, struct.unpack("!H", body[4:6])[0])
-        if kind == 3:
+        if kind == 3 and (responder is None or code not in _NO_ROUTE4):
             quoted = body[8:]
             qihl = (quoted[0] & 0x0F) * 4
             qproto = _PROTO.get(quoted[9])
             if qproto is None or ipaddress.IPv4Address(quoted[16:20]) != target:
                 return None
             sport, dport = struct.unpack("!HH", quoted[qihl : qihl + 4])
-            return Reply(4, qproto, dport, sport, _icmp_reason(code, 3, _PROHIBITED4), code)
+            reason = _icmp_reason(code, 3, _PROHIBITED4)
+            return Reply(4, qproto, dport, sport, reason, code, responder=responder)
     return None
 
 
 def _classify6(
-    packet: bytes, target: ipaddress.IPv4Address | ipaddress.IPv6Address
+    packet: bytes, target: Address, others: Collection[Address]
 ) -> Reply | EchoReply | None:
     nxt = packet[6]
-    if ipaddress.IPv6Address(packet[8:24]) != target:
-        return None
+    source = ipaddress.IPv6Address(packet[8:24])
+    responder = None if source == target else source
     body = packet[40:]
     if nxt in _PROTO:
-        return _transport(6, _PROTO[nxt], body)
+        if responder is not None and responder in others:
+            return None
+        return _transport(6, _PROTO[nxt], body, responder)
     if nxt == 58:
         kind, code = body[0], body[1]
-        if kind == 129:
+        if kind == 129 and responder is None:
             return EchoReply(6, struct.unpack("!H", body[4:6])[0])
-        if kind == 1:
+        if kind == 1 and (responder is None or code not in _NO_ROUTE6):
             quoted = body[8:]
             qproto = _PROTO.get(quoted[6])
             if qproto is None or ipaddress.IPv6Address(quoted[24:40]) != target:
                 return None
             sport, dport = struct.unpack("!HH", quoted[40:44])
-            return Reply(6, qproto, dport, sport, _icmp_reason(code, 4, _PROHIBITED6), code)
+            reason = _icmp_reason(code, 4, _PROHIBITED6)
+            return Reply(6, qproto, dport, sport, reason, code, responder=responder)
     return None
 
 
@@ -201,16 +221,18 @@ def _icmp_reason(code: int, port_unreachable: int, prohibited: frozenset[int]) -
     return Reason.PROHIBITED if code in prohibited else Reason.UNREACHABLE
 
 
-def _transport(family: Family, proto: Proto, body: bytes) -> Reply | None:
+def _transport(
+    family: Family, proto: Proto, body: bytes, responder: Address | None
+) -> Reply | None:
     sport, dport = struct.unpack("!HH", body[:4])  # target port, our port
     if proto == "udp":
-        return Reply(family, "udp", sport, dport, Reason.UDP_REPLY)
+        return Reply(family, "udp", sport, dport, Reason.UDP_REPLY, responder=responder)
     ack = struct.unpack("!I", body[8:12])[0]
     flags = body[13]
     if flags & _TCP_SYN and flags & _TCP_ACK:
-        return Reply(family, "tcp", sport, dport, Reason.SYN_ACK, ack=ack)
+        return Reply(family, "tcp", sport, dport, Reason.SYN_ACK, ack=ack, responder=responder)
     if flags & _TCP_RST:
-        return Reply(family, "tcp", sport, dport, Reason.RST, ack=ack)
+        return Reply(family, "tcp", sport, dport, Reason.RST, ack=ack, responder=responder)
     return None
 
 

@@ -21,14 +21,14 @@ from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 from itertools import pairwise
 from typing import Any, Literal
 
-from harden.core.manifest import PROTOS, Proto
-from harden.core.policy import FAMILIES, Family, Policy, Sources
+from harden.core.policy import Policy, Sources
 from harden.core.ports import PortRange, merge
+from harden.core.types import FAMILIES, PROTOS, Family, Network, Proto
 
 SCHEMA = "harden.exposure/1"
 Kind = Literal["opens", "closes", "widens", "narrows", "policy"]
 FamilyName = Literal["ipv4", "ipv6", "both"]
-Network = IPv4Network | IPv6Network
+
 # Opens first: they are what a reviewer must look at.
 ORDER: dict[Kind, int] = {"opens": 0, "widens": 1, "narrows": 2, "closes": 3, "policy": 4}
 _FAMILY: dict[Family, FamilyName] = {4: "ipv4", 6: "ipv6"}

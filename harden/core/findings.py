@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
-from harden.core.classify import Proto, Reply
+from harden.core.classify import Reply
 from harden.core.plan import Target
+from harden.core.types import Address, Proto
+from harden.core.witness import Observed
 
-Address = IPv4Address | IPv6Address
 Mode = Literal["raw", "connect"]
 
 
@@ -21,11 +21,18 @@ class Findings:
     echo: dict[Address, bool] = field(default_factory=dict)  # absent: ping not checked
     sent: dict[str, int] = field(default_factory=dict)  # "4/tcp/silent" -> probes sent
     notes: list[str] = field(default_factory=list)
-    budget_limited: set[tuple[Target, Proto]] = field(default_factory=set)
-    # Proof that a host is there: what it sent us, or its neighbour entry on our link.
+    # Silent ports here are not proven silent, and why: the target's ICMP budget ran
+    # out ("unprobed"), or its rate limit is too slow to wait for.
+    unproven: dict[tuple[Target, Proto], str] = field(default_factory=dict)
+    # Premises the silence of (target, protocol) rests on, unless the witness checks it
+    # (docs/design.md, "The verdict rule").
+    premises: dict[tuple[Target, Proto], list[str]] = field(default_factory=dict)
+    # Proof that a host is there, sent during this run: what it sent us, or its answer
+    # to an ARP request or neighbour solicitation sent now (then also in link_only).
     alive: dict[Address, str] = field(default_factory=dict)
-    # The target's witness counters' increase over the run (verify --witness), if asked.
-    witness: dict[str, int] | None = None
+    link_only: set[Address] = field(default_factory=set)
+    # What the target's witness counters saw over the run (verify --witness), if asked.
+    witness: Observed | None = None
     seconds: float = 0.0
     mode: Mode = "raw"
     # Where the time went: "send", "reply_wait", "quiet_wait" (seconds, summed).

@@ -26,11 +26,8 @@ from pydantic import (
 
 from harden.core.ports import PortRange, ServicePort, parse_port, show
 from harden.core.text import one_line
+from harden.core.types import PROTOS, Network, Proto
 from harden.errors import ManifestError
-
-Proto = Literal["tcp", "udp"]
-PROTOS: tuple[Proto, ...] = ("tcp", "udp")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _port(value: object, info: ValidationInfo) -> PortRange:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 
-from harden.core.manifest import PROTOS, Proto
-from harden.core.policy import Family, Policy
+from harden.core.policy import Policy
 from harden.core.ports import PortRange, compress, expand, parse_port
+from harden.core.types import PROTOS, Family, Proto
 from harden.errors import HardenError
 
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 from typing import Literal
 
-from harden.core.manifest import PROTOS, ForwardAllow, Manifest, Proto, RateLimit, Service
+from harden.core.manifest import ForwardAllow, Manifest, RateLimit, Service
 from harden.core.ports import PortRange, merge
+from harden.core.types import FAMILIES, PROTOS, Address, Family, Proto
 
-Family = Literal[4, 6]
-FAMILIES: tuple[Family, ...] = (4, 6)
-Address = IPv4Address | IPv6Address
 Sources = tuple[IPv4Network | IPv6Network, ...] | None
 
 

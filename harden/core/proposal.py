@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Network
 from typing import Any
 
-from harden.core.manifest import PROTOS, Proto, parse_manifest
-from harden.core.policy import Address
+from harden.core.manifest import parse_manifest
+from harden.core.types import PROTOS, Address, Proto
 
 SCHEMA = "harden.init/1"
 HEADER = """\

@@ -9,8 +9,10 @@ from typing import Literal, get_args
 
 import jinja2
 
-from harden.core.policy import FAMILIES, Allow, Policy
+from harden.core.policy import Allow, Policy
 from harden.core.ports import PortRange
+from harden.core.types import FAMILIES
+from harden.core.witness import counter_name
 from harden.errors import RenderError
 
 Backend = Literal["nftables", "iptables"]
@@ -102,6 +104,7 @@ _ENV.filters["ipt_chain"] = ipt_chain
 _ENV.filters["ctports"] = ctport_ranges
 _ENV.filters["ipt_iface"] = ipt_iface
 _ENV.filters["hashlimit_name"] = hashlimit_name
+_ENV.globals["witness"] = counter_name
 
 
 def render(policy: Policy, backend: Backend) -> dict[str, str]:

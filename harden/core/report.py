@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -19,10 +18,10 @@ from rich.table import Table
 
 from harden.core.classify import REJECT_REASONS, Reply, State
 from harden.core.findings import Findings
-from harden.core.manifest import PROTOS, Proto
 from harden.core.plan import Expect, Plan, Target
 from harden.core.ports import PortRange, compress, expand, merge
-from harden.core.witness import judge
+from harden.core.types import PROTOS, Address, Family, Proto, Verdict
+from harden.core.witness import Judgement, judge
 from harden.errors import ExitStatus
 
 SCHEMA = "harden.verify/2"
@@ -76,6 +75,8 @@ class Report:
     unproven: list[Span] = field(default_factory=list)  # silent ports whose silence proves nothing
     skipped: list[Span] = field(default_factory=list)  # declared ports a --ports subset left out
     alive: dict[str, str] = field(default_factory=dict)  # target -> what showed it exists
+    # Premises a PASS rests on that nothing in this run checked (the witness checks most).
+    assumptions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sent: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -89,21 +90,25 @@ class Report:
         return [e for e in self.entries if e.status is Status.FAIL]
 
     @property
-    def verdict(self) -> str:
-        """``fail``, ``inconclusive`` (a target never showed it exists) or ``pass``.
+    def verdict(self) -> Verdict:
+        """The verdict rule, applied to the whole report (see ``verdict_rule``)."""
+        return verdict_rule(self.entries, self.unproven)
 
-        A deviation is a real finding even where another target stayed silent, so FAIL
-        wins over INCONCLUSIVE.
-        """
-        return _verdict(self.entries)
+    @property
+    def verdict_line(self) -> str:
+        """``PASS``, ``PASS, assuming ...``, ``FAIL`` or ``INCONCLUSIVE``."""
+        text = self.verdict.upper()
+        if self.verdict is Verdict.PASS and self.assumptions:
+            text += ", assuming " + "; ".join(self.assumptions)
+        return text
 
     @property
     def exit_status(self) -> ExitStatus:
         """0 pass, 1 fail, 5 inconclusive."""
         return {
-            "fail": ExitStatus.FAILED,
-            "inconclusive": ExitStatus.INCONCLUSIVE,
-            "pass": ExitStatus.OK,
+            Verdict.FAIL: ExitStatus.FAILED,
+            Verdict.INCONCLUSIVE: ExitStatus.INCONCLUSIVE,
+            Verdict.PASS: ExitStatus.OK,
         }[self.verdict]
 
     def to_json(self) -> dict[str, Any]:
@@ -130,9 +135,12 @@ class Report:
 
         return nmap_xml(self)
 
-    def verdict_of(self, target: str) -> str:
+    def verdict_of(self, target: str) -> Verdict:
         """One target's verdict, by the same rule as ``verdict``."""
-        return _verdict([e for e in self.entries if e.target == target])
+        return verdict_rule(
+            [e for e in self.entries if e.target == target],
+            [s for s in self.unproven if s.target == target],
+        )
 
     def counts(self) -> dict[str, int]:
         """Summary numbers."""
@@ -151,12 +159,19 @@ class Report:
         }
 
 
-def _verdict(entries: list[Entry]) -> str:
+def verdict_rule(entries: list[Entry], unproven: list[Span]) -> Verdict:
+    """The one verdict rule (docs/design.md, "The verdict rule").
+
+    FAIL: a deviation was seen (it is a real finding even where another port or target
+    stayed unproven, so FAIL wins). PASS: every covered port is proven, and every premise
+    was checked or is listed under ``assumptions``. INCONCLUSIVE: anything else, such as
+    a target that never showed it exists, or silent ports whose silence proves nothing.
+    """
     if any(e.status is Status.FAIL for e in entries):
-        return "fail"
-    if any(e.status is Status.INCONCLUSIVE for e in entries):
-        return "inconclusive"
-    return "pass"
+        return Verdict.FAIL
+    if unproven or any(e.status is Status.INCONCLUSIVE for e in entries):
+        return Verdict.INCONCLUSIVE
+    return Verdict.PASS
 
 
 def evaluate(plan: Plan, findings: Findings) -> Report:
@@ -170,14 +185,25 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
         mode=findings.mode,
         timing={k: round(v, 3) for k, v in sorted(findings.timing.items())},
     )
+    judgements = [] if findings.witness is None else judge(findings.sent, findings.witness)
+    # What the witness proved: the silence of a family and protocol, a host being there.
+    proven = {(j.family, j.proto) for j in judgements if j.verdict is Verdict.PASS}
+    counted: dict[Family, int] = {}
+    for j in judgements:
+        if j.arrived and j.verdict is not Verdict.INCONCLUSIVE:
+            counted[j.family] = counted.get(j.family, 0) + j.arrived
     alive = dict(findings.alive)
-    if findings.witness is not None:
-        _witness(report, findings, targets, alive)
+    for target in targets:
+        doubt = target.address not in alive or target.address in findings.link_only
+        if counted.get(target.family) and doubt:
+            alive[target.address] = f"its witness counted {counted[target.family]} probes"
     for target in targets:
         _alive(report, alive, target)
         _echo(report, plan, findings, target)
         for proto in PROTOS:
-            _ports(report, plan, findings, target, proto)
+            _ports(report, plan, findings, target, proto, (target.family, proto) in proven)
+    _witness(report, judgements, targets)
+    _assumptions(report, findings, targets, proven, counted)
     for target, proto, ports in plan.skipped:
         report.skipped.append(
             Span(
@@ -198,23 +224,41 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
     return report
 
 
-def _witness(
+def _assumptions(
     report: Report,
     findings: Findings,
     targets: list[Target],
-    alive: dict[IPv4Address | IPv6Address, str],
+    proven: set[tuple[Family, Proto]],
+    counted: dict[Family, int],
 ) -> None:
-    assert findings.witness is not None
-    for judgement in judge(findings.sent, findings.witness):
+    """The premises no check in this run covered, once each, in a stable order."""
+    out: list[str] = []
+    for target in targets:
+        if target.address in findings.link_only and not counted.get(target.family):
+            out.append(
+                f"the link-layer answer for {target.address} came from the target, not from a "
+                "proxy-ARP router answering for an empty address"
+            )
+        for proto in PROTOS:
+            if (target.family, proto) in proven:
+                continue
+            for premise in findings.premises.get((target, proto), []):
+                if premise not in out:
+                    out.append(premise)
+    report.assumptions = out
+
+
+def _witness(report: Report, judgements: list[Judgement], targets: list[Target]) -> None:
+    for judgement in judgements:
         family_targets = [t for t in targets if t.family == judgement.family]
-        if judgement.arrived:
-            for t in family_targets:
-                alive.setdefault(t.address, f"its witness counted {judgement.arrived} probes")
-        if judgement.verdict in ("ok", "unknown") or not family_targets:
+        if judgement.verdict in (Verdict.PASS, None) or not family_targets:
             report.notes.append(f"witness: {judgement.detail}")
             continue
-        status = Status.FAIL if judgement.verdict == "fail" else Status.INCONCLUSIVE
-        observed = "accepted" if judgement.verdict == "fail" else "nothing arrived"
+        if judgement.blocked_declared:
+            _blocked(report, judgement, family_targets)
+            continue
+        status = Status.FAIL if judgement.verdict is Verdict.FAIL else Status.INCONCLUSIVE
+        observed = "accepted" if judgement.verdict is Verdict.FAIL else "not counted"
         report.entries.append(
             Entry(
                 str(family_targets[0].address),
@@ -229,7 +273,47 @@ def _witness(
         )
 
 
-def _alive(report: Report, alive: dict[IPv4Address | IPv6Address, str], target: Target) -> None:
+def _blocked(report: Report, judgement: Judgement, family_targets: list[Target]) -> None:
+    """Declared ports whose probes arrived and were dropped by another firewall: FAIL each.
+
+    The counters say how many such probes there were, not to which port; the declared
+    ports that stayed silent from outside are the ones they can have been sent to.
+    """
+    addresses = {str(t.address) for t in family_targets}
+    silent = [
+        i
+        for i, e in enumerate(report.entries)
+        if e.target in addresses
+        and e.proto == judgement.proto
+        and e.expected == Expect.ALLOWED.value
+        and e.observed in ("silent", "open|filtered")
+    ]
+    detail = f"witness: {judgement.detail}"
+    for i in silent:
+        e = report.entries[i]
+        report.entries[i] = replace(
+            e,
+            observed="blocked on the host",
+            status=Status.FAIL,
+            detail=f"declared {e.proto}/{e.port} is blocked by another firewall on the host "
+            f"({detail})",
+        )
+    if not silent:
+        report.entries.append(
+            Entry(
+                str(family_targets[0].address),
+                judgement.family,
+                judgement.proto,
+                None,
+                "allowed",
+                "blocked on the host",
+                Status.FAIL,
+                detail,
+            )
+        )
+
+
+def _alive(report: Report, alive: dict[Address, str], target: Target) -> None:
     evidence = alive.get(target.address)
     if evidence is not None:
         report.alive[str(target.address)] = evidence
@@ -243,8 +327,9 @@ def _alive(report: Report, alive: dict[IPv4Address | IPv6Address, str], target: 
             "a host",
             "nothing",
             Status.INCONCLUSIVE,
-            "no reply of any kind and no neighbour entry: there may be no host at this "
-            "address, or something upstream drops everything; silence proves nothing here",
+            "no reply of any kind during the run, not even at the link layer: there may be no "
+            "host at this address, or something upstream drops everything; silence proves "
+            "nothing here",
         )
     )
 
@@ -271,7 +356,15 @@ def _echo(report: Report, plan: Plan, findings: Findings, target: Target) -> Non
         )
 
 
-def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto: Proto) -> None:
+def _ports(
+    report: Report,
+    plan: Plan,
+    findings: Findings,
+    target: Target,
+    proto: Proto,
+    witnessed: bool = False,
+) -> None:
+    """Judge one target's ports of one protocol; ``witnessed``: its counters proved the silence."""
     expect = plan.expectation(target, proto)
     if not expect:
         return
@@ -284,8 +377,9 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
     }
     conforming: dict[tuple[str, str], list[PortRange]] = {}
     unproven: dict[tuple[str, str], list[PortRange]] = {}
-    # The target's ICMP budget ran out before these ports' silence could mean anything.
-    budget_spent = (target, proto) in findings.budget_limited
+    # Why these ports' silence proves nothing (the ICMP budget ran out, ...), unless the
+    # witness counted every probe that arrived into harden's closed path.
+    unproven_as = None if witnessed else findings.unproven.get((target, proto))
     alive = target.address in findings.alive
     rejected_seen = False
     entries: list[Entry] = []
@@ -293,15 +387,19 @@ def _ports(report: Report, plan: Plan, findings: Findings, target: Target, proto
     def conclude(ranges: list[PortRange], exp: Expect, reply: Reply | None) -> None:
         """One verdict for ports that got the same reply (or none): in bulk, as ranges."""
         nonlocal rejected_seen
+        if not ranges:
+            return
         status, observed, detail = _judge(proto, exp, reply)
         if exp is Expect.REJECTED and status is Status.OK:
             rejected_seen = True
         key: tuple[str, str] | None = None
         bucket = unproven
-        if exp is not Expect.ALLOWED and status is Status.UNPROVEN:
+        if exp is not Expect.ALLOWED and status is Status.UNPROVEN and witnessed:
+            key, bucket = (exp.value, "silent, counted by the witness"), conforming
+        elif exp is not Expect.ALLOWED and status is Status.UNPROVEN:
             key = (exp.value, "silent-unproven")
-        elif exp is Expect.SILENT and status is Status.OK and budget_spent:
-            key = (exp.value, "unprobed")
+        elif exp is not Expect.ALLOWED and status is Status.OK and unproven_as and not reply:
+            key = (exp.value, unproven_as)
         elif exp is not Expect.ALLOWED and status is Status.OK and not alive:
             key = (exp.value, "silent, no host seen")
         elif exp is not Expect.ALLOWED and status is Status.OK:
@@ -396,6 +494,10 @@ def _judge(proto: str, exp: Expect, reply: Reply | None) -> tuple[Status, str, s
     # Expect.REJECTED
     if reply is not None and reply.reason in REJECT_REASONS:
         return Status.OK, "rejected", detail  # admin-prohibited, or connect mode's unseen code
+    if state is State.SILENT and proto == "tcp":
+        # The reject replies are rate-limited, but a TCP port that let the SYN through
+        # would answer with an RST or a SYN-ACK, which are not: silence proves it closed.
+        return Status.OK, "silent", ""
     if state is State.SILENT:
         return Status.UNPROVEN, "silent", "ICMP rate limiting throttles reject replies"
     if state is State.REJECTED:
@@ -408,7 +510,8 @@ def _json(report: Report) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "targets": report.targets,
-        "verdict": report.verdict,
+        "verdict": report.verdict.value,
+        "assumptions": list(report.assumptions),
         "mode": report.mode,
         "seconds": round(report.seconds, 3),
         "started": round(report.started, 3),
@@ -472,6 +575,12 @@ def _junit(report: Report) -> str:
         for s in report.spans:
             if s.target == target:
                 groups.setdefault((s.proto, s.expected, f"ipv{s.family}"), [])
+        unproven: dict[tuple[str, str, str], list[Span]] = {}
+        for s in report.unproven:
+            if s.target == target:
+                key = (s.proto, s.expected, f"ipv{s.family}")
+                groups.setdefault(key, [])
+                unproven.setdefault(key, []).append(s)
         for (proto, expected, family), entries in sorted(groups.items()):
             cases += 1
             case = ET.SubElement(
@@ -480,11 +589,15 @@ def _junit(report: Report) -> str:
                 classname=f"harden.{family}.{proto}",
                 name=f"{target} {proto} {expected}",
             )
-            unknown = [e for e in entries if e.status is Status.INCONCLUSIVE]
+            unknown = [e.detail for e in entries if e.status is Status.INCONCLUSIVE]
+            unknown += [
+                f"{s.count} port(s) {s.observed}: their silence proves nothing"
+                for s in unproven.get((proto, expected, family), [])
+            ]
             if unknown:
                 errors += 1
                 error = ET.SubElement(case, "error", message="inconclusive")
-                error.text = "\n".join(e.detail for e in unknown)
+                error.text = "\n".join(unknown)
             bad = [e for e in entries if e.status is Status.FAIL]
             if bad:
                 failures += 1
@@ -495,6 +608,12 @@ def _junit(report: Report) -> str:
                 ]
                 failure = ET.SubElement(case, "failure", message=f"{len(bad)} port(s) deviate")
                 failure.text = "\n".join(lines[:200])
+        if report.assumptions:
+            properties = ET.SubElement(suite, "properties")
+            for premise in report.assumptions:
+                ET.SubElement(properties, "property", name="assumption", value=premise)
+            suite.remove(properties)
+            suite.insert(0, properties)  # the schema wants properties first
         suite.set("tests", str(cases))
         suite.set("failures", str(failures))
         suite.set("errors", str(errors))
@@ -556,9 +675,9 @@ def _text(report: Report, width: int) -> str:
     for note in report.notes:
         console.print(f"  note: {note}")
     c = report.counts()
-    verdict = report.verdict.upper()
+    unproven = f", {c['unproven']} unproven" if c["unproven"] else ""
     console.print(
-        f"{verdict}: {c['ports']} port(s) probed in {report.seconds:.1f} s, "
-        f"{c['deviations']} deviation(s), {c['warnings']} warning(s) [{report.mode}]"
+        f"{report.verdict_line}: {c['ports']} port(s) probed in {report.seconds:.1f} s, "
+        f"{c['deviations']} deviation(s), {c['warnings']} warning(s){unproven} [{report.mode}]"
     )
     return buffer.getvalue()

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harden.core.manifest import Manifest
-from harden.core.policy import FAMILIES, Policy
+from harden.core.policy import Policy
+from harden.core.types import FAMILIES
 
 
 def _utc(at: float) -> str:

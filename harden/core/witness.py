@@ -1,30 +1,124 @@
 """The witness: the target's own counters against the probes the verifier sent (pure).
 
 The ruleset of a manifest with ``verify.probers`` counts, per family and protocol, every
-new connection from the probers (``witness_in_*``, before any filter chain at the
-default priority) and those that reached harden's closed path (``witness_closed_*``).
-Across one verification, the difference tells what outside probing cannot:
+new connection from the probers three times:
+
+- ``witness_in_*``: as it arrives, before any filter chain at the default priority;
+- ``witness_closed_*``: when it reaches harden's closed path (dropped by harden);
+- ``witness_passed_*`` (nftables): at the last priority of the hook, i.e. what every
+  chain on the host let through.
+
+Across one verification, the differences tell what outside probing cannot:
 
 - nothing arrived: something upstream (a cloud security group, a router) drops the
   probes, so their silence says nothing about the host's own firewall;
-- more arrived than were dropped or sent to declared ports: some probes to closed
-  ports were accepted by a rule that is not harden's or delivered to a socket that
-  ignores them (a silent UDP listener), which no reply could have shown.
+- more passed than were sent to declared ports: some probes to closed ports were
+  accepted by a rule that is not harden's, or delivered to a socket that ignores them
+  (a silent UDP listener), which no reply could have shown;
+- probes to declared ports arrived but did not pass: another firewall on the host
+  blocks a declared service;
+- the rest that neither reached harden's closed path nor passed were dropped by
+  another firewall on the host: silent, so conforming, and said in a note.
 
-docs/design.md, "What outside probing cannot see".
+``harden counters`` also reports the target's ICMP error settings, so the UDP schedule
+runs on the real rate limit instead of an assumed one, and an identity of harden's
+table, so a replaced table or reset counters are seen rather than judged.
+
+docs/design.md, "What outside probing cannot see" and "The verdict rule".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from harden.core.manifest import PROTOS, Proto
-from harden.core.policy import FAMILIES, Family
+from harden.core.types import FAMILIES, PROTOS, Family, Proto, Verdict
 
 # The witness command's own connection (an SSH login from the prober to the target to
 # read the counters) is a new TCP connection to a declared port: tolerated.
 TCP_SLACK = 2
+SCHEMAS = ("harden.counters/1", "harden.counters/2")
+
+
+def counter_name(stage: str, proto: Proto, family: Family) -> str:
+    """The name of a witness counter: ``witness_{in,closed,passed}_{proto}_v{family}``."""
+    return f"witness_{stage}_{proto}_v{family}"
+
+
+@dataclass(frozen=True)
+class IcmpSettings:
+    """One family's ICMP error limits on the target, as its kernel has them."""
+
+    ratelimit_ms: int  # net.ipv4.icmp_ratelimit / net.ipv6.icmp.ratelimit
+    limits_unreachable: bool = True  # destination unreachable is in the rate mask
+    msgs_per_sec: int | None = None  # net.ipv4.icmp_msgs_per_sec (machine-wide, both families)
+
+    @property
+    def interval_ms(self) -> int:
+        """The per-peer refill interval that applies to port-unreachable (0: no limit)."""
+        return self.ratelimit_ms if self.limits_unreachable else 0
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One ``harden counters --format json`` output."""
+
+    counters: dict[str, int]
+    identity: str | None = None  # harden's table as the kernel names it (None: unknown)
+    icmp: dict[Family, IcmpSettings] = field(default_factory=dict)
+
+
+def parse_reading(data: Any) -> Reading:
+    """A Reading from parsed counters JSON; ValueError if it is not that output."""
+    if not isinstance(data, dict) or data.get("schema", SCHEMAS[0]) not in SCHEMAS:
+        raise ValueError("not harden counters output")
+    try:
+        counters = {str(k): int(v) for k, v in data["counters"].items()}
+        icmp: dict[Family, IcmpSettings] = {}
+        for family in FAMILIES:
+            item = (data.get("icmp") or {}).get(f"ipv{family}")
+            if item is not None:
+                per_sec = item.get("msgs_per_sec")
+                icmp[family] = IcmpSettings(
+                    int(item["ratelimit_ms"]),
+                    bool(item.get("limits_unreachable", True)),
+                    None if per_sec is None else int(per_sec),
+                )
+        identity = data.get("identity")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed counters output ({exc})") from None
+    return Reading(counters, None if identity is None else str(identity), icmp)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the witness saw over one verification."""
+
+    counted: dict[str, int]  # counter increase, name -> packets
+    icmp: dict[Family, IcmpSettings] = field(default_factory=dict)
+    # Why the counters cannot be trusted (a reset or a replaced table), if so.
+    untrusted: str | None = None
+
+
+def compare(before: Reading, after: Reading) -> Observed:
+    """The counters' increase over the run; untrusted if they went back or the table changed."""
+    counted = {name: after.counters[name] - before.counters.get(name, 0) for name in after.counters}
+    untrusted = None
+    if before.identity != after.identity:
+        untrusted = (
+            f"harden's table on the target changed during the run ({before.identity} -> "
+            f"{after.identity}: re-applied?), so its counters do not cover the run"
+        )
+    else:
+        back = sorted(n for n, v in counted.items() if v < 0)
+        gone = sorted(set(before.counters) - set(after.counters))
+        if back or gone:
+            untrusted = (
+                f"harden's counters on the target went back during the run ({', '.join(back)}"
+                f"{', '.join(gone)}: reset or reloaded), so they do not cover the run"
+            )
+    return Observed(counted, after.icmp or before.icmp, untrusted)
 
 
 @dataclass(frozen=True)
@@ -33,73 +127,100 @@ class Judgement:
 
     family: Family
     proto: Proto
-    verdict: str  # "ok", "fail", "inconclusive" or "unknown" (the target counts nothing)
+    verdict: Verdict | None  # None: the target counts nothing of this family
     detail: str
     arrived: int = 0
+    # Probes to declared ports that arrived and were dropped by another firewall.
+    blocked_declared: int = 0
 
 
-def delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
-    """Counter increase over the verification (names present after)."""
-    return {name: after[name] - before.get(name, 0) for name in after}
-
-
-def judge(sent: Mapping[str, int], counted: Mapping[str, int]) -> list[Judgement]:
-    """Compare probes sent (``"4/udp/silent": n``) with the target's counter increase."""
+def judge(sent: Mapping[str, int], observed: Observed) -> list[Judgement]:
+    """Compare probes sent (``"4/udp/silent": n``) with what the target counted."""
     out = []
+    counted = observed.counted
     for family in FAMILIES:
         for proto in PROTOS:
             prefix = f"{family}/{proto}/"
             total = sum(n for key, n in sent.items() if key.startswith(prefix))
             if not total:
                 continue
-            arrived = counted.get(f"witness_in_{proto}_v{family}")
-            closed = counted.get(f"witness_closed_{proto}_v{family}")
+            arrived = counted.get(counter_name("in", proto, family))
+            closed = counted.get(counter_name("closed", proto, family))
             if arrived is None or closed is None:
                 out.append(
                     Judgement(
                         family,
                         proto,
-                        "unknown",
+                        None,
                         f"the target counts no IPv{family} probes (no verify.probers of that "
                         "family in its manifest)",
                     )
                 )
                 continue
-            out.append(
-                _judge_one(family, proto, total, sent.get(prefix + "allowed", 0), arrived, closed)
-            )
+            if observed.untrusted is not None:
+                out.append(Judgement(family, proto, Verdict.INCONCLUSIVE, observed.untrusted))
+                continue
+            passed = counted.get(counter_name("passed", proto, family))
+            declared = sent.get(prefix + "allowed", 0)
+            out.append(_judge_one(family, proto, total, declared, arrived, closed, passed))
     return out
 
 
 def _judge_one(
-    family: Family, proto: Proto, total: int, to_declared: int, arrived: int, closed: int
+    family: Family,
+    proto: Proto,
+    total: int,
+    to_declared: int,
+    arrived: int,
+    closed: int,
+    passed: int | None,
 ) -> Judgement:
     where = f"IPv{family} {proto}"
     if arrived == 0:
         return Judgement(
             family,
             proto,
-            "inconclusive",
+            Verdict.INCONCLUSIVE,
             f"none of the {total} {where} probes reached the host (its witness counted 0): "
             "something upstream drops them, so their silence says nothing about its firewall",
         )
     slack = TCP_SLACK if proto == "tcp" else 0
-    accepted = arrived - closed
+    lost = total - arrived
+    # Without a passed counter (iptables, or a ruleset from before it), whatever harden's
+    # closed path did not drop counts as accepted.
+    accepted = arrived - closed if passed is None else passed
     unexpected = accepted - to_declared - slack
     if unexpected > 0:
+        by = "not dropped by harden" if passed is None else "let through by every firewall"
         return Judgement(
             family,
             proto,
-            "fail",
-            f"{unexpected} {where} probe(s) reached the host and were not dropped by harden "
-            f"(accepted by another rule or taken by a socket that answers nothing): the "
-            f"target counted {arrived} new, {closed} at harden's closed path, and {to_declared} "
-            "were sent to declared ports",
+            Verdict.FAIL,
+            f"{unexpected} {where} probe(s) to closed ports reached the host and were {by} "
+            f"(accepted by a rule that is not harden's, or taken by a socket that answers "
+            f"nothing): the target counted {arrived} new, {closed} at harden's closed path"
+            + ("" if passed is None else f", {passed} let through")
+            + f", and {to_declared} were sent to declared ports",
             arrived,
         )
-    lost = total - arrived
+    elsewhere = 0 if passed is None else arrived - closed - passed
     note = f"the target counted {arrived} of {total} {where} probes; {closed} reached harden's "
     note += "closed path and were dropped"
+    if elsewhere > 0:
+        note += f", {elsewhere} were dropped by another firewall on the host"
     if lost > 0:
         note += f" ({lost} did not arrive: loss or an upstream filter)"
-    return Judgement(family, proto, "ok", note, arrived)
+    # Probes to declared ports that arrived but did not pass: at least what is left of
+    # them once every lost probe is assumed to have been one of them.
+    blocked = 0 if passed is None else max(0, to_declared - lost - passed)
+    if blocked > 0 and elsewhere > 0:
+        return Judgement(
+            family,
+            proto,
+            Verdict.FAIL,
+            f"{blocked} {where} probe(s) to declared ports arrived and were dropped by another "
+            f"firewall on the host ({note})",
+            arrived,
+            blocked,
+        )
+    return Judgement(family, proto, Verdict.PASS, note, arrived)

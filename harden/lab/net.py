@@ -18,10 +18,10 @@ from types import TracebackType
 from typing import Self
 
 from harden.core.policy import Policy
+from harden.core.types import Address
 from harden.errors import EnvironmentProblem
 from harden.lab.netns import Namespace, connect, require_root
 
-Address = IPv4Address | IPv6Address
 Net = IPv4Network | IPv6Network
 
 # Outside links to choose from: the first one no declared source network overlaps wins.

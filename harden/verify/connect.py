@@ -14,16 +14,15 @@ import selectors
 import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from ipaddress import IPv4Address, IPv6Address
 
 from harden import defaults
-from harden.core.classify import Family, Proto, Reason, Reply
+from harden.core.classify import Reason, Reply
 from harden.core.findings import Mode
 from harden.core.plan import Target
+from harden.core.types import Address, Family, Proto
 from harden.verify.payloads import udp_payloads
 from harden.verify.transport import Round, Sent
 
-Address = IPv4Address | IPv6Address
 REJECTED_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
 
 

@@ -6,9 +6,10 @@ target limits the ICMP errors it sends to each peer (a token bucket: one token p
 "no port reached the UDP layer" only if the bucket held a token when the sweep
 began. We cannot read the target's bucket, but we see every ICMP error it sends us:
 once it has sent our source none for one refill interval, it holds at least one
-token, so the first leaking port of the next sweep draws an error. Each retry round
-waits for that quiet again, counted from the previous round's end too (an error that
-was sent but lost spent a token).
+token, so the first leaking port of the next sweep draws an error. The k-th sweep
+from a source begins no sooner than k refill intervals after the capture started
+(docs/design.md, "Sweeps counted from the start"), so k sweeps draw at least k errors
+from a leaking host even when some are lost.
 
 Every phase runs across all targets at once, so a fleet shares the waits: a round
 sends to every target, then waits for replies once.
@@ -25,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harden import defaults
-from harden.core.classify import Reply
-from harden.core.findings import Address, Findings
+from harden.core.classify import Reason, Reply
+from harden.core.findings import Findings
 from harden.core.plan import Expect, Plan, PortMap, Target
+from harden.core.types import Address, Proto
 from harden.errors import EnvironmentProblem
 from harden.verify.transport import Clock, Round, SystemClock, Transport
 
@@ -54,6 +56,8 @@ class Options:
     # More addresses of this host: each has its own ICMP budget at the target, so a UDP
     # retry round from another source need not wait for the first one's to refill.
     extra_sources: tuple[Address, ...] = ()
+    # Families whose ratelimit_ms was read from the target (the witness), not assumed.
+    ratelimit_read: frozenset[int] = frozenset()
 
 
 def verify(
@@ -75,7 +79,7 @@ def verify(
     run.udp()
     run.finish_tcp()
     for target in targets:
-        evidence = transport.heard_from(target)
+        evidence = transport.heard_from(target) or _answered(findings, target)
         if evidence is not None:
             findings.alive[target.address] = evidence
     if any(findings.replies.get((t, "udp")) is not None for t in targets):
@@ -102,6 +106,9 @@ class _Udp:
     rounds: int = 0
     clean_passes: int = 0  # enumeration passes in a row that drew no new ICMP error
     settled: bool = False  # the ports still pending are proven silent
+    # The rate limit is too slow for the quiet rule within max_quiet_wait: silence here
+    # is proven only by the witness, if at all.
+    unprovable: bool = False
 
     @property
     def errored(self) -> bool:
@@ -248,12 +255,16 @@ class _Run:
         states: dict[Target, _Udp] = {}
         for target in self.targets:
             sources = [target.source, *(a for a in o.extra_sources if a.version == target.family)]
+            interval = o.ratelimit_ms[target.family] / 1000
+            unprovable = refill(interval) > o.max_quiet_wait
             states[target] = _Udp(
                 expect=self.plan.expectation(target, "udp"),
                 pending=self.plan.ports(target, "udp"),
                 sources=sources,
-                interval=o.ratelimit_ms[target.family] / 1000,
+                # Sent without waiting: the sweeps can still show leaks, not silence.
+                interval=0.0 if unprovable else interval,
                 round_end=dict.fromkeys(sources, self.transport.started),
+                unprovable=unprovable,
             )
         # The k-th sweep from a source begins k refill intervals after we began watching
         # (docs/design.md, "Sweeps counted from the start"): by then the budget has
@@ -307,7 +318,7 @@ class _Run:
             for port, reply in found.items():
                 st.replies.setdefault(port, reply)
             st.pending = _without(st.pending, found)
-        self.enumerate({t: st for t, st in states.items() if st.errored})
+        self.enumerate({t: st for t, st in states.items() if st.errored and not st.unprovable})
         for target, st in states.items():
             self.findings.replies[(target, "udp")] = st.replies
             self._udp_note(target, st)
@@ -315,31 +326,50 @@ class _Run:
     def _udp_note(self, target: Target, st: _Udp) -> None:
         label = str(target.address)
         n = sum(1 for r in st.replies.values() if r.is_icmp_error)
-        assumption = (
-            f"Assumes the target's ICMP rate limit interval is at most {st.interval:g} s and "
-            "that other traffic did not spend its machine-wide ICMP limit meanwhile."
-        )
+        key: tuple[Target, Proto] = (target, "udp")
+        ms = self.options.ratelimit_ms[target.family]
+        if st.unprovable:
+            self.findings.unproven[key] = f"silent, ICMP rate limit of {ms} ms too slow to wait for"
+            self.findings.notes.append(
+                f"{label} udp: the target's ICMP rate limit is {ms} ms, too slow for the quiet "
+                f"rule within {self.options.max_quiet_wait:g} s: its silent UDP ports are "
+                "proven only by its witness counters"
+            )
+            return
         if st.errored and not st.settled:
-            self.findings.budget_limited.add((target, "udp"))
+            self.findings.unproven[key] = "unprobed"
             self.findings.notes.append(
                 f"{label} udp: {n} port(s) answered with ICMP; the target rate-limits ICMP "
                 f"errors (about one per {st.interval:g} s to each source), so more ports may "
                 f"answer than are listed: {len(st.pending)} silent port(s) are unprobed, "
                 "not proven silent"
             )
-        elif st.errored:
+            return
+        if st.errored:
             self.findings.notes.append(
                 f"{label} udp: {n} port(s) answered with ICMP; the other {len(st.pending)} "
                 "silent port(s) drew no ICMP error in sweeps each begun while the target's "
-                f"budget held a token. {assumption}"
+                "budget held a token"
             )
         elif st.rounds:
             self.findings.notes.append(
                 f"{label} udp: no UDP port drew an ICMP error while the target's budget held "
                 f"a token ({st.rounds} sweep(s) from {len(st.sources)} source address(es), "
                 f"each begun after {st.interval:g} s without any ICMP error to that source), "
-                f"so no probed port reached the UDP layer unanswered. {assumption}"
+                "so no probed port reached the UDP layer unanswered"
             )
+        else:
+            return
+        premises = self.findings.premises.setdefault(key, [])
+        if target.family not in self.options.ratelimit_read:
+            name = "net.ipv4.icmp_ratelimit" if target.family == 4 else "net.ipv6.icmp.ratelimit"
+            premises.append(f"the target's ICMP rate limit ≤ {ms} ms ({name})")
+        premises.append(
+            "no other traffic spent the target's machine-wide ICMP budget during the run "
+            "(net.ipv4.icmp_msgs_per_sec)"
+        )
+        if self.transport.mode == "connect":
+            premises.append("no other traffic from this host drew ICMP errors from the target")
 
     def enumerate(self, leaking: dict[Target, _Udp]) -> None:
         """Sweep again as the budgets refill: list more leaks, or prove the rest silent.
@@ -430,10 +460,10 @@ class _Run:
     ) -> bool:
         """Wait until ``target`` has sent ``source`` no ICMP error for one refill interval.
 
-        ``after`` is when our previous UDP round from ``source`` ended (or when the
-        transport began watching): an error it drew may have been lost on the way,
-        spending a token we never saw, so the interval also counts from there.
-        Returns whether it had to wait.
+        ``after`` is when the interval may begin at the earliest: for the k-th sweep of a
+        clean run, refill(k - 1) after the transport began watching; for an enumeration
+        pass, when our previous round from ``source`` ended (an error it drew may have
+        been lost on the way, spending a token we never saw). Returns whether it waited.
         """
         waited = False
         while True:
@@ -460,6 +490,21 @@ class _Run:
 
 
 EMPTY: array[int] = array("H")
+
+
+def _answered(findings: Findings, target: Target) -> str | None:
+    """Evidence from a reply that answered a probe to ``target`` from another of its addresses.
+
+    A router's "no route" is never matched to a probe (core/classify.py), and an
+    admin-prohibited may come from a filter in front of the host, so only what a host's
+    own stack sends counts: a TCP or UDP reply, or a port-unreachable.
+    """
+    for proto in ("tcp", "udp"):
+        for port, reply in sorted(findings.replies.get((target, proto), {}).items()):
+            own_stack = reply.reason not in (Reason.PROHIBITED, Reason.UNREACHABLE)
+            if reply.responder is not None and own_stack:
+                return f"{proto}/{port} answered {reply.detail}"
+    return None
 
 
 def refill(interval: float, k: int = 1) -> float:

@@ -8,7 +8,6 @@ Manifest paths are relative to the inventory file.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +17,9 @@ from harden.core.manifest import field_path, load_yaml
 from harden.core.policy import Policy, build_policy
 from harden.core.ports import show
 from harden.core.text import one_line
+from harden.core.types import Address
 from harden.errors import ManifestError
 from harden.files import load_manifest, read_text
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class _Host(BaseModel):

@@ -1,42 +1,35 @@
-"""The fast transport: raw-socket SYNs, plain UDP datagrams, AF_PACKET capture.
+"""The fast transport: raw-socket SYNs, plain UDP datagrams, replies from the capture.
 
 Packets are built once from scapy templates; the send loop only patches ports and
-the checksum. Replies are captured on an AF_PACKET socket with a BPF filter for the
-target's addresses: that sees them before the prober host's own INPUT hook, so a
-prober behind its own default-DROP firewall still works (docs/design.md, "Capturing
-replies").
+the checksum. Replies come from ``capture.Capture`` (every interface, before the
+prober's own INPUT hook) and are matched to rounds by what they answer
+(docs/design.md, "Capturing replies").
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import random
 import socket
 import struct
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from harden.core.classify import EchoReply, Reply, classify
 from harden.core.findings import Mode
 from harden.core.plan import Target
-from harden.core.text import one_line
-from harden.errors import EnvironmentProblem, HardenError
-from harden.verify import batch, bpf
+from harden.core.types import Address
+from harden.errors import EnvironmentProblem
+from harden.verify import batch
+from harden.verify.capture import ETH_P_ALL, Capture, is_icmp_error, quotes
 from harden.verify.payloads import udp_payloads
+from harden.verify.route import Route
 from harden.verify.transport import Round
 
-ETH_P_ALL = 0x0003
-RCVBUF = 256 * 1024 * 1024  # a no-firewall host answers 65,535 RSTs at once
 IPV6_CHECKSUM = 7  # linux/in6.h: the kernel fills the checksum at this offset
 IP_RECVERR = 11  # linux/in.h (not in Python 3.11's socket module)
 IPV6_RECVERR = 25  # linux/in6.h
 
-Address = IPv4Address | IPv6Address
 Progress = Callable[[int], None]
 SendTo = Callable[[bytes, tuple[str, int]], int]
 
@@ -95,168 +88,6 @@ def _report_send_errors(sock: socket.socket, family: int) -> None:
         sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
     else:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-
-
-@dataclass(frozen=True)
-class Route:
-    """How this host reaches a target: interface, source address, on-link or not."""
-
-    target: Address
-    dev: str
-    source: Address
-    on_link: bool = False  # no gateway: the target's neighbour entry is evidence of life
-
-
-def check_target(target: Address) -> None:
-    """Refuse what is not one host: multicast, unspecified, loopback (HardenError, exit 2)."""
-    kind = None
-    if target.is_multicast:
-        kind = "a multicast address"
-    elif target.is_unspecified:
-        kind = "the unspecified address"
-    elif target.is_loopback:
-        kind = "a loopback address"
-    elif isinstance(target, IPv4Address) and target == IPv4Address("255.255.255.255"):
-        kind = "the broadcast address"
-    if kind:
-        raise HardenError(f"--target {target} is {kind}, not one host: nothing to verify")
-
-
-def route_to(target: Address) -> Route:
-    """Ask the kernel which interface and source address reach ``target``."""
-    check_target(target)
-    args = ["ip", "-j", "-6" if target.version == 6 else "-4", "route", "get", str(target)]
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise EnvironmentProblem(f"no route to {target}: {one_line(proc.stderr)}")
-    info = json.loads(proc.stdout)[0]
-    kind = info.get("type", "unicast")
-    if kind == "local" or info.get("dev") == "lo":
-        raise HardenError(
-            f"--target {target} is an address of this host: verify from another host (or namespace)"
-        )
-    if kind in ("broadcast", "multicast", "anycast"):
-        raise HardenError(f"--target {target} is a {kind} address here, not one host")
-    if kind != "unicast" or "dev" not in info or "prefsrc" not in info:
-        raise EnvironmentProblem(f"no usable route to {target} (route type {kind})")
-    return Route(target, info["dev"], ip_address(info["prefsrc"]), "gateway" not in info)
-
-
-def neighbour(route: Route) -> str | None:
-    """The target's resolved link-layer entry, if it is on our link (evidence of a host)."""
-    if not route.on_link:
-        return None
-    family = "-6" if route.target.version == 6 else "-4"
-    args = ["ip", "-j", family, "neigh", "show", "to", str(route.target), "dev", route.dev]
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
-    try:
-        entries = json.loads(proc.stdout or "[]")
-    except ValueError:
-        return None
-    for entry in entries:
-        states = set(entry.get("state", []))
-        if entry.get("lladdr") and states & {"REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"}:
-            return f"neighbour {entry['lladdr']} on {route.dev} ({', '.join(sorted(states))})"
-    return None
-
-
-class Capture:
-    """Everything the targets send us, timestamped, captured by a background thread."""
-
-    def __init__(self, routes: Sequence[Route]) -> None:
-        self.packets: list[tuple[float, bytes]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._socks: list[socket.socket] = []
-        try:
-            for dev in sorted({r.dev for r in routes}):
-                # SOCK_DGRAM: every packet begins at its IP header whatever the link
-                # (Ethernet, a WireGuard or other tun device), for the filter too.
-                sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-                sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
-                expr = " or ".join(f"src host {r.target}" for r in routes if r.dev == dev)
-                _attach_filter(sock, expr, dev)
-                sock.bind((dev, ETH_P_ALL))
-                _drain(sock)  # what queued before the filter was attached is anyone's
-                sock.settimeout(0.05)
-                self._socks.append(sock)
-        except PermissionError:
-            self.close()
-            raise
-        self.started = time.monotonic()
-        self._threads = [
-            threading.Thread(target=self._run, args=(s,), daemon=True) for s in self._socks
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, sock: socket.socket) -> None:
-        buf = bytearray(65536)
-        view = memoryview(buf)
-        while not self._stop.is_set():
-            try:
-                n = sock.recv_into(buf)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if n >= 20 and buf[0] >> 4 in (4, 6):
-                packet = bytes(view[:n])
-                with self._lock:
-                    self.packets.append((time.monotonic(), packet))
-
-    def since(self, start: float) -> list[bytes]:
-        """Packets captured at or after ``start`` (a time.monotonic() value)."""
-        with self._lock:
-            return [p for t, p in self.packets if t >= start]
-
-    def timed_since(self, start: float) -> list[tuple[float, bytes]]:
-        """(capture time, packet) for packets captured at or after ``start``."""
-        with self._lock:
-            return [(t, p) for t, p in self.packets if t >= start]
-
-    def last(self, predicate: Callable[[bytes], bool]) -> float | None:
-        """Time of the newest captured packet matching ``predicate``."""
-        with self._lock:
-            for t, packet in reversed(self.packets):
-                if predicate(packet):
-                    return t
-        return None
-
-    def close(self) -> None:
-        """Stop the capture threads and close the sockets."""
-        self._stop.set()
-        for thread in getattr(self, "_threads", []):
-            thread.join(timeout=1)
-        for sock in self._socks:
-            sock.close()
-
-
-def _drain(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    try:
-        while True:
-            sock.recv(65536)
-    except BlockingIOError:
-        pass
-
-
-def _attach_filter(sock: socket.socket, expr: str, dev: str) -> None:
-    try:
-        bpf.attach(sock, bpf.compile_raw(expr))
-    except bpf.FilterError as exc:
-        hint = " (install Debian's libpcap0.8)" if "not installed" in str(exc) else ""
-        raise EnvironmentProblem(
-            f"cannot attach capture filter {expr!r} on {dev}: {exc}{hint}"
-        ) from exc
-
-
-def is_icmp_error(packet: bytes) -> bool:
-    """Whether a captured IP packet is an ICMP/ICMPv6 error (what rate limiting throttles)."""
-    if packet[0] >> 4 == 4:
-        ihl = (packet[0] & 0x0F) * 4
-        return packet[9] == 1 and len(packet) > ihl and packet[ihl] in (3, 11, 12)
-    return len(packet) > 40 and packet[6] == 58 and packet[40] < 128
 
 
 def _fold(total: int) -> int:
@@ -482,8 +313,8 @@ class RawTransport:
     parallel: bool = True
     limitations: tuple[str, ...] = ()
 
-    def __init__(self, routes: Sequence[Route]) -> None:
-        self._capture = Capture(routes)
+    def __init__(self, routes: Sequence[Route], extra_sources: Sequence[Address] = ()) -> None:
+        self._capture = Capture([*(r.source for r in routes), *extra_sources])
         self.started = self._capture.started
         self._senders: dict[Address, Sender] = {}
         try:
@@ -492,6 +323,8 @@ class RawTransport:
         except BaseException:
             self.close()
             raise
+        # A reply from one of these belongs to that target, whatever its ports say.
+        self._others = {a: frozenset(self._senders) - {a} for a in self._senders}
 
     def close(self) -> None:
         """Close every socket and stop the capture."""
@@ -535,8 +368,10 @@ class RawTransport:
         """The first reply per port that answers this round's probes."""
         found: dict[int, Reply] = {}
         ack = None if sent.seq is None else (sent.seq + 1) & 0xFFFFFFFF
+        address = sent.target.address
+        others = self._others[address]
         for packet in self._capture.since(sent.since):
-            reply = classify(packet, sent.target.address)
+            reply = classify(packet, address, others)
             if not isinstance(reply, Reply) or reply.proto != sent.proto:
                 continue
             if reply.sport != sent.sport:
@@ -562,12 +397,18 @@ class RawTransport:
         return None
 
     def last_icmp_error(self, target: Target, source: Address) -> float | None:
-        """When the capture last saw an ICMP error from ``target`` to ``source``."""
-        packed, to = target.address.packed, source.packed
+        """When the capture last saw an ICMP error to ``source`` from ``target``'s host.
+
+        That is an error sent from the target's address, or one that quotes a probe
+        to it from any address: the host's bucket for our source is spent either way.
+        """
+        address, packed, to = target.address, target.address.packed, source.packed
 
         def from_target(packet: bytes) -> bool:
             v4 = packet[0] >> 4 == 4
             src, dst = (packet[12:16], packet[16:20]) if v4 else (packet[8:24], packet[24:40])
-            return src == packed and dst == to and is_icmp_error(packet)
+            if dst != to or not is_icmp_error(packet):
+                return False
+            return src == packed or quotes(packet, address)
 
         return self._capture.last(from_target)

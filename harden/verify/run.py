@@ -7,21 +7,20 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Address, IPv6Address
 
 from harden import defaults
 from harden.core.plan import Target, merge_plans, parse_port_selection, plan_probes
 from harden.core.policy import Policy
 from harden.core.report import Report, evaluate
 from harden.core.text import one_line
-from harden.core.witness import delta
+from harden.core.types import Address
+from harden.core.witness import Reading, compare, parse_reading
 from harden.errors import EnvironmentProblem, HardenError
 from harden.verify.connect import ConnectTransport
 from harden.verify.engine import Options, Progress, no_progress, verify
-from harden.verify.raw import RawTransport, Route, neighbour, raw_available, route_to
+from harden.verify.raw import RawTransport, raw_available
+from harden.verify.route import Route, link_probe, route_to
 from harden.verify.transport import Transport
-
-Address = IPv4Address | IPv6Address
 
 
 def resolve_targets(
@@ -58,18 +57,14 @@ def run_verify(
     selection = parse_port_selection(ports)
     resolved = [resolve_targets(addresses, seen_as) for _, addresses in hosts]
     routes: dict[Target, Route] = {t: r for pairs in resolved for t, r in pairs}
-    options = Options(
-        wait=wait,
-        retries=retries,
-        ratelimit_ms=ratelimit_ms or {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS},
-        extra_sources=extra_sources,
-    )
     started = time.time()
     # The capture first: the UDP schedule counts from its start, so planning, the
     # witness and scapy's import all happen inside the first refill interval
     # (docs/design.md, "Capturing replies").
     transport: Transport = (
-        RawTransport(list(routes.values())) if raw_available() else ConnectTransport(wait)
+        RawTransport(list(routes.values()), extra_sources)
+        if raw_available()
+        else ConnectTransport(wait)
     )
     try:
         plan = merge_plans(
@@ -79,18 +74,31 @@ def run_verify(
             ]
         )
         before = read_witness(witness) if witness else None
+        limits = ratelimit_ms or {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS}
+        read = frozenset(before.icmp) if before else frozenset()
+        options = Options(
+            wait=wait,
+            retries=retries,
+            # The target's own ICMP settings, where its witness reported them.
+            ratelimit_ms={
+                f: before.icmp[f].interval_ms if before and f in read else limits[f] for f in (4, 6)
+            },
+            extra_sources=extra_sources,
+            ratelimit_read=read,
+        )
         with _progress_bar(progress) as callback:
             findings = verify(plan, list(routes), transport, options, callback)
     finally:
         transport.close()
     if witness:
         assert before is not None
-        findings.witness = delta(before, read_witness(witness))
+        findings.witness = compare(before, read_witness(witness))
     for target, route in routes.items():
-        if target.address not in findings.alive:
-            evidence = neighbour(route)  # a host on our link that drops everything
+        if target.address not in findings.alive and findings.mode == "raw":
+            evidence = link_probe(route)  # a host on our link that drops everything
             if evidence is not None:
                 findings.alive[target.address] = evidence
+                findings.link_only.add(target.address)
     for target in routes:
         if target.seen_as is not None:
             findings.notes.append(
@@ -102,7 +110,7 @@ def run_verify(
     return report
 
 
-def read_witness(command: str) -> dict[str, int]:
+def read_witness(command: str) -> Reading:
     """Run the witness command (``harden counters --format json`` on the target) and parse it."""
     try:
         proc = subprocess.run(
@@ -115,18 +123,17 @@ def read_witness(command: str) -> dict[str, int]:
             f"--witness {command!r} exited {proc.returncode}: {one_line(proc.stderr, 300)}"
         )
     try:
-        data = json.loads(proc.stdout)
-        counters = {str(k): int(v) for k, v in data["counters"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+        reading = parse_reading(json.loads(proc.stdout))
+    except ValueError:
         raise EnvironmentProblem(
             f"--witness {command!r} did not print 'harden counters --format json' output"
         ) from None
-    if not any(name.startswith("witness_") for name in counters):
+    if not any(name.startswith("witness_") for name in reading.counters):
         raise HardenError(
             "--witness: the target has no witness counters; list the prober's networks "
             "under verify.probers in its manifest and apply it"
         )
-    return counters
+    return reading
 
 
 @contextmanager

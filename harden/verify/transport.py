@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from harden.core.classify import Proto, Reply
-from harden.core.findings import Address, Mode
+from harden.core.classify import Reply
+from harden.core.findings import Mode
 from harden.core.plan import Target
+from harden.core.types import Address, Proto
 
 # Called with the number of probes sent since the last call.
 Sent = Callable[[int], None]

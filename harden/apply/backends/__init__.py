@@ -51,6 +51,10 @@ class Firewall(Protocol):
         """Packets seen by harden's named counters (closed_*, witness_*); {} if none."""
         ...
 
+    def identity(self) -> str | None:
+        """What changes when harden's rules are replaced (None: nothing this backend shows)."""
+        ...
+
     def persist_targets(self, root: Path) -> list[Path]:
         """The files ``persist`` writes under ``root`` (checked before anything loads)."""
         ...

@@ -296,6 +296,10 @@ class IptablesFirewall:
                     found[name] = found.get(name, 0) + int(match.group("packets"))
         return found
 
+    def identity(self) -> str | None:
+        """None: iptables numbers nothing; a zeroing shows only as counters going back."""
+        return None
+
     def persist_targets(self, root: Path) -> list[Path]:
         """The files persist() writes under ``root``."""
         return [*(root / HARDEN_ETC / n for n in IPT_FILES.values()), root / UNIT]

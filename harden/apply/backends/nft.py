@@ -124,6 +124,23 @@ class NftFirewall:
                 found[str(counter["name"])] = int(counter["packets"])
         return found
 
+    def identity(self) -> str | None:
+        """``inet harden handle N``: the kernel numbers each new table afresh."""
+        self._nft.set_json_output(True)
+        self._nft.set_handle_output(True)
+        try:
+            rc, out, _ = self._run("list tables inet")
+        finally:
+            self._nft.set_json_output(False)
+            self._nft.set_handle_output(False)
+        if rc != 0:
+            return None
+        for item in json.loads(out).get("nftables", []):
+            table = item.get("table")
+            if table and table.get("name") == "harden":
+                return f"inet harden handle {table.get('handle')}"
+        return None
+
     def persist_targets(self, root: Path) -> list[Path]:
         """The files persist() writes under ``root``."""
         return [root / HARDEN_ETC / NFT_FILE, root / NFT_CONF]

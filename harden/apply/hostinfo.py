@@ -1,0 +1,49 @@
+"""Facts about this host that the witness reports: its kernel's ICMP error limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PROC_SYS = Path("/proc/sys/net")
+DEST_UNREACH = {4: 3, 6: 1}  # the ICMP / ICMPv6 type of destination unreachable
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _in_mask6(text: str, kind: int) -> bool:
+    """Whether ``kind`` is in an ICMPv6 rate mask such as ``0-1,3-127``."""
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        if first.isdigit() and int(first) <= kind <= int(last or first):
+            return True
+    return False
+
+
+def icmp_settings(root: Path = PROC_SYS) -> dict[str, Any]:
+    """The ICMP error limits of this network namespace, per family (absent: not readable).
+
+    ``ratelimit_ms`` is the per-peer refill interval, ``limits_unreachable`` whether
+    destination-unreachable errors are rate-limited at all (the rate mask), and
+    ``msgs_per_sec`` / ``msgs_burst`` the machine-wide limit both families share.
+    """
+    out: dict[str, Any] = {}
+    per_sec, burst = _read(root / "ipv4/icmp_msgs_per_sec"), _read(root / "ipv4/icmp_msgs_burst")
+    shared = {
+        "msgs_per_sec": int(per_sec) if per_sec and per_sec.isdigit() else None,
+        "msgs_burst": int(burst) if burst and burst.isdigit() else None,
+    }
+    rate4, mask4 = _read(root / "ipv4/icmp_ratelimit"), _read(root / "ipv4/icmp_ratemask")
+    if rate4 is not None and rate4.isdigit():
+        limited = mask4 is None or not mask4.isdigit() or bool(int(mask4) >> DEST_UNREACH[4] & 1)
+        out["ipv4"] = {"ratelimit_ms": int(rate4), "limits_unreachable": limited, **shared}
+    rate6, mask6 = _read(root / "ipv6/icmp/ratelimit"), _read(root / "ipv6/icmp/ratemask")
+    if rate6 is not None and rate6.isdigit():
+        limited = mask6 is None or _in_mask6(mask6, DEST_UNREACH[6])
+        out["ipv6"] = {"ratelimit_ms": int(rate6), "limits_unreachable": limited, **shared}
+    return out
