@@ -106,11 +106,38 @@ def test_reject_mode_and_ipv6(tmp_path: Path) -> None:
         code, report = verify_from(
             lab.outside, lab, manifest, tmp_path, "--ports", "1-2000", v6=True
         )
-        assert code == 0, failing(report)
+        # Reject replies are rate-limited like a leak's port-unreachable, so from outside
+        # silent UDP ports prove nothing: not a PASS. Silent TCP ports are proven (a leak
+        # would answer with an RST, which is not rate-limited).
+        assert (code, report["verdict"]) == (5, "inconclusive"), failing(report)
         observed = {(c["target"], c["proto"], c["observed"]) for c in report["conforming"]}
+        unproven = {(c["target"], c["proto"], c["observed"]) for c in report["unproven"]}
         for target in (str(lab.server.v4), str(lab.server.v6)):
             for proto in ("tcp", "udp"):
                 assert (target, proto, "rejected") in observed  # admin-prohibited was seen
+            assert (target, "tcp", "silent") in observed
+            assert (target, "udp", "silent-unproven") in unproven
+        # The witness proves the rest: every probe that arrived reached harden's closed path.
+        outside = [lab.outside.v4, lab.outside.v6, *lab.outside.extra]
+        probers = "verify:\n  probers: [" + ", ".join(f'"{a}"' for a in outside) + "]\n"
+        witnessed = write(tmp_path, "witnessed.yaml", REJECT + probers)
+        load_ruleset(lab, witnessed, tmp_path)
+        counters = f"ip netns exec {lab.server.ns.name} {' '.join(HARDEN)} counters --format json"
+        code, report = verify_from(
+            lab.outside,
+            lab,
+            witnessed,
+            tmp_path,
+            "--ports",
+            "1-2000",
+            "--witness",
+            counters,
+            v6=True,
+        )
+        assert (code, report["verdict"]) == (0, "pass"), (failing(report), report["notes"][-4:])
+        observed = {(c["target"], c["proto"], c["observed"]) for c in report["conforming"]}
+        for target in (str(lab.server.v4), str(lab.server.v6)):
+            assert (target, "udp", "silent, counted by the witness") in observed
         # The same host checked against a drop-mode manifest: admin-prohibited is a deviation.
         drop = write(tmp_path, "drop.yaml", REJECT.replace("policy: {closed: reject}\n", ""))
         code, report = verify_from(lab.outside, lab, drop, tmp_path, "--ports", "1-2000")

@@ -98,11 +98,13 @@ def test_the_probers_own_and_the_subnet_broadcast_address_are_refused(pair: Pair
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_host_that_drops_everything_passes_on_its_neighbour_entry(
+def test_a_host_that_drops_everything_passes_on_its_link_layer_answer(
     pair: Pair, mode: str, tmp_path: Path
 ) -> None:
     """The bastion from a stranger: nothing may answer, and nothing does. On our link its
-    neighbour entry is the proof that a host is there."""
+    answer at the link layer, during this run, is the proof that a host is there: an ARP
+    reply to the prober's own request (raw), or the kernel's neighbour entry confirmed
+    while the probes went out (connect). The PASS says what it assumes."""
     proc = pair.server.run(
         [*HARDEN, "apply", str(BASTION), "--state-dir", str(tmp_path / "s"), "--force"],
         check=False,
@@ -110,7 +112,10 @@ def test_a_host_that_drops_everything_passes_on_its_neighbour_entry(
     assert proc.returncode == 0, proc.stderr
     code, report, stderr = verify(pair.prober, BASTION, "--target", f"{pair.net}.1", mode=mode)
     assert code == 0, (stderr, report.get("ports"))
-    assert report["alive"][f"{pair.net}.1"].startswith("neighbour ")
+    evidence = report["alive"][f"{pair.net}.1"]
+    assert evidence.startswith("alive at the link layer only"), evidence
+    assert ("ARP reply" if mode == "raw" else "during this run") in evidence
+    assert any("proxy-ARP" in premise for premise in report["assumptions"])
 
 
 @pytest.fixture

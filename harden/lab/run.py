@@ -4,6 +4,11 @@ before (verify a host with no firewall: RST and ICMP leaks) -> apply (the real a
 path, with a confirm window) -> after (verify from outside and from inside the declared
 sources) -> confirm only if the verification passed, otherwise roll back.
 
+The lab applies the manifest with its own probers added under ``verify.probers``, which
+adds counters and changes no filtering, so every after-step is checked by the witness
+too (docs/design.md, "The verdict rule": some proofs, such as silence in reject mode,
+only the target's counters can give).
+
 Every step runs the real command line inside the namespace it belongs to, exactly as
 an operator would on separate machines: ``harden apply`` on the server, ``harden
 verify`` on the prober.
@@ -19,9 +24,11 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -168,7 +175,8 @@ def run_lab(
         progress(
             f"apply: {backend} ruleset in the server namespace, confirm window {confirm_window}s"
         )
-        result.applied = _apply(lab, apply_manifest or manifest, backend, state, confirm_window)
+        applied = _with_lab_probers(apply_manifest or manifest, lab, Path(tmp))
+        result.applied = _apply(lab, applied, backend, state, confirm_window)
         vantages = [("outside", lab.outside)]
         if lab.allowed is not None:
             vantages.append(("allowed source", lab.allowed))
@@ -178,7 +186,15 @@ def run_lab(
             )
             counters = _counters(lab.server) if backend == "nftables" else None
             step = _verify(
-                lab, host, manifest, "after", True, tmp, label, limits=limits, ports=ports
+                lab,
+                host,
+                manifest,
+                "after",
+                True,
+                tmp,
+                label,
+                limits=[*limits, "--witness", _witness_command(lab.server)],
+                ports=ports,
             )
             if counters is not None:
                 now = _counters(lab.server)
@@ -206,6 +222,31 @@ def _harden(
             f"(exit {proc.returncode}): {one_line(proc.stderr, 300)}"
         )
     return proc
+
+
+def _with_lab_probers(manifest: Path, lab: LabNet, tmp: Path) -> Path:
+    """A copy of ``manifest`` whose ``verify.probers`` also lists the lab's probing hosts."""
+    data = yaml.safe_load(manifest.read_text()) or {}
+    verify = dict(data.get("verify") or {})
+    probers = [str(n) for n in verify.get("probers") or []]
+    covered = [ip_network(n, strict=False) for n in probers]
+    hosts = [lab.outside, *([lab.allowed] if lab.allowed is not None else [])]
+    for host in hosts:
+        for address in (host.v4, host.v6, *host.extra):
+            if address is None:
+                continue
+            if not any(address in net for net in covered if net.version == address.version):
+                probers.append(f"{address}/{address.max_prefixlen}")
+    verify["probers"] = probers
+    data["verify"] = verify
+    path = tmp / f"lab-{manifest.name}"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _witness_command(server: Host) -> str:
+    """Reads harden's counters in the server namespace, as an SSH command would on a real host."""
+    return f"ip netns exec {server.ns.name} {sys.executable} -m harden.cli counters --format json"
 
 
 def _ratelimits(server: Host) -> list[str]:

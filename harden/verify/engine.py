@@ -413,6 +413,7 @@ class _Run:
             rounds = self._send_round(calls)
             for sent in rounds:
                 leaking[sent.target].round_end[sent.source] = self.clock.now()
+                self._count(sent, leaking[sent.target].expect)  # the witness counts these too
             self._settle(min(self.options.wait, 0.2))
             for sent in rounds:
                 st = leaking[sent.target]

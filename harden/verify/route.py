@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 
@@ -103,3 +104,58 @@ def link_probe(route: Route, tries: int = 3, timeout: float = 0.3) -> str | None
     if answer is None:
         return None
     return f"alive at the link layer only ({what} from {answer[Ether].src} on {route.dev})"
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The kernel's neighbour entries at one moment: (device, address) -> (lladdr, confirmed at).
+
+    ``ip`` gives each entry's age since its last confirmation in whole seconds, rounded
+    down, so "confirmed at" is known to within a second: the latest moment it can have been.
+    """
+
+    entries: dict[tuple[str, str], tuple[str, float]]
+
+    @classmethod
+    def now(cls) -> Neighbours:
+        """Read every neighbour entry with a link-layer address."""
+        asked = time.monotonic()
+        proc = subprocess.run(
+            ["ip", "-s", "-j", "neigh", "show"], capture_output=True, text=True, check=False
+        )
+        try:
+            found = json.loads(proc.stdout or "[]")
+        except ValueError:
+            found = []
+        entries = {}
+        for entry in found:
+            confirmed = entry.get("confirmed")
+            if entry.get("lladdr") and entry.get("dev") and isinstance(confirmed, int):
+                key = (str(entry["dev"]), str(ip_address(entry["dst"])))
+                entries[key] = (str(entry["lladdr"]), asked - confirmed)
+        return cls(entries)
+
+
+def neighbour_confirmed(route: Route, before: Neighbours) -> str | None:
+    """Proof of life from the kernel's neighbour entry, if an answer confirmed it since ``before``.
+
+    For a prober without raw sockets, which cannot send ARP itself: its own probes made
+    the kernel resolve the target. An entry that did not exist before the run, or whose
+    last confirmation is surely later than the one it had then, was answered during the
+    run; an entry that is merely still there is history (docs/design.md, "Proof of life").
+    """
+    if not route.on_link:
+        return None
+    key = (route.dev, str(route.target))
+    after = Neighbours.now().entries.get(key)
+    if after is None:
+        return None
+    lladdr, confirmed = after
+    old = before.entries.get(key)
+    # ``confirmed`` is at most a second later than the real moment (ages are rounded down).
+    if old is not None and confirmed - 1 <= old[1]:
+        return None
+    return (
+        f"alive at the link layer only (neighbour {lladdr} on {route.dev}, "
+        "resolved during this run)"
+    )

@@ -19,7 +19,7 @@ from harden.errors import EnvironmentProblem, HardenError
 from harden.verify.connect import ConnectTransport
 from harden.verify.engine import Options, Progress, no_progress, verify
 from harden.verify.raw import RawTransport, raw_available
-from harden.verify.route import Route, link_probe, route_to
+from harden.verify.route import Neighbours, Route, link_probe, neighbour_confirmed, route_to
 from harden.verify.transport import Transport
 
 
@@ -61,10 +61,12 @@ def run_verify(
     # The capture first: the UDP schedule counts from its start, so planning, the
     # witness and scapy's import all happen inside the first refill interval
     # (docs/design.md, "Capturing replies").
+    raw = raw_available()
+    # Without raw sockets, the kernel's neighbour entries before and after the run are
+    # the only link-layer evidence: read them before the first probe goes out.
+    neighbours = Neighbours({}) if raw else Neighbours.now()
     transport: Transport = (
-        RawTransport(list(routes.values()), extra_sources)
-        if raw_available()
-        else ConnectTransport(wait)
+        RawTransport(list(routes.values()), extra_sources) if raw else ConnectTransport(wait)
     )
     try:
         plan = merge_plans(
@@ -94,11 +96,16 @@ def run_verify(
         assert before is not None
         findings.witness = compare(before, read_witness(witness))
     for target, route in routes.items():
-        if target.address not in findings.alive and findings.mode == "raw":
-            evidence = link_probe(route)  # a host on our link that drops everything
-            if evidence is not None:
-                findings.alive[target.address] = evidence
-                findings.link_only.add(target.address)
+        if target.address in findings.alive:
+            continue
+        # A host on our link that drops everything still answers at the link layer.
+        if findings.mode == "raw":
+            evidence = link_probe(route)
+        else:
+            evidence = neighbour_confirmed(route, neighbours)
+        if evidence is not None:
+            findings.alive[target.address] = evidence
+            findings.link_only.add(target.address)
     for target in routes:
         if target.seen_as is not None:
             findings.notes.append(
