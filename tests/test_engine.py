@@ -470,3 +470,50 @@ def test_refill_spans_k_intervals_of_the_targets_ticks_whatever_their_phase(
             ticks = int((begin + span) * hz) - int(begin * hz)  # ticks seen to elapse
             assert ticks >= k * per_token, (k, phase, span)
     assert refill(interval, 0) == 0.0
+
+
+# -- the verdict rule: PASS only when every port is proven, premises stated ------------------
+
+
+def test_a_pass_from_outside_states_the_icmp_premises_it_rests_on() -> None:
+    _, report, _ = run(host())
+    assert report.verdict == "pass"
+    assert report.assumptions == [
+        "the target's ICMP rate limit ≤ 1000 ms (net.ipv4.icmp_ratelimit)",
+        "no other traffic spent the target's machine-wide ICMP budget during the run "
+        "(net.ipv4.icmp_msgs_per_sec)",
+    ]
+    assert "PASS, assuming the target's ICMP rate limit ≤ 1000 ms" in report.to_text()
+    assert report.to_json()["assumptions"] == report.assumptions
+    # A rate limit read from the target (its witness) is no longer an assumption.
+    options = Options(wait=WAIT, ratelimit_read=frozenset({4}))
+    _, read, _ = run(host(), options)
+    assert not any("icmp_ratelimit" in a for a in read.assumptions)
+
+
+def test_a_rate_limit_too_slow_to_wait_for_leaves_udp_silence_unproven() -> None:
+    """net.ipv4.icmp_ratelimit=100000: the quiet rule would wait 100 s a sweep. The sweeps
+    go out anyway (they can still show leaks) but their silence proves nothing."""
+    target = host(interval=100.0)
+    clock = FakeClock()
+    options = Options(wait=WAIT, ratelimit_ms={4: 100_000, 6: 100_000})
+    findings, report, _ = run(target, options, clock)
+    assert findings.unproven == {
+        (TARGET, "udp"): "silent, ICMP rate limit of 100000 ms too slow to wait for"
+    }
+    assert report.verdict == "inconclusive" and report.exit_status == 5
+    assert [(s.proto, s.count) for s in report.unproven] == [("udp", len(UNDECLARED_UDP))]
+    assert clock.time - 1000.0 < 10  # no 100-second waits
+    # A leak still shows: a fresh bucket answers the first sweep's first leaking port.
+    leaky = host(interval=100.0, udp={53: "open", 150: "closed"})
+    _, report, _ = run(leaky, options)
+    assert report.verdict == "fail" and ("udp", 150, "closed") in failed(report)
+
+
+def test_every_enumeration_pass_is_counted_for_the_witness() -> None:
+    """The witness compares what arrived with what was sent: passes sent after a leak
+    must be in ``sent`` too, or the target seems to count more than it was sent."""
+    target = host(udp={53: "open", 150: "closed", 160: "closed"})
+    findings, _, _ = run(target)
+    sent = sum(n for key, n in findings.sent.items() if key.startswith("4/udp/"))
+    assert sent == sum(n for (proto, _), n in target.received.items() if proto == "udp")

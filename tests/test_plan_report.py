@@ -14,6 +14,7 @@ from harden.core.plan import Expect, Target, parse_port_selection, plan_probes
 from harden.core.policy import build_policy
 from harden.core.ports import compress, expand
 from harden.core.report import evaluate
+from harden.core.witness import Observed, Reading, compare
 from harden.errors import HardenError
 from harden.files import parse_manifest
 
@@ -205,3 +206,71 @@ def test_declared_ports_outside_a_ports_subset_are_listed_as_skipped() -> None:
     skipped = report.to_json()["skipped"]
     assert {"proto": "udp", "ranges": ["51820"]}.items() <= skipped[0].items()
     assert any("outside --ports" in n for n in report.notes)
+
+
+# -- the verdict rule and the witness ------------------------------------------------------
+
+
+def witnessed(**counts: int) -> Observed:
+    names = [f"witness_{k}_{p}_v4" for k in ("in", "closed", "passed") for p in ("tcp", "udp")]
+    return Observed({name: counts.get(name, 0) for name in names})
+
+
+def test_the_witness_proves_reject_mode_udp_silence() -> None:
+    policy = build_policy(parse_manifest("version: 1\npolicy: {closed: reject}\n"))
+    plan = plan_probes(policy, [STRANGER], (1, 2, 3))
+    prohibited = {1: Reply(4, "udp", 1, 41000, Reason.PROHIBITED, 13)}
+    findings = findings_for({2: Reply(4, "tcp", 2, 40000, Reason.PROHIBITED, 13)}, prohibited)
+    findings.sent = {"4/tcp/rejected": 7, "4/udp/rejected": 7}
+    findings.premises[(STRANGER, "udp")] = ["the target's ICMP rate limit ≤ 1000 ms (x)"]
+    assert evaluate(plan, findings).verdict == "inconclusive"
+    findings.witness = witnessed(
+        witness_in_tcp_v4=7, witness_closed_tcp_v4=7, witness_in_udp_v4=7, witness_closed_udp_v4=7
+    )
+    report = evaluate(plan, findings)
+    assert report.verdict == "pass" and report.unproven == [] and report.assumptions == []
+    assert ("udp", "silent, counted by the witness") in {
+        (s.proto, s.observed) for s in report.spans
+    }
+
+
+def test_declared_probes_blocked_on_the_host_fail_the_silent_declared_port() -> None:
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (53, 99))
+    findings = findings_for({}, {})  # udp/53 silent: "open|filtered" from outside
+    findings.sent = {"4/udp/allowed": 7, "4/udp/silent": 3, "4/tcp/silent": 6}
+    findings.witness = witnessed(
+        witness_in_udp_v4=10, witness_closed_udp_v4=3, witness_in_tcp_v4=6, witness_closed_tcp_v4=6
+    )
+    report = evaluate(plan, findings)
+    assert report.verdict == "fail"
+    [entry] = report.failures
+    assert (entry.proto, entry.port, entry.observed) == ("udp", 53, "blocked on the host")
+    assert entry.detail.startswith("declared udp/53 is blocked by another firewall on the host")
+
+
+def test_counters_that_went_back_make_the_run_inconclusive_not_judged() -> None:
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (99,))
+    findings = findings_for({}, {})
+    findings.sent = {"4/udp/silent": 3}
+    before = Reading({"witness_in_udp_v4": 900, "witness_closed_udp_v4": 900})
+    after = Reading({"witness_in_udp_v4": 2, "witness_closed_udp_v4": 0})  # "leak" of 2
+    findings.witness = compare(before, after)
+    report = evaluate(plan, findings)
+    assert report.verdict == "inconclusive" and not report.failures
+
+
+def test_a_host_seen_only_at_the_link_layer_is_an_assumption_the_witness_removes() -> None:
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (99,))
+    findings = findings_for({}, {})
+    findings.alive[T] = "alive at the link layer only (ARP reply from 02:00:00:00:00:01 on eth0)"
+    findings.link_only.add(T)
+    report = evaluate(plan, findings)
+    assert report.verdict == "pass"
+    assert report.assumptions == [
+        f"the link-layer answer for {T} came from the target, not from a proxy-ARP router "
+        "answering for an empty address"
+    ]
+    findings.sent = {"4/tcp/silent": 3}
+    findings.witness = witnessed(witness_in_tcp_v4=3, witness_closed_tcp_v4=3)
+    report = evaluate(plan, findings)
+    assert report.assumptions == [] and report.alive[str(T)] == "its witness counted 3 probes"

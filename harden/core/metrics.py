@@ -11,8 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from harden.core.report import Report, Status
-
-VERDICTS = ("pass", "fail", "inconclusive")
+from harden.core.types import Verdict
 
 
 def _escape(value: str) -> str:
@@ -54,15 +53,15 @@ def verify_metrics(report: Report) -> str:
     out.metric(
         "harden_verify_success",
         "1 if the last harden verify passed, 0 if it failed or was inconclusive.",
-        [({}, 1 if report.verdict == "pass" else 0)],
+        [({}, 1 if report.verdict is Verdict.PASS else 0)],
     )
     out.metric(
         "harden_verify_target_verdict",
         "The last verdict per target: 1 on the verdict it had, 0 on the others.",
         [
-            ({"target": t, "verdict": v}, 1 if report.verdict_of(t) == v else 0)
+            ({"target": t, "verdict": v.value}, 1 if report.verdict_of(t) is v else 0)
             for t in targets
-            for v in VERDICTS
+            for v in (Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE)
         ],
     )
     kinds = Counter(
@@ -106,6 +105,12 @@ def verify_metrics(report: Report) -> str:
         "harden_verify_ports_unproven",
         "Silent ports whose silence proves nothing (ICMP budget, no sign of life).",
         [({"target": t}, unproven.get(t, 0)) for t in targets],
+    )
+    out.metric(
+        "harden_verify_assumptions",
+        "Premises the last verdict rests on that the run did not check (0 with a witness that "
+        "checked them all).",
+        [({}, len(report.assumptions))],
     )
     out.metric(
         "harden_verify_duration_seconds",

@@ -88,7 +88,7 @@ def nmap_xml(report: Report) -> str:
         time=str(end),
         timestr=time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(end)),
         elapsed=f"{report.seconds:.2f}",
-        summary=f"harden verify: {report.verdict.upper()}",
+        summary=f"harden verify: {report.verdict_line}",
         exit="success",
     )
     total = len(report.targets)
