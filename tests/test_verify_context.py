@@ -220,8 +220,8 @@ def test_replies_arriving_on_another_nic_of_the_prober_are_seen(
             for p in report["ports"]
             if p["target"] == target and p["status"] == "fail"
         }
-        for port in (22, 80):
-            assert ("tcp", port, "open") in leaks, target
+        for listening in (22, 80):
+            assert ("tcp", listening, "open") in leaks, target
         assert len([f for f in leaks if f[0] == "tcp" and f[2] == "closed"]) == 1998, target
         assert any(f[0] == "udp" and f[2] == "closed" for f in leaks), target
 
