@@ -116,6 +116,11 @@ def test_a_host_that_drops_everything_passes_on_its_link_layer_answer(
     assert evidence.startswith("alive at the link layer only"), evidence
     assert ("ARP reply" if mode == "raw" else "during this run") in evidence
     assert any("proxy-ARP" in premise for premise in report["assumptions"])
+    if mode == "raw":  # IPv6: a neighbour solicitation sent now
+        six = f"fd00:{pair.net.rsplit('.', 1)[1]}::1"
+        code, report, stderr = verify(pair.prober, BASTION, "--target", six, mode=mode)
+        assert code == 0, (stderr, report.get("ports"))
+        assert report["alive"][six].startswith("alive at the link layer only (neighbour adv")
 
 
 @pytest.fixture
