@@ -19,7 +19,7 @@ from harden.core.render import BACKENDS, Backend, render
 from harden.core.results import Validation
 from harden.core.text import one_line
 from harden.errors import EnvironmentProblem, ExitStatus, HardenError
-from harden.files import load_manifest, write_atomic
+from harden.files import check_private_dir, check_private_file, load_manifest, write_atomic
 
 EPILOG = """\b
 Exit codes:
@@ -681,13 +681,15 @@ def _write_units(
     unit = name or f"harden-{kind}"
     metrics = (metrics or Path(f"/var/lib/prometheus/node-exporter/{unit}.prom")).absolute()
     # This harden, however it was installed (a venv, pipx, a Debian package).
-    command = (sys.executable, "-m", "harden.cli", *args, "--format", "prometheus", "-o")
+    command = (sys.executable, "-I", "-m", "harden.cli", *args, "--format", "prometheus", "-o")
     job = Schedule(
         unit, description, (*command, str(metrics)), every, str(metrics.parent), ok_exits
     )
     try:
         # ReadWritePaths= must exist when the unit starts, or systemd refuses to run it.
         metrics.parent.mkdir(parents=True, exist_ok=True)
+        # The unit rewrites the metrics as root every run: nobody else may write there.
+        check_private_dir(metrics.parent, "metrics directory")
         for suffix, text in (("service", job.service()), ("timer", job.timer())):
             path = output / f"{unit}.{suffix}"
             write_atomic(path, text, mode=0o644)
@@ -714,6 +716,7 @@ def schedule_verify(
 ) -> None:
     """On the prober: re-verify MANIFEST's targets on a timer (FAIL is a metric)."""
     load_manifest(manifest)  # a bad manifest fails now, not at 3 a.m.
+    check_private_file(manifest, "manifest")  # the timer reads it as root, again and again
     for text in targets:
         _address(text, "--target")
     args = ["verify", str(manifest.absolute()), *(a for t in targets for a in ("--target", t))]
@@ -736,6 +739,7 @@ def schedule_diff(
 ) -> None:
     """On the target: compare the live rules with MANIFEST on a timer (drift is a metric)."""
     load_manifest(manifest)
+    check_private_file(manifest, "manifest")
     args = ["diff", str(manifest.absolute()), "--backend", backend]
     description = f"harden diff {manifest.name} ({backend})"
     _write_units("diff", description, args, (1,), every, metrics, name, output)

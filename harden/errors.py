@@ -77,6 +77,10 @@ class UnsafeStateDir(HardenError):
     """A state directory another user could write, or not a directory at all (exit 2)."""
 
 
+class UnsafeOutput(HardenError):
+    """An output directory another user could write: harden (often root) refuses (exit 2)."""
+
+
 class CommandFailed(EnvironmentProblem):
     """A command harden ran (in a lab namespace) failed; ``str()`` includes its stderr."""
 

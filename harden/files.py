@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harden.core import manifest as _manifest
 from harden.core.manifest import Manifest
-from harden.errors import ManifestError
+from harden.errors import ManifestError, UnsafeOutput
 
 
 @lru_cache(maxsize=512)
@@ -78,16 +78,62 @@ def load_manifest(path: Path) -> Manifest:
     return read_manifest(path)[1]
 
 
+def check_private_dir(directory: Path, what: str = "output directory") -> None:
+    """Refuse a directory another user could write (UnsafeOutput, exit 2).
+
+    harden often runs as root: a user who can write the directory could swap the
+    temporary file for a symlink between its creation and the rename, or replace the
+    result afterwards. A world-writable directory with the sticky bit (/tmp) is safe:
+    nobody else can rename or remove our files there.
+    """
+    try:
+        info = directory.stat()
+    except OSError as exc:
+        raise UnsafeOutput(f"{directory}: cannot use as {what}: {exc.strerror}") from None
+    if info.st_uid not in (0, os.geteuid()):
+        raise UnsafeOutput(
+            f"{directory}: {what} owned by uid {info.st_uid}, another user: refused "
+            "(harden writes only where nobody else can)"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        raise UnsafeOutput(
+            f"{directory}: {what} writable by other users (mode {stat.S_IMODE(info.st_mode):o}):"
+            " refused (harden writes only where nobody else can)"
+        )
+
+
+def check_private_file(path: Path, what: str = "file") -> None:
+    """Refuse a file another user owns or could write, or one in such a directory (exit 2).
+
+    For what a root-run timer reads again and again: the manifest a scheduled unit
+    verifies against must not be one another user can rewrite.
+    """
+    resolved = path.resolve()
+    check_private_dir(resolved.parent, f"directory of the {what}")
+    info = resolved.stat()
+    if info.st_uid not in (0, os.geteuid()) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeOutput(
+            f"{path}: {what} owned (uid {info.st_uid}) or writable (mode "
+            f"{stat.S_IMODE(info.st_mode):o}) by another user: refused"
+        )
+
+
 def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``text`` so no reader sees a partial file."""
+    """Replace ``path`` with ``text`` so no reader sees a partial file.
+
+    The mode is set on the open descriptor before anything is written, never by path:
+    a path can be swapped for a symlink, a descriptor cannot. The directory must be
+    one no other user can write (``check_private_dir``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    check_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        Path(tmp).chmod(mode)
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

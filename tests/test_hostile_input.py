@@ -136,7 +136,28 @@ def test_yaml_12_numbers_still_parse() -> None:
     manifest = parse_manifest(text, "m.yaml")
     assert [str(s.port) for s in manifest.services] == ["80", "81"]
     loaded = core_manifest.load_yaml("a: [1, -2, +3, 1.5, .5, 1e3, 1:20, 0x50, 1_0, 0o17]", "x")
-    assert loaded == {"a": [1, -2, 3, 1.5, 0.5, 1000.0, "1:20", "0x50", "1_0", "0o17"]}
+    assert loaded == {"a": [1, -2, "+3", 1.5, 0.5, 1000.0, "1:20", "0x50", "1_0", "0o17"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "got"),
+    [
+        ("policy: {icmp: {echo: yes}}", "policy.icmp.echo", "'yes'"),
+        ("policy: {ipv6: off}", "policy.ipv6", "'off'"),
+        ("services: [{name: web, port: +80, proto: tcp}]", "services[0].port", "'+80'"),
+        ("services: [{name: web, port: 0120, proto: tcp}]", "services[0].port", "'0120'"),
+        ("services: [{name: web, port: '0120', proto: tcp}]", "services[0].port", "'0120'"),
+        ("services: [{name: web, port: '080-090', proto: tcp}]", "services[0].port", "'080-090'"),
+    ],
+)
+def test_yaml_11_booleans_and_unusual_numbers_are_refused_by_field(
+    text: str, field: str, got: str
+) -> None:
+    """yes/no/on/off are booleans to YAML 1.1 and 0120 is octal 80: the README promises
+    true/false and plain decimal digits, so anything else names its field."""
+    with pytest.raises(ManifestError) as error:
+        parse_manifest(f"version: 1\n{text}\n", "m.yaml")
+    assert f"m.yaml: {field}:" in str(error.value) and got in str(error.value)
 
 
 def test_dev_zero_is_refused_quickly() -> None:

@@ -83,7 +83,7 @@ def test_the_scheduled_commands_write_metrics(tmp_path: Path) -> None:
 
         def run(ns: Namespace, unit: str) -> int:
             argv = exec_start(tmp_path / unit)
-            assert argv[:3] == [sys.executable, "-m", "harden.cli"]
+            assert argv[:4] == [sys.executable, "-I", "-m", "harden.cli"]
             return ns.run(argv, check=False, timeout=120).returncode
 
         assert run(lab.outside.ns, "harden-verify.service") == 0

@@ -328,21 +328,34 @@ MAX_ALIAS_NODES = 100_000
 
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
-# YAML 1.2 core schema: plain ASCII decimal only. YAML 1.1 (PyYAML's default) also reads
-# 0x50, 0o17, 1_0 and base 60 (1:20 is 80); those stay strings here, so they are refused.
-_INT = re.compile(r"[-+]?[0-9]+")
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+# Plain ASCII decimal only, as the README promises: YAML 1.1 (PyYAML's default) also
+# reads 0x50, 0o17, 0120 (octal: 80), 1_0 and base 60 (1:20 is 80), and YAML 1.2 +80.
+# Those stay strings here, so a port or a count written that way is refused by name.
+_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+# YAML 1.2 booleans only: YAML 1.1 also reads yes/no/on/off (and y/n in some parsers),
+# so `echo: no` would be a boolean by accident. They stay strings, and are refused.
+_BOOL = re.compile(r"true|True|TRUE|false|False|FALSE")
+# A float has a point or an exponent: "+80" and "0120" are neither ints nor floats here.
 _FLOAT = re.compile(
-    r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+    r"[-+]?(?:[0-9]*\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
 )
 
 
 def _core_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
     base: dict[Any, list[tuple[str, re.Pattern[str]]]] = _SafeLoader.yaml_implicit_resolvers
     table = {
-        first: [(tag, regexp) for tag, regexp in entries if tag not in (_INT_TAG, _FLOAT_TAG)]
+        first: [
+            (tag, regexp)
+            for tag, regexp in entries
+            if tag not in (_INT_TAG, _FLOAT_TAG, _BOOL_TAG)
+        ]
         for first, entries in base.items()
     }
-    for first in "-+0123456789":
+    for first in "tTfF":
+        table.setdefault(first, []).append((_BOOL_TAG, re.compile(f"^(?:{_BOOL.pattern})$")))
+    for first in "-0123456789":
         table.setdefault(first, []).append((_INT_TAG, re.compile(f"^(?:{_INT.pattern})$")))
     for first in "-+.0123456789":
         table.setdefault(first, []).append((_FLOAT_TAG, re.compile(f"^(?:{_FLOAT.pattern})$")))

@@ -41,7 +41,9 @@ class PortRange:
 
 
 ALL = PortRange(1, 65535)
-_RANGE = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
+# Plain decimal, no sign and no leading zero (0120 is octal 80 to some readers).
+_DECIMAL = re.compile(r"[1-9][0-9]*")
+_RANGE = re.compile(r"([1-9][0-9]*)\s*-\s*([1-9][0-9]*)")
 _SERVICE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._+-]*")
 
 
@@ -62,7 +64,7 @@ def parse_port(value: object, service_port: ServicePort | None = None) -> PortRa
     if isinstance(value, str):
         text = value.strip()
         # ASCII only: str.isdigit() and int() also take "８０" (full-width) and "٨٠".
-        if text.isascii() and text.isdigit():
+        if _DECIMAL.fullmatch(text):
             port = check_port(int(text))
             return PortRange(port, port)
         if match := _RANGE.fullmatch(text):

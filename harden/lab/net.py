@@ -171,6 +171,7 @@ class LabNet(_Namespaces):
                 "exec",
                 self.server.ns.name,
                 sys.executable,
+                "-I",  # root: never import from the working directory or PYTHONPATH
                 "-m",
                 "harden.lab.responder",
                 "--tcp",
@@ -183,6 +184,7 @@ class LabNet(_Namespaces):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            cwd="/",
         )
         assert self._responder.stdout is not None
         if self._responder.stdout.readline().strip() != "ready":

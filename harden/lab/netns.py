@@ -64,7 +64,11 @@ class Namespace:
         check: bool = True,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside the namespace and capture its output as text."""
+        """Run a command inside the namespace and capture its output as text.
+
+        It runs in ``/``, never in the caller's working directory: a Python started
+        there must not find modules a user planted in it (harden runs as root).
+        """
         proc = subprocess.run(
             ["ip", "netns", "exec", self.name, *map(str, args)],
             input=input,
@@ -72,6 +76,7 @@ class Namespace:
             capture_output=True,
             check=False,
             timeout=timeout,
+            cwd="/",
         )
         if check and proc.returncode != 0:
             raise CommandFailed(

@@ -40,7 +40,9 @@ from harden.errors import EnvironmentProblem
 from harden.files import load_manifest
 from harden.lab.net import Host, LabNet
 
-HARDEN = [sys.executable, "-m", "harden.cli"]
+# -I: the lab runs as root, and a Python that put its working directory (or PYTHONPATH)
+# on sys.path would run whatever harden/ package a user planted there.
+HARDEN = [sys.executable, "-I", "-m", "harden.cli"]
 
 
 @dataclass
@@ -157,6 +159,9 @@ def run_lab(
     ``apply_manifest`` applies a different manifest than the one verified against:
     the way to show a broken change (one that forgets SSH, say) being rolled back.
     """
+    # Absolute: every command of the lab runs in /, not in the caller's directory.
+    manifest = manifest.resolve()
+    apply_manifest = apply_manifest.resolve() if apply_manifest is not None else None
     policy = build_policy(load_manifest(manifest))
     result = LabResult(manifest=manifest, backend=backend)
     with tempfile.TemporaryDirectory(prefix="harden-lab-") as tmp, LabNet(policy) as lab:
@@ -246,7 +251,7 @@ def _with_lab_probers(manifest: Path, lab: LabNet, tmp: Path) -> Path:
 
 def _witness_command(server: Host) -> str:
     """Reads harden's counters in the server namespace, as an SSH command would on a real host."""
-    return f"ip netns exec {server.ns.name} {sys.executable} -m harden.cli counters --format json"
+    return f"ip netns exec {server.ns.name} {' '.join(HARDEN)} counters --format json"
 
 
 def _ratelimits(server: Host) -> list[str]:
