@@ -13,10 +13,13 @@ from collections.abc import Mapping
 
 from harden.apply.guard import (
     TcpSocket,
+    Trusted,
+    root_process,
     run_ss,
     socket_unit_ports,
     ssh_ports,
     ssh_sessions,
+    trusted_owner,
 )
 from harden.core.proposal import Listener, Proposal, propose
 from harden.core.types import Proto
@@ -35,7 +38,9 @@ def listeners(tcp: list[TcpSocket], udp: list[TcpSocket]) -> list[Listener]:
     return found
 
 
-def live_ssh_ports(tcp: list[TcpSocket], env: Mapping[str, str]) -> set[int]:
+def live_ssh_ports(
+    tcp: list[TcpSocket], env: Mapping[str, str], trusted: Trusted = root_process
+) -> set[int]:
     """The ports SSH is live on: the guard's sshd ports, plus the local ports of SSH sessions.
 
     A session is an established connection owned by sshd (or OpenSSH's sshd-session),
@@ -43,12 +48,11 @@ def live_ssh_ports(tcp: list[TcpSocket], env: Mapping[str, str]) -> set[int]:
     (not root) counts as SSH too: the guess that keeps the operator in.
     """
     units = socket_unit_ports() if any(s.held_by_systemd for s in tcp) else set()
-    ports = set(ssh_ports(tcp, units))
+    ports = set(ssh_ports(tcp, units, trusted))
     ports |= {port for _, port in ssh_sessions(tcp, sorted(ports))}
+    # Only sessions of a root sshd: any user can name a process "sshd" (the guard's rule).
     ports |= {
-        s.local[1]
-        for s in tcp
-        if s.state == "ESTAB" and any(name in SSH_PROCESSES for name, _ in s.owners)
+        s.local[1] for s in tcp if s.state == "ESTAB" and trusted_owner(s, SSH_PROCESSES, trusted)
     }
     ports |= {s.local[1] for s in tcp if s.state == "LISTEN" and s.local[1] == 22 and not s.owners}
     connection = env.get("SSH_CONNECTION", "").split()

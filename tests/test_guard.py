@@ -173,3 +173,45 @@ def test_apply_refuses_and_changes_nothing(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lab.peer in lines[0] and "tcp/22" in lines[0], proc.stderr
     assert "inet harden" not in lab.server.run(["nft", "list", "tables"]).stdout
+
+
+# Any user can name a process "sshd": one running as nobody, on a high port, holding a
+# session, must neither block root's apply nor become "the live SSH port" in init.
+IMPOSTOR = LISTENER.replace("server.bind((host, 22))", "server.bind((host, 5555))")
+IMPOSTOR_CLIENT = CLIENT.replace("(sys.argv[1], 22)", "(sys.argv[1], 5555)")
+
+
+def test_an_unprivileged_process_named_sshd_is_not_believed(
+    netns: NsFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSH_CONNECTION", raising=False)
+    server, client = netns("is"), netns("ic")
+    connect(server, client, ["198.18.44.1/24"], ["198.18.44.2/24"])
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    impostor = subprocess.Popen(
+        ["ip", "netns", "exec", server.name, *as_nobody, sys.executable, "-c", IMPOSTOR, "0.0.0.0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    session: subprocess.Popen[str] | None = None
+    try:
+        assert first_line(impostor) == "sshd"  # listening before the client connects
+        session = start(client, IMPOSTOR_CLIENT, "198.18.44.1")
+        assert first_line(session) == "connected"
+        listed = server.run(["ss", "-Htanp", "sport", "= :5555"]).stdout
+        assert '"sshd"' in listed and "ESTAB" in listed  # ss shows an sshd with a session
+        closed = write(tmp_path, "closed.yaml", "version: 1\nservices: []\n")
+        proc = server.run(
+            [*HARDEN, "apply", closed, "--state-dir", tmp_path / "state"], check=False, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr  # not refused: that "sshd" is nobody's
+        server.run([*HARDEN, "rollback", "--state-dir", tmp_path / "state"])
+        proposal = json.loads(server.run([*HARDEN, "init", "--format", "json"]).stdout)
+        assert not any(s.get("ssh") for s in proposal["services"]), proposal["services"]
+    finally:
+        for started in (impostor, *([session] if session else [])):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(started.pid, signal.SIGKILL)
+            started.communicate(timeout=10)

@@ -140,9 +140,15 @@ def test_ss_lines_become_listeners_and_ssh_ports() -> None:
         ("udp", "*", 53, "named"),
         ("udp", "fe80::1", 546, "dhcpcd"),
     ]
-    assert live_ssh_ports(tcp, {}) == {2222, 2200}
+
+    def root(pid: int) -> bool:
+        return True  # as if pids 10 and 12 ran as root from root-owned binaries
+
+    assert live_ssh_ports(tcp, {}, root) == {2222, 2200}
     env = {"SSH_CONNECTION": "198.19.0.5 40002 198.18.0.1 2022"}
-    assert live_ssh_ports(tcp, env) == {2222, 2200, 2022}
+    assert live_ssh_ports(tcp, env, root) == {2222, 2200, 2022}
+    # An "sshd" that is not root's is anyone's: only SSH_CONNECTION still counts.
+    assert live_ssh_ports(tcp, env, lambda pid: False) == {2022}
 
 
 # The real thing, in namespaces.

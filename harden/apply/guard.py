@@ -28,8 +28,9 @@ import ipaddress
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from harden.core.policy import Policy
 from harden.core.types import Address
@@ -215,16 +216,54 @@ def parse_endpoint(text: str) -> tuple[Address | None, int | None]:
     return address, port
 
 
-def ssh_ports(sockets: Iterable[TcpSocket], unit_ports: set[int]) -> list[int]:
-    """Ports sshd listens on here: its own listeners, and systemd's that belong to its unit."""
+def root_process(pid: int) -> bool:
+    """Whether ``pid`` runs as root from an executable only root can change.
+
+    Any user can name a process "sshd" (prctl PR_SET_NAME) and listen on a high port;
+    believing it would let that user block root's apply and steer ``harden init``. The
+    real sshd runs as uid 0 from a root-owned binary.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        exe = Path(f"/proc/{pid}/exe").stat()  # the binary it runs (still there if replaced)
+    except OSError:
+        return False
+    uids = next((line.split()[1:3] for line in status.splitlines() if line.startswith("Uid:")), [])
+    return uids == ["0", "0"] and exe.st_uid == 0 and not exe.st_mode & 0o022
+
+
+Trusted = Callable[[int], bool]
+
+
+def trusted_owner(socket: TcpSocket, names: Iterable[str], trusted: Trusted) -> bool:
+    """Whether a process with one of ``names`` that ``trusted`` vouches for owns ``socket``."""
+    wanted = set(names)
+    return any(name in wanted and trusted(pid) for name, pid in socket.owners)
+
+
+def ssh_ports(
+    sockets: Iterable[TcpSocket], unit_ports: set[int], trusted: Trusted = root_process
+) -> list[int]:
+    """Ports sshd listens on here: its own listeners, and systemd's that belong to its unit.
+
+    Only an sshd (or systemd) that ``trusted`` vouches for counts: root, from a
+    root-owned executable.
+    """
     return sorted(
         {
             s.local[1]
             for s in sockets
             if s.state == "LISTEN"
-            and (s.held_by_sshd or (s.held_by_systemd and s.local[1] in unit_ports))
+            and (
+                trusted_owner(s, ("sshd",), trusted)
+                or (s.held_by_systemd and s.local[1] in unit_ports and _systemd(s, trusted))
+            )
         }
     )
+
+
+def _systemd(socket: TcpSocket, trusted: Trusted) -> bool:
+    return any(pid == 1 or (name == "systemd" and trusted(pid)) for name, pid in socket.owners)
 
 
 def ssh_sessions(sockets: Iterable[TcpSocket], ports: Sequence[int]) -> list[Session]:

@@ -347,9 +347,7 @@ def _core_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
     base: dict[Any, list[tuple[str, re.Pattern[str]]]] = _SafeLoader.yaml_implicit_resolvers
     table = {
         first: [
-            (tag, regexp)
-            for tag, regexp in entries
-            if tag not in (_INT_TAG, _FLOAT_TAG, _BOOL_TAG)
+            (tag, regexp) for tag, regexp in entries if tag not in (_INT_TAG, _FLOAT_TAG, _BOOL_TAG)
         ]
         for first, entries in base.items()
     }
