@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harden.apply.state import Applied, Pending, StateDir
 from harden.lab.netns import Namespace, connect
 
 from .labutil import HARDEN, write
@@ -218,6 +219,27 @@ def test_rollback_survives_kill_9_of_the_applying_process(
     status = json.loads(harden(ns, "status", "--state-dir", state, "--format", "json").stdout)
     assert status["pending_confirmation"] is None
     assert status["history"][-1]["event"] == "rolled back"
+    # The text says so too: which apply, when, and why.
+    text = harden(ns, "status", "--state-dir", state).stdout
+    assert f"last:     apply of {b} rolled back at " in text, text
+    assert text.rstrip().splitlines()[5].endswith(": not confirmed in time"), text
+
+
+def test_status_finds_a_manifest_applied_by_a_relative_path(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """The state records the manifest absolute: status from elsewhere still reads it."""
+    ns = netns("ap")
+    write(tmp_path, "a.yaml", A)
+    state = tmp_path / "state"
+    script = (
+        f"cd {tmp_path} && {' '.join(map(str, HARDEN))} apply a.yaml --state-dir {state} && "
+        f"cd / && {' '.join(map(str, HARDEN))} status --state-dir {state} --format json"
+    )
+    proc = ns.run(["sh", "-c", script])
+    status = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert status["manifest"] == str(tmp_path / "a.yaml")
+    assert status["allows"], status  # not "unknown": the file was found and matched
 
 
 def test_persist_writes_boot_files_even_when_unchanged(netns: NsFactory, tmp_path: Path) -> None:
@@ -331,3 +353,22 @@ def _retransmits(ns: Namespace) -> int:
             ).split()
             return int(line.split()[names.index("RetransSegs")])
     raise AssertionError("no Tcp line in /proc/net/snmp")
+
+
+def test_status_after_an_apply_killed_before_its_load_shows_what_is_live(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """The record says B was being applied; the kernel still holds A: status shows A's ports."""
+    ns = netns("ap")
+    a, b = write(tmp_path, "a.yaml", A), write(tmp_path, "b.yaml", B)
+    state = tmp_path / "state"
+    assert harden(ns, "apply", a, "--state-dir", state).returncode == 0
+    states = StateDir(state)
+    with states.locked():
+        before = states.load()
+        killed = Applied("nftables", str(b), "sha-b", "rules-b", time.time(), "live-b-never")
+        states.save(before.applied(killed, Pending("tok", None)))  # recorded, never loaded
+    status = json.loads(harden(ns, "status", "--state-dir", state, "--format", "json").stdout)
+    assert status["interrupted"] is True and status["manifest"] == str(b)
+    assert status["allows"] is not None and not any("53" in rule for rule in status["allows"])
+    assert any("9000" in rule for rule in status["allows"])  # A's ports: what is live

@@ -82,7 +82,12 @@ def test_a_rollback_names_the_restored_rules_not_the_rolled_back_ones() -> None:
     assert back.previous is None and back.pending is None
     assert back.live_sha256 == "live-a-again"
     last = back.history[-1]
-    assert last == {"event": "rolled back", "at": 81.0, "reason": "not confirmed in time"}
+    assert last == {
+        "event": "rolled back",
+        "at": 81.0,
+        "manifest": applied("b", 20.0).manifest,  # the apply that was undone
+        "reason": "not confirmed in time",
+    }
 
 
 def test_an_interrupted_apply_can_be_rolled_back() -> None:

@@ -21,6 +21,7 @@ from harden.core.types import Verdict
 from harden.core.witness import TCP_SLACK, Observed, Reading, compare, judge, parse_reading
 from harden.lab.netns import Namespace, connect
 
+from .conftest import REPO
 from .labutil import HARDEN, routed, write
 
 NsFactory = Callable[[str], Namespace]
@@ -295,3 +296,24 @@ def test_witness_needs_witness_counters(netns: NsFactory, tmp_path: Path) -> Non
         prober, plain, "--target", f"198.18.{n}.1", "--witness", witness_cmd(server)
     )
     assert code == 2 and "verify.probers" in stderr
+
+
+@pytest.mark.netns
+def test_counters_without_the_nftables_bindings_is_an_environment_error(
+    netns: NsFactory,
+) -> None:
+    """No bindings: saying "no counters here" would make the witness blame the manifest."""
+    ns = netns("wb")
+    hidden = (
+        "import sys; sys.modules['nftables'] = None; from harden.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    manifest = REPO / "rulesets" / "web-server.yaml"
+    results = [
+        ns.run([sys.executable, "-c", hidden, *command], check=False)
+        for command in (["counters", "--format", "json"], ["diff", str(manifest)])
+    ]
+    for proc in results:
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        assert proc.stderr.count("\n") == 1 and "nftables" in proc.stderr
+    assert results[0].stderr == results[1].stderr  # what every other command says

@@ -82,6 +82,8 @@ def apply(
     env: Mapping[str, str] | None = None,
 ) -> ApplyResult:
     """Check, snapshot, record, arm the watchdog, load; persist if asked."""
+    # Recorded absolute: 'harden status' run from another directory must find the file.
+    manifest_path = manifest_path.absolute()
     fw = firewall(backend)
     prepared = prepare(manifest_path, fw)
     require_namespace()
@@ -383,7 +385,22 @@ def status(state_dir: Path) -> StatusReport:
         deadline = pending.deadline
         left = max(0.0, round(deadline - time.time(), 1))
     live = digest(firewall(current.backend).live())
-    allows, trusted, forward = _allowed(Path(current.manifest), current.manifest_sha256)
+    interrupted = (
+        state.interrupted
+        and pending is not None
+        and (pending.deadline is None or watchdog != "running")
+    )
+    # What is live: after an apply killed before its load, that is still the previous
+    # manifest's rules, not those of the manifest that never went live.
+    shown: Applied | None = current
+    if interrupted and live != current.live_sha256:
+        previous = state.previous
+        shown = previous if previous is not None and live == previous.live_sha256 else None
+    allows: tuple[str, ...] | None = None
+    trusted: tuple[str, ...] = ()
+    forward: str | None = None
+    if shown is not None:
+        allows, trusted, forward = _allowed(Path(shown.manifest), shown.manifest_sha256)
     return StatusReport(
         state_dir=str(state_dir),
         backend=current.backend,
@@ -394,9 +411,7 @@ def status(state_dir: Path) -> StatusReport:
         seconds_left=left,
         live_matches_last_apply=live == state.live_sha256,
         history=state.history,
-        interrupted=state.interrupted
-        and pending is not None
-        and (pending.deadline is None or watchdog != "running"),
+        interrupted=interrupted,
         watchdog=watchdog,
         allows=allows,
         trusted=trusted,

@@ -134,7 +134,9 @@ class State:
         """The rules from before the last apply are live again."""
         if self.current is None:
             raise HardenError("nothing to roll back: harden has applied nothing")
-        extra = {"reason": reason} if reason else {}
+        extra: dict[str, Any] = {"manifest": self.current.manifest}
+        if reason:
+            extra["reason"] = reason
         return State(
             current=self.previous,
             previous=None,

@@ -201,10 +201,22 @@ class StatusReport:
             "history": list(self.history),
         }
 
+    @property
+    def last_rollback(self) -> str | None:
+        """What the newest event says if it was a rollback, e.g. by the watchdog."""
+        if not self.history or self.history[-1].get("event") != "rolled back":
+            return None
+        event = self.history[-1]
+        what = f"apply of {event['manifest']}" if event.get("manifest") else "the last apply"
+        reason = f": {event['reason']}" if event.get("reason") else ""
+        return f"{what} rolled back at {_utc(float(event.get('at', 0.0)))}{reason}"
+
     def to_text(self) -> str:
         """A few aligned lines."""
+        rolled = self.last_rollback
         if not self.applied:
-            return f"nothing applied by harden (state: {self.state_dir})"
+            text = f"nothing applied by harden (state: {self.state_dir})"
+            return text + (f"\nlast:     {rolled}" if rolled else "")
         sha = (self.manifest_sha256 or "")[:12]
         pending = "no"
         if self.pending_deadline is not None:
@@ -227,6 +239,7 @@ class StatusReport:
                 f"applied:  {_utc(self.applied_at or 0.0)}",
                 f"pending:  {pending}",
                 f"live rules match the last apply: {match}",
+                *([f"last:     {rolled}"] if rolled else []),
                 *self._allowed_lines(),
             ]
         )
