@@ -372,3 +372,40 @@ def test_status_after_an_apply_killed_before_its_load_shows_what_is_live(
     assert status["interrupted"] is True and status["manifest"] == str(b)
     assert status["allows"] is not None and not any("53" in rule for rule in status["allows"])
     assert any("9000" in rule for rule in status["allows"])  # A's ports: what is live
+
+
+LIMITED = """version: 1
+policy: {ipv6: false}
+services:
+  - {name: ssh, port: 22, proto: tcp, sources: [198.18.31.0/24], limit: 5/minute}
+"""
+
+
+def test_limit_meters_are_state_not_drift(netns: NsFactory, tmp_path: Path) -> None:
+    """Every login adds its source to the meter: not drift, kept by a re-apply, and only
+    sources the service allows are metered."""
+    server, allowed, stranger = netns("ls"), netns("la"), netns("lx")
+    connect(server, allowed, ["198.18.31.1/24"], ["198.18.31.2/24"])
+    connect(server, stranger, ["198.18.32.1/24"], ["198.18.32.2/24"])
+    manifest, state = write(tmp_path, "limited.yaml", LIMITED), tmp_path / "state"
+    assert harden(server, "apply", manifest, "--state-dir", state).returncode == 0
+    knock = (
+        "import socket\n"
+        "try: socket.create_connection(({!r}, 22), timeout=0.5)\n"
+        "except OSError: pass\n"
+    )
+    allowed.run([sys.executable, "-c", knock.format("198.18.31.1")])
+    stranger.run([sys.executable, "-c", knock.format("198.18.32.1")])
+    meter = server.run(["nft", "list", "set", "inet", "harden", "ssh_tcp_limit_v4"]).stdout
+    assert "198.18.31.2" in meter and "198.18.32.2" not in meter, meter
+    assert harden(server, "diff", manifest).returncode == 0  # meters are not drift
+    again = harden(server, "apply", manifest, "--state-dir", state, "--format", "json")
+    assert json.loads(again.stdout)["changed"] is False
+    meter = server.run(["nft", "list", "set", "inet", "harden", "ssh_tcp_limit_v4"]).stdout
+    assert "198.18.31.2" in meter  # a re-apply of the same manifest keeps them
+    # The CM pattern: apply with a window, verify, confirm; the apply changed nothing.
+    assert (
+        harden(server, "apply", manifest, "--state-dir", state, "--confirm", "30").returncode == 0
+    )
+    confirmed = harden(server, "confirm", "--state-dir", state)
+    assert confirmed.returncode == 0, confirmed.stderr

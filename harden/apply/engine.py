@@ -280,7 +280,12 @@ def confirm(state_dir: Path) -> str:
         state = states.load()
         pending, current = state.pending, state.current
         if pending is None or current is None:
-            raise HardenError("nothing to confirm: no apply is waiting for confirmation")
+            last = state.history[-1] if state.history else {}
+            if current is None or last.get("event") == "rolled back":
+                raise HardenError("nothing to confirm: no apply is waiting for confirmation")
+            # 'apply --confirm N && verify && confirm' after an apply that changed nothing:
+            # the live rules are the confirmed ones already.
+            return "confirmed: nothing was waiting (the live rules are the last applied ones)"
         if pending.deadline is not None and time.time() > pending.deadline:
             if watchdog_alive(pending):
                 raise ApplyError("too late: the confirm window has passed; the rollback runs now")

@@ -81,11 +81,16 @@ class NftFirewall:
             raise ApplyError(f"restoring the snapshot failed: {one_line(err, 400)}")
 
     def live(self) -> str:
-        """The live table without counter values ("" if absent)."""
-        rc, out, _ = self._run(f"list table {TABLE}", stateless=True)
-        return out if rc == 0 else ""
+        """The live table without counter values or dynamic set contents ("" if absent).
 
-    def _canonical(self, files: dict[str, str]) -> str:
+        A ``limit:`` meter fills with the addresses that connect: state the kernel keeps,
+        not rules. Listed as they are, every SSH login would be drift, and the re-apply
+        that drift invites would wipe the meters and hand a brute-forcer a fresh burst.
+        """
+        rc, out, _ = self._run(f"list table {TABLE}", stateless=True)
+        return without_dynamic_elements(out) if rc == 0 else ""
+
+    def _canonical(self, files: dict[str, str]) -> str:  # empty meters: as live() lists them
         """Load the ruleset into a throwaway network namespace and list it back."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / NFT_FILE
@@ -172,3 +177,35 @@ def check_snapshot(snapshot: str) -> None:
     top = [line for line in snapshot.splitlines() if line and not line[0].isspace()]
     if top and (top[0] != f"table {TABLE} {{" or top[1:] != ["}"]):
         raise StateError(f"the nftables snapshot holds more than table {TABLE}: refused")
+
+
+def without_dynamic_elements(listing: str) -> str:
+    """``nft list table`` output with the elements of dynamic sets (meters) left out."""
+    out: list[str] = []
+    block: list[str] | None = None
+    for line in listing.splitlines(keepends=True):
+        stripped = line.strip()
+        if block is None:
+            if stripped.startswith("set ") and stripped.endswith("{"):
+                block = [line]
+            else:
+                out.append(line)
+            continue
+        block.append(line)
+        if stripped == "}" and len(line) - len(line.lstrip("\t")) == 1:  # the set's own end
+            dynamic = any(b.strip().startswith("flags") and "dynamic" in b for b in block)
+            out.extend(_drop_elements(block) if dynamic else block)
+            block = None
+    return "".join(out + (block or []))
+
+
+def _drop_elements(block: list[str]) -> list[str]:
+    kept, skipping = [], False
+    for line in block:
+        if line.strip().startswith("elements = {"):
+            skipping = True
+        if not skipping:
+            kept.append(line)
+        elif line.rstrip().endswith("}"):
+            skipping = False
+    return kept
