@@ -344,12 +344,22 @@ def diff_cmd(
 
 @cli.command()
 @STATE_DIR
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/"),
+    show_default=True,
+    help="Where to look for the boot files (as given to apply --persist --root).",
+)
 @FORMAT
-def status(state_dir: Path, fmt: str) -> None:
-    """Show what is applied, when, from which manifest, and any pending confirmation."""
+def status(state_dir: Path, root: Path, fmt: str) -> None:
+    """Show what is applied, from which manifest, what is pending, and what loads at boot.
+
+    Boot: whose files are under --root and whether harden.service is enabled.
+    """
     from harden.apply import status as get_status
 
-    report = get_status(state_dir)
+    report = get_status(state_dir, root)
     _emit(fmt, report.to_json(), report.to_text())
 
 

@@ -90,9 +90,9 @@ def variables(lab: LabNet, tmp: Path, manifest: Path = WEB) -> dict[str, object]
 
 
 def boot_files(tmp: Path) -> tuple[Path, Path]:
-    """What `harden apply --persist --root` writes for nftables (backends/nft.py)."""
+    """What `harden apply --persist --root` writes for nftables (harden/apply/boot.py)."""
     root = tmp / "root"
-    return root / "etc" / "harden" / "harden.nft", root / "etc" / "nftables.conf"
+    return root / "etc" / "harden" / "harden.nft", root / "etc/systemd/system/harden.service"
 
 
 # harden bug (harden/apply/engine.py, not this role): `harden confirm` with persistence saves
@@ -148,7 +148,7 @@ def test_playbook_applies_verifies_confirms_persists_and_is_idempotent(tmp_path:
         assert 'failures="0"' in junit
         # Persisted on confirm: the boot files hold the live table.
         assert "table inet harden" in nft_file.read_text()
-        assert 'include "/etc/harden/harden.nft"' in nft_conf.read_text().splitlines()
+        assert "nft -f /etc/harden/harden.nft" in nft_conf.read_text()  # harden.service
         assert status(lab, tmp_path)["pending_confirmation"] is None
 
         code, recap, out = play(lab, tmp_path, variables(lab, tmp_path))

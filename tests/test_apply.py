@@ -253,7 +253,9 @@ def test_persist_writes_boot_files_even_when_unchanged(netns: NsFactory, tmp_pat
     result = json.loads(out.stdout)
     assert result["changed"] is False
     assert str(root / "etc/harden/harden.nft") in result["persisted"]
-    assert 'include "/etc/harden/harden.nft"' in (root / "etc/nftables.conf").read_text()
+    unit = (root / "etc/systemd/system/harden.service").read_text()
+    assert "ExecStart=/usr/sbin/nft -f /etc/harden/harden.nft" in unit
+    assert (root / "etc/systemd/system/sysinit.target.wants/harden.service").is_symlink()
 
 
 def test_confirm_cancels_the_rollback(netns: NsFactory, tmp_path: Path) -> None:
@@ -261,12 +263,13 @@ def test_confirm_cancels_the_rollback(netns: NsFactory, tmp_path: Path) -> None:
     a, b = write(tmp_path, "a.yaml", A), write(tmp_path, "b.yaml", B)
     state = tmp_path / "state"
     assert harden(ns, "apply", a, "--state-dir", state).returncode == 0
-    out = harden(ns, "apply", b, "--state-dir", state, "--confirm", "2", "--format", "json")
+    # A window long enough for two more commands on a busy machine (each starts Python).
+    out = harden(ns, "apply", b, "--state-dir", state, "--confirm", "6", "--format", "json")
     assert json.loads(out.stdout)["confirm_deadline"] is not None
     # A second apply while a confirmation is pending is refused.
     assert harden(ns, "apply", a, "--state-dir", state).returncode == 2
     assert harden(ns, "confirm", "--state-dir", state).returncode == 0
-    time.sleep(3)
+    time.sleep(7)
     assert _rolled_back(ns, b, "nftables")  # b stayed
     assert harden(ns, "confirm", "--state-dir", state).returncode == 2  # nothing pending
 

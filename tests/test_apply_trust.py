@@ -154,11 +154,42 @@ def test_rollback_restores_the_boot_files_too(ns: Namespace, tmp_path: Path) -> 
     conf.chmod(0o755)
     assert harden(ns, "apply", a, "--state-dir", state).returncode == 0
     assert harden(ns, "apply", b, "--state-dir", state, "--persist", "--root", root).returncode == 0
-    assert (root / "etc/harden/harden.nft").exists() and "harden" in conf.read_text()
+    link = root / "etc/systemd/system/sysinit.target.wants/harden.service"
+    assert (root / "etc/harden/harden.nft").exists() and link.is_symlink()
+    assert conf.read_text() == "#!/usr/sbin/nft -f\nflush ruleset\n"  # Debian's: untouched
     assert harden(ns, "rollback", "--state-dir", state).returncode == 0
     assert not (root / "etc/harden/harden.nft").exists()
+    assert not link.is_symlink() and not (root / "etc/systemd/system/harden.service").exists()
     assert conf.read_text() == "#!/usr/sbin/nft -f\nflush ruleset\n"
     assert conf.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_backend_switch_and_its_rollback_keep_exactly_one_backend_at_boot(
+    ns: Namespace, tmp_path: Path
+) -> None:
+    """iptables persisted, then nftables: only nftables loads at boot. Rolling the switch
+    back brings the iptables boot files (and the unit that loads them) back."""
+    a, b = write(tmp_path, "a.yaml", A), write(tmp_path, "b.yaml", B)
+    state, root = tmp_path / "state", tmp_path / "root"
+    first: list[str | Path] = ["apply", a, "--backend", "iptables", "--state-dir", state]
+    assert harden(ns, *first, "--persist", "--root", root).returncode == 0
+    unit = root / "etc/systemd/system/harden.service"
+    iptables_unit = unit.read_text()
+    switch: list[str | Path] = ["apply", b, "--backend", "nftables", "--state-dir", state]
+    assert harden(ns, *switch, "--persist", "--root", root).returncode == 0
+    assert sorted(p.name for p in (root / "etc/harden").iterdir()) == ["harden.nft"]
+    shown = json.loads(
+        harden(ns, "status", "--state-dir", state, "--root", root, "--format", "json").stdout
+    )
+    assert shown["boot"]["backends"] == ["nftables"] and shown["boot"]["loads_at_boot"]
+    assert (
+        "nftables rules load at boot"
+        in harden(ns, "status", "--state-dir", state, "--root", root).stdout
+    )
+    assert harden(ns, "rollback", "--state-dir", state).returncode == 0
+    names = sorted(p.name for p in (root / "etc/harden").iterdir())
+    assert names == ["harden.rules.v4", "harden.rules.v6"] and unit.read_text() == iptables_unit
+    assert (root / "etc/systemd/system/sysinit.target.wants/harden.service").is_symlink()
 
 
 def test_persistence_targets_are_checked_before_anything_loads(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 import pytest
 
+from harden.apply import boot
 from harden.apply.backends import firewall
 from harden.apply.guard import (
     lockout_reason,
@@ -20,7 +23,7 @@ from harden.apply.guard import (
     ssh_sessions,
 )
 from harden.core.policy import build_policy
-from harden.core.render import render
+from harden.core.render import Backend, render
 from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
 from harden.lab.netns import current_namespace_name
@@ -133,9 +136,14 @@ garbage
 
 def test_ssh_ports_and_sessions_from_ss_output() -> None:
     sockets = parse_ss(SS)
+
+    def root(pid: int) -> bool:
+        return True  # as if every pid in SS ran as root from a root-owned binary
+
     # systemd's listeners count only where its unit lists them.
-    assert ssh_ports(sockets, set()) == [22]
-    assert ssh_ports(sockets, {2222}) == [22, 2222]
+    assert ssh_ports(sockets, set(), root) == [22]
+    assert ssh_ports(sockets, {2222}, root) == [22, 2222]
+    assert ssh_ports(sockets, set(), lambda pid: False) == []  # an "sshd" not root's
     sessions = ssh_sessions(sockets, [22, 2222])
     assert sessions == [
         (peer("198.19.5.5"), 22),
@@ -174,18 +182,24 @@ def test_require_namespace_refuses_outside_a_named_namespace(
     require_namespace()
 
 
-def test_persist_nftables_includes_once(tmp_path: Path) -> None:
+def test_persist_nftables_loads_only_harden_s_table_and_enables_its_unit(tmp_path: Path) -> None:
+    """harden.service loads harden.nft (one table): Debian's nftables.conf, which starts
+    with "flush ruleset", is not used, and an older harden's include is taken out of it."""
     files = render(policy(SSH_FROM_OPS), "nftables")
     conf = tmp_path / "etc" / "nftables.conf"
     conf.parent.mkdir(parents=True)
-    conf.write_text("#!/usr/sbin/nft -f\n\nflush ruleset\n\ntable inet filter {\n}\n")
+    debian = "#!/usr/sbin/nft -f\n\nflush ruleset\n\ntable inet filter {\n}\n"
+    conf.write_text(debian + '\n# added by harden\ninclude "/etc/harden/harden.nft"\n')
     written = firewall("nftables").persist(files, tmp_path)
     assert tmp_path / "etc/harden/harden.nft" in written
     assert (tmp_path / "etc/harden/harden.nft").read_text() == files["harden.nft"]
-    firewall("nftables").persist(files, tmp_path)
-    text = conf.read_text()
-    assert text.count('include "/etc/harden/harden.nft"') == 1
-    assert text.startswith("#!/usr/sbin/nft -f\n\nflush ruleset\n")
+    assert conf.read_text() == debian
+    unit = (tmp_path / "etc/systemd/system/harden.service").read_text()
+    assert "ExecStart=/usr/sbin/nft -f /etc/harden/harden.nft" in unit
+    assert "Before=network-pre.target" in unit and "WantedBy=sysinit.target" in unit
+    link = tmp_path / "etc/systemd/system/sysinit.target.wants/harden.service"
+    assert str(link.readlink()) == "/etc/systemd/system/harden.service"
+    assert boot.describe(tmp_path)["loads_at_boot"] is True
 
 
 def test_persist_iptables_writes_rules_and_unit(tmp_path: Path) -> None:
@@ -197,6 +211,33 @@ def test_persist_iptables_writes_rules_and_unit(tmp_path: Path) -> None:
         "etc/harden/harden.rules.v4",
         "etc/harden/harden.rules.v6",
         "etc/systemd/system/harden.service",
+        "etc/systemd/system/sysinit.target.wants/harden.service",
     }
     unit = (tmp_path / "etc/systemd/system/harden.service").read_text()
     assert "ip6tables-restore --noflush /etc/harden/harden.rules.v6" in unit
+
+
+def test_a_backend_switch_leaves_no_stale_boot_rules(tmp_path: Path) -> None:
+    """iptables, then nftables: at boot only the nftables rules may load (a drop in
+    either would be final: SSH moved to another network would be cut)."""
+    firewall("iptables").persist(render(policy(SSH_FROM_OPS), "iptables"), tmp_path)
+    firewall("nftables").persist(render(policy(SSH_FROM_OPS), "nftables"), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "etc/harden").iterdir()) == ["harden.nft"]
+    unit = (tmp_path / "etc/systemd/system/harden.service").read_text()
+    assert "iptables" not in unit
+    assert boot.describe(tmp_path)["backends"] == ["nftables"]
+    firewall("iptables").persist(render(policy(SSH_FROM_OPS), "iptables"), tmp_path)
+    names = sorted(p.name for p in (tmp_path / "etc/harden").iterdir())
+    assert names == ["harden.rules.v4", "harden.rules.v6"]
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_the_boot_unit_passes_systemd_analyze(tmp_path: Path, backend: Backend) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "harden.service"
+    unit.write_text(boot.unit_text(backend))
+    check = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True
+    )
+    assert check.returncode == 0 and check.stderr == "", check.stderr

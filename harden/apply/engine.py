@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from harden.apply import boot
 from harden.apply.backends import Firewall, firewall, other
 from harden.apply.guard import lockout_reason, require_namespace
 from harden.apply.state import Applied, Pending, State, StateDir
@@ -191,15 +192,24 @@ def check_persist_targets(paths: list[Path]) -> None:
 
 
 def _persist(states: StateDir, fw: Firewall, files: dict[str, str], root: Path) -> list[Path]:
-    """Install the boot files, remembering what they replaced so a rollback can undo it."""
+    """Install the boot files, remembering what they replaced so a rollback can undo it.
+
+    Both backends' files are remembered: persisting one removes the other's, and a
+    rollback must bring them back with the rules it restores.
+    """
     before: dict[str, tuple[str | None, int]] = {}
     for path in fw.persist_targets(root):
         if path.is_file():
             before[str(path.absolute())] = (path.read_text(), path.stat().st_mode & 0o7777)
         else:
             before[str(path.absolute())] = (None, 0o644)
+    link = (root / boot.WANTS).absolute()
+    before[str(link)] = (str(link.readlink()) if link.is_symlink() else None, LINK)
     states.save_persist_undo(before)
     return fw.persist(files, root)
+
+
+LINK = -1  # the "mode" of a remembered symlink (the wants link that enables harden.service)
 
 
 def _unpersist(states: StateDir) -> None:
@@ -207,6 +217,9 @@ def _unpersist(states: StateDir) -> None:
         path = Path(name)
         if text is None:
             path.unlink(missing_ok=True)
+        elif mode == LINK:
+            path.unlink(missing_ok=True)
+            path.symlink_to(text)
         else:
             write_atomic(path, text, mode=mode)
     states.drop_persist_undo()
@@ -375,16 +388,17 @@ def diff(manifest_path: Path, backend: Backend) -> Drift:
     return Drift(True, text)
 
 
-def status(state_dir: Path) -> StatusReport:
+def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
     """What is applied, from which manifest, whether it is still live, what is pending."""
     state = StateDir(state_dir).load()
+    boot_files = boot.describe(root)
     current = state.current
     pending = state.pending
     watchdog = None
     if pending is not None and pending.deadline is not None:
         watchdog = "running" if watchdog_alive(pending) else "not running"
     if current is None:
-        return StatusReport(str(state_dir), history=state.history)
+        return StatusReport(str(state_dir), history=state.history, boot=boot_files)
     deadline = left = None
     if pending is not None and pending.deadline is not None:
         deadline = pending.deadline
@@ -417,6 +431,7 @@ def status(state_dir: Path) -> StatusReport:
         live_matches_last_apply=live == state.live_sha256,
         history=state.history,
         interrupted=interrupted,
+        boot=boot_files,
         watchdog=watchdog,
         allows=allows,
         trusted=trusted,

@@ -382,7 +382,8 @@ class StateDir:
                 raise bad
             if value[0] is not None and not isinstance(value[0], str):
                 raise bad
-            out[path] = (value[0], value[1] & 0o7777)
+            # -1: a symlink (the unit's wants link), its target in place of the text.
+            out[path] = (value[0], value[1] if value[1] == -1 else value[1] & 0o7777)
         return out
 
     def drop_persist_undo(self) -> None:

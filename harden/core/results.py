@@ -174,6 +174,8 @@ class StatusReport:
     allows: tuple[str, ...] | None = None
     trusted: tuple[str, ...] = ()
     forward: str | None = None
+    # What loads at boot (harden/apply/boot.py describe()); None: not looked at.
+    boot: dict[str, Any] | None = None
 
     @property
     def applied(self) -> bool:
@@ -198,6 +200,7 @@ class StatusReport:
             "allows": None if self.allows is None else list(self.allows),
             "trusted_interfaces": list(self.trusted),
             "forward": self.forward,
+            "boot": self.boot,
             "history": list(self.history),
         }
 
@@ -216,7 +219,9 @@ class StatusReport:
         rolled = self.last_rollback
         if not self.applied:
             text = f"nothing applied by harden (state: {self.state_dir})"
-            return text + (f"\nlast:     {rolled}" if rolled else "")
+            return "\n".join(
+                [text, *([f"last:     {rolled}"] if rolled else []), *self._boot_lines()]
+            )
         sha = (self.manifest_sha256 or "")[:12]
         pending = "no"
         if self.pending_deadline is not None:
@@ -240,9 +245,34 @@ class StatusReport:
                 f"pending:  {pending}",
                 f"live rules match the last apply: {match}",
                 *([f"last:     {rolled}"] if rolled else []),
+                *self._boot_lines(),
                 *self._allowed_lines(),
             ]
         )
+
+    def _boot_lines(self) -> list[str]:
+        """Whether harden's rules load at boot, and what is wrong if they would not."""
+        b = self.boot
+        if b is None:
+            return []
+        where = "" if b["root"] == "/" else f" under {b['root']}"
+        if not b["backends"]:
+            line = f"boot:     not persisted{where} (apply --persist)"
+        elif len(b["backends"]) > 1:
+            line = f"boot:     BOTH backends' files{where}: persist again to remove the stale ones"
+        elif not b["enabled"]:
+            line = f"boot:     {b['backends'][0]} files{where}, but harden.service is NOT enabled"
+        else:
+            line = (
+                f"boot:     {b['backends'][0]} rules load at boot{where} (harden.service enabled)"
+            )
+        lines = [line]
+        if b.get("nftables_conf_include"):
+            lines.append(
+                "          /etc/nftables.conf still includes harden.nft (an older harden's "
+                "way): persist again to remove it"
+            )
+        return lines
 
     def _allowed_lines(self) -> list[str]:
         """What is allowed, one rule a line (as ``ufw status verbose`` lists them)."""

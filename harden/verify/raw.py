@@ -388,6 +388,10 @@ class RawTransport:
             v4 = packet[0] >> 4 == 4
             if (packet[12:16] if v4 else packet[8:24]) != packed:
                 continue  # queued before the capture filter was attached, or another target
+            if not v4 and len(packet) > 40 and packet[6] == 58 and 133 <= packet[40] <= 137:
+                # Neighbour discovery is the link layer's business (a proxy can answer
+                # it for an empty address): that evidence is link_probe's, and weaker.
+                continue
             reply = classify(packet, target.address)
             if isinstance(reply, Reply):
                 return f"{reply.proto}/{reply.port} answered {reply.detail}"

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harden.apply import boot
 from harden.core.policy import Policy
 from harden.core.render import IPT_FILES, Backend, render
 from harden.core.text import one_line
 from harden.errors import ApplyError, EnvironmentProblem, StateError
-from harden.files import write_atomic
 
 JUMP = "-A INPUT -j HARDEN-INPUT"
 # Forwarded traffic reaches HARDEN-FORWARD from DOCKER-USER when Docker made that chain
@@ -301,43 +301,9 @@ class IptablesFirewall:
         return None
 
     def persist_targets(self, root: Path) -> list[Path]:
-        """The files persist() writes under ``root``."""
-        return [*(root / HARDEN_ETC / n for n in IPT_FILES.values()), root / UNIT]
+        """The files persist() may write or remove under ``root`` (harden/apply/boot.py)."""
+        return boot.targets(root)
 
     def persist(self, files: dict[str, str], root: Path) -> list[Path]:
-        """The restore files under /etc/harden and a harden.service unit that loads them."""
-        if set(files) != set(IPT_FILES.values()):
-            raise StateError(f"not an iptables ruleset: {sorted(files)}")
-        written = []
-        for name in IPT_FILES.values():
-            path = root / HARDEN_ETC / name
-            write_atomic(path, files[name], mode=0o644)
-            written.append(path)
-        write_atomic(root / UNIT, UNIT_TEXT, mode=0o644)
-        written.append(root / UNIT)
-        return written
-
-
-HARDEN_ETC = Path("etc/harden")
-UNIT = Path("etc/systemd/system/harden.service")
-UNIT_TEXT = """\
-# Written by harden apply --persist: restores harden's iptables chains at boot.
-[Unit]
-Description=harden firewall (iptables chains HARDEN-*)
-DefaultDependencies=no
-Before=network-pre.target
-Wants=network-pre.target
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/sbin/iptables-restore --noflush /etc/harden/harden.rules.v4
-ExecStart=/usr/sbin/ip6tables-restore --noflush /etc/harden/harden.rules.v6
-ExecStart=/bin/sh -c 'iptables -C INPUT -j HARDEN-INPUT || iptables -I INPUT 1 -j HARDEN-INPUT'
-ExecStart=/bin/sh -c 'ip6tables -C INPUT -j HARDEN-INPUT || ip6tables -I INPUT 1 -j HARDEN-INPUT'
-ExecStart=/bin/sh -c 'iptables -C FORWARD -j HARDEN-FORWARD || iptables -I FORWARD 1 -j HARDEN-FORWARD'
-ExecStart=/bin/sh -c 'ip6tables -C FORWARD -j HARDEN-FORWARD || ip6tables -I FORWARD 1 -j HARDEN-FORWARD'
-
-[Install]
-WantedBy=multi-user.target
-"""  # noqa: E501
+        """The restore files under /etc/harden, loaded by harden.service (enabled)."""
+        return boot.install("iptables", files, root)

@@ -7,15 +7,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from harden.apply import boot
 from harden.core.policy import Policy
 from harden.core.render import NFT_FILE, Backend, render
 from harden.core.text import one_line
 from harden.errors import ApplyError, EnvironmentProblem, StateError
-from harden.files import write_atomic
 
 TABLE = "inet harden"
-HARDEN_ETC = Path("etc/harden")
-NFT_CONF = Path("etc/nftables.conf")  # loaded at boot by Debian's nftables.service
 
 
 class NftFirewall:
@@ -147,24 +145,12 @@ class NftFirewall:
         return None
 
     def persist_targets(self, root: Path) -> list[Path]:
-        """The files persist() writes under ``root``."""
-        return [root / HARDEN_ETC / NFT_FILE, root / NFT_CONF]
+        """The files persist() may write or remove under ``root`` (harden/apply/boot.py)."""
+        return boot.targets(root)
 
     def persist(self, files: dict[str, str], root: Path) -> list[Path]:
-        """/etc/harden/harden.nft, included from Debian's /etc/nftables.conf."""
-        if set(files) != {NFT_FILE}:
-            raise StateError(f"not an nftables ruleset: {sorted(files)}")
-        path = root / HARDEN_ETC / NFT_FILE
-        write_atomic(path, files[NFT_FILE], mode=0o644)
-        written = [path]
-        conf = root / NFT_CONF
-        include = f'include "/{HARDEN_ETC / NFT_FILE}"'
-        current = conf.read_text() if conf.exists() else "#!/usr/sbin/nft -f\n"
-        if include not in current.splitlines():
-            text = current.rstrip("\n") + f"\n\n# added by harden\n{include}\n"
-            write_atomic(conf, text, mode=0o755)
-            written.append(conf)
-        return written
+        """/etc/harden/harden.nft, loaded by harden.service (enabled), nothing else."""
+        return boot.install("nftables", files, root)
 
 
 def check_snapshot(snapshot: str) -> None:

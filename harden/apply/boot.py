@@ -1,0 +1,150 @@
+"""Boot persistence: harden's own unit loads harden's own rules, and it is enabled.
+
+One unit, ``harden.service``, for both backends, ordered before ``network-pre.target``
+and wanted by ``sysinit.target`` (as Debian's nftables.service is), so the rules are in
+place before any interface comes up. It loads only harden's table or chains: Debian's
+``/etc/nftables.conf`` starts with ``flush ruleset``, and enabling nftables.service to
+load harden's file would also wipe Docker's and libvirt's tables at every restart.
+
+Persisting one backend removes the other backend's boot files: both loading at boot
+would make either one's drop final, and a manifest that moved SSH to another network
+would lock the operator out after a reboot. docs/design.md, "Idempotence and persistence".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harden.core.render import Backend
+from harden.errors import StateError
+from harden.files import write_atomic
+
+HARDEN_ETC = Path("etc/harden")
+RULE_FILES: dict[Backend, tuple[str, ...]] = {
+    "nftables": ("harden.nft",),
+    "iptables": ("harden.rules.v4", "harden.rules.v6"),
+}
+UNIT = Path("etc/systemd/system/harden.service")
+WANTS = Path("etc/systemd/system/sysinit.target.wants/harden.service")
+NFT_CONF = Path("etc/nftables.conf")
+# What earlier versions added to Debian's nftables.conf; removed on the next persist.
+OLD_INCLUDE = ("# added by harden", 'include "/etc/harden/harden.nft"')
+
+_HEAD = """\
+# Written by harden apply --persist: loads harden's own rules at boot, nothing else.
+[Unit]
+Description=harden firewall ({what})
+DefaultDependencies=no
+Before=network-pre.target shutdown.target
+Wants=network-pre.target
+Conflicts=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+"""
+_TAIL = """
+[Install]
+WantedBy=sysinit.target
+"""
+_EXEC: dict[Backend, tuple[str, ...]] = {
+    # The file declares, deletes and recreates table inet harden: one transaction that
+    # touches no other table.
+    "nftables": ("ExecStart=/usr/sbin/nft -f /etc/harden/harden.nft",),
+    "iptables": (
+        "ExecStart=/usr/sbin/iptables-restore --noflush /etc/harden/harden.rules.v4",
+        "ExecStart=/usr/sbin/ip6tables-restore --noflush /etc/harden/harden.rules.v6",
+        "ExecStart=/bin/sh -c 'iptables -C INPUT -j HARDEN-INPUT"
+        " || iptables -I INPUT 1 -j HARDEN-INPUT'",
+        "ExecStart=/bin/sh -c 'ip6tables -C INPUT -j HARDEN-INPUT"
+        " || ip6tables -I INPUT 1 -j HARDEN-INPUT'",
+        "ExecStart=/bin/sh -c 'iptables -C FORWARD -j HARDEN-FORWARD"
+        " || iptables -I FORWARD 1 -j HARDEN-FORWARD'",
+        "ExecStart=/bin/sh -c 'ip6tables -C FORWARD -j HARDEN-FORWARD"
+        " || ip6tables -I FORWARD 1 -j HARDEN-FORWARD'",
+    ),
+}
+
+
+def unit_text(backend: Backend) -> str:
+    """The harden.service unit that loads ``backend``'s boot files."""
+    what = "table inet harden" if backend == "nftables" else "iptables chains HARDEN-*"
+    return _HEAD.format(what=what) + "\n".join(_EXEC[backend]) + "\n" + _TAIL
+
+
+def targets(root: Path) -> list[Path]:
+    """Every regular file a persist may write or remove under ``root`` (both backends)."""
+    rules = [root / HARDEN_ETC / name for names in RULE_FILES.values() for name in names]
+    return [*rules, root / UNIT, root / NFT_CONF]
+
+
+def install(backend: Backend, files: dict[str, str], root: Path) -> list[Path]:
+    """Write ``backend``'s boot files, remove the other's, enable the unit; return what changed."""
+    if set(files) != set(RULE_FILES[backend]):
+        raise StateError(f"not an {backend} ruleset: {sorted(files)}")
+    written = []
+    for name, text in sorted(files.items()):
+        path = root / HARDEN_ETC / name
+        write_atomic(path, text, mode=0o644)
+        written.append(path)
+    for other, names in RULE_FILES.items():
+        if other != backend:
+            for name in names:
+                stale = root / HARDEN_ETC / name
+                if stale.exists():
+                    stale.unlink()
+                    written.append(stale)
+    unit = root / UNIT
+    write_atomic(unit, unit_text(backend), mode=0o644)
+    written.append(unit)
+    conf = root / NFT_CONF
+    if conf.is_file():
+        lines = conf.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() not in OLD_INCLUDE]
+        if kept != lines:
+            write_atomic(conf, "".join(kept).rstrip("\n") + "\n", mode=conf.stat().st_mode & 0o777)
+            written.append(conf)
+    written.append(enable(root))
+    return written
+
+
+def enable(root: Path) -> Path:
+    """Enable harden.service the way ``systemctl --root ROOT enable`` does: a wants link."""
+    link = root / WANTS
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = f"/{UNIT}"
+    if link.is_symlink() and str(link.readlink()) == target:
+        return link
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+    return link
+
+
+def disable(root: Path) -> None:
+    """Remove the wants link (what a rollback to "nothing persisted" needs)."""
+    link = root / WANTS
+    if link.is_symlink():
+        link.unlink()
+
+
+def describe(root: Path) -> dict[str, Any]:
+    """What loads at boot under ``root``: the backend whose files are there, and if enabled."""
+    found = [
+        backend
+        for backend, names in RULE_FILES.items()
+        if all((root / HARDEN_ETC / name).is_file() for name in names)
+    ]
+    unit = (root / UNIT).is_file()
+    enabled = unit and (root / WANTS).is_symlink()
+    conf = root / NFT_CONF
+    old_include = conf.is_file() and OLD_INCLUDE[1] in conf.read_text().splitlines()
+    return {
+        "root": str(root),
+        "backends": found,
+        "unit": unit,
+        "enabled": enabled,
+        "loads_at_boot": bool(found) and enabled and len(found) == 1,
+        "nftables_conf_include": old_include,
+    }
