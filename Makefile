@@ -20,8 +20,9 @@ DEB_NO_RECOMMENDS := vagrant qemu-system-x86 qemu-utils debootstrap debian-archi
   e2fsprogs openssh-client
 
 # For tests/test_forwarded.py: a real dockerd, started only inside test namespaces, and a
-# busybox for its image (no registry is reachable).
-DEB_DOCKER := docker.io busybox-static
+# busybox for its image (no registry is reachable). ufw, for tests/test_coexist.py: enabled
+# only inside a test namespace, its /etc/ufw a bind-mounted temporary copy.
+DEB_DOCKER := docker.io busybox-static ufw
 
 deb:
 	@$(MAKE) --no-print-directory apt-install PKGS="$(DEB_PACKAGES)" APT_FLAGS=""
@@ -45,7 +46,8 @@ apt-install-nostart:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  rc=$$?; if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
 	  if [ $$rc -eq 0 ] && [ -d /run/systemd/system ]; then \
-	    systemctl disable --quiet docker.service docker.socket containerd.service 2>/dev/null || true; \
+	    systemctl disable --quiet docker.service docker.socket containerd.service ufw.service \
+	      2>/dev/null || true; \
 	  fi; \
 	  exit $$rc; \
 	fi

@@ -222,6 +222,9 @@ def test_rollback_survives_kill_9_of_the_applying_process(
     # The text says so too: which apply, when, and why.
     text = harden(ns, "status", "--state-dir", state).stdout
     assert f"last:     apply of {b} rolled back at " in text, text
+    # Too late: a confirm now must not pretend the rolled-back rules were kept.
+    late = harden(ns, "confirm", "--state-dir", state)
+    assert late.returncode == 2 and "nothing to confirm" in late.stderr
     assert text.rstrip().splitlines()[5].endswith(": not confirmed in time"), text
 
 
@@ -271,7 +274,9 @@ def test_confirm_cancels_the_rollback(netns: NsFactory, tmp_path: Path) -> None:
     assert harden(ns, "confirm", "--state-dir", state).returncode == 0
     time.sleep(7)
     assert _rolled_back(ns, b, "nftables")  # b stayed
-    assert harden(ns, "confirm", "--state-dir", state).returncode == 2  # nothing pending
+    # Nothing pending, and the last apply stayed: confirming again is harmless.
+    again = harden(ns, "confirm", "--state-dir", state)
+    assert again.returncode == 0 and "nothing was waiting" in again.stdout
 
 
 @pytest.mark.alone  # a CPU starved by other tests retransmits by itself

@@ -1,0 +1,139 @@
+"""Other firewalls on the same host: harden only narrows, on both backends.
+
+An admin's own drop (ufw's ``deny``, a hand-written ``inet filter`` table) stays in force
+for a port harden declares: harden's accept is never final, its drop always is. Real ufw
+(Debian's package) runs inside the test's namespace with its configuration directory a
+bind-mounted temporary copy, so the machine's own /etc/ufw is never touched. Needs root.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harden.lab.netns import Namespace, connect
+
+from .labutil import HARDEN, write
+
+pytestmark = pytest.mark.netns
+
+NsFactory = Callable[[str], Namespace]
+MANIFEST = """version: 1
+policy: {ipv6: false}
+services:
+  - {name: web, ports: [80, 443], proto: tcp}
+"""
+HANDWRITTEN = """table inet filter {
+	chain input {
+		type filter hook input priority filter; policy accept;
+		tcp dport 443 drop
+	}
+}
+"""
+
+
+def ufw(ns: Namespace, etc: Path, *commands: str) -> None:
+    """Run ufw commands in ``ns`` with ``etc`` mounted over /etc/ufw (a private mount)."""
+    script = f"mount --bind {etc} /etc/ufw && " + " && ".join(f"ufw {c}" for c in commands)
+    ns.run(["unshare", "-m", "sh", "-c", script])
+
+
+@pytest.fixture
+def responder() -> Iterator[Callable[[Namespace], None]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(ns: Namespace) -> None:
+        proc = subprocess.Popen(
+            [
+                *("ip", "netns", "exec", ns.name, sys.executable, "-I", "-m"),
+                "harden.lab.responder",
+                "--tcp",
+                "80,443",
+                "--udp",
+                "",
+                "--lifetime",
+                "120",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def observed(prober: Namespace, manifest: Path, target: str) -> dict[int, str]:
+    """What verify saw on the declared ports (the verdict is not the point here)."""
+    proc = prober.run(
+        [
+            *HARDEN,
+            "verify",
+            str(manifest),
+            "--target",
+            target,
+            "--format",
+            "json",
+            "--ports",
+            "79-81,442-444",
+        ],
+        check=False,
+        timeout=120,
+    )
+    report = json.loads(proc.stdout)
+    return {p["port"]: p["observed"] for p in report["ports"] if p["port"] in (80, 443)}
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_ufw_deny_of_a_declared_port_stays_in_force(
+    netns: NsFactory,
+    tmp_path: Path,
+    responder: Callable[[Namespace], None],
+    backend: str,
+) -> None:
+    if shutil.which("ufw") is None:
+        pytest.skip("ufw is not installed (make install adds it)")
+    server, prober = netns("us"), netns("up")
+    connect(server, prober, ["198.18.61.1/24"], ["198.18.61.2/24"])
+    etc = tmp_path / "ufw"
+    shutil.copytree("/etc/ufw", etc, symlinks=True)
+    ufw(server, etc, "--force enable", "allow 80/tcp", "deny 443/tcp")
+    responder(server)
+    manifest = write(tmp_path, "web.yaml", MANIFEST)
+    proc = server.run(
+        [*HARDEN, "apply", manifest, "--backend", backend, "--state-dir", tmp_path / "st"],
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = observed(prober, manifest, "198.18.61.1")
+    assert seen == {80: "open", 443: "silent"}, seen  # the admin's deny is not overridden
+    assert "ENABLED=no" in Path("/etc/ufw/ufw.conf").read_text()  # the machine's is untouched
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_handwritten_table_drop_of_a_declared_port_stays_in_force(
+    netns: NsFactory,
+    tmp_path: Path,
+    responder: Callable[[Namespace], None],
+    backend: str,
+) -> None:
+    server, prober = netns("hs"), netns("hp")
+    connect(server, prober, ["198.18.62.1/24"], ["198.18.62.2/24"])
+    server.run(["nft", "-f", "-"], input=HANDWRITTEN)
+    responder(server)
+    manifest = write(tmp_path, "web.yaml", MANIFEST)
+    proc = server.run(
+        [*HARDEN, "apply", manifest, "--backend", backend, "--state-dir", tmp_path / "st"],
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert observed(prober, manifest, "198.18.62.1") == {80: "open", 443: "silent"}
