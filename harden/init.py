@@ -75,9 +75,13 @@ def port_name(port: int, proto: Proto) -> str | None:
 
 def init(env: Mapping[str, str]) -> Proposal:
     """Propose a manifest for this host from its sockets (``harden init``)."""
+    from harden.apply.hostinfo import other_firewalls
+
     tcp = run_ss("-Htanp", "harden init")
     udp = run_ss("-Hlunp", "harden init")
-    return propose(listeners(tcp, udp), live_ssh_ports(tcp, env), port_name)
+    chains, warnings = other_firewalls()
+    others = [c.label for c in chains] + warnings
+    return propose(listeners(tcp, udp), live_ssh_ports(tcp, env), port_name, others)
 
 
 def _proto(text: str) -> Proto:

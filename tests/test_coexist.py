@@ -137,3 +137,35 @@ def test_a_handwritten_table_drop_of_a_declared_port_stays_in_force(
     )
     assert proc.returncode == 0, proc.stderr
     assert observed(prober, manifest, "198.18.62.1") == {80: "open", 443: "silent"}
+
+
+def test_status_apply_and_init_name_the_other_firewalls(netns: NsFactory, tmp_path: Path) -> None:
+    """ufw is enabled and denies 443, which the manifest declares: every command that
+    shows what harden did also shows ufw's base chains, and warns about 443."""
+    if shutil.which("ufw") is None:
+        pytest.skip("ufw is not installed (make install adds it)")
+    server = netns("os")
+    etc = tmp_path / "ufw"
+    shutil.copytree("/etc/ufw", etc, symlinks=True)
+    ufw(server, etc, "--force enable", "allow 80/tcp", "deny 443/tcp")
+    manifest = write(tmp_path, "web.yaml", MANIFEST)
+    state = tmp_path / "st"
+    applied = server.run([*HARDEN, "apply", manifest, "--state-dir", state, "--format", "json"])
+    result = json.loads(applied.stdout)
+    assert any(
+        "ip filter INPUT (ufw)" in o and "policy drop" in o for o in result["other_firewalls"]
+    )
+    # ipv6: false serves nothing over IPv6: only ufw's IPv4 deny is about a declared port.
+    [warning] = [w for w in result["warnings"] if "443" in w]
+    assert warning.startswith("ip filter ufw-user-input (ufw) drops declared tcp/443"), warning
+    status = json.loads(
+        server.run([*HARDEN, "status", "--state-dir", state, "--format", "json"]).stdout
+    )
+    ufw_chains = [c for c in status["other_firewalls"] if c["manager"] == "ufw"]
+    assert {(c["family"], c["hook"]) for c in ufw_chains} >= {("ip", "input"), ("ip6", "input")}
+    assert all(c["table"] != "harden" for c in status["other_firewalls"])
+    assert any("tcp/443" in w for w in status["warnings"])
+    text = server.run([*HARDEN, "status", "--state-dir", state]).stdout
+    assert "others:   " in text and "WARNING:  " in text and "tcp/443" in text
+    proposal = server.run([*HARDEN, "init"]).stdout
+    assert "# Other firewalls on this host filter too" in proposal and "(ufw)" in proposal

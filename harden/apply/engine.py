@@ -27,6 +27,7 @@ from pathlib import Path
 from harden.apply import boot
 from harden.apply.backends import Firewall, firewall, other
 from harden.apply.guard import lockout_reason, require_namespace
+from harden.apply.hostinfo import other_firewalls
 from harden.apply.state import Applied, Pending, State, StateDir
 from harden.core.policy import Policy, build_policy
 from harden.core.render import Backend
@@ -109,7 +110,7 @@ def apply(
             result.message = "unchanged: the live ruleset already matches the manifest"
             if persist_to is not None:  # asked to persist what is live: still do that
                 result.persisted = [str(p) for p in fw.persist(prepared.files, persist_to)]
-            return result
+            return _note_others(result, prepared.policy)
         snapshots = {**others, backend: fw.snapshot()}
         states.save_snapshot(snapshots)
         states.save_files(prepared.files)
@@ -158,6 +159,14 @@ def apply(
                 ]
         if others:
             result.message += f" (the {', '.join(others)} rules harden had loaded are removed)"
+    return _note_others(result, prepared.policy)
+
+
+def _note_others(result: ApplyResult, policy: Policy) -> ApplyResult:
+    """Name the other firewalls on harden's hooks, and warn if one drops a declared port."""
+    chains, warnings = other_firewalls(policy)
+    result.others = [c.label for c in chains]
+    result.warnings = warnings
     return result
 
 
@@ -398,7 +407,14 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
     if pending is not None and pending.deadline is not None:
         watchdog = "running" if watchdog_alive(pending) else "not running"
     if current is None:
-        return StatusReport(str(state_dir), history=state.history, boot=boot_files)
+        chains, warnings = other_firewalls()
+        return StatusReport(
+            str(state_dir),
+            history=state.history,
+            boot=boot_files,
+            others=tuple(c.to_json() for c in chains),
+            warnings=tuple(warnings),
+        )
     deadline = left = None
     if pending is not None and pending.deadline is not None:
         deadline = pending.deadline
@@ -418,8 +434,12 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
     allows: tuple[str, ...] | None = None
     trusted: tuple[str, ...] = ()
     forward: str | None = None
+    live_policy: Policy | None = None
     if shown is not None:
-        allows, trusted, forward = _allowed(Path(shown.manifest), shown.manifest_sha256)
+        allows, trusted, forward, live_policy = _allowed(
+            Path(shown.manifest), shown.manifest_sha256
+        )
+    chains, warnings = other_firewalls(live_policy)
     return StatusReport(
         state_dir=str(state_dir),
         backend=current.backend,
@@ -432,6 +452,8 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
         history=state.history,
         interrupted=interrupted,
         boot=boot_files,
+        others=tuple(c.to_json() for c in chains),
+        warnings=tuple(warnings),
         watchdog=watchdog,
         allows=allows,
         trusted=trusted,
@@ -439,7 +461,9 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
     )
 
 
-def _allowed(path: Path, sha256: str) -> tuple[tuple[str, ...] | None, tuple[str, ...], str | None]:
+def _allowed(
+    path: Path, sha256: str
+) -> tuple[tuple[str, ...] | None, tuple[str, ...], str | None, Policy | None]:
     """What the applied manifest allows, if its file still holds what was applied.
 
     The rules keep no manifest of their own: a file edited (or gone) since the apply
@@ -448,8 +472,9 @@ def _allowed(path: Path, sha256: str) -> tuple[tuple[str, ...] | None, tuple[str
     try:
         text, manifest = read_manifest(path)
     except HardenError:
-        return None, (), None
+        return None, (), None, None
     if digest(text) != sha256:
-        return None, (), None
-    summary = Validation.of(str(path), manifest, build_policy(manifest))
-    return summary.allows, summary.trusted, summary.forward
+        return None, (), None, None
+    policy = build_policy(manifest)
+    summary = Validation.of(str(path), manifest, policy)
+    return summary.allows, summary.trusted, summary.forward, policy

@@ -1,9 +1,15 @@
-"""Facts about this host that the witness reports: its kernel's ICMP error limits."""
+"""Facts about this host: its ICMP error limits (for the witness), its other firewalls."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
+
+from harden.core.others import BaseChain, blocked_declared, other_base_chains
+from harden.core.policy import Policy
+from harden.errors import HardenError
 
 PROC_SYS = Path("/proc/sys/net")
 DEST_UNREACH = {4: 3, 6: 1}  # the ICMP / ICMPv6 type of destination unreachable
@@ -47,3 +53,40 @@ def icmp_settings(root: Path = PROC_SYS) -> dict[str, Any]:
         limited = mask6 is None or _in_mask6(mask6, DEST_UNREACH[6])
         out["ipv6"] = {"ratelimit_ms": int(rate6), "limits_unreachable": limited, **shared}
     return out
+
+
+def other_firewalls(policy: Policy | None = None) -> tuple[list[BaseChain], list[str]]:
+    """The base chains of other firewalls on harden's hooks, and warnings about them.
+
+    Warnings: a declared port one of them drops (static look, with ``policy``), and
+    iptables-legacy rules, which live outside nftables where ``nft`` cannot see them.
+    Nothing here changes the host.
+    """
+    from harden.apply.backends.nft import NftFirewall
+
+    warnings: list[str] = []
+    try:
+        ruleset = NftFirewall().ruleset()
+    except HardenError as exc:
+        return [], [f"cannot list the other firewalls: {exc}"]
+    chains = other_base_chains(ruleset)
+    if policy is not None:
+        warnings += blocked_declared(ruleset, policy)
+    legacy = _legacy_rules()
+    if legacy:
+        warnings.append(
+            f"iptables-legacy holds {legacy} rule(s) that nft cannot see; they filter "
+            "too (iptables-legacy-save lists them)"
+        )
+    return chains, warnings
+
+
+def _legacy_rules() -> int:
+    """How many rules iptables-legacy and ip6tables-legacy hold (0 if not installed)."""
+    count = 0
+    for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
+        if shutil.which(tool) is None:
+            continue
+        proc = subprocess.run([tool], capture_output=True, text=True, check=False, timeout=30)
+        count += sum(1 for line in proc.stdout.splitlines() if line.startswith("-A "))
+    return count

@@ -125,6 +125,8 @@ class Proposal:
     manifest: str
     services: tuple[Proposed, ...]
     left_out: tuple[LeftOut, ...] = field(default=())
+    # Other firewalls' base chains on harden's hooks (labels), and warnings about them.
+    others: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """``init --format json`` (schema ``harden.init/1``)."""
@@ -133,6 +135,7 @@ class Proposal:
             "manifest": self.manifest,
             "services": [s.to_json() for s in self.services],
             "left_out": [x.to_json() for x in self.left_out],
+            "other_firewalls": list(self.others),
         }
 
     def to_text(self) -> str:
@@ -160,6 +163,7 @@ def propose(
     listeners: Iterable[Listener],
     ssh_ports: Iterable[int] = (),
     port_name: PortName | None = None,
+    others: Iterable[str] = (),
 ) -> Proposal:
     """Propose a manifest: one service per (process, port) that other hosts can reach.
 
@@ -218,8 +222,15 @@ def propose(
         text += "services: []\n"
     if left:
         text += "# Left out:\n" + "".join(f"#   {x.to_text()}\n" for x in left)
+    shown = tuple(others)
+    if shown:
+        text += (
+            "# Other firewalls on this host filter too (harden only narrows: a port one of\n"
+            "# them drops stays closed whatever this manifest says):\n"
+            + "".join(f"#   {line}\n" for line in shown)
+        )
     parse_manifest(text, "<harden init proposal>")  # a proposal harden refuses is a bug
-    return Proposal(text, tuple(services), tuple(left))
+    return Proposal(text, tuple(services), tuple(left), shown)
 
 
 def _order(listener: Listener) -> tuple[int, str, str, int, str]:

@@ -120,6 +120,9 @@ class ApplyResult:
     confirm_deadline: float | None = None
     persisted: list[str] = field(default_factory=list)
     message: str = ""
+    # Other firewalls' base chains on harden's hooks (labels), and warnings about them.
+    others: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """``apply --format json``."""
@@ -132,11 +135,16 @@ class ApplyResult:
             "confirm_deadline": self.confirm_deadline,
             "persisted": list(self.persisted),
             "message": self.message,
+            "other_firewalls": list(self.others),
+            "warnings": list(self.warnings),
         }
 
     def to_text(self) -> str:
-        """``changed: ...`` or ``ok: ...``."""
-        return f"{'changed' if self.changed else 'ok'}: {self.message}"
+        """``changed: ...`` or ``ok: ...``, then the other firewalls and any warning."""
+        lines = [f"{'changed' if self.changed else 'ok'}: {self.message}"]
+        lines += [f"other firewall: {label}" for label in self.others]
+        lines += [f"WARNING: {warning}" for warning in self.warnings]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,9 @@ class StatusReport:
     forward: str | None = None
     # What loads at boot (harden/apply/boot.py describe()); None: not looked at.
     boot: dict[str, Any] | None = None
+    # Other firewalls' base chains on harden's hooks (core/others.py), and warnings.
+    others: tuple[dict[str, Any], ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def applied(self) -> bool:
@@ -201,6 +212,8 @@ class StatusReport:
             "trusted_interfaces": list(self.trusted),
             "forward": self.forward,
             "boot": self.boot,
+            "other_firewalls": list(self.others),
+            "warnings": list(self.warnings),
             "history": list(self.history),
         }
 
@@ -219,9 +232,8 @@ class StatusReport:
         rolled = self.last_rollback
         if not self.applied:
             text = f"nothing applied by harden (state: {self.state_dir})"
-            return "\n".join(
-                [text, *([f"last:     {rolled}"] if rolled else []), *self._boot_lines()]
-            )
+            rolled_lines = [f"last:     {rolled}"] if rolled else []
+            return "\n".join([text, *rolled_lines, *self._boot_lines(), *self._other_lines()])
         sha = (self.manifest_sha256 or "")[:12]
         pending = "no"
         if self.pending_deadline is not None:
@@ -247,8 +259,22 @@ class StatusReport:
                 *([f"last:     {rolled}"] if rolled else []),
                 *self._boot_lines(),
                 *self._allowed_lines(),
+                *self._other_lines(),
             ]
         )
+
+    def _other_lines(self) -> list[str]:
+        """The other firewalls on harden's hooks (they filter too), and warnings."""
+        lines = []
+        for i, chain in enumerate(self.others):
+            who = f" ({chain['manager']})" if chain.get("manager") else ""
+            label = (
+                f"{chain['family']} {chain['table']} {chain['chain']}{who}: hook {chain['hook']},"
+                f" priority {chain['priority']}, policy {chain['policy']}, {chain['rules']} rule(s)"
+            )
+            lines.append(("others:   " if i == 0 else "          ") + label)
+        lines += [f"WARNING:  {warning}" for warning in self.warnings]
+        return lines
 
     def _boot_lines(self) -> list[str]:
         """Whether harden's rules load at boot, and what is wrong if they would not."""

@@ -6,6 +6,7 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from harden.apply import boot
 from harden.core.policy import Policy
@@ -126,6 +127,18 @@ class NftFirewall:
             if counter and counter.get("table") == "harden":
                 found[str(counter["name"])] = int(counter["packets"])
         return found
+
+    def ruleset(self) -> dict[str, Any]:
+        """The whole ruleset as libnftables JSON (every table, read only)."""
+        self._nft.set_json_output(True)
+        try:
+            rc, out, err = self._run("list ruleset")
+        finally:
+            self._nft.set_json_output(False)
+        if rc != 0:
+            raise EnvironmentProblem(f"cannot list the ruleset: {one_line(err, 300)}")
+        data: dict[str, Any] = json.loads(out or "{}")
+        return data
 
     def identity(self) -> str | None:
         """``inet harden handle N``: the kernel numbers each new table afresh."""
