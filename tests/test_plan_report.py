@@ -274,3 +274,22 @@ def test_a_host_seen_only_at_the_link_layer_is_an_assumption_the_witness_removes
     findings.witness = witnessed(witness_in_tcp_v4=3, witness_closed_tcp_v4=3)
     report = evaluate(plan, findings)
     assert report.assumptions == [] and report.alive[str(T)] == "its witness counted 3 probes"
+
+
+def test_a_reject_from_another_address_is_neither_a_leak_nor_a_proof() -> None:
+    """An admin-prohibited quoting our probe, from an address that is not the target's:
+    a filter in front of the host may have sent it, and the probe may never have arrived.
+    A port-unreachable from another address is the host's own UDP stack: a leak."""
+    router = ip_address("198.19.254.254")
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (99, 100))
+    udp = {
+        99: Reply(4, "udp", 99, 41000, Reason.PROHIBITED, 13, responder=router),
+        100: Reply(4, "udp", 100, 41000, Reason.PORT_UNREACHABLE, 3, responder=router),
+    }
+    report = evaluate(plan, findings_for({}, udp))
+    assert [(e.port, e.observed) for e in report.failures] == [(100, "closed")]
+    assert "from 198.19.254.254" in report.failures[0].detail
+    [filtered] = [s for s in report.unproven if s.proto == "udp"]
+    assert filtered.ranges == ("99",) and filtered.observed.startswith("rejected by 198.19.254.254")
+    only_filtered = evaluate(plan, findings_for({}, {99: udp[99]}))
+    assert only_filtered.verdict == "inconclusive"

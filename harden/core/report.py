@@ -16,7 +16,7 @@ from xml.etree import ElementTree as ET
 from rich.console import Console
 from rich.table import Table
 
-from harden.core.classify import REJECT_REASONS, Reply, State
+from harden.core.classify import REJECT_REASONS, Reason, Reply, State
 from harden.core.findings import Findings
 from harden.core.plan import Expect, Plan, Target
 from harden.core.ports import PortRange, compress, expand, merge
@@ -389,11 +389,19 @@ def _ports(
         nonlocal rejected_seen
         if not ranges:
             return
+        key: tuple[str, str] | None = None
+        bucket = unproven
+        if exp is not Expect.ALLOWED and _filtered_elsewhere(reply):
+            # A reject from another address: the target's own stack (icmp_errors_use_
+            # inbound_ifaddr) or a filter in front of it; its probe may never have
+            # reached the host, so neither a leak nor a proof (docs/design.md).
+            assert reply is not None and reply.responder is not None
+            key = (exp.value, f"rejected by {reply.responder}, the target or a filter before it")
+            bucket.setdefault(key, []).extend(ranges)
+            return
         status, observed, detail = _judge(proto, exp, reply)
         if exp is Expect.REJECTED and status is Status.OK:
             rejected_seen = True
-        key: tuple[str, str] | None = None
-        bucket = unproven
         if exp is not Expect.ALLOWED and status is Status.UNPROVEN and witnessed:
             key, bucket = (exp.value, "silent, counted by the witness"), conforming
         elif exp is not Expect.ALLOWED and status is Status.UNPROVEN:
@@ -458,6 +466,15 @@ def _ports(
                 "closed: reject, but no closed port answered admin-prohibited (is reject active?)",
             )
         )
+
+
+def _filtered_elsewhere(reply: Reply | None) -> bool:
+    """An ICMP reject or unreachable that came from an address other than the probed one."""
+    return (
+        reply is not None
+        and reply.responder is not None
+        and reply.reason in (Reason.PROHIBITED, Reason.UNREACHABLE)
+    )
 
 
 def _gaps(rng: PortRange, answered: list[int]) -> list[PortRange]:
