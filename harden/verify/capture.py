@@ -41,7 +41,7 @@ class Capture:
             _attach_filter(sock, expr, "every interface")
             _drain(sock)  # what queued before the filter was attached is anyone's
             sock.settimeout(0.05)
-        except PermissionError:
+        except BaseException:  # no permission, no libpcap: nothing may stay open
             self.close()
             raise
         self.started = time.monotonic()
