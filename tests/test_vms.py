@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .vmlab import REPO, VmLab, choose_accelerator, ensure_image, kvm_skip_reason
+from .vmlab import BOOT_SECONDS, REPO, VmLab, choose_accelerator, ensure_image, kvm_skip_reason
 
 # make test runs these on their own, after the rest: qemu's software emulation beside
 # four busy workers slowed the VMs until connections broke.
@@ -54,7 +55,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmLab]:
         yield vms
 
 
-def provision(lab: VmLab, tmp: Path, manifest: Path) -> tuple[int, dict[str, int], str]:
+def provision(
+    lab: VmLab, tmp: Path, manifest: Path, **extra: Any
+) -> tuple[int, dict[str, int], str]:
     """`vagrant provision target`, by hand: the Vagrantfile's playbook, groups and variables."""
     inventory = tmp / "hosts.ini"
     target, prober = lab.vms["target"], lab.vms["prober"]
@@ -83,6 +86,7 @@ def provision(lab: VmLab, tmp: Path, manifest: Path) -> tuple[int, dict[str, int
                 # Under software emulation a full verify of both families takes minutes;
                 # the window must outlast it, or the watchdog (rightly) rolls back first.
                 "harden_confirm_seconds": 900,
+                **extra,
             }
         )
     )
@@ -219,3 +223,87 @@ def test_a_manifest_that_closes_ssh_is_refused_over_ssh(lab: VmLab, tmp_path: Pa
     assert "refusing to apply" in out and "SSH" in out, out
     assert lab.ssh("target", "nft list ruleset").stdout == before
     assert lab.ssh("target", "echo still here").stdout.strip() == "still here"
+
+
+# Closed in vagrant/ansible/manifest.yml: a sample the boot watch probes all along.
+CLOSED_SAMPLE = ("1000", "2000", "3306", "5432", "8443")
+
+
+def reboot_watched(lab: VmLab) -> dict[str, Any]:
+    """Reboot the target and watch its boot from the link: what answered, and when.
+
+    The watch starts while the target is powered off (qemu exits on a guest reboot) and
+    runs in the lab's namespace, on the bridge: from its first ARP answer to SSH.
+    """
+    target = lab.vms["target"]
+    seconds = BOOT_SECONDS[lab.accel]
+    watcher = [sys.executable, str(REPO / "tests" / "bootwatch.py"), "br0", target.v4]
+    started: list[subprocess.Popen[str]] = []
+
+    def watch() -> None:
+        started.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", lab.ns.name, *watcher, str(seconds), *CLOSED_SAMPLE],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+        time.sleep(0.5)  # probing before the VM powers on
+
+    lab.reboot("target", watch)
+    out, _ = started[0].communicate(timeout=seconds + 60)
+    seen: dict[str, Any] = json.loads(out)
+    print(f"boot watched: {seen}")
+    return seen
+
+
+def verify_from_controller(lab: VmLab) -> dict[str, Any]:
+    target = lab.vms["target"]
+    targets = ["--target", target.v4, "--target", target.v6]
+    proc = lab.ns.run(
+        [
+            sys.executable,
+            "-m",
+            "harden.cli",
+            "verify",
+            str(MANIFEST),
+            *targets,
+            "--ports",
+            VERIFY_PORTS,
+            "--format",
+            "json",
+        ],
+        check=False,
+        timeout=600,
+    )
+    report: dict[str, Any] = json.loads(proc.stdout)
+    return report
+
+
+def test_persisted_rules_load_at_boot_on_both_backends(lab: VmLab, tmp_path: Path) -> None:
+    """Reboot the target: from the moment its interface answers ARP, no closed port may
+    answer (harden.service loads the rules before network-pre.target); after boot,
+    verify PASSes and SSH works. Then switch to iptables, reboot, and check again: the
+    nftables boot files are gone, so only the new rules load."""
+    if not known_good(lab):
+        code, _, out = provision(lab, tmp_path, MANIFEST)
+        assert code == 0, out
+    for backend in ("nftables", "iptables"):
+        if backend == "iptables":
+            code, recap, out = provision(lab, tmp_path, MANIFEST, harden_backend="iptables")
+            assert code == 0 and recap["failed"] == 0, out
+            files = lab.ssh("target", "ls /etc/harden").stdout.split()
+            assert "harden.nft" not in files and "harden.rules.v4" in files, files
+        enabled = lab.ssh("target", "systemctl is-enabled harden.service", check=False)
+        assert enabled.stdout.strip() == "enabled", enabled.stdout + enabled.stderr
+        seen = reboot_watched(lab)
+        assert seen["arp_at"] is not None and seen["ssh_at"] is not None, seen
+        assert seen["replies"] == [], seen  # no RST, no ICMP error from a closed port
+        assert lab.ssh("target", "echo back").stdout.strip() == "back"
+        report = verify_from_controller(lab)
+        assert report["verdict"] == "pass", [p for p in report["ports"] if p["status"] == "fail"]
+        loaded = lab.ssh("target", "systemctl show -p ActiveState --value harden.service")
+        assert loaded.stdout.strip() == "active"
+    # Back to the scenarios' backend for whatever runs next.
+    code, _, out = provision(lab, tmp_path, MANIFEST)
+    assert code == 0, out

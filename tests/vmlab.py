@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,6 +259,11 @@ class VmLab(_Namespaces):
         )
         self.ns.run(["ip", "tuntap", "add", "dev", vm.tap, "mode", "tap"])
         self.ns.run(["ip", "link", "set", vm.tap, "master", "br0", "up"])
+        self.launch(vm)
+
+    def launch(self, vm: Vm) -> None:
+        """Start qemu for ``vm`` on its existing disk overlay and tap (a boot, or a reboot:
+        with -no-reboot qemu exits when the guest reboots, and this boots it again)."""
         append = " ".join(
             [
                 "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1",
@@ -291,6 +297,16 @@ class VmLab(_Namespaces):
             # A killed test run must not leave VMs running.
             preexec_fn=_die_with_parent,
         )
+
+    def reboot(self, name: str, before_boot: Callable[[], None] = lambda: None) -> None:
+        """Reboot a VM from inside; ``before_boot`` runs once it is down, before it boots."""
+        vm = self.vms[name]
+        assert vm.process is not None
+        self.ssh(name, "systemctl reboot", check=False, timeout=30)
+        vm.process.wait(timeout=BOOT_SECONDS[self.accel])  # -no-reboot: qemu exits
+        before_boot()
+        self.launch(vm)
+        self._wait_ssh(vm)
 
     def _wait_ssh(self, vm: Vm) -> None:
         deadline = time.monotonic() + BOOT_SECONDS[self.accel]
