@@ -471,15 +471,21 @@ def verify_cmd(
     a fleet is probed in the same sweeps and lands in one report.
 
     \b
-    What a PASS proves, and assumes:
-    - The target showed it exists (some reply, or its neighbour entry on our
-      link); otherwise the verdict is INCONCLUSIVE, never PASS.
+    What a PASS proves, and assumes (PASS only when every port is proven;
+    every premise not checked is listed under "assumptions" and on the
+    verdict line; anything unproven is INCONCLUSIVE):
+    - The target showed during this run that it exists: a reply from it, or on
+      our link an answer to an ARP request or neighbour solicitation sent now
+      (a cached neighbour entry is not proof).
     - UDP silence counts only for sweeps begun while the target's per-peer ICMP
       budget held a token (no ICMP error to us for one --icmp-ratelimit-ms
-      interval). It assumes the target's interval is at most that, and that
-      other hosts did not spend its machine-wide icmp_msgs_per_sec meanwhile.
-    - A UDP listener that ignores unknown datagrams looks dropped from outside.
-    See docs/design.md, "Why silence proves what it proves".
+      interval). It assumes the target's interval is at most that (--witness
+      reads the real one), and that other hosts did not spend its machine-wide
+      icmp_msgs_per_sec meanwhile.
+    - A UDP listener that ignores unknown datagrams looks dropped from outside;
+      --witness counts what arrived, what harden dropped and what every
+      firewall let through.
+    See docs/design.md, "The verdict rule".
     """  # noqa: D301 (click's \\b keeps the list's line breaks)
     from harden.verify.inventory import load_inventory
     from harden.verify.run import run_verify
