@@ -4,7 +4,7 @@
 #   build-image.sh OUTDIR PYTHON-REQUIREMENT...
 #
 # No VM image can be downloaded here, so this makes one with debootstrap from the
-# machine's own Debian mirror: systemd, openssh-server, nftables + python3-nftables,
+# machine's own Debian mirror: systemd, openssh-server, nftables + python3-nftables, iptables,
 # python3-apt and python3-packaging (Ansible's apt and pip modules need them), and a venv at /opt/harden/venv with
 # harden's Python dependencies already installed. The VMs have no route to PyPI, so
 # this is what a Vagrant box looks like after `pip install` had network; the Ansible
@@ -33,7 +33,7 @@ fi
 packages=(
   linux-image-amd64 initramfs-tools systemd-sysv udev dbus openssh-server
   python3 python3-venv python3-apt python3-packaging python3-nftables nftables libpcap0.8
-  iproute2 iputils-ping netbase kmod procps
+  iptables iproute2 iputils-ping netbase kmod procps
 )
 
 work="$out.tmp"
