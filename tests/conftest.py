@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,3 +62,22 @@ def netns() -> Iterator[Callable[[str], Namespace]]:
     yield make
     for ns in reversed(made):
         ns.close()
+
+
+@pytest.fixture
+def in_netns() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``argv`` inside a namespace and wait for its "ready" line; all killed at the end."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(ns: Namespace, *argv: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns.name, *argv], stdout=subprocess.PIPE, text=True
+        )
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()

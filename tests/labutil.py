@@ -19,6 +19,11 @@ from harden.lab.netns import Namespace, connect
 HARDEN = [sys.executable, "-m", "harden.cli"]
 
 
+def counters_command(server: Namespace) -> str:
+    """The witness command of a lab server: ``harden counters`` in its namespace."""
+    return f"ip netns exec {server.name} {' '.join(HARDEN)} counters --format json"
+
+
 def write(tmp: Path, name: str, text: str) -> Path:
     path = tmp / name
     path.write_text(text)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,31 +44,10 @@ def ufw(ns: Namespace, etc: Path, *commands: str) -> None:
 
 
 @pytest.fixture
-def responder() -> Iterator[Callable[[Namespace], None]]:
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(ns: Namespace) -> None:
-        proc = subprocess.Popen(
-            [
-                *("ip", "netns", "exec", ns.name, sys.executable, "-I", "-m"),
-                "harden.lab.responder",
-                "--tcp",
-                "80,443",
-                "--udp",
-                "",
-                "--lifetime",
-                "120",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
+def responder(in_netns: Callable[..., object]) -> Callable[[Namespace], object]:
+    """Stand-in web services on tcp/80 and tcp/443 inside a namespace."""
+    serve = [sys.executable, "-I", "-m", "harden.lab.responder", "--tcp", "80,443", "--udp", ""]
+    return lambda ns: in_netns(ns, *serve, "--lifetime", "120")
 
 
 def observed(prober: Namespace, manifest: Path, target: str) -> dict[int, str]:

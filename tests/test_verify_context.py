@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import pytest
 
 from harden.lab.netns import Namespace, connect
 
-from .labutil import HARDEN, failing, write
+from .labutil import HARDEN, counters_command, failing, write
 
 pytestmark = pytest.mark.netns
 
@@ -81,10 +80,6 @@ def verify(
     return proc.returncode, report, proc.stderr
 
 
-def counters_cmd(server: Namespace) -> str:
-    return f"ip netns exec {server.name} {' '.join(HARDEN)} counters --format json"
-
-
 def apply(server: Namespace, manifest: Path, tmp: Path, backend: str = "nftables") -> None:
     proc = server.run(
         [*HARDEN, "apply", str(manifest), "--backend", backend, "--state-dir", str(tmp / "st")],
@@ -118,23 +113,9 @@ def drift_accept(server: Namespace, backend: str, port: int) -> None:
 
 
 @pytest.fixture
-def services() -> Iterator[Callable[..., None]]:
-    """Start a small Python service inside a namespace; every one is killed at the end."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(ns: Namespace, code: str) -> None:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns.name, sys.executable, "-I", "-c", code],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
+def services(in_netns: Callable[..., object]) -> Callable[[Namespace, str], object]:
+    """Start a small Python service (code printing "ready") inside a namespace."""
+    return lambda ns, code: in_netns(ns, sys.executable, "-I", "-c", code)
 
 
 def tcp_listeners(*ports: int) -> str:
@@ -327,7 +308,7 @@ def test_reject_mode_with_a_udp_leak_never_passes(
         unproven = {(s["proto"], s["observed"]) for s in report["unproven"]}
         assert ("udp", "silent-unproven") in unproven
     code, report, stderr = verify(
-        prober, manifest, "--target", f"198.18.{n}.1", "--witness", counters_cmd(server)
+        prober, manifest, "--target", f"198.18.{n}.1", "--witness", counters_command(server)
     )
     assert (code, report.get("verdict")) == (1, "fail"), (stderr, report.get("notes"))
     [entry] = [p for p in report["ports"] if p["status"] == "fail"]
@@ -387,7 +368,7 @@ def test_a_slower_icmp_rate_limit_is_an_assumption_or_read_by_the_witness(
     ).stdout
     assert "PASS, assuming the target's ICMP rate limit ≤ 1000 ms" in text
     # The witness reads the real limit (100 s: too slow to wait for) and counts the leak.
-    code, report, stderr = verify(prober, manifest, *targets, "--witness", counters_cmd(server))
+    code, report, stderr = verify(prober, manifest, *targets, "--witness", counters_command(server))
     assert (code, report.get("verdict")) == (1, "fail"), (stderr, report.get("notes"))
     assert any("rate limit is 100000 ms" in note for note in report["notes"])
     fails = {(p["family"], p["proto"]) for p in report["ports"] if p["status"] == "fail"}
@@ -440,7 +421,7 @@ def test_counters_reset_during_the_run_are_inconclusive(
             ]
         )
     target = ["--target", f"198.18.{n}.1"]
-    code, report, _ = verify(prober, manifest, *target, "--witness", counters_cmd(server))
+    code, report, _ = verify(prober, manifest, *target, "--witness", counters_command(server))
     assert code == 1  # counters intact: the hidden listener is found (and they now count)
     ruleset = tmp_path / "harden.nft"
     server.run([*HARDEN, "render", str(manifest), "-o", str(tmp_path)])
@@ -452,7 +433,7 @@ def test_counters_reset_during_the_run_are_inconclusive(
         f"if [ -e {marker} ]; then ip netns exec {server.name} sh -c "
         f"'{RESETS[how].format(ruleset=ruleset)}' >/dev/null; fi\n"
         f"touch {marker}\n"
-        f"exec {counters_cmd(server)}\n",
+        f"exec {counters_command(server)}\n",
     )
     script.chmod(0o755)
     code, report, stderr = verify(prober, manifest, *target, "--witness", str(script))
@@ -503,7 +484,7 @@ def test_closed_ports_dropped_by_another_firewall_too_pass_with_a_note(
     services(server, tcp_listeners(80))
     server.run(["nft", "-f", "-"], input=FOREIGN_DROP)
     code, report, stderr = verify(
-        prober, manifest, "--target", target, "--witness", counters_cmd(server)
+        prober, manifest, "--target", target, "--witness", counters_command(server)
     )
     assert (code, report.get("verdict")) == (0, "pass"), (stderr, report.get("ports"))
     notes = [note for note in report["notes"] if note.startswith("witness:")]
@@ -525,7 +506,7 @@ def test_a_declared_port_blocked_by_another_firewall_fails(
     assert code == 0
     assert any(p["port"] == 53 and p["status"] == "warn" for p in report["ports"])
     code, report, stderr = verify(
-        prober, manifest, "--target", target, "--witness", counters_cmd(server)
+        prober, manifest, "--target", target, "--witness", counters_command(server)
     )
     assert (code, report.get("verdict")) == (1, "fail"), (stderr, report.get("notes"))
     [blocked] = [p for p in report["ports"] if p["status"] == "fail"]

@@ -12,7 +12,17 @@ import pytest
 
 from harden.core.classify import State, nmap_state
 
-from .labutil import HARDEN, failing, lab_for, load_ruleset, nmap, statuses, verify_from, write
+from .labutil import (
+    HARDEN,
+    counters_command,
+    failing,
+    lab_for,
+    load_ruleset,
+    nmap,
+    statuses,
+    verify_from,
+    write,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -122,7 +132,7 @@ def test_reject_mode_and_ipv6(tmp_path: Path) -> None:
         probers = "verify:\n  probers: [" + ", ".join(f'"{a}"' for a in outside) + "]\n"
         witnessed = write(tmp_path, "witnessed.yaml", REJECT + probers)
         load_ruleset(lab, witnessed, tmp_path)
-        counters = f"ip netns exec {lab.server.ns.name} {' '.join(HARDEN)} counters --format json"
+        counters = counters_command(lab.server.ns)
         code, report = verify_from(
             lab.outside,
             lab,

@@ -7,10 +7,9 @@ listener behind an inserted accept rule, and an upstream filter that drops every
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from harden.core.witness import TCP_SLACK, Observed, Reading, compare, judge, pa
 from harden.lab.netns import Namespace, connect
 
 from .conftest import REPO
-from .labutil import HARDEN, routed, write
+from .labutil import HARDEN, counters_command, routed, write
 
 NsFactory = Callable[[str], Namespace]
 
@@ -167,13 +166,9 @@ def manifest_for(tmp: Path, prober_net: str) -> Path:
     )
 
 
-def witness_cmd(server: Namespace) -> str:
-    return f"ip netns exec {server.name} {sys.executable} -m harden.cli counters --format json"
-
-
 @pytest.fixture
-def silent_listener() -> Iterator[Callable[[Namespace, int], None]]:
-    procs: list[subprocess.Popen[str]] = []
+def silent_listener(in_netns: Callable[..., object]) -> Callable[[Namespace, int], None]:
+    """A UDP listener that reads and never answers: from outside, a dropped port."""
 
     def start(ns: Namespace, port: int) -> None:
         code = (
@@ -187,18 +182,9 @@ def silent_listener() -> Iterator[Callable[[Namespace, int], None]]:
             "    try: s.recv(2048)\n"
             "    except OSError: pass\n"
         )
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns.name, sys.executable, "-c", code],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        in_netns(ns, sys.executable, "-c", code)
 
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
+    return start
 
 
 @pytest.mark.netns
@@ -221,7 +207,7 @@ def test_a_silent_udp_listener_behind_an_inserted_accept_fails_only_with_a_witne
     assert code == 0, (stderr, report.get("ports"))
     assert any("looks exactly like a dropped port" in note for note in report["notes"])
     code, report, stderr = verify(
-        prober, manifest, "--target", f"198.18.{n}.1", "--witness", witness_cmd(server)
+        prober, manifest, "--target", f"198.18.{n}.1", "--witness", counters_command(server)
     )
     assert code == 1, (stderr, report.get("ports"))
     [failure] = [p for p in report["ports"] if p["status"] == "fail"]
@@ -240,7 +226,7 @@ def test_a_clean_host_passes_with_every_probe_counted(
     apply = [*HARDEN, "apply", str(manifest), "--backend", backend, "--state-dir", str(tmp_path)]
     assert server.run(apply).returncode == 0
     code, report, stderr = verify(
-        prober, manifest, "--target", f"198.18.{n}.1", "--witness", witness_cmd(server)
+        prober, manifest, "--target", f"198.18.{n}.1", "--witness", counters_command(server)
     )
     assert code == 0, (stderr, report.get("ports"))
     notes = [n for n in report["notes"] if n.startswith("witness:")]
@@ -277,7 +263,7 @@ def test_probes_dropped_upstream_are_inconclusive_with_a_witness(
     code, report, _ = verify(prober, manifest, "--target", target)
     assert code == 0 and report["alive"][target] == "echo reply"  # looks fine from outside
     code, report, stderr = verify(
-        prober, manifest, "--target", target, "--witness", witness_cmd(server)
+        prober, manifest, "--target", target, "--witness", counters_command(server)
     )
     assert code == 5, (stderr, report.get("ports"))
     assert report["verdict"] == "inconclusive"
@@ -293,7 +279,7 @@ def test_witness_needs_witness_counters(netns: NsFactory, tmp_path: Path) -> Non
     plain = write(tmp_path, "p.yaml", "version: 1\nservices: []\n")
     assert server.run([*HARDEN, "apply", str(plain), "--state-dir", str(tmp_path)]).returncode == 0
     code, _, stderr = verify(
-        prober, plain, "--target", f"198.18.{n}.1", "--witness", witness_cmd(server)
+        prober, plain, "--target", f"198.18.{n}.1", "--witness", counters_command(server)
     )
     assert code == 2 and "verify.probers" in stderr
 

@@ -76,14 +76,8 @@ def manager_of(table: str, chains: Iterable[str]) -> str | None:
 
 def other_base_chains(ruleset: Mapping[str, Any]) -> list[BaseChain]:
     """Every base chain on the input or forward hook that is not in harden's table."""
-    items = ruleset.get("nftables", [])
-    chains = [i["chain"] for i in items if "chain" in i]
-    rules: dict[tuple[str, str, str], list[list[dict[str, Any]]]] = {}
-    for item in items:
-        rule = item.get("rule")
-        if rule:
-            key = (rule["family"], rule["table"], rule["chain"])
-            rules.setdefault(key, []).append(rule.get("expr", []))
+    chains = [i["chain"] for i in ruleset.get("nftables", []) if "chain" in i]
+    rules = _rules(ruleset)
     by_table: dict[tuple[str, str], list[str]] = {}
     for c in chains:
         by_table.setdefault((c["family"], c["table"]), []).append(c["name"])
@@ -107,9 +101,21 @@ def other_base_chains(ruleset: Mapping[str, Any]) -> list[BaseChain]:
     return sorted(out, key=lambda b: (b.hook, b.priority, b.family, b.table, b.chain))
 
 
-def _reachable(
-    family: str, table: str, start: str, rules: Mapping[tuple[str, str, str], list[Any]]
-) -> list[str]:
+Rules = dict[tuple[str, str, str], list[list[dict[str, Any]]]]
+
+
+def _rules(ruleset: Mapping[str, Any]) -> Rules:
+    """Each chain's rules (their expressions), by (family, table, chain)."""
+    rules: Rules = {}
+    for item in ruleset.get("nftables", []):
+        rule = item.get("rule")
+        if rule:
+            key = (rule["family"], rule["table"], rule["chain"])
+            rules.setdefault(key, []).append(rule.get("expr", []))
+    return rules
+
+
+def _reachable(family: str, table: str, start: str, rules: Rules) -> list[str]:
     """``start`` and the chains it jumps or goes to (same table), in order, each once."""
     seen, todo = [start], [(start, 0)]
     while todo:
@@ -134,14 +140,7 @@ def blocked_declared(ruleset: Mapping[str, Any], policy: Policy) -> list[str]:
     reaches. What depends on addresses, marks or state is not looked into: verify is the
     judge of the combined result.
     """
-    items = ruleset.get("nftables", [])
-    rules: dict[tuple[str, str, str], list[list[dict[str, Any]]]] = {}
-    for item in items:
-        rule = item.get("rule")
-        if rule:
-            rules.setdefault((rule["family"], rule["table"], rule["chain"]), []).append(
-                rule.get("expr", [])
-            )
+    rules = _rules(ruleset)
     families: dict[str, tuple[Family, ...]] = {"ip": (4,), "ip6": (6,), "inet": (4, 6)}
     warnings: list[str] = []
     for chain in other_base_chains(ruleset):

@@ -30,26 +30,22 @@ class Capture:
         self.packets: list[tuple[float, bytes]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._socks: list[socket.socket] = []
+        self._thread: threading.Thread | None = None
+        # SOCK_DGRAM: every packet begins at its IP header whatever the link (Ethernet, a
+        # WireGuard or other tun device), for the filter too.
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
         try:
-            # SOCK_DGRAM: every packet begins at its IP header whatever the link
-            # (Ethernet, a WireGuard or other tun device), for the filter too.
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-            self._socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
+            self._sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
             expr = " or ".join(f"dst host {a}" for a in sorted(set(sources), key=str))
-            _attach_filter(sock, expr, "every interface")
-            _drain(sock)  # what queued before the filter was attached is anyone's
-            sock.settimeout(0.05)
+            _attach_filter(self._sock, expr, "every interface")
+            _drain(self._sock)  # what queued before the filter was attached is anyone's
+            self._sock.settimeout(0.05)
         except BaseException:  # no permission, no libpcap: nothing may stay open
-            self.close()
+            self._sock.close()
             raise
         self.started = time.monotonic()
-        self._threads = [
-            threading.Thread(target=self._run, args=(s,), daemon=True) for s in self._socks
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._run, args=(self._sock,), daemon=True)
+        self._thread.start()
 
     def _run(self, sock: socket.socket) -> None:
         buf = bytearray(65536)
@@ -85,12 +81,11 @@ class Capture:
         return None
 
     def close(self) -> None:
-        """Stop the capture threads and close the sockets."""
+        """Stop the capture thread and close the socket."""
         self._stop.set()
-        for thread in getattr(self, "_threads", []):
-            thread.join(timeout=1)
-        for sock in self._socks:
-            sock.close()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        self._sock.close()
 
 
 def _drain(sock: socket.socket) -> None:
