@@ -12,8 +12,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from harden.core import manifest as _manifest
 from harden.core.manifest import Manifest
+from harden.core.parse import manifest_from_text
 from harden.errors import ManifestError, UnsafeOutput
 
 
@@ -64,7 +64,7 @@ def read_text(path: Path) -> str:
 
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     """Validate manifest text, service names resolved from this host's /etc/services."""
-    return _manifest.parse_manifest(text, source, service_port)
+    return manifest_from_text(text, source, service_port)
 
 
 def read_manifest(path: Path) -> tuple[str, Manifest]:

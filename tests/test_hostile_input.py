@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harden.core import manifest as core_manifest
+from harden.core import safeyaml as safeyaml
 from harden.core.policy import build_policy
 from harden.core.ports import show
 from harden.core.render import IPT_CHAIN_MAX, ipt_chain, render
@@ -102,7 +102,7 @@ def test_recursion_error_while_loading_is_one_line(monkeypatch: pytest.MonkeyPat
     def boom(text: str) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(core_manifest, "_check_shape", boom)
+    monkeypatch.setattr(safeyaml, "_check_shape", boom)
     with pytest.raises(ManifestError, match=r"m\.yaml: YAML nested too deeply"):
         parse_manifest("version: 1\n", "m.yaml")
 
@@ -135,7 +135,7 @@ def test_yaml_12_numbers_still_parse() -> None:
     )
     manifest = parse_manifest(text, "m.yaml")
     assert [str(s.port) for s in manifest.services] == ["80", "81"]
-    loaded = core_manifest.load_yaml("a: [1, -2, +3, 1.5, .5, 1e3, 1:20, 0x50, 1_0, 0o17]", "x")
+    loaded = safeyaml.load_yaml("a: [1, -2, +3, 1.5, .5, 1e3, 1:20, 0x50, 1_0, 0o17]", "x")
     assert loaded == {"a": [1, -2, "+3", 1.5, 0.5, 1000.0, "1:20", "0x50", "1_0", "0o17"]}
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Network
 from typing import Any
 
-from harden.core.manifest import parse_manifest
+from harden.core.parse import manifest_from_text
 from harden.core.types import PROTOS, Address, Proto
 
 SCHEMA = "harden.init/1"
@@ -229,7 +229,7 @@ def propose(
             "# them drops stays closed whatever this manifest says):\n"
             + "".join(f"#   {line}\n" for line in shown)
         )
-    parse_manifest(text, "<harden init proposal>")  # a proposal harden refuses is a bug
+    manifest_from_text(text, "<harden init proposal>")  # a proposal harden refuses is a bug
     return Proposal(text, tuple(services), tuple(left), shown)
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harden.core.manifest import field_path, load_yaml
+from harden.core.parse import field_path
 from harden.core.policy import Policy, build_policy
 from harden.core.ports import show
+from harden.core.safeyaml import load_yaml
 from harden.core.text import one_line
 from harden.core.types import Address
 from harden.errors import ManifestError
