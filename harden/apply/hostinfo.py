@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from harden.core.others import BaseChain, blocked_declared, other_base_chains
+from harden.core.others import EGRESS_HOOKS, HOOKS, BaseChain, blocked_declared, other_base_chains
 from harden.core.policy import Policy
 from harden.errors import HardenError
 
@@ -69,7 +69,8 @@ def other_firewalls(policy: Policy | None = None) -> tuple[list[BaseChain], list
         ruleset = NftFirewall().ruleset()
     except HardenError as exc:
         return [], [f"cannot list the other firewalls: {exc}"]
-    chains = other_base_chains(ruleset)
+    egress = policy is not None and policy.egress != "accept"
+    chains = other_base_chains(ruleset, EGRESS_HOOKS if egress else HOOKS)
     if policy is not None:
         warnings += blocked_declared(ruleset, policy)
     legacy = _legacy_rules()

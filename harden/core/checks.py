@@ -5,7 +5,9 @@ Names, address families, overlaps (pure; each problem a one-line ManifestError).
 
 from __future__ import annotations
 
-from harden.core.manifest import Manifest, Service
+import itertools
+
+from harden.core.manifest import EgressAllow, Manifest, Service
 from harden.core.ports import PortRange
 from harden.core.types import PROTOS, Network
 from harden.errors import ManifestError
@@ -27,6 +29,7 @@ def check_manifest(manifest: Manifest, source: str) -> None:
     if manifest.policy.dhcpv6 and not manifest.policy.ipv6:
         raise ManifestError(source, "policy.dhcpv6", "DHCPv6 needs policy.ipv6: true")
     _check_forward(manifest, source)
+    _check_egress(manifest, source)
     # IPv6 probers stay valid with policy.ipv6: false: every IPv6 port is then closed,
     # and the witness counts the probes that show it.
 
@@ -59,15 +62,19 @@ def _check_forward(manifest: Manifest, source: str) -> None:
 
 
 def _check_sources(manifest: Manifest, i: int, service: Service, source: str) -> None:
-    if service.sources is None:
-        return
+    if service.sources is not None:
+        _check_networks(manifest, service.sources, f"services[{i}].sources", "source", source)
+
+
+def _check_networks(
+    manifest: Manifest, nets: tuple[Network, ...], where: str, what: str, source: str
+) -> None:
+    """One list of networks: each of an enabled family, none overlapping another."""
     by_family: dict[int, list[tuple[Network, int]]] = {4: [], 6: []}
-    for j, net in enumerate(service.sources):
+    for j, net in enumerate(nets):
         if net.version == 6 and not manifest.policy.ipv6:
             raise ManifestError(
-                source,
-                f"services[{i}].sources[{j}]",
-                f"IPv6 source {net} but policy.ipv6 is false",
+                source, f"{where}[{j}]", f"IPv6 {what} {net} but policy.ipv6 is false"
             )
         by_family[net.version].append((net, j))
     for entries in by_family.values():
@@ -76,11 +83,11 @@ def _check_sources(manifest: Manifest, i: int, service: Service, source: str) ->
         for net, j in entries:
             if widest is not None and int(net.network_address) <= int(widest[0].broadcast_address):
                 later, earlier = max(j, widest[1]), min(j, widest[1])
+                key = where.rsplit(".", 1)[-1]
                 raise ManifestError(
                     source,
-                    f"services[{i}].sources[{later}]",
-                    f"{service.sources[later]} overlaps {service.sources[earlier]} "
-                    f"(sources[{earlier}])",
+                    f"{where}[{later}]",
+                    f"{nets[later]} overlaps {nets[earlier]} ({key}[{earlier}])",
                 )
             if widest is None or int(net.broadcast_address) > int(widest[0].broadcast_address):
                 widest = (net, j)
@@ -117,3 +124,64 @@ def _check_port_overlaps(manifest: Manifest, source: str) -> None:
 
 def _pos(entry: tuple[PortRange, int, int]) -> tuple[int, int]:
     return entry[1], entry[2]
+
+
+def _check_egress(manifest: Manifest, source: str) -> None:
+    names: dict[str, int] = {}
+    allows = manifest.egress.allow
+    for i, allow in enumerate(allows):
+        where = f"egress.allow[{i}]"
+        if allow.name in names:
+            raise ManifestError(
+                source,
+                f"{where}.name",
+                f"duplicate name {allow.name!r} (also egress.allow[{names[allow.name]}])",
+            )
+        names[allow.name] = i
+        if allow.destinations is not None:
+            _check_networks(
+                manifest, allow.destinations, f"{where}.destinations", "destination", source
+            )
+        _check_own_ports(allow, where, source)
+        for k in range(i):
+            clash = _egress_overlap(allows[k], allow)
+            if clash:
+                raise ManifestError(
+                    source,
+                    f"{where}.{allow.port_field}",
+                    f"{clash} is already allowed by egress.allow[{k}] ({allows[k].name})",
+                )
+    if manifest.egress.dhcp and manifest.egress.policy == "accept":
+        raise ManifestError(
+            source, "egress.dhcp", "needs 'policy: drop' or 'policy: reject' (else all is allowed)"
+        )
+
+
+def _check_own_ports(allow: EgressAllow, where: str, source: str) -> None:
+    ranges = sorted(allow.port_list, key=lambda r: (r.first, r.last))
+    for a, b in itertools.pairwise(ranges):
+        if b.first <= a.last:
+            raise ManifestError(
+                source, f"{where}.{allow.port_field}", f"port {b} overlaps port {a} in this entry"
+            )
+
+
+def _egress_overlap(a: EgressAllow, b: EgressAllow) -> str | None:
+    """What both entries allow (one proto, port and destination), or None."""
+    for proto in a.proto:
+        if proto not in b.proto:
+            continue
+        for ra in a.port_list:
+            for rb in b.port_list:
+                if ra.first > rb.last or rb.first > ra.last:
+                    continue
+                port = max(ra.first, rb.first)
+                if a.destinations is None or b.destinations is None:
+                    nets = a.destinations or b.destinations
+                    to = f" to {nets[0]}" if nets else ""
+                    return f"{proto}/{port}{to}"
+                for na in a.destinations:
+                    for nb in b.destinations:
+                        if na.version == nb.version and na.overlaps(nb):
+                            return f"{proto}/{port} to {max(na, nb, key=lambda n: n.prefixlen)}"
+    return None

@@ -36,7 +36,17 @@ def _parse_network(value: object) -> Network:
     try:
         return ipaddress.ip_network(value.strip(), strict=True)
     except ValueError as exc:
+        if _HOSTNAME.fullmatch(value.strip()):
+            raise ValueError(
+                f"{show(value)} is a host name, and networks are required (harden resolves no "
+                "names: a name's addresses can change after apply); write its addresses as "
+                "networks, e.g. 203.0.113.10/32"
+            ) from None
         raise ValueError(f"bad network {show(value)}: {exc}") from None
+
+
+# Something with a letter in it and only name characters: a DNS name, not a network.
+_HOSTNAME = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.?")
 
 
 def _parse_protos(value: object) -> tuple[Proto, ...]:
@@ -285,6 +295,66 @@ class Forward(_Model):
         return self
 
 
+class EgressAllow(_Model):
+    """Outbound traffic harden lets out when ``egress.policy`` is drop or reject."""
+
+    name: str = Field(min_length=1, max_length=64)
+    comment: str | None = Field(None, max_length=200)
+    destinations: tuple[Source, ...] | None = Field(
+        None, min_length=1, description="destination networks; omit for any destination"
+    )
+    port: Port | None = None
+    ports: tuple[Port, ...] | None = Field(None, min_length=1)
+    proto: Protos
+
+    @model_validator(mode="after")
+    def _one_of_port_ports(self) -> EgressAllow:
+        if (self.port is None) == (self.ports is None):
+            raise ValueError("give exactly one of 'port' or 'ports'")
+        return self
+
+    @property
+    def port_list(self) -> tuple[PortRange, ...]:
+        """The declared destination ports, whichever of ``port``/``ports`` was used."""
+        if self.ports is not None:
+            return self.ports
+        assert self.port is not None  # guaranteed by _one_of_port_ports
+        return (self.port,)
+
+    @property
+    def port_field(self) -> str:
+        """The manifest key that holds the ports (for error paths)."""
+        return "port" if self.ports is None else "ports"
+
+
+class Egress(_Model):
+    """What the host may send: new outbound connections (docs/design.md, "Egress").
+
+    Replies to inbound connections, loopback, ICMP errors, neighbour discovery and MLD
+    are always allowed.
+    """
+
+    policy: Literal["accept", "drop", "reject"] = Field(
+        "accept",
+        description="accept: the host may connect anywhere (default); drop: only 'allow' "
+        "entries leave; reject: the same, and a local program gets an error at once",
+    )
+    dhcp: StrictBool = Field(
+        False,
+        description="let the DHCP client renew its lease (udp 68 -> 67, and DHCPv6 "
+        "546 -> 547 with policy.ipv6)",
+    )
+    allow: tuple[EgressAllow, ...] = ()
+
+    @model_validator(mode="after")
+    def _allow_needs_policy(self) -> Egress:
+        if self.allow and self.policy == "accept":
+            raise ValueError(
+                "'allow' entries need 'policy: drop' or 'policy: reject' (otherwise all is allowed)"
+            )
+        return self
+
+
 class Manifest(_Model):
     """A host's service manifest (version 1)."""
 
@@ -293,6 +363,7 @@ class Manifest(_Model):
     policy: Settings = Settings()
     services: tuple[Service, ...] = ()
     forward: Forward = Forward()
+    egress: Egress = Egress()
     verify: Verify | None = None
 
     @field_validator("version", mode="before")

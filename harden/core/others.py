@@ -18,6 +18,8 @@ from harden.core.policy import Policy
 from harden.core.types import Family, Proto
 
 HOOKS = ("input", "forward")
+# harden filters the output hook too when the manifest restricts egress.
+EGRESS_HOOKS = (*HOOKS, "output")
 HARDEN_TABLE = ("inet", "harden")
 MAX_DEPTH = 16  # jumps followed from a base chain (ufw nests three deep)
 
@@ -74,8 +76,10 @@ def manager_of(table: str, chains: Iterable[str]) -> str | None:
     return None
 
 
-def other_base_chains(ruleset: Mapping[str, Any]) -> list[BaseChain]:
-    """Every base chain on the input or forward hook that is not in harden's table."""
+def other_base_chains(
+    ruleset: Mapping[str, Any], hooks: tuple[str, ...] = HOOKS
+) -> list[BaseChain]:
+    """Every base chain on one of ``hooks`` that is not in harden's table."""
     chains = [i["chain"] for i in ruleset.get("nftables", []) if "chain" in i]
     rules = _rules(ruleset)
     by_table: dict[tuple[str, str], list[str]] = {}
@@ -83,7 +87,7 @@ def other_base_chains(ruleset: Mapping[str, Any]) -> list[BaseChain]:
         by_table.setdefault((c["family"], c["table"]), []).append(c["name"])
     out = []
     for c in chains:
-        if c.get("hook") not in HOOKS or (c["family"], c["table"]) == HARDEN_TABLE:
+        if c.get("hook") not in hooks or (c["family"], c["table"]) == HARDEN_TABLE:
             continue
         reached = _reachable(c["family"], c["table"], c["name"], rules)
         out.append(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 from typing import Literal
 
-from harden.core.manifest import ForwardAllow, Manifest, RateLimit, Service
+from harden.core.manifest import EgressAllow, ForwardAllow, Manifest, RateLimit, Service
 from harden.core.ports import PortRange, merge
 from harden.core.types import FAMILIES, PROTOS, Address, Family, Proto
 
@@ -87,6 +87,35 @@ class Forwarded:
 
 
 @dataclass(frozen=True)
+class Outbound:
+    """One ``egress.allow`` entry for one protocol (per family: None = any, () = none)."""
+
+    key: str
+    label: str
+    proto: Proto
+    ports: tuple[PortRange, ...]
+    destinations4: tuple[IPv4Network, ...] | None
+    destinations6: tuple[IPv6Network, ...] | None
+
+    def families(self) -> tuple[Family, ...]:
+        """The address families this entry can match at all."""
+        return tuple(f for f in FAMILIES if self.destinations(f) != ())
+
+    def destinations(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...] | None:
+        """Destination networks of one family (None: any)."""
+        return self.destinations4 if family == 4 else self.destinations6
+
+    def admits(self, destination: Address, proto: Proto, port: int) -> bool:
+        """Whether this entry lets a new ``proto`` connection to ``destination``:``port`` out."""
+        nets = self.destinations(family_of(destination))
+        return (
+            proto == self.proto
+            and any(port in rng for rng in self.ports)
+            and (nets is None or any(destination in net for net in nets))
+        )
+
+
+@dataclass(frozen=True)
 class Policy:
     """Everything a renderer or a probe planner needs; no manifest details left."""
 
@@ -105,6 +134,16 @@ class Policy:
     # Routed, untranslated traffic: "accept" leaves it alone; "drop" passes only these.
     forward: Literal["accept", "drop"] = "accept"
     forwarded: tuple[Forwarded, ...] = ()
+    # New outbound connections: "accept" leaves them alone; "drop"/"reject" pass only these.
+    egress: Literal["accept", "drop", "reject"] = "accept"
+    outbound: tuple[Outbound, ...] = ()
+    egress_dhcp: bool = False  # the DHCP client's renewals (and DHCPv6 with ipv6)
+
+    def sends(self, destination: Address, proto: Proto, port: int) -> bool:
+        """Whether the host may open a new ``proto`` connection to ``destination``:``port``."""
+        if self.egress == "accept":
+            return True  # no output chain: harden filters nothing outbound
+        return any(o.admits(destination, proto, port) for o in self.outbound)
 
     def probers(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...]:
         """The prober networks of one family (empty: no witness counters)."""
@@ -193,6 +232,25 @@ def build_policy(manifest: Manifest) -> Policy:
             _forwarded(entry, _unique_key(f"fwd_{_slug(entry.name)}", used), v6)
             for entry in manifest.forward.allow
         ),
+        egress=manifest.egress.policy,
+        outbound=tuple(
+            _outbound(entry, proto, _unique_key(f"out_{_slug(entry.name)}_{proto}", used), v6)
+            for entry in manifest.egress.allow
+            for proto in entry.proto
+        ),
+        egress_dhcp=manifest.egress.dhcp,
+    )
+
+
+def _outbound(entry: EgressAllow, proto: Proto, key: str, v6: bool) -> Outbound:
+    destinations4, destinations6 = _split(entry.destinations, v6)
+    return Outbound(
+        key=key,
+        label=f"{entry.name}: {entry.comment}" if entry.comment else entry.name,
+        proto=proto,
+        ports=merge(entry.port_list),
+        destinations4=destinations4,
+        destinations6=destinations6,
     )
 
 

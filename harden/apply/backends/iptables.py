@@ -1,7 +1,8 @@
 """iptables through iptables-restore / ip6tables-restore: only harden's own chains.
 
 harden owns ``HARDEN-INPUT`` (jumped to from the top of INPUT), ``HARDEN-FORWARD``
-(from the top of DOCKER-USER if Docker made it, else of FORWARD), the chains they call
+(from the top of DOCKER-USER if Docker made it, else of FORWARD), ``HARDEN-OUTPUT``
+when the manifest restricts egress (from the top of OUTPUT), the chains they call
 (``HARDEN-DNAT-IN``, ``HARDEN-DNAT-FWD``, ``HARDEN-CLOSED``...) and two
 ``HARDEN-<GROUP>`` chains per source-restricted group. Every change goes through one
 ``*-restore --noflush`` transaction per family, so other chains stay byte-identical.
@@ -24,6 +25,7 @@ from harden.core.text import one_line
 from harden.errors import ApplyError, EnvironmentProblem, StateError
 
 JUMP = "-A INPUT -j HARDEN-INPUT"
+OUT_JUMP = "-A OUTPUT -j HARDEN-OUTPUT"
 # Forwarded traffic reaches HARDEN-FORWARD from DOCKER-USER when Docker made that chain
 # (Docker keeps its jump to it first in FORWARD, across restarts), else from FORWARD.
 FORWARD_HOOKS = ("DOCKER-USER", "FORWARD")
@@ -43,6 +45,13 @@ class Owned:
     fwd_jump: str | None = None
     before_fwd_jump: tuple[str, ...] = ()
     docker_user: bool = False  # whether the table has Docker's DOCKER-USER chain
+    out_jump: bool = False  # OUTPUT jumps to HARDEN-OUTPUT (egress)
+    before_out_jump: tuple[str, ...] = ()
+
+    @property
+    def anything(self) -> bool:
+        """Whether harden owns any chain or jump in this table."""
+        return bool(self.chains or self.jump or self.fwd_jump or self.out_jump)
 
     @property
     def forward_hook(self) -> str:
@@ -65,6 +74,11 @@ class Owned:
                 f"# {self.fwd_jump} rules before the jump to HARDEN-FORWARD (they bypass harden):"
             )
             lines += [f"#   {rule}" for rule in self.before_fwd_jump]
+        if "HARDEN-OUTPUT" in self.chains or self.out_jump:
+            lines.append(f"# OUTPUT jumps to HARDEN-OUTPUT: {'yes' if self.out_jump else 'no'}")
+        if self.before_out_jump:
+            lines.append("# OUTPUT rules before the jump to HARDEN-OUTPUT (they bypass harden):")
+            lines += [f"#   {rule}" for rule in self.before_out_jump]
         return "\n".join(lines) + "\n"
 
 
@@ -74,6 +88,7 @@ def parse_save(saved: str) -> Owned:
     fwd_jump: str | None = None
     ahead: dict[str, list[str]] = {hook: [] for hook in FORWARD_HOOKS}
     docker_user = False
+    out_jump, before_out = False, []
     for line in saved.splitlines():
         if line.startswith(":HARDEN-"):
             chains.append(line[1:].split()[0])
@@ -85,6 +100,10 @@ def parse_save(saved: str) -> Owned:
             jump = True
         elif line.startswith("-A INPUT ") and not jump:
             before.append(line)
+        elif line == OUT_JUMP:
+            out_jump = True
+        elif line.startswith("-A OUTPUT ") and not out_jump:
+            before_out.append(line)
         elif line.split(" ", 2)[1:2] and line.split(" ", 2)[1] in FORWARD_HOOKS:
             hook = line.split(" ", 2)[1]
             if line == f"-A {hook} -j HARDEN-FORWARD":
@@ -99,6 +118,8 @@ def parse_save(saved: str) -> Owned:
         fwd_jump,
         tuple(ahead[fwd_jump]) if fwd_jump else (),
         docker_user,
+        out_jump,
+        tuple(before_out) if out_jump else (),
     )
 
 
@@ -119,6 +140,7 @@ def check_snapshot(snapshot: str) -> dict[str, Any]:
         for part in data.values():
             chains, rules, jump = part["chains"], part["rules"], part["jump"]
             ok = ok and isinstance(jump, bool) and part.get("fwd_jump") in (None, *FORWARD_HOOKS)
+            ok = ok and isinstance(part.get("out_jump", False), bool)
             ok = ok and all(isinstance(c, str) and _CHAIN.fullmatch(c) for c in chains)
             ok = ok and all(
                 isinstance(r, str) and r.startswith("-A HARDEN-") and "\n" not in r for r in rules
@@ -173,7 +195,7 @@ class IptablesFirewall:
     def snapshot(self) -> str:
         """Both families' harden chains as JSON ("" if harden owns nothing)."""
         owned = {family: self._owned(family) for family in IPT_FILES}
-        if not any(o.chains or o.jump or o.fwd_jump for o in owned.values()):
+        if not any(o.anything for o in owned.values()):
             return ""
         return json.dumps(
             {
@@ -182,6 +204,7 @@ class IptablesFirewall:
                     "rules": o.rules,
                     "jump": o.jump,
                     "fwd_jump": o.fwd_jump,
+                    "out_jump": o.out_jump,
                 }
                 for f, o in owned.items()
             }
@@ -212,6 +235,11 @@ class IptablesFirewall:
         live = self._owned(family)
         extra = [f"-X {chain}" for chain in live.chains if chain not in new.chains]
         extra = [f"-F {c}" for c in live.chains if c not in new.chains] + extra
+        wants_out = "HARDEN-OUTPUT" in new.chains
+        if live.out_jump and (not wants_out or live.before_out_jump):
+            extra.insert(0, "-D OUTPUT -j HARDEN-OUTPUT")  # before its chain goes, or to move up
+        if wants_out and (not live.out_jump or live.before_out_jump):
+            extra.append("-I OUTPUT 1 -j HARDEN-OUTPUT")
         if live.jump and live.before_jump:
             extra.append("-D INPUT -j HARDEN-INPUT")  # harden decides first: move it up
         if not live.jump or live.before_jump:
@@ -238,6 +266,10 @@ class IptablesFirewall:
             stale = [c for c in live.chains if c not in want["chains"]]
             if live.jump and not want["jump"]:
                 lines.append("-D INPUT -j HARDEN-INPUT")
+            # Snapshots from before egress have no "out_jump".
+            out_want: bool = want.get("out_jump", False)
+            if live.out_jump and not out_want:
+                lines.append("-D OUTPUT -j HARDEN-OUTPUT")
             # Snapshots from before harden filtered forwarded traffic have no "fwd_jump".
             fwd_want: str | None = want.get("fwd_jump")
             if fwd_want == "DOCKER-USER" and not live.docker_user:
@@ -249,13 +281,15 @@ class IptablesFirewall:
                 lines.append("-I INPUT 1 -j HARDEN-INPUT")
             if fwd_want and live.fwd_jump != fwd_want:
                 lines.append(f"-I {fwd_want} 1 -j HARDEN-FORWARD")
+            if out_want and not live.out_jump:
+                lines.append("-I OUTPUT 1 -j HARDEN-OUTPUT")
             lines.append("COMMIT")
             self._tool(family, "-restore", ["--noflush"], "\n".join(lines) + "\n")
 
     def live(self) -> str:
         """Both families' harden chains in canonical form ("" if none)."""
         owned = {family: self._owned(family) for family in IPT_FILES}
-        if not any(o.chains or o.jump or o.fwd_jump for o in owned.values()):
+        if not any(o.anything for o in owned.values()):
             return ""
         return "".join(o.text(f) for f, o in owned.items())
 
@@ -281,7 +315,9 @@ class IptablesFirewall:
         v4, v6 = proc.stdout.split("#harden-split\n")
         # Loading also adds the jumps, which the rendered files leave to apply.
         return "".join(
-            Owned(o.chains, o.rules, True, fwd_jump="FORWARD").text(f)
+            Owned(
+                o.chains, o.rules, True, fwd_jump="FORWARD", out_jump="HARDEN-OUTPUT" in o.chains
+            ).text(f)
             for f, o in ((4, parse_save(v4)), (6, parse_save(v6)))
         )
 

@@ -1,0 +1,120 @@
+"""Egress in the pure pipeline: the manifest's egress section, the policy, both renderers."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+from harden.core.policy import Policy, build_policy
+from harden.core.render import render
+from harden.files import parse_manifest
+
+EGRESS = """\
+version: 1
+policy: {ipv6: %s}
+services:
+  - {name: ssh, port: 22, proto: tcp}
+egress:
+  policy: %s
+  allow:
+    - {name: dns, destinations: [198.51.100.53/32%s], port: 53, proto: [udp, tcp]}
+    - {name: updates, destinations: [203.0.113.0/24], ports: [80, 443], proto: tcp}
+    - {name: ntp, port: 123, proto: udp}
+"""
+
+
+def policy(verdict: str = "drop", ipv6: bool = True) -> Policy:
+    v6 = ', "2001:db8::53/128"' if ipv6 else ""
+    text = EGRESS % ("true" if ipv6 else "false", verdict, v6)
+    return build_policy(parse_manifest(text, "egress.yaml"))
+
+
+def test_sends_is_exactly_the_declared_destinations_and_ports() -> None:
+    p = policy()
+    assert p.sends(ip_address("198.51.100.53"), "udp", 53)
+    assert p.sends(ip_address("198.51.100.53"), "tcp", 53)
+    assert not p.sends(ip_address("198.51.100.54"), "udp", 53)
+    assert p.sends(ip_address("2001:db8::53"), "udp", 53)
+    assert p.sends(ip_address("203.0.113.200"), "tcp", 443)
+    assert not p.sends(ip_address("203.0.113.200"), "udp", 443)
+    assert not p.sends(ip_address("203.0.113.200"), "tcp", 22)
+    assert p.sends(ip_address("192.0.2.1"), "udp", 123)  # no destinations: any
+    assert p.sends(ip_address("2001:db8::1"), "udp", 123)
+    assert not p.sends(ip_address("192.0.2.1"), "tcp", 123)
+
+
+def test_ipv6_false_sends_nothing_over_ipv6() -> None:
+    p = policy(ipv6=False)
+    assert p.sends(ip_address("192.0.2.1"), "udp", 123)
+    assert not p.sends(ip_address("2001:db8::1"), "udp", 123)
+    nft = render(p, "nftables")["harden.nft"]
+    assert "meta nfproto ipv6 udp dport { 123 }" not in nft
+    assert "meta nfproto ipv4 udp dport { 123 } accept" in nft
+    v6 = render(p, "iptables")["harden.rules.v6"]
+    assert "--dports 123" not in v6 and v6.rstrip().endswith("COMMIT")
+    assert "-A HARDEN-OUTPUT -j DROP" in v6
+
+
+def test_accept_policy_sends_anything_and_renders_no_output_chain() -> None:
+    p = build_policy(parse_manifest("version: 1\n", "m.yaml"))
+    assert p.egress == "accept" and p.sends(ip_address("192.0.2.9"), "tcp", 4444)
+    assert "hook output" not in render(p, "nftables")["harden.nft"]
+    assert all("HARDEN-OUTPUT" not in text for text in render(p, "iptables").values())
+
+
+def test_drop_renders_an_output_base_chain_with_a_drop_policy() -> None:
+    nft = render(policy(), "nftables")["harden.nft"]
+    chain = nft[nft.index("chain output {") :]
+    chain = chain[: chain.index("\n\t}")]
+    assert "type filter hook output priority filter; policy drop;" in chain
+    assert "ct state { established, related } accept" in chain
+    assert 'oif "lo" accept' in chain
+    assert "ip daddr { 203.0.113.0/24 } tcp dport { 80, 443 } accept" in chain
+    assert "ip6 daddr { 2001:db8::53/128 } udp dport { 53 } accept" in chain
+    assert "nd-neighbor-solicit" in chain and "packet-too-big" in chain
+    assert "mld2-listener-report" in chain
+    assert chain.rstrip().endswith("drop")
+    assert "DHCP" not in chain  # only with egress.dhcp or policy.dhcpv6
+
+
+def test_reject_refuses_with_admin_prohibited_on_both_backends() -> None:
+    p = policy("reject")
+    assert "\t\treject with icmpx admin-prohibited\n\t}" in render(p, "nftables")["harden.nft"]
+    files = render(p, "iptables")
+    assert (
+        "-A HARDEN-OUTPUT -j REJECT --reject-with icmp-admin-prohibited" in files["harden.rules.v4"]
+    )
+    assert (
+        "-A HARDEN-OUTPUT -j REJECT --reject-with icmp6-adm-prohibited" in files["harden.rules.v6"]
+    )
+
+
+def test_iptables_egress_returns_what_it_allows_and_drops_the_rest() -> None:
+    v4 = render(policy(), "iptables")["harden.rules.v4"]
+    rules = [line for line in v4.splitlines() if line.startswith("-A HARDEN-OUTPUT")]
+    assert rules[0] == "-A HARDEN-OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+    assert (
+        "-A HARDEN-OUTPUT -d 203.0.113.0/24 -p tcp -m multiport --dports 80,443 -m comment "
+        '--comment "updates" -j RETURN' in rules
+    )
+    assert rules[-1] == "-A HARDEN-OUTPUT -j DROP"
+    assert all(r.endswith(("-j RETURN", "-j DROP")) for r in rules)  # never a final ACCEPT
+
+
+def test_dhcp_client_is_allowed_out_only_when_asked() -> None:
+    text = "version: 1\npolicy: {dhcpv6: true}\negress: {policy: drop, dhcp: true}\n"
+    nft = render(build_policy(parse_manifest(text, "m.yaml")), "nftables")["harden.nft"]
+    assert "meta nfproto ipv4 udp sport 68 udp dport 67 accept" in nft
+    assert "meta nfproto ipv6 udp sport 546 udp dport 547 accept" in nft
+
+
+def test_forward_drop_is_the_base_chains_policy_and_loopback_forgeries_drop() -> None:
+    text = "version: 1\nforward: {policy: drop}\n"
+    nft = render(build_policy(parse_manifest(text, "m.yaml")), "nftables")["harden.nft"]
+    assert "type filter hook forward priority filter; policy drop;" in nft
+    assert 'iif != "lo" ip saddr 127.0.0.0/8 drop' in nft
+    assert 'iif != "lo" ip6 saddr ::1 drop' in nft
+    plain = render(build_policy(parse_manifest("version: 1\n", "m.yaml")), "nftables")
+    assert "type filter hook forward priority filter; policy accept;" in plain["harden.nft"]
+    files = render(build_policy(parse_manifest("version: 1\n", "m.yaml")), "iptables")
+    assert "-A HARDEN-INPUT ! -i lo -s 127.0.0.0/8 -j DROP" in files["harden.rules.v4"]
+    assert "-A HARDEN-INPUT ! -i lo -s ::1/128 -j DROP" in files["harden.rules.v6"]
