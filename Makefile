@@ -21,8 +21,9 @@ DEB_NO_RECOMMENDS := vagrant qemu-system-x86 qemu-utils debootstrap debian-archi
 
 # For tests/test_forwarded.py: a real dockerd, started only inside test namespaces, and a
 # busybox for its image (no registry is reachable). ufw, for tests/test_coexist.py: enabled
-# only inside a test namespace, its /etc/ufw a bind-mounted temporary copy.
-DEB_DOCKER := docker.io busybox-static ufw
+# only inside a test namespace, its /etc/ufw a bind-mounted temporary copy. openssh-server,
+# for tests/test_egress.py: a real sshd session across an egress apply, in a namespace.
+DEB_DOCKER := docker.io busybox-static ufw openssh-server
 
 deb:
 	@$(MAKE) --no-print-directory apt-install PKGS="$(DEB_PACKAGES)" APT_FLAGS=""
@@ -47,6 +48,7 @@ apt-install-nostart:
 	  rc=$$?; if [ -n "$$made" ]; then rm -f /usr/sbin/policy-rc.d; fi; \
 	  if [ $$rc -eq 0 ] && [ -d /run/systemd/system ]; then \
 	    systemctl disable --quiet docker.service docker.socket containerd.service ufw.service \
+	      ssh.service ssh.socket \
 	      2>/dev/null || true; \
 	  fi; \
 	  exit $$rc; \

@@ -16,6 +16,7 @@ from harden import __version__, defaults
 from harden.core.manifest import json_schema
 from harden.core.policy import build_policy
 from harden.core.render import BACKENDS, Backend, render
+from harden.core.report import Report
 from harden.core.results import Validation
 from harden.core.text import one_line
 from harden.errors import EnvironmentProblem, ExitStatus, HardenError
@@ -450,6 +451,24 @@ def status(state_dir: Path, root: Path, fmt: str) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Verify a fleet: a YAML file of hosts, each with its manifest and targets.",
 )
+@click.option(
+    "--egress",
+    is_flag=True,
+    help="Verify this host's egress instead: run here, on the hardened host, with --sink "
+    'and --sink-command (docs/design.md, "Egress").',
+)
+@click.option(
+    "--sink",
+    "sinks",
+    multiple=True,
+    help="With --egress: an address of the sink host to send to (repeat for its IPv6 address).",
+)
+@click.option(
+    "--sink-command",
+    metavar="CMD",
+    help="With --egress: runs 'harden sink' on the sink host, e.g. \"ssh root@SINK harden "
+    "sink --from {sources}\" ({sources}: this host's source addresses).",
+)
 def verify_cmd(
     manifest: Path | None,
     inventory: Path | None,
@@ -464,6 +483,9 @@ def verify_cmd(
     sources: tuple[str, ...],
     seen_as: tuple[str, ...],
     witness: str | None,
+    egress: bool = False,
+    sinks: tuple[str, ...] = (),
+    sink_command: str | None = None,
 ) -> None:
     """Probe a server from outside and compare every port with MANIFEST.
 
@@ -493,6 +515,8 @@ def verify_cmd(
     from harden.verify.inventory import load_inventory
     from harden.verify.run import run_verify
 
+    if egress or sinks or sink_command:
+        _verify_egress(manifest, sinks, sink_command, ports, fmt, output, targets, inventory)
     if (manifest is None) == (inventory is None):
         raise click.UsageError("give a MANIFEST with --target, or --inventory FILE")
     if manifest is not None and not targets:
@@ -526,6 +550,40 @@ def verify_cmd(
         witness=witness,
         progress=show_progress,
     )
+    _verify_output(report, fmt, output)
+
+
+def _verify_egress(
+    manifest: Path | None,
+    sinks: tuple[str, ...],
+    command: str | None,
+    ports: str,
+    fmt: str,
+    output: Path | None,
+    targets: tuple[str, ...],
+    inventory: Path | None,
+) -> None:
+    """Check this host's output path against MANIFEST's egress, with a sink (--egress)."""
+    from harden.core.egress import egress_report
+    from harden.verify.egress import parse_ports, run_egress
+
+    if manifest is None or not sinks or not command:
+        raise click.UsageError("--egress needs MANIFEST (this host's), --sink and --sink-command")
+    if targets or inventory:
+        raise click.UsageError("--egress probes --sink addresses: not --target or --inventory")
+    if ports == "declared":
+        raise click.UsageError("--egress probes 'all' ports or a list like 1-1024")
+    try:
+        port_ranges = parse_ports(ports)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ports") from None
+    policy = build_policy(load_manifest(manifest))
+    addresses = [_address(text, "--sink") for text in sinks]
+    report = egress_report(policy, run_egress(policy, addresses, command, port_ranges))
+    _verify_output(report, fmt, output)
+
+
+def _verify_output(report: Report, fmt: str, output: Path | None) -> None:
     text = {
         "json": lambda: json.dumps(report.to_json(), indent=2) + "\n",
         "junit": lambda: report.to_junit(),
@@ -546,6 +604,40 @@ def _address(text: str, option: str) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
         return ipaddress.ip_address(text)
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an IP address", param_hint=option) from None
+
+
+@cli.command()
+@click.option(
+    "--from",
+    "senders",
+    default="",
+    metavar="ADDRS",
+    help="Record only what these addresses send (comma-separated: the hardened host's).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(1, 3600),
+    default=300,
+    show_default=True,
+    help="Stop capturing after this many seconds even if standard input stays open.",
+)
+def sink(senders: str, duration: float) -> None:
+    """Capture what a hardened host's egress probes deliver here (verify --egress).
+
+    Run on the sink host, as root, usually by the verifier over SSH. Records every TCP
+    SYN and UDP datagram that arrives (no listener needed: the capture sees packets
+    before this host's firewall), prints a ready line, captures until standard input
+    closes or --duration passes, then prints a harden.sink/1 JSON report.
+    """
+    from harden.verify.sink import capture
+
+    try:
+        addresses = [ipaddress.ip_address(a.strip()) for a in senders.split(",") if a.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
+    started = time.monotonic()
+    arrivals = capture(addresses, duration, sys.stdin, sys.stdout)
+    click.echo(json.dumps(arrivals.to_json(time.monotonic() - started, addresses)))
 
 
 @cli.command()
@@ -619,7 +711,9 @@ def init_cmd(fmt: str, output: Path | None) -> None:
 
     One service per (process, port) that other hosts can reach, named from
     /etc/services or the process; loopback and IPv6 link-local listeners are left
-    out (listed in a comment); the live SSH port is always kept. Review it, then
+    out (listed in a comment); the live SSH port is always kept. Egress is proposed
+    from the resolvers, time servers and established outbound connections, in a
+    commented-out block (not enforced until uncommented). Review it, then
     'harden validate' and 'harden apply --confirm'.
     """
     import os
@@ -631,7 +725,8 @@ def init_cmd(fmt: str, output: Path | None) -> None:
         write_atomic(output, proposal.manifest, mode=0o644)
         click.echo(
             f"wrote {output}: {len(proposal.services)} service(s), "
-            f"{len(proposal.left_out)} listener(s) left out",
+            f"{len(proposal.left_out)} listener(s) left out, "
+            f"{len(proposal.egress)} egress allow(s) proposed (commented out)",
             err=True,
         )
     if fmt == "json":

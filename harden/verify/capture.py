@@ -37,7 +37,7 @@ class Capture:
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
             expr = " or ".join(f"dst host {a}" for a in sorted(set(sources), key=str))
-            _attach_filter(self._sock, expr, "every interface")
+            attach_filter(self._sock, expr, "every interface")
             _drain(self._sock)  # what queued before the filter was attached is anyone's
             self._sock.settimeout(0.05)
         except BaseException:  # no permission, no libpcap: nothing may stay open
@@ -97,7 +97,7 @@ def _drain(sock: socket.socket) -> None:
         pass
 
 
-def _attach_filter(sock: socket.socket, expr: str, where: str) -> None:
+def attach_filter(sock: socket.socket, expr: str, where: str) -> None:
     try:
         bpf.attach(sock, bpf.compile_raw(expr))
     except bpf.FilterError as exc:
