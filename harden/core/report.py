@@ -645,7 +645,8 @@ def _text(report: Report, width: int) -> str:
     console = Console(
         file=buffer, width=width, force_terminal=False, color_system=None, markup=False
     )
-    table = Table(title=f"harden verify {', '.join(report.targets)}", show_lines=False)
+    mode = " --egress" if report.mode == "egress" else ""
+    table = Table(title=f"harden verify{mode} {', '.join(report.targets)}", show_lines=False)
     for column in (
         "target",
         "proto",
