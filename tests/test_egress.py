@@ -273,3 +273,44 @@ def test_sink_reports_arrivals_as_json(netns: NsFactory) -> None:
     assert report["arrived"] == {SINK4: {"udp": ["5-7", "9"]}}
     assert report["senders"] == [HOST4]
     assert socket.inet_aton(HOST4)  # the address the report names is the host's
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_egress_comes_and_goes_with_reapply_and_rollback_without_drift(
+    netns: NsFactory, tmp_path: Path, backend: str
+) -> None:
+    host, _ = pair(netns)
+    state = tmp_path / "state"
+    egress = write(tmp_path, "egress.yaml", MANIFEST % ("drop", SINK4, SINK6))
+    plain = write(
+        tmp_path, "plain.yaml", "version: 1\nservices: [{name: ssh, port: 22, proto: tcp}]\n"
+    )
+
+    def run(*args: object) -> subprocess.CompletedProcess[str]:
+        state_dir = [] if args[0] == "diff" else ["--state-dir", str(state)]
+        return host.run([*HARDEN, *map(str, args), *state_dir], check=False)
+
+    def output_rules() -> str:
+        if backend == "nftables":
+            return host.run(
+                ["nft", "list", "chain", "inet", "harden", "output"], check=False
+            ).stdout
+        saved = (
+            host.run(["iptables-save", "-t", "filter"]).stdout
+            + host.run(["ip6tables-save", "-t", "filter"]).stdout
+        )
+        return "\n".join(line for line in saved.splitlines() if not line.startswith("#"))
+
+    assert run("apply", egress, "--backend", backend).returncode == 0
+    assert run("diff", egress, "--backend", backend).returncode == 0  # no drift
+    live = output_rules()
+    assert (
+        "policy drop" in live
+        if backend == "nftables"
+        else live.count("-A OUTPUT -j HARDEN-OUTPUT") == 2
+    )
+    assert run("apply", plain, "--backend", backend, "--confirm", "60").returncode == 0
+    assert "HARDEN-OUTPUT" not in output_rules() and "policy drop" not in output_rules()
+    assert run("rollback").returncode == 0
+    assert output_rules() == live  # the egress chain and its jumps are back
+    assert run("diff", egress, "--backend", backend).returncode == 0

@@ -136,6 +136,7 @@ def _inverted(change: Change) -> tuple[Any, ...]:
     if change.change == "policy":
         return ("policy", change.setting, change.new, change.old, change.family)
     return (
+        change.direction,
         INVERSE[change.change],
         change.family,
         change.proto,
@@ -148,7 +149,15 @@ def _inverted(change: Change) -> tuple[Any, ...]:
 def _plain(change: Change) -> tuple[Any, ...]:
     if change.change == "policy":
         return ("policy", change.setting, change.old, change.new, change.family)
-    return (change.change, change.family, change.proto, change.ports, change.before, change.after)
+    return (
+        change.direction,
+        change.change,
+        change.family,
+        change.proto,
+        change.ports,
+        change.before,
+        change.after,
+    )
 
 
 @settings(max_examples=100, deadline=None)
@@ -356,9 +365,48 @@ def _golden_pair() -> ExposureDiff:
     )
 
 
-@pytest.mark.parametrize("name", ["web-to-bastion.json", "web-to-bastion.md"])
+# An egress review: a destination and a port list widened, an allow gone, reject -> drop.
+EGRESS_REVIEWED = (
+    (REPO / "rulesets" / "egress-host.yaml")
+    .read_text()
+    .replace("policy: reject", "policy: drop")
+    .replace("[198.51.100.53/32, ", "[198.51.100.53/32, 198.51.100.54/32, ")
+    .replace("ports: [80, 443]", "ports: [80, 443, 8080]")
+    .replace("    - {name: ntp, port: 123, proto: udp}\n", "")
+)
+
+
+def _golden_scenario(name: str) -> ExposureDiff:
+    if name == "web-to-bastion":
+        return _golden_pair()
+    ruleset = "rulesets/egress-host.yaml"
+    if name == "web-to-egress":  # egress accept -> reject
+        old = "rulesets/web-server.yaml"
+        return exposure_diff(
+            policy_of((REPO / old).read_text()),
+            policy_of((REPO / ruleset).read_text()),
+            old,
+            ruleset,
+        )
+    assert name == "egress-reviewed"
+    return exposure_diff(
+        policy_of((REPO / ruleset).read_text()),
+        policy_of(EGRESS_REVIEWED),
+        ruleset,
+        "egress-reviewed.yaml",
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        f"{scenario}.{ext}"
+        for scenario in ("web-to-bastion", "web-to-egress", "egress-reviewed")
+        for ext in ("json", "md")
+    ],
+)
 def test_output_matches_golden(name: str, update_golden: bool) -> None:
-    diff = _golden_pair()
+    diff = _golden_scenario(name.rsplit(".", 1)[0])
     got = (
         json.dumps(diff.to_json(), indent=2) + "\n"
         if name.endswith(".json")
@@ -443,3 +491,286 @@ def test_forwarding_settings_are_reviewed() -> None:
         "ssh/tcp: new connections per source limited 6/30s -> none",
     ]
     assert not diff_of(new, new).changed
+
+
+# --- egress -------------------------------------------------------------------------
+
+EGRESS = (REPO / "rulesets" / "egress-host.yaml").read_text()
+NO_EGRESS = EGRESS[: EGRESS.index("egress:")]
+DNS_V4, DNS_V6 = "198.51.100.53/32", '"2001:db8::53/128"'
+
+
+def egress_texts(old: str, new: str) -> list[str]:
+    return [c.text for c in diff_of(old, new).changes if c.direction == "egress"]
+
+
+def check_egress_exact(old: Policy, new: Policy, diff: ExposureDiff, seed: int = 0) -> None:
+    """Every sampled outbound point is added or removed exactly when some change says so."""
+    assert old.egress != "accept" and new.egress != "accept"
+    rng = random.Random(seed)
+    ports = {1, 65535, *(rng.randint(1, 65535) for _ in range(5))}
+    addresses: set[Address] = {
+        ipaddress.ip_address("192.0.2.1"),
+        ipaddress.ip_address("2001:db8:ffff::1"),
+    }
+    for policy in (old, new):
+        for out in policy.outbound:
+            for r in out.ports:
+                ports |= {p for p in (r.first - 1, r.first, r.last, r.last + 1) if 1 <= p <= 65535}
+            for family in FAMILIES:
+                for net in out.destinations(family) or ():
+                    first, last = int(net.network_address), int(net.broadcast_address)
+                    for value in (first - 1, first, last, last + 1):
+                        if 0 <= value < 2**net.max_prefixlen:
+                            addresses.add(
+                                ipaddress.IPv4Address(value)
+                                if net.version == 4
+                                else ipaddress.IPv6Address(value)
+                            )
+    egress = [c for c in diff.changes if c.direction == "egress" and c.change != "policy"]
+    adds = [c for c in egress if c.change in ("opens", "widens")]
+    removes = [c for c in egress if c.change in ("closes", "narrows")]
+    for proto in ("tcp", "udp"):
+        for port in ports:
+            for address in addresses:
+                was, now = old.sends(address, proto, port), new.sends(address, proto, port)
+                point = (proto, port, str(address))
+                assert (now and not was) == any(_holds(c, proto, port, address) for c in adds), (
+                    point
+                )
+                assert (was and not now) == any(_holds(c, proto, port, address) for c in removes), (
+                    point
+                )
+
+
+def test_accept_to_reject_is_the_policy_change_and_what_still_leaves() -> None:
+    diff = diff_of(NO_EGRESS, EGRESS)
+    assert diff.changed
+    assert diff.to_text().splitlines() == [
+        "filters outbound connections: only the egress allows listed below may leave, "
+        "the rest is rejected at once (egress.policy: accept -> reject)",
+        "allows egress tcp/53 to 198.51.100.53/32, 2001:db8::53/128",
+        "allows egress tcp/80,443 to 203.0.113.0/24",
+        "allows egress udp/53 to 198.51.100.53/32, 2001:db8::53/128",
+        "allows egress udp/123 to any IPv4 and IPv6 destination",
+    ]
+    entries = diff.to_json()["changes"]
+    assert entries[0] == {
+        "change": "policy",
+        "direction": "egress",
+        "family": "both",
+        "proto": None,
+        "ports": [],
+        "setting": "egress.policy",
+        "from": "accept",
+        "to": "reject",
+        "text": entries[0]["text"],
+    }
+    assert entries[2] == {
+        "change": "allows",
+        "direction": "egress",
+        "family": "ipv4",
+        "proto": "tcp",
+        "ports": ["80", "443"],
+        "from": "any",
+        "to": ["203.0.113.0/24"],
+        "text": "allows egress tcp/80,443 to 203.0.113.0/24",
+    }
+    assert "**Policy**" in diff.to_markdown() and "⚠" not in diff.to_markdown()
+
+
+def test_accept_to_drop_with_no_allows_and_dhcp_and_back() -> None:
+    new = NO_EGRESS + "egress: {policy: drop, dhcp: true}\n"
+    assert text_of(NO_EGRESS, new) == [
+        "filters outbound connections: only no outbound connection and DHCP lease renewals "
+        "may leave, the rest is dropped silently (egress.policy: accept -> drop)"
+    ]
+    # Back to accept: everything leaves, which the policy change says on its own.
+    assert text_of(EGRESS, NO_EGRESS) == [
+        "stops filtering outbound connections: the host may connect anywhere "
+        "(egress.policy: reject -> accept)"
+    ]
+    assert text_of(new, NO_EGRESS) == [
+        "stops filtering outbound connections: the host may connect anywhere "
+        "(egress.policy: drop -> accept)"
+    ]
+
+
+def test_drop_reject_and_dhcp_are_policy_changes() -> None:
+    drop = EGRESS.replace("policy: reject", "policy: drop\n  dhcp: true")
+    diff = diff_of(EGRESS, drop)
+    assert diff.to_text().splitlines() == [
+        "refused outbound connections are now dropped silently instead of rejected at once "
+        "(egress.policy: reject -> drop)",
+        "lets the DHCP client renew its lease (egress.dhcp: false -> true)",
+    ]
+    assert [(c.setting, c.old, c.new, c.direction) for c in diff.changes] == [
+        ("egress.policy", "reject", "drop", "egress"),
+        ("egress.dhcp", False, True, "egress"),
+    ]
+
+
+def test_adding_a_destination_widens_egress_and_is_reviewed_first() -> None:
+    new = EGRESS.replace(DNS_V4, f"{DNS_V4}, 198.51.100.54/32")
+    diff = diff_of(EGRESS, new)
+    assert diff.to_text().splitlines() == [
+        f"widens egress {proto}/53 from 198.51.100.53/32 to 198.51.100.53/32, 198.51.100.54/32 "
+        "(adds 198.51.100.54/32)"
+        for proto in ("tcp", "udp")
+    ]
+    assert {(c.change, c.family, c.direction) for c in diff.changes} == {
+        ("widens", "ipv4", "egress")
+    }
+    md = diff.to_markdown()
+    assert "**⚠ Opens**" in md and "- ⚠ widens egress tcp/53" in md
+    check_egress_exact(policy_of(EGRESS), policy_of(new), diff)
+
+
+def test_widening_a_port_list_opens_only_the_new_ports() -> None:
+    new = EGRESS.replace("ports: [80, 443]", "ports: [80, 443, 8080-8081]")
+    assert text_of(EGRESS, new) == ["opens egress tcp/8080-8081 to 203.0.113.0/24"]
+    assert text_of(new, EGRESS) == ["closes egress tcp/8080-8081 to 203.0.113.0/24"]
+
+
+def test_removing_an_allow_closes_it() -> None:
+    new = EGRESS.replace("    - {name: ntp, port: 123, proto: udp}\n", "")
+    assert new != EGRESS
+    diff = diff_of(EGRESS, new)
+    assert diff.to_text() == "closes egress udp/123 to any IPv4 and IPv6 destination"
+    assert diff.changed
+    check_egress_exact(policy_of(EGRESS), policy_of(new), diff)
+
+
+def test_ipv6_destinations_change_on_their_own() -> None:
+    new = EGRESS.replace(DNS_V6, '"2001:db8::/64"')
+    diff = diff_of(EGRESS, new)
+    assert [(c.change, c.family, c.proto, c.text) for c in diff.changes] == [
+        (
+            "widens",
+            "ipv6",
+            proto,
+            f"widens egress {proto}/53 from 2001:db8::53/128 to 2001:db8::/64",
+        )
+        for proto in ("tcp", "udp")
+    ]
+    moved = EGRESS.replace(DNS_V6, '"2001:db8:5::53/128"')
+    assert egress_texts(EGRESS, moved) == [
+        "opens egress tcp/53 to 2001:db8:5::53/128",
+        "opens egress udp/53 to 2001:db8:5::53/128",
+        "closes egress tcp/53 to 2001:db8::53/128",
+        "closes egress udp/53 to 2001:db8::53/128",
+    ]
+    check_egress_exact(policy_of(EGRESS), policy_of(moved), diff_of(EGRESS, moved))
+
+
+def test_ipv6_off_closes_the_ipv6_destinations() -> None:
+    new = EGRESS.replace("ipv6: true", "ipv6: false")
+    new = new.replace(', "fd00:1::/64"', "").replace(f", {DNS_V6}", "")
+    diff = diff_of(EGRESS, new)
+    assert diff.to_text().splitlines() == [
+        "closes tcp/22 to fd00:1::/64",
+        "closes tcp/443 to any IPv6 source",
+        "closes egress tcp/53 to 2001:db8::53/128",
+        "closes egress udp/53 to 2001:db8::53/128",
+        "closes egress udp/123 to any IPv6 destination",
+        "stops serving IPv6 (ipv6: true -> false)",
+    ]
+    check_egress_exact(policy_of(EGRESS), policy_of(new), diff)
+
+
+def test_reordering_renaming_and_splitting_egress_allows_is_no_change() -> None:
+    new = EGRESS[: EGRESS.index("  allow:")] + (
+        "  allow:\n"
+        "    - {name: time, comment: moved, port: 123, proto: [udp]}\n"
+        '    - {name: resolver v6, destinations: ["2001:db8::53/128"], port: 53, proto: tcp}\n'
+        "    - {name: mirror-https, destinations: [203.0.113.0/25, 203.0.113.128/25], "
+        "port: 443, proto: tcp}\n"
+        "    - {name: resolver, destinations: [198.51.100.53/32], port: 53, proto: tcp}\n"
+        "    - {name: mirror-http, destinations: [203.0.113.0/24], port: 80, proto: tcp}\n"
+        '    - {name: udp dns, destinations: ["2001:db8::53/128", 198.51.100.53/32], '
+        "ports: [53], proto: udp}\n"
+    )
+    new = new.replace("host: app-1", "host: another")
+    diff = diff_of(EGRESS, new)
+    assert not diff.changed, diff.to_text()
+    assert diff.to_text() == "no exposure change"
+
+
+def test_an_egress_only_change_is_a_change_for_the_command_line(tmp_path: Path) -> None:
+    new = tmp_path / "new.yaml"
+    new.write_text(EGRESS.replace("ports: [80, 443]", "ports: [80, 443, 8443]"))
+    proc = harden("diff", "rulesets/egress-host.yaml", str(new))
+    assert (proc.returncode, proc.stdout) == (
+        1,
+        "opens egress tcp/8443 to 203.0.113.0/24\n",
+    ), proc.stderr
+    proc = harden("diff", "rulesets/egress-host.yaml", str(new), "--format", "json")
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert data["changed"] and data["schema"] == "harden.exposure/1"
+    assert [(c["change"], c["direction"], c["to"]) for c in data["changes"]] == [
+        ("opens", "egress", ["203.0.113.0/24"])
+    ]
+    proc = harden("diff", "rulesets/egress-host.yaml", "rulesets/egress-host.yaml")
+    assert (proc.returncode, proc.stdout) == (0, "no exposure change\n"), proc.stderr
+
+
+EGRESS_PORTS: list[list[list[int | str]]] = [  # mutually disjoint slots, in a few shapes
+    [[53], ["53-54"]],
+    [[80, 443], [443], [80, 443, 8443]],
+    [[123]],
+    [["8000-8100"], ["8050-8200"], [8000, 8150]],
+]
+EGRESS_NETS = [
+    "198.51.100.0/24",
+    "198.51.100.53/32",
+    "203.0.113.0/25",
+    "203.0.113.0/24",
+    "10.0.0.0/8",
+    "2001:db8::/32",
+    "2001:db8::53/128",
+    "fd00::/8",
+]
+
+
+@st.composite
+def egress_manifests(draw: st.DrawFn) -> str:
+    """A filtering egress section over a small pool, so two of them overlap often."""
+    ipv6 = draw(st.booleans())
+    pool = [n for n in EGRESS_NETS if ipv6 or ":" not in n]
+    allows = []
+    for i, shapes in enumerate(EGRESS_PORTS):
+        if not draw(st.booleans()):
+            continue
+        entry: dict[str, Any] = {
+            "name": f"e{i}",
+            "ports": draw(st.sampled_from(shapes)),
+            "proto": draw(st.sampled_from(["tcp", "udp", ["tcp", "udp"]])),
+        }
+        if draw(st.booleans()):
+            chosen: list[Any] = []
+            for net in draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3)):
+                n = ipaddress.ip_network(net)
+                if not any(n.version == c.version and n.overlaps(c) for c in chosen):
+                    chosen.append(n)
+            entry["destinations"] = [str(n) for n in chosen]
+        allows.append(entry)
+    egress = {
+        "policy": draw(st.sampled_from(["drop", "reject"])),
+        "dhcp": draw(st.booleans()),
+        "allow": allows,
+    }
+    return json.dumps({"version": 1, "policy": {"ipv6": ipv6}, "egress": egress})
+
+
+@settings(max_examples=150, deadline=None)
+@given(egress_manifests(), egress_manifests())
+def test_egress_old_to_new_is_the_inverse_of_new_to_old_and_exact(a: str, b: str) -> None:
+    pa, pb = policy_of(a), policy_of(b)
+    forward, backward = exposure_diff(pa, pb, "a", "b"), exposure_diff(pb, pa, "b", "a")
+    assert sorted(map(_plain, forward.changes), key=repr) == sorted(
+        map(_inverted, backward.changes), key=repr
+    )
+    check_egress_exact(pa, pb, forward)
+    check_egress_exact(pb, pa, backward)
+    assert not exposure_diff(pa, pa, "a", "a").changed

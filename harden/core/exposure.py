@@ -10,6 +10,23 @@ or ``narrows`` change removes exactly ``before`` minus ``after``. ``opens`` and 
 have nothing on one side; ``widens`` and ``narrows`` keep the ports open with a larger or
 smaller source set. When both lists change in ways neither contains (198.18.1.0/24 becomes
 198.18.2.0/24), the difference reads as an ``opens`` and a ``closes``.
+
+Egress (``direction == "egress"``) is the same per family and protocol, with (port,
+destination address) a new outbound connection may be opened to: ``opens egress tcp/443
+to 203.0.113.0/24``. It is exact, as above, when both policies filter outbound traffic
+(``egress.policy`` drop or reject). Under ``accept`` everything leaves, so a change from
+or to ``accept`` is stated as the ``egress.policy`` change alone (never as 65535 closed
+ports): ``drop -> accept`` needs nothing more (everything now leaves), and ``accept ->
+drop`` (or ``reject``) is followed by one ``allows`` change per protocol, family and
+destination set listing what NEW still lets out (``before`` is any destination, ``after``
+the allowed ones; every other port and destination is closed). ``egress.dhcp`` is a
+policy change when both filter; from or to ``accept`` the policy change's text says
+whether DHCP renewals still leave. Drop and reject only differ in how a refused
+connection fails: a policy change. An egress ``opens``/``widens`` is reviewed like an
+inbound one (listed first, marked in markdown); every change counts for ``changed``.
+
+JSON entries carry ``direction``: ``inbound`` (ports reached from outside and the
+settings of the input side), ``egress`` or ``forward`` (``forward.*`` settings).
 """
 
 from __future__ import annotations
@@ -26,11 +43,20 @@ from harden.core.ports import PortRange, merge
 from harden.core.types import FAMILIES, PROTOS, Family, Network, Proto
 
 SCHEMA = "harden.exposure/1"
-Kind = Literal["opens", "closes", "widens", "narrows", "policy"]
+Kind = Literal["opens", "closes", "widens", "narrows", "policy", "allows"]
 FamilyName = Literal["ipv4", "ipv6", "both"]
+Direction = Literal["inbound", "egress", "forward"]
 
 # Opens first: they are what a reviewer must look at.
-ORDER: dict[Kind, int] = {"opens": 0, "widens": 1, "narrows": 2, "closes": 3, "policy": 4}
+ORDER: dict[Kind, int] = {
+    "opens": 0,
+    "widens": 1,
+    "narrows": 2,
+    "closes": 3,
+    "policy": 4,
+    "allows": 5,
+}
+_DIRECTION: dict[Direction, int] = {"inbound": 0, "egress": 1, "forward": 2}
 _FAMILY: dict[Family, FamilyName] = {4: "ipv4", 6: "ipv6"}
 
 
@@ -39,8 +65,10 @@ class Change:
     """One statement of an exposure difference.
 
     Port changes carry ``proto``, ``ports`` and the source sets ``before`` and ``after``
-    (``None``: any source of ``family``; ``()``: none). Policy changes (``change ==
-    "policy"``) name the ``setting`` and its ``old``/``new`` values instead.
+    (``None``: any source of ``family``; ``()``: none); for ``direction == "egress"``
+    they are destination sets. Policy changes (``change == "policy"``) name the
+    ``setting`` and its ``old``/``new`` values instead. ``allows`` (egress only) lists
+    what NEW still lets out when it starts filtering: ``before`` is ``None``.
     """
 
     change: Kind
@@ -53,12 +81,14 @@ class Change:
     setting: str | None = None
     old: str | bool | None = None
     new: str | bool | None = None
+    direction: Direction = "inbound"
 
     def to_json(self) -> dict[str, Any]:
         """One entry of ``changes``."""
         if self.change == "policy":
             return {
                 "change": "policy",
+                "direction": self.direction,
                 "family": self.family,
                 "proto": self.proto,
                 "ports": [],
@@ -69,6 +99,7 @@ class Change:
             }
         return {
             "change": self.change,
+            "direction": self.direction,
             "family": self.family,
             "proto": self.proto,
             "ports": [str(r) for r in self.ports],
@@ -113,7 +144,7 @@ class ExposureDiff:
         sections: tuple[tuple[str, tuple[Kind, ...]], ...] = (
             ("**⚠ Opens** (new exposure: review these first)", ("opens", "widens")),
             ("**Closes**", ("narrows", "closes")),
-            ("**Policy**", ("policy",)),
+            ("**Policy**", ("policy", "allows")),
         )
         for title, kinds in sections:
             items = [c for c in self.changes if c.change in kinds]
@@ -137,32 +168,59 @@ def _sources_json(sources: Sources) -> str | list[str]:
 def exposure_diff(old: Policy, new: Policy, old_name: str, new_name: str) -> ExposureDiff:
     """The exposure difference from ``old`` to ``new``."""
     changes: list[Change] = []
+    filtered = old.egress != "accept" and new.egress != "accept"
     for proto in PROTOS:
-        per_family = {f: _port_changes(old, new, f, proto) for f in FAMILIES}
-        changes += _join_families(per_family[4], per_family[6], proto)
-    changes.sort(key=lambda c: (ORDER[c.change], c.proto or "", c.ports, c.family))
+        per_family = {
+            f: _port_changes(_inbound(old, f, proto), _inbound(new, f, proto)) for f in FAMILIES
+        }
+        changes += _join_families(per_family[4], per_family[6], proto, "inbound")
+        if filtered:
+            out = {
+                f: _port_changes(_egress(old, f, proto), _egress(new, f, proto)) for f in FAMILIES
+            }
+            changes += _join_families(out[4], out[6], proto, "egress")
+    changes.sort(
+        key=lambda c: (ORDER[c.change], _DIRECTION[c.direction], c.proto or "", c.ports, c.family)
+    )
     changes += _policy_changes(old, new)
+    changes += _egress_policy_changes(old, new)
     return ExposureDiff(old_name, new_name, tuple(changes))
 
 
 # A port change before families are joined: (kind, before, after) -> port ranges.
 _Key = tuple[Kind, Sources, Sources]
+# One rule's ports and the sources (or, for egress, destinations) it admits.
+_Rule = tuple[tuple[PortRange, ...], Sources]
+
+
+def _inbound(policy: Policy, family: Family, proto: Proto) -> list[_Rule]:
+    return [(a.ports, a.sources(family)) for a in policy.accepted(family, proto)]
+
+
+def _egress(policy: Policy, family: Family, proto: Proto) -> list[_Rule]:
+    """What the egress allows let out; meaningful only when ``policy.egress`` filters."""
+    return [
+        (o.ports, o.destinations(family))
+        for o in policy.outbound
+        if o.proto == proto and o.destinations(family) != ()
+    ]
 
 
 def exposure(policy: Policy, family: Family, proto: Proto) -> list[tuple[PortRange, Sources]]:
     """Disjoint port ranges and the sources they accept (``None``: any), gaps left out."""
-    return [(rng, src) for rng, src in _segments((policy,), family, proto)[0] if src != ()]
+    return _covered(_inbound(policy, family, proto))
 
 
-def _segments(
-    policies: tuple[Policy, ...], family: Family, proto: Proto
-) -> list[list[tuple[PortRange, Sources]]]:
-    """Per policy, the port space cut at every boundary of any of them, with sources."""
-    rules = [[(a.ports, a.sources(family)) for a in p.accepted(family, proto)] for p in policies]
+def _covered(rules: list[_Rule]) -> list[tuple[PortRange, Sources]]:
+    return [(rng, src) for rng, src in _segments((rules,))[0] if src != ()]
+
+
+def _segments(rules: tuple[list[_Rule], ...]) -> list[list[tuple[PortRange, Sources]]]:
+    """Per rule list, the port space cut at every boundary of any of them, with sources."""
     cuts = sorted(
         {b for rs in rules for ports, _ in rs for r in ports for b in (r.first, r.last + 1)}
     )
-    out: list[list[tuple[PortRange, Sources]]] = [[] for _ in policies]
+    out: list[list[tuple[PortRange, Sources]]] = [[] for _ in rules]
     for first, nxt in pairwise(cuts):
         rng = PortRange(first, nxt - 1)
         for i, rs in enumerate(rules):
@@ -170,7 +228,7 @@ def _segments(
     return out
 
 
-def _sources_at(rules: list[tuple[tuple[PortRange, ...], Sources]], port: int) -> Sources:
+def _sources_at(rules: list[_Rule], port: int) -> Sources:
     nets: list[Network] = []
     for ports, sources in rules:
         i = bisect_right(ports, PortRange(port, 65536)) - 1
@@ -205,10 +263,8 @@ def _minus(a: tuple[Network, ...], b: tuple[Network, ...]) -> tuple[Network, ...
     return _collapse(out)
 
 
-def _port_changes(
-    old: Policy, new: Policy, family: Family, proto: Proto
-) -> dict[_Key, list[PortRange]]:
-    before_segs, after_segs = _segments((old, new), family, proto)
+def _port_changes(old: list[_Rule], new: list[_Rule]) -> dict[_Key, list[PortRange]]:
+    before_segs, after_segs = _segments((old, new))
     found: dict[_Key, list[PortRange]] = {}
     for (rng, before), (_, after) in zip(before_segs, after_segs, strict=True):
         for key in _classify(before, after):
@@ -236,7 +292,10 @@ def _classify(before: Sources, after: Sources) -> list[_Key]:
 
 
 def _join_families(
-    v4: dict[_Key, list[PortRange]], v6: dict[_Key, list[PortRange]], proto: Proto
+    v4: dict[_Key, list[PortRange]],
+    v6: dict[_Key, list[PortRange]],
+    proto: Proto,
+    direction: Direction,
 ) -> list[Change]:
     """One change per key; a v4 and a v6 change alike but for their networks become one."""
     out: list[Change] = []
@@ -254,13 +313,12 @@ def _join_families(
             None,
         )
         if twin is None:
-            out.append(_change(kind, "ipv4", proto, ports, before, after))
+            out.append(_change(kind, "ipv4", proto, ports, before, after, direction))
             continue
         del spare6[twin]
-        out.append(
-            _change(kind, "both", proto, ports, _join(before, twin[1]), _join(after, twin[2]))
-        )
-    out += [_change(k[0], "ipv6", proto, p, k[1], k[2]) for k, p in spare6.items()]
+        joined = (_join(before, twin[1]), _join(after, twin[2]))
+        out.append(_change(kind, "both", proto, ports, *joined, direction))
+    out += [_change(k[0], "ipv6", proto, p, k[1], k[2], direction) for k, p in spare6.items()]
     return out
 
 
@@ -275,15 +333,19 @@ def _change(
     ports: list[PortRange],
     before: Sources,
     after: Sources,
+    direction: Direction = "inbound",
 ) -> Change:
-    where = f"{proto}/{','.join(map(str, ports))}"
-    if kind == "opens":
-        text = f"opens {where} to {_sources_text(after, family)}"
+    egress = direction == "egress"
+    where = f"{'egress ' if egress else ''}{proto}/{','.join(map(str, ports))}"
+    noun = "destination" if egress else "source"
+    if kind in ("opens", "allows"):
+        text = f"{kind} {where} to {_sources_text(after, family, noun)}"
     elif kind == "closes":
-        text = f"closes {where} to {_sources_text(before, family)}"
+        text = f"closes {where} to {_sources_text(before, family, noun)}"
     else:
         text = (
-            f"{kind} {where} from {_sources_text(before, family)} to {_sources_text(after, family)}"
+            f"{kind} {where} from {_sources_text(before, family, noun)} "
+            f"to {_sources_text(after, family, noun)}"
         )
         # Two lists where whole networks come or go: name them (a bigger network that
         # replaces a smaller one says enough as it is).
@@ -292,18 +354,18 @@ def _change(
             moved = _minus(big, small)
             if set(moved) <= set(big):
                 verb = "adds" if kind == "widens" else "removes"
-                text += f" ({verb} {_sources_text(moved, family)})"
-    return Change(kind, family, proto, tuple(ports), before, after, text)
+                text += f" ({verb} {_sources_text(moved, family, noun)})"
+    return Change(kind, family, proto, tuple(ports), before, after, text, direction=direction)
 
 
-def _sources_text(sources: Sources, family: FamilyName) -> str:
+def _sources_text(sources: Sources, family: FamilyName, noun: str = "source") -> str:
     if sources is None:
         return {
-            "ipv4": "any IPv4 source",
-            "ipv6": "any IPv6 source",
-            "both": "any IPv4 and IPv6 source",
+            "ipv4": f"any IPv4 {noun}",
+            "ipv6": f"any IPv6 {noun}",
+            "both": f"any IPv4 and IPv6 {noun}",
         }[family]
-    return ", ".join(map(str, sources)) or "no source"
+    return ", ".join(map(str, sources)) or f"no {noun}"
 
 
 def _policy_changes(old: Policy, new: Policy) -> list[Change]:
@@ -366,7 +428,9 @@ def _forwarding_changes(old: Policy, new: Policy) -> list[Change]:
     if old.forward != new.forward:
         verb = "drops" if new.forward == "drop" else "no longer filters"
         text = f"{verb} routed traffic (forward.policy: {old.forward} -> {new.forward})"
-        out.append(_setting("forward.policy", both, None, old.forward, new.forward, text))
+        out.append(
+            _setting("forward.policy", both, None, old.forward, new.forward, text, "forward")
+        )
     old_allows = {f.label: f for f in old.forwarded}
     new_allows = {f.label: f for f in new.forwarded}
     changed = sorted(
@@ -385,7 +449,7 @@ def _forwarding_changes(old: Policy, new: Policy) -> list[Change]:
         out.append(
             _setting(
                 "forward.allow", both, None, label in old_allows, label in new_allows,
-                f"{verb} the forward allow {label!r}",
+                f"{verb} the forward allow {label!r}", "forward",
             )
         )  # fmt: skip
     if old.dhcpv6 != new.dhcpv6:
@@ -427,5 +491,63 @@ def _setting(
     old: str | bool,
     new: str | bool,
     text: str,
+    direction: Direction = "inbound",
 ) -> Change:
-    return Change("policy", family, proto, (), None, None, text, setting, old, new)
+    return Change("policy", family, proto, (), None, None, text, setting, old, new, direction)
+
+
+_REFUSED = {"drop": "dropped silently", "reject": "rejected at once"}
+
+
+def _egress_policy_changes(old: Policy, new: Policy) -> list[Change]:
+    """egress.policy, and what NEW lets out when it starts filtering; egress.dhcp."""
+    both: FamilyName = "both" if old.ipv6 or new.ipv6 else "ipv4"
+    out: list[Change] = []
+    if old.egress != new.egress:
+        text = f"{_egress_policy_text(old, new)} (egress.policy: {old.egress} -> {new.egress})"
+        out.append(_setting("egress.policy", both, None, old.egress, new.egress, text, "egress"))
+        if old.egress == "accept":
+            out += _egress_allows(new)
+    filtered = old.egress != "accept" and new.egress != "accept"
+    if filtered and old.egress_dhcp != new.egress_dhcp:
+        verb = "lets" if new.egress_dhcp else "stops letting"
+        text = (
+            f"{verb} the DHCP client renew its lease "
+            f"(egress.dhcp: {_yaml(old.egress_dhcp)} -> {_yaml(new.egress_dhcp)})"
+        )
+        out.append(
+            _setting("egress.dhcp", both, "udp", old.egress_dhcp, new.egress_dhcp, text, "egress")
+        )
+    return out
+
+
+def _egress_policy_text(old: Policy, new: Policy) -> str:
+    if new.egress == "accept":
+        return "stops filtering outbound connections: the host may connect anywhere"
+    if old.egress == "accept":
+        what = "the egress allows listed below" if new.outbound else "no outbound connection"
+        if new.egress_dhcp:
+            what += " and DHCP lease renewals"
+        return (
+            f"filters outbound connections: only {what} may leave, "
+            f"the rest is {_REFUSED[new.egress]}"
+        )
+    return (
+        f"refused outbound connections are now {_REFUSED[new.egress]} "
+        f"instead of {_REFUSED[old.egress]}"
+    )
+
+
+def _egress_allows(policy: Policy) -> list[Change]:
+    """What ``policy`` lets out, as ``allows`` changes from any destination."""
+    out: list[Change] = []
+    for proto in PROTOS:
+        per_family: dict[Family, dict[_Key, list[PortRange]]] = {}
+        for family in FAMILIES:
+            found: dict[_Key, list[PortRange]] = {}
+            for rng, dst in _covered(_egress(policy, family, proto)):
+                found.setdefault(("allows", None, dst), []).append(rng)
+            per_family[family] = {k: list(merge(r)) for k, r in found.items()}
+        changes = _join_families(per_family[4], per_family[6], proto, "egress")
+        out += sorted(changes, key=lambda c: (c.ports, c.family))
+    return out
