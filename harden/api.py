@@ -31,6 +31,7 @@ __all__ = [
     "status",
     "validate",
     "verify",
+    "verify_egress",
 ]
 
 
@@ -82,6 +83,19 @@ def verify(path: str | Path, targets: list[str], **options: Any) -> dict[str, An
     addresses = [ipaddress.ip_address(t) for t in targets]
     report = run_verify([(build_policy(load(path)), addresses)], **options)
     return report.to_json()
+
+
+def verify_egress(
+    path: str | Path, sinks: list[str], sink_command: str, *, ports: str = "all"
+) -> dict[str, Any]:
+    """This host's egress against the manifest, with a sink (``harden verify --egress``)."""
+    from harden.core.egress import egress_report
+    from harden.verify.egress import parse_ports, run_egress
+
+    policy = build_policy(load(path))
+    addresses = [ipaddress.ip_address(s) for s in sinks]
+    run = run_egress(policy, addresses, sink_command, parse_ports(ports))
+    return egress_report(policy, run).to_json()
 
 
 def lab(path: str | Path, backend: Backend = "nftables", **options: Any) -> dict[str, Any]:

@@ -314,3 +314,18 @@ def test_egress_comes_and_goes_with_reapply_and_rollback_without_drift(
     assert run("rollback").returncode == 0
     assert output_rules() == live  # the egress chain and its jumps are back
     assert run("diff", egress, "--backend", backend).returncode == 0
+
+
+def test_the_python_api_verifies_egress_too(netns: NsFactory, tmp_path: Path) -> None:
+    host, sink = pair(netns)
+    manifest = apply(host, tmp_path, MANIFEST % ("drop", SINK4, SINK6), "nftables")
+    command = f"ip netns exec {sink.name} {' '.join(HARDEN)} sink --from {{sources}}"
+    script = (
+        "import json, sys\nfrom harden import api\n"
+        "print(json.dumps(api.verify_egress(sys.argv[1], [sys.argv[2]], sys.argv[3], "
+        "ports='50-60')))"
+    )
+    proc = host.run([HARDEN[0], "-c", script, str(manifest), SINK4, command], timeout=120)
+    report = json.loads(proc.stdout)
+    assert report["verdict"] == "pass" and report["mode"] == "egress"
+    assert allowed(report) == {(SINK4, "tcp", 53): "arrived", (SINK4, "udp", 53): "arrived"}
