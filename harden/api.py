@@ -88,7 +88,7 @@ def verify(path: str | Path, targets: list[str], **options: Any) -> dict[str, An
 def verify_egress(
     path: str | Path, sinks: list[str], sink_command: str, *, ports: str = "all"
 ) -> dict[str, Any]:
-    """This host's egress against the manifest, with a sink (``harden verify --egress``)."""
+    """Check this host's egress against the manifest with a sink (``harden verify --egress``)."""
     from harden.core.egress import egress_report
     from harden.verify.egress import parse_ports, run_egress
 
