@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+from harden.core.egress import EgressRun, egress_report
 from harden.core.policy import Policy, build_policy
+from harden.core.ports import PortRange
 from harden.core.render import render
+from harden.core.report import Status
+from harden.core.types import Verdict
 from harden.files import parse_manifest
 
 EGRESS = """\
@@ -118,3 +122,73 @@ def test_forward_drop_is_the_base_chains_policy_and_loopback_forgeries_drop() ->
     files = render(build_policy(parse_manifest("version: 1\n", "m.yaml")), "iptables")
     assert "-A HARDEN-INPUT ! -i lo -s 127.0.0.0/8 -j DROP" in files["harden.rules.v4"]
     assert "-A HARDEN-INPUT ! -i lo -s ::1/128 -j DROP" in files["harden.rules.v6"]
+
+
+def _run(**kw: object) -> EgressRun:
+    sink = ip_address("198.51.100.53")
+    base: dict[str, object] = {
+        "sinks": [sink],
+        "ports": (PortRange(50, 60),),
+        "refused": {
+            (sink, "tcp"): set(range(50, 61)) - {53},
+            (sink, "udp"): set(range(50, 61)) - {53},
+        },
+        "arrived": {(sink, "tcp"): {53}, (sink, "udp"): {53}},
+    }
+    base.update(kw)
+    return EgressRun(**base)  # type: ignore[arg-type]
+
+
+def test_egress_judgement_passes_when_declared_arrive_and_the_rest_is_refused() -> None:
+    report = egress_report(policy(), _run())
+    assert report.verdict is Verdict.PASS
+    assert [(e.proto, e.port, e.observed) for e in report.entries] == [
+        ("tcp", 53, "arrived"),
+        ("udp", 53, "arrived"),
+    ]
+    assert [(s.proto, s.count, s.ranges) for s in report.spans] == [
+        ("tcp", 10, ("50-52", "54-60")),
+        ("udp", 10, ("50-52", "54-60")),
+    ]
+    for text in (report.to_text(), report.to_junit(), report.to_prometheus(), report.to_nmap_xml()):
+        assert "198.51.100.53" in text
+    assert report.to_json()["mode"] == "egress"
+
+
+def test_egress_judgement_names_each_kind_of_deviation() -> None:
+    sink = ip_address("198.51.100.53")
+    refused = set(range(50, 61)) - {53, 55}  # 55 left the host; 53 (declared) refused
+    run = _run(
+        refused={(sink, "tcp"): refused | {53}, (sink, "udp"): set(range(50, 61))},
+        arrived={(sink, "tcp"): {55, 57}, (sink, "udp"): set()},
+    )
+    report = egress_report(policy(), run)
+    assert report.verdict is Verdict.FAIL
+    found = {(e.proto, e.port): (e.observed, e.status) for e in report.entries}
+    assert found == {
+        ("tcp", 53): ("refused", Status.FAIL),  # declared, refused here
+        ("tcp", 55): ("sent", Status.FAIL),  # a leak
+        ("tcp", 57): ("arrived", Status.FAIL),  # refused here, yet at the sink
+        ("udp", 53): ("refused", Status.FAIL),
+    }
+
+
+def test_a_declared_pair_that_left_but_never_arrived_fails_as_lost() -> None:
+    sink = ip_address("198.51.100.53")
+    report = egress_report(policy(), _run(arrived={(sink, "tcp"): {53}}))
+    [lost] = [e for e in report.entries if e.status is Status.FAIL]
+    assert (lost.proto, lost.port, lost.observed) == ("udp", 53, "lost")
+
+
+def test_a_sink_that_heard_nothing_makes_absence_prove_nothing() -> None:
+    sink = ip_address("192.0.2.9")
+    everything = set(range(50, 61))
+    run = _run(
+        sinks=[sink],
+        refused={(sink, "tcp"): everything, (sink, "udp"): everything},
+        arrived={},
+    )
+    report = egress_report(policy(), run)
+    assert report.verdict is Verdict.INCONCLUSIVE
+    run.control = {sink}
+    assert egress_report(policy(), run).verdict is Verdict.PASS
