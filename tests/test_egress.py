@@ -329,3 +329,30 @@ def test_the_python_api_verifies_egress_too(netns: NsFactory, tmp_path: Path) ->
     report = json.loads(proc.stdout)
     assert report["verdict"] == "pass" and report["mode"] == "egress"
     assert allowed(report) == {(SINK4, "tcp", 53): "arrived", (SINK4, "udp", 53): "arrived"}
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_persisted_egress_loads_at_boot_as_the_unit_runs_it(
+    netns: NsFactory, tmp_path: Path, backend: str
+) -> None:
+    """The boot unit's commands, run in a fresh namespace as systemd would at boot
+    (their /etc/harden pointed at the --root copy), restore the egress chain and, on
+    iptables, OUTPUT's jump to it."""
+    host, booted = netns("eb"), netns("ef")
+    manifest = write(tmp_path, "m.yaml", MANIFEST % ("reject", SINK4, SINK6))
+    root = tmp_path / "root"
+    args = [*HARDEN, "apply", manifest, "--backend", backend, "--state-dir", tmp_path / "st"]
+    assert host.run([*args, "--persist", "--root", root], check=False).returncode == 0
+    unit = (root / "etc/systemd/system/harden.service").read_text()
+    for line in unit.splitlines():
+        if line.startswith("ExecStart="):
+            command = line.removeprefix("ExecStart=").replace("/etc/harden", f"{root}/etc/harden")
+            booted.run(["sh", "-c", command.replace("/bin/sh -c ", "", 1).strip("'")])
+    if backend == "nftables":
+        live = booted.run(["nft", "list", "chain", "inet", "harden", "output"]).stdout
+        assert "policy drop" in live and "reject with icmpx admin-prohibited" in live
+    else:
+        for tool in ("iptables-save", "ip6tables-save"):
+            saved = booted.run([tool, "-t", "filter"]).stdout
+            assert "-A OUTPUT -j HARDEN-OUTPUT" in saved, saved
+            assert "-A HARDEN-OUTPUT -j REJECT" in saved

@@ -63,6 +63,11 @@ _EXEC: dict[Backend, tuple[str, ...]] = {
         " || iptables -I FORWARD 1 -j HARDEN-FORWARD'",
         "ExecStart=/bin/sh -c 'ip6tables -C FORWARD -j HARDEN-FORWARD"
         " || ip6tables -I FORWARD 1 -j HARDEN-FORWARD'",
+        # Egress: only a ruleset that restricts it has HARDEN-OUTPUT.
+        "ExecStart=/bin/sh -c 'iptables -n -L HARDEN-OUTPUT >/dev/null 2>&1 || exit 0;"
+        " iptables -C OUTPUT -j HARDEN-OUTPUT || iptables -I OUTPUT 1 -j HARDEN-OUTPUT'",
+        "ExecStart=/bin/sh -c 'ip6tables -n -L HARDEN-OUTPUT >/dev/null 2>&1 || exit 0;"
+        " ip6tables -C OUTPUT -j HARDEN-OUTPUT || ip6tables -I OUTPUT 1 -j HARDEN-OUTPUT'",
     ),
 }
 
