@@ -14,13 +14,15 @@ import click
 
 from harden import __version__, defaults
 from harden.core.manifest import json_schema
+from harden.core.metrics import verify_metrics
+from harden.core.nmapxml import nmap_xml
 from harden.core.policy import build_policy
 from harden.core.render import BACKENDS, Backend, render
 from harden.core.report import Report
 from harden.core.results import Validation
-from harden.core.text import one_line
 from harden.errors import EnvironmentProblem, ExitStatus, HardenError
 from harden.files import check_private_dir, check_private_file, load_manifest, write_atomic
+from harden.text import one_line
 
 EPILOG = """\b
 Exit codes:
@@ -587,8 +589,8 @@ def _verify_output(report: Report, fmt: str, output: Path | None) -> None:
     text = {
         "json": lambda: json.dumps(report.to_json(), indent=2) + "\n",
         "junit": lambda: report.to_junit(),
-        "prometheus": lambda: report.to_prometheus(),
-        "nmap-xml": lambda: report.to_nmap_xml(),
+        "prometheus": lambda: verify_metrics(report),
+        "nmap-xml": lambda: nmap_xml(report),
         "text": lambda: report.to_text(),
     }[fmt]()
     if output is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 from enum import IntEnum
 
-from harden.core.text import one_line
+from harden.text import one_line
 
 
 class ExitStatus(IntEnum):

@@ -2,7 +2,9 @@
 
 The shell half: it lists the listening TCP and bound UDP sockets with their processes
 (``ss``, parsed by the SSH guard's own parser), finds the live SSH ports the way the
-guard does, and hands both to :func:`harden.core.proposal.propose`.
+guard does, and hands both to :func:`harden.core.proposal.propose`. For egress it reads
+the resolver and time-server configuration and takes the established outbound
+connections from the same ``ss`` output (:func:`harden.core.proposal.propose_egress`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 
 from harden.apply.guard import (
     TcpSocket,
@@ -21,10 +24,19 @@ from harden.apply.guard import (
     ssh_sessions,
     trusted_owner,
 )
-from harden.core.proposal import Listener, Proposal, propose
+from harden.core.proposal import (
+    EGRESS_DIRS,
+    EGRESS_FILES,
+    Listener,
+    Outgoing,
+    Proposal,
+    propose,
+    propose_egress,
+)
 from harden.core.types import Proto
 
 SSH_PROCESSES = ("sshd", "sshd-session")  # OpenSSH 9.8+ runs each session as sshd-session
+MAX_FILE = 1 << 20  # bytes read of one configuration file
 
 
 def listeners(tcp: list[TcpSocket], udp: list[TcpSocket]) -> list[Listener]:
@@ -35,6 +47,48 @@ def listeners(tcp: list[TcpSocket], udp: list[TcpSocket]) -> list[Listener]:
             if s.state == state:
                 names = tuple(name for name, _ in s.owners)
                 found.append(Listener(_proto(proto), s.local[0], s.local[1], names))
+    return found
+
+
+def outgoing(tcp: list[TcpSocket], udp: list[TcpSocket]) -> list[Outgoing]:
+    """Established connections this host opened: those whose local port is not listening.
+
+    An accepted connection shares its listener's local port (an SSH session, a web
+    request); a connection the host opened has an ephemeral one.
+    """
+    listening = {("tcp", s.local[1]) for s in tcp if s.state == "LISTEN"}
+    listening |= {("udp", s.local[1]) for s in udp if s.state == "UNCONN"}
+    found = []
+    for proto, sockets in (("tcp", tcp), ("udp", udp)):
+        for s in sockets:
+            remote, port = s.peer
+            if s.state != "ESTAB" or remote is None or port is None:
+                continue
+            if (proto, s.local[1]) not in listening:
+                names = tuple(name for name, _ in s.owners)
+                found.append(Outgoing(_proto(proto), remote, port, names))
+    return found
+
+
+def host_files(root: Path = Path("/")) -> dict[str, str]:
+    """The resolver and time-server files propose_egress reads, by path, under ``root``.
+
+    A file that is missing or unreadable is simply not in the answer.
+    """
+    paths = list(EGRESS_FILES)
+    for directory, suffix in EGRESS_DIRS:
+        try:
+            names = sorted(p.name for p in (root / directory.lstrip("/")).iterdir())
+        except OSError:
+            continue
+        paths += [directory + name for name in names if name.endswith(suffix)]
+    found = {}
+    for path in paths:
+        try:
+            with (root / path.lstrip("/")).open("rb") as f:
+                found[path] = f.read(MAX_FILE).decode(errors="replace")
+        except OSError:
+            continue
     return found
 
 
@@ -74,14 +128,15 @@ def port_name(port: int, proto: Proto) -> str | None:
 
 
 def init(env: Mapping[str, str]) -> Proposal:
-    """Propose a manifest for this host from its sockets (``harden init``)."""
+    """Propose a manifest for this host from its sockets and its egress (``harden init``)."""
     from harden.apply.hostinfo import other_firewalls
 
     tcp = run_ss("-Htanp", "harden init")
-    udp = run_ss("-Hlunp", "harden init")
+    udp = run_ss("-Haunp", "harden init")  # bound (UNCONN) and connected (ESTAB)
     chains, warnings = other_firewalls()
     others = [c.label for c in chains] + warnings
-    return propose(listeners(tcp, udp), live_ssh_ports(tcp, env), port_name, others)
+    egress = propose_egress(host_files(), outgoing(tcp, udp), port_name)
+    return propose(listeners(tcp, udp), live_ssh_ports(tcp, env), port_name, others, egress)
 
 
 def _proto(text: str) -> Proto:

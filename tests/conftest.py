@@ -14,7 +14,7 @@ from harden.lab.netns import Namespace
 REPO = Path(__file__).resolve().parent.parent
 
 # Any code path that would load rules outside a namespace a test created refuses
-# to run while this is set (see harden.netns.current_namespace_name).
+# to run while this is set (see harden.apply.guard.current_namespace_name).
 os.environ["HARDEN_REQUIRE_NETNS"] = "1"
 
 

@@ -12,6 +12,7 @@ import pytest
 from harden.apply import boot
 from harden.apply.backends import firewall
 from harden.apply.guard import (
+    current_namespace_name,
     lockout_reason,
     parse_endpoint,
     parse_ss,
@@ -26,7 +27,6 @@ from harden.core.policy import build_policy
 from harden.core.render import Backend, render
 from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
-from harden.lab.netns import current_namespace_name
 
 SSH_FROM_OPS = """version: 1
 services:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ipaddress import ip_address
 
 from harden.core.egress import EgressRun, egress_report
+from harden.core.metrics import verify_metrics
+from harden.core.nmapxml import nmap_xml
 from harden.core.policy import Policy, build_policy
 from harden.core.ports import PortRange
 from harden.core.render import render
@@ -150,7 +152,7 @@ def test_egress_judgement_passes_when_declared_arrive_and_the_rest_is_refused() 
         ("tcp", 10, ("50-52", "54-60")),
         ("udp", 10, ("50-52", "54-60")),
     ]
-    for text in (report.to_text(), report.to_junit(), report.to_prometheus(), report.to_nmap_xml()):
+    for text in (report.to_text(), report.to_junit(), verify_metrics(report), nmap_xml(report)):
         assert "198.51.100.53" in text
     assert report.to_json()["mode"] == "egress"
 

@@ -24,9 +24,25 @@ from typing import Any
 import pytest
 
 from harden.apply.guard import parse_ss
-from harden.core.proposal import DOCKER_NOTE, Listener, propose
+from harden.core.policy import build_policy
+from harden.core.proposal import (
+    DOCKER_NOTE,
+    RESOLV_CONF,
+    RESOLVED_UPSTREAMS,
+    TIMESYNCD_CONF,
+    EgressProposal,
+    Listener,
+    chrony_servers,
+    connection_proposals,
+    dns_proposal,
+    nameservers,
+    ntp_proposal,
+    propose,
+    propose_egress,
+    timesyncd_servers,
+)
 from harden.files import parse_manifest
-from harden.init import listeners, live_ssh_ports
+from harden.init import host_files, listeners, live_ssh_ports, outgoing
 from harden.lab.netns import Namespace, connect
 
 from .labutil import HARDEN
@@ -149,6 +165,205 @@ def test_ss_lines_become_listeners_and_ssh_ports() -> None:
     assert live_ssh_ports(tcp, env, root) == {2222, 2200, 2022}
     # An "sshd" that is not root's is anyone's: only SSH_CONNECTION still counts.
     assert live_ssh_ports(tcp, env, lambda pid: False) == {2022}
+
+
+# Egress: what the host uses now, proposed as egress.allow entries (pure).
+
+STUB_RESOLV = """\
+# This is /run/systemd/resolve/stub-resolv.conf managed by man:systemd-resolved(8).
+nameserver 127.0.0.53
+options edns0 trust-ad
+search example.org
+"""
+UPSTREAM_RESOLV = """\
+nameserver 198.51.100.53
+nameserver 2001:db8::53
+nameserver 198.51.100.53
+"""
+CHRONY = """\
+# Use Debian vendor zone.
+pool 2.debian.pool.ntp.org iburst
+! pool 3.debian.pool.ntp.org iburst
+sourcedir /etc/chrony/sources.d
+server 127.127.1.0
+server 192.0.2.123 iburst prefer
+keyfile /etc/chrony/chrony.keys
+"""
+
+
+def dests(p: EgressProposal | None) -> list[str] | None:
+    assert p is not None
+    return None if p.destinations is None else [str(n) for n in p.destinations]
+
+
+def test_resolvers_past_a_local_stub() -> None:
+    text = "; comment\nnameserver 203.0.113.1\nnameserver fe80::1%eth0\n#nameserver 192.0.2.9\n"
+    assert [str(a) for a in nameservers(text)] == ["203.0.113.1", "fe80::1"]
+    plain = dns_proposal({RESOLV_CONF: text})
+    assert plain is not None and (plain.name, plain.port, plain.protos) == (
+        "dns",
+        53,
+        ("tcp", "udp"),
+    )
+    assert dests(plain) == ["203.0.113.1/32", "fe80::1/128"]
+    assert plain.comment == "from /etc/resolv.conf"
+    # systemd-resolved: the stub is skipped, its upstreams are the real servers.
+    resolved = dns_proposal({RESOLV_CONF: STUB_RESOLV, RESOLVED_UPSTREAMS: UPSTREAM_RESOLV})
+    assert dests(resolved) == ["198.51.100.53/32", "2001:db8::53/128"]
+    assert resolved is not None and resolved.comment.startswith(f"from {RESOLVED_UPSTREAMS}")
+    assert "127.0.0.53" in resolved.comment
+    # Another local resolver (dnsmasq, unbound): its upstreams are unknown, so any.
+    local = dns_proposal({RESOLV_CONF: "nameserver 127.0.0.1\nnameserver ::1\n"})
+    assert dests(local) is None
+    assert local is not None and "cannot see" in local.comment
+    assert dns_proposal({}) is None
+    assert dns_proposal({RESOLV_CONF: "search example.org\n"}) is None
+
+
+def test_chrony_names_mean_any_destination_and_addresses_become_destinations() -> None:
+    assert chrony_servers(CHRONY) == ["2.debian.pool.ntp.org", "127.127.1.0", "192.0.2.123"]
+    sources = "/etc/chrony/sources.d/site.sources"
+    files = {"/etc/chrony/chrony.conf": CHRONY, sources: "server time.example.net iburst\n"}
+    ntp = ntp_proposal(files)
+    assert ntp is not None and (ntp.name, ntp.port, ntp.protos) == ("ntp", 123, ("udp",))
+    assert dests(ntp) is None  # host names: harden resolves none
+    assert "2.debian.pool.ntp.org" in ntp.comment and "time.example.net" in ntp.comment
+    assert "resolves none" in ntp.comment and ntp.comment.startswith("from /etc/chrony/chrony.conf")
+    assert len(ntp.comment) <= 200
+    # Only addresses (the loopback one is a local reference clock): they are the destinations.
+    only_ips = ntp_proposal({"/etc/chrony.conf": "server 192.0.2.123\nserver 2001:db8::123\n"})
+    assert dests(only_ips) == ["192.0.2.123/32", "2001:db8::123/128"]
+    # A .sources file elsewhere, or of another suffix, is not chrony's.
+    assert ntp_proposal({"/etc/chrony/sources.d/x.conf": "server 192.0.2.1\n"}) is None
+    assert ntp_proposal({}) is None
+
+
+def test_timesyncd_servers() -> None:
+    conf = "[Time]\n#NTP=\nNTP=0.pool.example 192.0.2.5\nFallbackNTP=fallback.example\n"
+    assert timesyncd_servers([conf]) == ["0.pool.example", "192.0.2.5"]
+    assert timesyncd_servers([conf, "[Time]\nNTP=\n"]) == ["fallback.example"]  # reset
+    assert timesyncd_servers(["[Time]\nNTP=192.0.2.5\n", "[Time]\nNTP=192.0.2.6\n"]) == [
+        "192.0.2.5",
+        "192.0.2.6",
+    ]
+    assert timesyncd_servers(["[Other]\nNTP=x.example\n"]) is None  # built-in servers
+    assert timesyncd_servers(["[Time]\nFallbackNTP=\n"]) == []
+    ntp = ntp_proposal({TIMESYNCD_CONF: "[Time]\nNTP=192.0.2.5\n"})
+    assert dests(ntp) == ["192.0.2.5/32"]
+    dropin = "/etc/systemd/timesyncd.conf.d/local.conf"
+    ntp = ntp_proposal({TIMESYNCD_CONF: "[Time]\n", dropin: "[Time]\nNTP=ntp.example\n"})
+    assert dests(ntp) is None and ntp is not None and "ntp.example" in ntp.comment
+    builtin = ntp_proposal({TIMESYNCD_CONF: "[Time]\n#NTP=\n"})
+    assert dests(builtin) is None and builtin is not None and "built-in" in builtin.comment
+    assert ntp_proposal({TIMESYNCD_CONF: "[Time]\nFallbackNTP=\n"}) is None
+
+
+SS_TCP = """\
+LISTEN 0 128 0.0.0.0:22 0.0.0.0:* users:(("sshd",pid=10,fd=3))
+ESTAB 0 0 198.18.0.1:22 198.19.0.5:40000 users:(("sshd-session",pid=12,fd=4))
+ESTAB 0 0 198.18.0.1:41000 203.0.113.10:443 users:(("apt",pid=30,fd=5))
+ESTAB 0 0 198.18.0.1:41001 203.0.113.11:443 users:(("apt",pid=30,fd=6))
+ESTAB 0 0 [2001:db8::1]:41002 [2001:db8:1::443]:443 users:(("apt",pid=30,fd=7))
+ESTAB 0 0 198.18.0.1:41003 198.51.100.53:53 users:(("resolver",pid=31,fd=8))
+ESTAB 0 0 198.18.0.1:41004 192.0.2.25:25
+ESTAB 0 0 127.0.0.1:41005 127.0.0.1:5432 users:(("app",pid=32,fd=9))
+TIME-WAIT 0 0 198.18.0.1:41006 203.0.113.12:443
+"""
+SS_UDP = """\
+UNCONN 0 0 *:68 *:* users:(("dhclient",pid=40,fd=6))
+UNCONN 0 0 0.0.0.0:123 0.0.0.0:* users:(("chronyd",pid=41,fd=7))
+ESTAB 0 0 198.18.0.1:50000 192.0.2.123:123 users:(("chronyd",pid=41,fd=8))
+ESTAB 0 0 198.18.0.1:123 198.19.0.7:123 users:(("chronyd",pid=41,fd=9))
+"""
+
+
+def test_established_outbound_connections_grouped_by_remote_port() -> None:
+    tcp, udp = parse_ss(SS_TCP), parse_ss(SS_UDP)
+    found = outgoing(tcp, udp)
+    assert [(c.proto, str(c.remote), c.port, c.processes) for c in found] == [
+        ("tcp", "203.0.113.10", 443, ("apt",)),
+        ("tcp", "203.0.113.11", 443, ("apt",)),
+        ("tcp", "2001:db8:1::443", 443, ("apt",)),
+        ("tcp", "198.51.100.53", 53, ("resolver",)),
+        ("tcp", "192.0.2.25", 25, ()),
+        ("tcp", "127.0.0.1", 5432, ("app",)),
+        ("udp", "192.0.2.123", 123, ("chronyd",)),  # the one from local port 123 is inbound
+    ]
+    dns = dns_proposal({RESOLV_CONF: "nameserver 198.51.100.53\n"})
+    assert dns is not None
+    got = connection_proposals(found, [dns], names)
+    # tcp/53 is left out (dns allows it already), and so is loopback's tcp/5432.
+    assert [(p.name, p.port, p.protos, dests(p), p.source) for p in got] == [
+        ("port-25", 25, ("tcp",), ["192.0.2.25/32"], "ss"),
+        ("chronyd", 123, ("udp",), ["192.0.2.123/32"], "ss"),
+        ("apt", 443, ("tcp",), ["203.0.113.10/31", "2001:db8:1::443/128"], "ss"),
+    ]
+    assert got[2].comment == "from 3 established connections (ss), by apt"
+    assert got[0].comment == "from 1 established connection (ss)"
+    https = connection_proposals(found, [dns], lambda port, proto: {443: "https"}.get(port))
+    assert https[2].name == "https"  # named from /etc/services first
+    # An ntp entry for any destination covers the chrony connection.
+    ntp = EgressProposal("ntp", 123, ("udp",), None, "from chrony", "chrony")
+    assert 123 not in {p.port for p in connection_proposals(found, [dns, ntp], names)}
+
+
+def test_egress_is_proposed_commented_out_and_validates_once_uncommented() -> None:
+    files = {
+        RESOLV_CONF: STUB_RESOLV,
+        RESOLVED_UPSTREAMS: UPSTREAM_RESOLV,
+        "/etc/chrony/chrony.conf": CHRONY,
+    }
+    tcp, udp = parse_ss(SS_TCP), parse_ss(SS_UDP)
+    egress = propose_egress(files, outgoing(tcp, udp), names)
+    assert [e.name for e in egress] == ["dns", "ntp", "port-25", "apt"]
+    proposal = propose(listeners(tcp, udp), [22], names, egress=egress)
+    manifest = parse_manifest(proposal.manifest)
+    assert manifest.egress.policy == "accept" and manifest.egress.allow == ()  # not enforced
+    data = proposal.to_json()
+    assert [e["name"] for e in data["egress_proposals"]] == ["dns", "ntp", "port-25", "apt"]
+    assert data["egress_proposals"][0]["destinations"] == ["198.51.100.53/32", "2001:db8::53/128"]
+    assert data["egress_proposals"][1]["destinations"] is None
+    assert data["egress_dhcp"] is True  # dhclient on udp/68
+    assert "Set policy: drop to enforce" in proposal.manifest
+    assert "#   policy: drop\n#   dhcp: true" in proposal.manifest
+
+    # Uncommented, the block is the manifest's egress section, and valid.
+    lines = proposal.manifest.splitlines(True)
+    start = end = lines.index("# egress:\n")
+    while end == start or (end < len(lines) and lines[end].startswith("#  ")):
+        end += 1
+    enforced = parse_manifest(
+        "".join(lines[:start] + [x[2:] for x in lines[start:end]] + lines[end:])
+    )
+    assert enforced.egress.policy == "drop" and enforced.egress.dhcp
+    assert [a.name for a in enforced.egress.allow] == ["dns", "ntp", "port-25", "apt"]
+    assert enforced.services == manifest.services
+    policy = build_policy(enforced)
+    assert policy.sends(ip_address("198.51.100.53"), "udp", 53)
+    assert not policy.sends(ip_address("198.51.100.54"), "udp", 53)
+    assert policy.sends(ip_address("198.51.100.99"), "udp", 123)  # ntp: names, any destination
+    assert policy.sends(ip_address("203.0.113.11"), "tcp", 443)
+    assert not policy.sends(ip_address("203.0.113.12"), "tcp", 443)
+
+
+def test_no_egress_seen_means_no_block() -> None:
+    proposal = propose([], [], names, egress=propose_egress({}, []))
+    assert "egress" not in proposal.manifest and proposal.to_json()["egress_proposals"] == []
+
+
+def test_host_files_reads_under_a_root(tmp_path: Path) -> None:
+    (tmp_path / "etc/chrony/sources.d").mkdir(parents=True)
+    (tmp_path / "etc/resolv.conf").write_text("nameserver 192.0.2.53\n")
+    (tmp_path / "etc/chrony/chrony.conf").write_text(CHRONY)
+    (tmp_path / "etc/chrony/sources.d/a.sources").write_text("server 192.0.2.1\n")
+    (tmp_path / "etc/chrony/sources.d/README").write_text("not a source\n")
+    found = host_files(tmp_path)
+    assert sorted(found) == [
+        "/etc/chrony/chrony.conf",
+        "/etc/chrony/sources.d/a.sources",
+        "/etc/resolv.conf",
+    ]
+    assert [p.name for p in propose_egress(found, [])] == ["dns", "ntp"]
 
 
 # The real thing, in namespaces.

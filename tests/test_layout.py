@@ -108,3 +108,65 @@ def test_design_references_in_code_name_real_sections() -> None:
     missing = [(name, section) for name, section in cited if section not in headings]
     assert missing == []
     assert not any("LAB.md" in p.read_text() for p in (REPO / "harden").rglob("*.py"))
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Every harden module -> the harden modules it imports (lazy imports included)."""
+    root = REPO / "harden"
+    modules = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    found.add(full if full in modules else node.module)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[str]:
+    """The modules that reach themselves again through their imports."""
+    found = []
+    for start in graph:
+        seen: set[str] = set()
+        todo = list(graph[start])
+        while todo:
+            module = todo.pop()
+            if module == start:
+                found.append(start)
+                break
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph.get(module, ()))
+    return sorted(found)
+
+
+def test_no_import_cycles_lazy_imports_included() -> None:
+    graph = _import_graph()
+    assert "harden.core.policy" in graph["harden.core.render"]  # the graph is real
+    assert cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c"]
+
+
+def test_apply_and_verify_never_import_upward() -> None:
+    """The lab builds on apply and verify, the CLI and API on everything: never back."""
+    upward = ("harden.lab", "harden.cli", "harden.api")
+    graph = _import_graph()
+    bad = sorted(
+        f"{module} -> {dep}"
+        for module, deps in graph.items()
+        if module.startswith(("harden.apply", "harden.verify", "harden.core"))
+        for dep in deps
+        if dep.startswith(upward)
+    )
+    assert bad == []

@@ -21,6 +21,8 @@ import pytest
 
 from harden.core.classify import Reason, Reply
 from harden.core.findings import Findings
+from harden.core.metrics import verify_metrics
+from harden.core.nmapxml import nmap_xml
 from harden.core.plan import Target, plan_probes
 from harden.core.policy import build_policy
 from harden.core.report import Report, evaluate
@@ -49,9 +51,9 @@ def dumps(data: Any) -> str:
     return json.dumps(data, indent=2) + "\n"  # what the CLI prints
 
 
-def validations() -> list[Validation]:
+def validations(names: tuple[str, ...] = ("web-server.yaml", "bastion.yaml")) -> list[Validation]:
     out = []
-    for name in ("web-server.yaml", "bastion.yaml"):
+    for name in names:
         path = REPO / "rulesets" / name
         manifest = load_manifest(path)
         out.append(Validation.of(f"rulesets/{name}", manifest, build_policy(manifest)))
@@ -162,6 +164,13 @@ STATUS = StatusReport(
     forward="drop",
 )
 DEAD_WATCHDOG = dataclasses.replace(STATUS, watchdog="not running")
+EGRESS_STATUS = dataclasses.replace(
+    STATUS,
+    pending_deadline=None,
+    seconds_left=None,
+    watchdog=None,
+    egress=validations(("egress-host.yaml",))[0].egress,
+)
 INTERRUPTED = dataclasses.replace(STATUS, interrupted=True, watchdog="not running")
 DRIFT = Drift(
     True, "--- live\n+++ web.yaml (nftables)\n@@ -1 +1 @@\n-tcp dport 81\n+tcp dport 80\n"
@@ -170,6 +179,8 @@ DRIFT = Drift(
 CASES: dict[str, Callable[[], str]] = {
     "validate.json": lambda: dumps([v.to_json() for v in validations()]),
     "validate.txt": lambda: "".join(v.to_text() + "\n" for v in validations()),
+    "validate-egress.json": lambda: dumps([validations(("egress-host.yaml",))[0].to_json()]),
+    "validate-egress.txt": lambda: validations(("egress-host.yaml",))[0].to_text() + "\n",
     "apply-changed.json": lambda: dumps(APPLIED.to_json()),
     "apply-changed.txt": lambda: APPLIED.to_text() + "\n",
     "apply-unchanged.json": lambda: dumps(UNCHANGED.to_json()),
@@ -185,6 +196,8 @@ CASES: dict[str, Callable[[], str]] = {
     "status-interrupted.txt": lambda: INTERRUPTED.to_text() + "\n",
     "status-nothing.json": lambda: dumps(StatusReport("/var/lib/harden").to_json()),
     "status-nothing.txt": lambda: StatusReport("/var/lib/harden").to_text() + "\n",
+    "status-egress.json": lambda: dumps(EGRESS_STATUS.to_json()),
+    "status-egress.txt": lambda: EGRESS_STATUS.to_text() + "\n",
     "verify-leaky.json": lambda: dumps(leaky_report().to_json()),
     "verify-leaky.junit.xml": lambda: leaky_report().to_junit(),
     "verify-leaky.txt": lambda: leaky_report().to_text(),
@@ -194,10 +207,10 @@ CASES: dict[str, Callable[[], str]] = {
     "verify-absent.json": lambda: dumps(absent_report().to_json()),
     "verify-absent.junit.xml": lambda: absent_report().to_junit(),
     "verify-absent.txt": lambda: absent_report().to_text(),
-    "verify-leaky.prom": lambda: leaky_report().to_prometheus(),
-    "verify-leaky.nmap.xml": lambda: leaky_report().to_nmap_xml(),
-    "verify-absent.prom": lambda: absent_report().to_prometheus(),
-    "verify-absent.nmap.xml": lambda: absent_report().to_nmap_xml(),
+    "verify-leaky.prom": lambda: verify_metrics(leaky_report()),
+    "verify-leaky.nmap.xml": lambda: nmap_xml(leaky_report()),
+    "verify-absent.prom": lambda: verify_metrics(absent_report()),
+    "verify-absent.nmap.xml": lambda: nmap_xml(absent_report()),
     "verify-connect.json": lambda: dumps(connect_report().to_json()),
     "verify-connect.txt": lambda: connect_report().to_text(),
     "lab.json": lambda: dumps(lab_result().to_json()),

@@ -431,14 +431,10 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
     if interrupted and live != current.live_sha256:
         previous = state.previous
         shown = previous if previous is not None and live == previous.live_sha256 else None
-    allows: tuple[str, ...] | None = None
-    trusted: tuple[str, ...] = ()
-    forward: str | None = None
+    summary: Validation | None = None
     live_policy: Policy | None = None
     if shown is not None:
-        allows, trusted, forward, live_policy = _allowed(
-            Path(shown.manifest), shown.manifest_sha256
-        )
+        summary, live_policy = _allowed(Path(shown.manifest), shown.manifest_sha256)
     chains, warnings = other_firewalls(live_policy)
     return StatusReport(
         state_dir=str(state_dir),
@@ -455,15 +451,14 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
         others=tuple(c.to_json() for c in chains),
         warnings=tuple(warnings),
         watchdog=watchdog,
-        allows=allows,
-        trusted=trusted,
-        forward=forward,
+        allows=summary.allows if summary else None,
+        trusted=summary.trusted if summary else (),
+        forward=summary.forward if summary else None,
+        egress=summary.egress if summary else None,
     )
 
 
-def _allowed(
-    path: Path, sha256: str
-) -> tuple[tuple[str, ...] | None, tuple[str, ...], str | None, Policy | None]:
+def _allowed(path: Path, sha256: str) -> tuple[Validation | None, Policy | None]:
     """What the applied manifest allows, if its file still holds what was applied.
 
     The rules keep no manifest of their own: a file edited (or gone) since the apply
@@ -472,9 +467,8 @@ def _allowed(
     try:
         text, manifest = read_manifest(path)
     except HardenError:
-        return None, (), None, None
+        return None, None
     if digest(text) != sha256:
-        return None, (), None, None
+        return None, None
     policy = build_policy(manifest)
-    summary = Validation.of(str(path), manifest, policy)
-    return summary.allows, summary.trusted, summary.forward, policy
+    return Validation.of(str(path), manifest, policy), policy

@@ -35,7 +35,6 @@ from pathlib import Path
 from harden.core.policy import Policy
 from harden.core.types import Address
 from harden.errors import EnvironmentProblem
-from harden.lab.netns import current_namespace_name
 
 Session = tuple[Address, int]  # (peer address, local port)
 
@@ -43,6 +42,23 @@ SSH_SOCKET_UNITS = ("ssh.socket", "sshd.socket")  # Debian/Ubuntu, Fedora/Arch n
 
 _OWNER = re.compile(r'\("((?:[^"\\]|\\.)*)",pid=(\d+)')
 _LISTEN_PORT = re.compile(r"(?:^|[\s:\]])(\d+)\s+\(Stream\)")
+
+
+def current_namespace_name() -> str | None:
+    """The name of the named network namespace (``ip netns``) this process runs in, if any.
+
+    PID 1's namespace is not readable in every sandbox, so "not in a named
+    namespace" is the safe stand-in for "in the machine's own namespace".
+    """
+    try:
+        ours = Path("/proc/self/ns/net").stat()
+        for entry in Path("/run/netns").iterdir():
+            st = entry.stat()
+            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
+                return entry.name
+    except OSError:
+        pass
+    return None
 
 
 def require_namespace() -> None:

@@ -12,8 +12,8 @@ from harden.core.checks import check_manifest
 from harden.core.manifest import Manifest
 from harden.core.ports import ServicePort, show
 from harden.core.safeyaml import load_yaml
-from harden.core.text import one_line
 from harden.errors import ManifestError
+from harden.text import one_line
 
 
 def manifest_from_text(

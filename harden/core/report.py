@@ -123,18 +123,6 @@ class Report:
         """A table of declared ports and deviations, the notes, and a one-line verdict."""
         return _text(self, width)
 
-    def to_prometheus(self) -> str:
-        """node_exporter textfile-collector metrics (see harden/core/metrics.py)."""
-        from harden.core.metrics import verify_metrics
-
-        return verify_metrics(self)
-
-    def to_nmap_xml(self) -> str:
-        """An nmap-compatible XML report (see harden/core/nmapxml.py)."""
-        from harden.core.nmapxml import nmap_xml
-
-        return nmap_xml(self)
-
     def verdict_of(self, target: str) -> Verdict:
         """One target's verdict, by the same rule as ``verdict``."""
         return verdict_rule(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harden.core.manifest import Manifest
-from harden.core.policy import Policy
+from harden.core.policy import Outbound, Policy
 from harden.core.types import FAMILIES
 
 
@@ -23,6 +23,47 @@ def _utc(at: float) -> str:
 def _nets(nets: Sequence[object] | None) -> str | list[str]:
     """Sources of one family: "any", or the networks ([] when the family is not served)."""
     return "any" if nets is None else [str(n) for n in nets]
+
+
+def _outbound_text(out: Outbound, name: str) -> str:
+    """``tcp/80,443 to 203.0.113.0/24 (updates)``: one egress.allow entry, one protocol."""
+    ports = ",".join(map(str, out.ports))
+    if out.destinations(4) is None:
+        where = "any" if out.destinations(6) is None else "any (IPv4 only)"
+    else:
+        where = ",".join(str(n) for fam in FAMILIES for n in out.destinations(fam) or ())
+    return f"{out.proto}/{ports} to {where} ({name})"
+
+
+def egress_summary(manifest: Manifest, policy: Policy) -> dict[str, Any]:
+    """The egress policy and what it lets out: the ``egress`` of validate and status.
+
+    ``allow`` has one entry per egress.allow entry and protocol (as the rules have),
+    ``summary`` the same as text lines.
+    """
+    names = [(e.name, e.comment) for e in manifest.egress.allow for _ in e.proto]
+    allow = []
+    summary = []
+    for (name, comment), out in zip(names, policy.outbound, strict=True):
+        allow.append(
+            {
+                "name": name,
+                "comment": comment,
+                "proto": out.proto,
+                "ports": [str(p) for p in out.ports],
+                "ipv4_destinations": _nets(out.destinations(4)),
+                "ipv6_destinations": _nets(out.destinations(6)),
+            }
+        )
+        summary.append(_outbound_text(out, name))
+    if policy.egress_dhcp:
+        summary.append("DHCP lease renewals")
+    return {"policy": policy.egress, "dhcp": policy.egress_dhcp, "allow": allow, "summary": summary}
+
+
+def _egress_text(egress: dict[str, Any]) -> str:
+    """``drop, allows out tcp/53 to ... (dns); udp/123 to any (ntp)``."""
+    return f"{egress['policy']}, allows out {'; '.join(egress['summary']) or 'nothing'}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +79,10 @@ class Validation:
     trusted: tuple[str, ...] = ()
     forward: str = "accept"
     rules: tuple[dict[str, Any], ...] = ()  # the allows, structured (JSON)
+    # egress_summary(): the egress policy and its allows.
+    egress: dict[str, Any] = field(
+        default_factory=lambda: {"policy": "accept", "dhcp": False, "allow": [], "summary": []}
+    )
 
     @classmethod
     def of(cls, source: str, manifest: Manifest, policy: Policy) -> Validation:
@@ -77,6 +122,7 @@ class Validation:
             policy.trusted,
             forward,
             tuple(rules),
+            egress_summary(manifest, policy),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -92,6 +138,7 @@ class Validation:
             "summary": list(self.allows),
             "trusted_interfaces": list(self.trusted),
             "forward": self.forward,
+            "egress": self.egress,
         }
 
     def to_text(self) -> str:
@@ -105,6 +152,8 @@ class Validation:
             text += f", trusts {', '.join(self.trusted)}"
         if self.forward != "accept":
             text += f", routed traffic: {self.forward}"
+        if self.egress["policy"] != "accept":
+            text += f", egress: {_egress_text(self.egress)}"
         return text
 
 
@@ -182,6 +231,7 @@ class StatusReport:
     allows: tuple[str, ...] | None = None
     trusted: tuple[str, ...] = ()
     forward: str | None = None
+    egress: dict[str, Any] | None = None  # egress_summary() of the applied manifest
     # What loads at boot (harden/apply/boot.py describe()); None: not looked at.
     boot: dict[str, Any] | None = None
     # Other firewalls' base chains on harden's hooks (core/others.py), and warnings.
@@ -211,6 +261,7 @@ class StatusReport:
             "allows": None if self.allows is None else list(self.allows),
             "trusted_interfaces": list(self.trusted),
             "forward": self.forward,
+            "egress": self.egress,
             "boot": self.boot,
             "other_firewalls": list(self.others),
             "warnings": list(self.warnings),
@@ -311,4 +362,8 @@ class StatusReport:
         lines.append("closed:   everything else, including ports containers publish")
         if self.forward and self.forward != "accept":
             lines.append(f"routed:   {self.forward}")
+        if self.egress and self.egress["policy"] != "accept":
+            what = self.egress["summary"] or ["nothing"]
+            lines.append(f"egress:   {self.egress['policy']}, allows out {what[0]}")
+            lines += [f"          {line}" for line in what[1:]]
         return lines

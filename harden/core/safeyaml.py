@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 
 from harden.core.ports import show
-from harden.core.text import one_line
 from harden.errors import ManifestError
+from harden.text import one_line
 
 # libyaml's parser when present: 10,000-entry allowlists parse several times faster.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -85,23 +85,6 @@ class Namespace:
         return proc
 
 
-def current_namespace_name() -> str | None:
-    """The name of the named network namespace (``ip netns``) this process runs in, if any.
-
-    PID 1's namespace is not readable in every sandbox, so "not in a named
-    namespace" is the safe stand-in for "in the machine's own namespace".
-    """
-    try:
-        ours = Path("/proc/self/ns/net").stat()
-        for entry in Path("/run/netns").iterdir():
-            st = entry.stat()
-            if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
-                return entry.name
-    except OSError:
-        pass
-    return None
-
-
 def connect(
     a: Namespace, b: Namespace, a_addrs: Sequence[str], b_addrs: Sequence[str]
 ) -> tuple[str, str]:

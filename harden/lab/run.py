@@ -35,10 +35,10 @@ from rich.table import Table
 from harden import defaults
 from harden.core.policy import build_policy
 from harden.core.render import Backend
-from harden.core.text import one_line
 from harden.errors import EnvironmentProblem
 from harden.files import load_manifest
 from harden.lab.net import Host, LabNet
+from harden.text import one_line
 
 # -I: the lab runs as root, and a Python that put its working directory (or PYTHONPATH)
 # on sys.path would run whatever harden/ package a user planted there.

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from harden.core.egress import EgressRun
 from harden.core.policy import Policy
 from harden.core.ports import PortRange, expand, parse_port
-from harden.core.text import one_line
 from harden.core.types import PROTOS, Address, Proto
 from harden.errors import EnvironmentProblem
+from harden.text import one_line
 from harden.verify.route import route_to
 from harden.verify.sink import CONTROL6_TYPE, CONTROL_TYPE, READY, SCHEMA
 

@@ -17,10 +17,10 @@ from harden.core.parse import field_path
 from harden.core.policy import Policy, build_policy
 from harden.core.ports import show
 from harden.core.safeyaml import load_yaml
-from harden.core.text import one_line
 from harden.core.types import Address
 from harden.errors import ManifestError
 from harden.files import load_manifest, read_text
+from harden.text import one_line
 
 
 class _Host(BaseModel):

@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 
-from harden.core.text import one_line
 from harden.core.types import Address
 from harden.errors import EnvironmentProblem, HardenError
+from harden.text import one_line
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from harden import defaults
 from harden.core.plan import Target, merge_plans, parse_port_selection, plan_probes
 from harden.core.policy import Policy
 from harden.core.report import Report, evaluate
-from harden.core.text import one_line
 from harden.core.types import Address
 from harden.core.witness import Reading, compare, parse_reading
 from harden.errors import EnvironmentProblem, HardenError
+from harden.text import one_line
 from harden.verify.connect import ConnectTransport
 from harden.verify.engine import Options, Progress, no_progress, verify
 from harden.verify.raw import RawTransport, raw_available

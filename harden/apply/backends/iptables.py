@@ -21,8 +21,8 @@ from typing import Any
 from harden.apply import boot
 from harden.core.policy import Policy
 from harden.core.render import IPT_FILES, Backend, render
-from harden.core.text import one_line
 from harden.errors import ApplyError, EnvironmentProblem, StateError
+from harden.text import one_line
 
 JUMP = "-A INPUT -j HARDEN-INPUT"
 OUT_JUMP = "-A OUTPUT -j HARDEN-OUTPUT"

@@ -11,8 +11,8 @@ from typing import Any
 from harden.apply import boot
 from harden.core.policy import Policy
 from harden.core.render import NFT_FILE, Backend, render
-from harden.core.text import one_line
 from harden.errors import ApplyError, EnvironmentProblem, StateError
+from harden.text import one_line
 
 TABLE = "inet harden"
 
