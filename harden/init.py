@@ -14,16 +14,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from harden.apply.guard import (
-    TcpSocket,
-    Trusted,
-    root_process,
-    run_ss,
-    socket_unit_ports,
-    ssh_ports,
-    ssh_sessions,
-    trusted_owner,
-)
+from harden.apply.guard import socket_unit_ports, ssh_ports, ssh_sessions
 from harden.core.proposal import (
     EGRESS_DIRS,
     EGRESS_FILES,
@@ -34,6 +25,7 @@ from harden.core.proposal import (
     propose_egress,
 )
 from harden.core.types import Proto
+from harden.sockets import TcpSocket, Trusted, root_process, run_ss, trusted_owner
 
 SSH_PROCESSES = ("sshd", "sshd-session")  # OpenSSH 9.8+ runs each session as sshd-session
 MAX_FILE = 1 << 20  # bytes read of one configuration file

@@ -14,8 +14,6 @@ from harden.apply.backends import firewall
 from harden.apply.guard import (
     current_namespace_name,
     lockout_reason,
-    parse_endpoint,
-    parse_ss,
     parse_unit_listen,
     require_namespace,
     socket_unit_ports,
@@ -27,6 +25,7 @@ from harden.core.policy import build_policy
 from harden.core.render import Backend, render
 from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
+from harden.sockets import parse_endpoint, parse_ss
 
 SSH_FROM_OPS = """version: 1
 services:

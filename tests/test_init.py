@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from harden.apply.guard import parse_ss
 from harden.core.policy import build_policy
 from harden.core.proposal import (
     DOCKER_NOTE,
@@ -44,6 +43,7 @@ from harden.core.proposal import (
 from harden.files import parse_manifest
 from harden.init import host_files, listeners, live_ssh_ports, outgoing
 from harden.lab.netns import Namespace, connect
+from harden.sockets import parse_ss
 
 from .labutil import HARDEN
 
