@@ -58,10 +58,20 @@ def apply(
     state_dir: str | Path = defaults.STATE_DIR,
     confirm: int | None = None,
     force: bool = False,
+    persist: bool = False,
+    root: str | Path = "/",
 ) -> dict[str, Any]:
-    """Apply a manifest (see ``harden apply``); ``result["changed"]`` says if anything did."""
+    """Apply a manifest (see ``harden apply``); ``result["changed"]`` says if anything did.
+
+    ``persist`` installs the ruleset for boot under ``root`` (on confirm, with ``confirm``).
+    """
     result = _apply.apply(
-        Path(path), backend, state_dir=Path(state_dir), confirm=confirm, force=force
+        Path(path),
+        backend,
+        state_dir=Path(state_dir),
+        confirm=confirm,
+        force=force,
+        persist_to=Path(root) if persist else None,
     )
     return result.to_json()
 
@@ -71,17 +81,42 @@ def diff(path: str | Path, backend: Backend = "nftables") -> dict[str, Any]:
     return _apply.diff(Path(path), backend).to_json()
 
 
-def status(state_dir: str | Path = defaults.STATE_DIR) -> dict[str, Any]:
-    """What harden has applied (as ``harden status --format json``)."""
-    return _apply.status(Path(state_dir)).to_json()
+def status(state_dir: str | Path = defaults.STATE_DIR, *, root: str | Path = "/") -> dict[str, Any]:
+    """What harden has applied (as ``harden status --format json``); boot files under ``root``."""
+    return _apply.status(Path(state_dir), Path(root)).to_json()
 
 
-def verify(path: str | Path, targets: list[str], **options: Any) -> dict[str, Any]:
+def verify(
+    path: str | Path,
+    targets: list[str],
+    *,
+    ports: str = "all",
+    wait: float = defaults.WAIT,
+    retries: int = defaults.RETRIES,
+    icmp_ratelimit_ms: int = defaults.ICMP_RATELIMIT_MS,
+    icmp6_ratelimit_ms: int = defaults.ICMP_RATELIMIT_MS,
+    sources: tuple[str, ...] = (),
+    seen_as: tuple[str, ...] = (),
+    witness: str | None = None,
+) -> dict[str, Any]:
     """Probe ``targets`` against the manifest (as ``harden verify --format json``)."""
     from harden.verify.run import run_verify
 
-    addresses = [ipaddress.ip_address(t) for t in targets]
-    report = run_verify([(build_policy(load(path)), addresses)], **options)
+    seen: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {
+        a.version: a for a in map(ipaddress.ip_address, seen_as)
+    }
+    if len(seen) != len(seen_as):
+        raise HardenError("seen_as: one address per family at most")
+    report = run_verify(
+        [(build_policy(load(path)), [ipaddress.ip_address(t) for t in targets])],
+        ports=ports,
+        wait=wait,
+        retries=retries,
+        ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
+        extra_sources=tuple(ipaddress.ip_address(s) for s in sources),
+        seen_as=seen,
+        witness=witness,
+    )
     return report.to_json()
 
 
@@ -98,8 +133,21 @@ def verify_egress(
     return egress_report(policy, run).to_json()
 
 
-def lab(path: str | Path, backend: Backend = "nftables", **options: Any) -> dict[str, Any]:
+def lab(
+    path: str | Path,
+    backend: Backend = "nftables",
+    *,
+    confirm_window: int = defaults.LAB_CONFIRM_WINDOW,
+    ports: str = "all",
+    apply_manifest: str | Path | None = None,
+) -> dict[str, Any]:
     """Run the namespace lab (as ``harden lab --format json``); needs root."""
     from harden.lab.run import run_lab
 
-    return run_lab(Path(path), backend, **options).to_json()
+    return run_lab(
+        Path(path),
+        backend,
+        confirm_window=confirm_window,
+        ports=ports,
+        apply_manifest=Path(apply_manifest) if apply_manifest is not None else None,
+    ).to_json()

@@ -43,3 +43,55 @@ def test_apply_and_diff_in_a_namespace(netns: Callable[[str], Namespace], tmp_pa
     )
     out = ns.run([sys.executable, "-c", code, str(WEB), str(tmp_path / "st")]).stdout
     assert json.loads(out) == [True, False, False]
+
+
+# CLI command -> (API function, CLI parameter -> API parameter where the names differ).
+TWINS: dict[str, tuple[str, dict[str, str]]] = {
+    "validate": ("validate", {"manifests": "path"}),
+    "render": ("render", {"manifest": "path"}),
+    "apply": ("apply", {"manifest": "path", "confirm_window": "confirm"}),
+    "diff": ("diff", {"manifest": "path"}),
+    "status": ("status", {}),
+    "verify": ("verify", {"manifest": "path"}),
+    "lab": ("lab", {"manifest": "path"}),
+}
+# Options that shape the CLI's output, not what is done: no API twin needed.
+PRESENTATION = {"fmt", "output"}
+# CLI options that select another mode, each with its own API function.
+MODES = {
+    ("verify", "inventory"): "verify --inventory: the fleet API is verify.run.run_verify",
+    ("verify", "egress"): "api.verify_egress",
+    ("verify", "sinks"): "api.verify_egress",
+    ("verify", "sink_command"): "api.verify_egress",
+    ("diff", "new"): "diff OLD NEW: the exposure diff",
+}
+
+
+@pytest.mark.parametrize("command", sorted(TWINS))
+def test_every_cli_option_has_its_api_twin(command: str) -> None:
+    import inspect
+
+    from harden.cli import cli
+
+    function, renamed = TWINS[command]
+    accepted = set(inspect.signature(getattr(api, function)).parameters)
+    cli_params = {p.name for p in cli.commands[command].params if p.name}
+    missing = sorted(
+        name
+        for name in cli_params - PRESENTATION
+        if (command, name) not in MODES and renamed.get(name, name) not in accepted
+    )
+    assert missing == [], f"api.{function} lacks {missing}"
+
+
+def test_verify_egress_takes_what_verify_egress_needs() -> None:
+    import inspect
+
+    params = inspect.signature(api.verify_egress).parameters
+    assert {"path", "sinks", "sink_command", "ports"} <= set(params)
+    assert params["ports"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_a_wrong_option_is_a_type_error_not_silence() -> None:
+    with pytest.raises(TypeError):
+        api.verify(WEB, ["198.18.0.1"], witnes="x")  # type: ignore[call-arg]
