@@ -17,7 +17,7 @@ from harden.core.policy import build_policy
 from harden.core.render import Backend
 from harden.core.render import render as _render
 from harden.core.results import Validation
-from harden.errors import ExitStatus, HardenError
+from harden.errors import ExitStatus, HardenError, OptionError
 from harden.files import load_manifest
 
 __all__ = [
@@ -106,7 +106,7 @@ def verify(
         a.version: a for a in map(ipaddress.ip_address, seen_as)
     }
     if len(seen) != len(seen_as):
-        raise HardenError("seen_as: one address per family at most")
+        raise OptionError("seen_as", "one address per family at most")
     report = run_verify(
         [(build_policy(load(path)), [ipaddress.ip_address(t) for t in targets])],
         ports=ports,

@@ -20,7 +20,7 @@ from harden.core.policy import build_policy
 from harden.core.render import BACKENDS, Backend, render
 from harden.core.report import Report
 from harden.core.results import Validation
-from harden.errors import EnvironmentProblem, ExitStatus, HardenError
+from harden.errors import EnvironmentProblem, ExitStatus, HardenError, OptionError
 from harden.files import check_private_dir, check_private_file, load_manifest, write_atomic
 from harden.text import one_line
 
@@ -886,7 +886,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HardenError as exc:
         if debug:
             raise
-        click.echo(f"harden: error: {exc}", err=True)
+        # The library names an option as the API does (ports); the CLI as its flag (--ports).
+        text = (
+            f"--{exc.option.replace('_', '-')}: {exc.message}"
+            if isinstance(exc, OptionError)
+            else str(exc)
+        )
+        click.echo(f"harden: error: {text}", err=True)
         return exc.exit_status
     except Exception as exc:
         if debug:

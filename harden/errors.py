@@ -44,6 +44,32 @@ class RenderError(HardenError):
     """A manifest feature the chosen backend cannot express (never silently dropped)."""
 
 
+class OptionError(HardenError):
+    """A bad value for one option of a command (exit 2); ``option`` names it (``ports``).
+
+    The library says ``ports: ...``, as the Python API's keyword is called; the CLI says
+    ``--ports: ...`` (cli.main). Messages never name a flag themselves.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        self.option = option
+        self.message = message
+        super().__init__(f"{option}: {message}")
+
+
+class Refused(HardenError):
+    """A command that does not fit harden's current state; nothing was changed (exit 2).
+
+    A confirmation is pending, or there is nothing to confirm or to roll back.
+    """
+
+
+class InternalError(HardenError):
+    """A broken invariant: a bug in harden, not anything the user did (exit 70)."""
+
+    exit_status = ExitStatus.INTERNAL
+
+
 class LockoutRefused(HardenError):
     """Applying would cut the operator's SSH access; nothing was changed (``--force``)."""
 

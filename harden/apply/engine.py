@@ -32,7 +32,7 @@ from harden.apply.state import Applied, Pending, State, StateDir
 from harden.core.policy import Policy, build_policy
 from harden.core.render import Backend
 from harden.core.results import ApplyResult, Drift, StatusReport, Validation
-from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused
+from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused, Refused
 from harden.files import read_manifest, write_atomic
 
 WATCHDOG = "harden.apply.watchdog"
@@ -304,7 +304,7 @@ def confirm(state_dir: Path) -> str:
         if pending is None or current is None:
             last = state.history[-1] if state.history else {}
             if current is None or last.get("event") == "rolled back":
-                raise HardenError("nothing to confirm: no apply is waiting for confirmation")
+                raise Refused("nothing to confirm: no apply is waiting for confirmation")
             # 'apply --confirm N && verify && confirm' after an apply that changed nothing:
             # the live rules are the confirmed ones already.
             return "confirmed: nothing was waiting (the live rules are the last applied ones)"
@@ -329,7 +329,7 @@ def confirm(state_dir: Path) -> str:
 def _restore(states: StateDir, state: State, reason: str = "") -> State:
     snapshots = states.load_snapshot()
     if snapshots is None or state.current is None:
-        raise HardenError(f"nothing to roll back: no snapshot in {states.path}")
+        raise Refused(f"nothing to roll back: no snapshot in {states.path}")
     _put_back(snapshots)
     _unpersist(states)
     restored = state.previous

@@ -20,7 +20,13 @@ from typing import Any, Literal, cast, get_args
 
 from harden import defaults
 from harden.core.render import Backend
-from harden.errors import ApplyError, HardenError, StateError, UnsafeStateDir
+from harden.errors import (
+    ApplyError,
+    InternalError,
+    Refused,
+    StateError,
+    UnsafeStateDir,
+)
 from harden.files import write_atomic
 
 DEFAULT_STATE_DIR = defaults.STATE_DIR
@@ -82,12 +88,12 @@ class State:
         if self.pending is None:
             return
         if self.pending.deadline is None:
-            raise HardenError(
+            raise Refused(
                 "the last apply was interrupted before it finished: run 'harden rollback' "
                 "(restores the rules from before it) or 'harden confirm' (keeps them if "
                 "they are live)"
             )
-        raise HardenError(
+        raise Refused(
             "a confirmation is pending from the last apply: run 'harden confirm' or "
             "'harden rollback' first"
         )
@@ -106,7 +112,7 @@ class State:
     def loaded(self) -> State:
         """The load returned: without a confirm window the apply is settled."""
         if self.pending is None or self.pending.phase != "loading":
-            raise HardenError("no apply is loading")
+            raise InternalError("no apply is loading")
         if self.pending.deadline is None:
             return replace(self, pending=None)
         return replace(self, pending=replace(self.pending, phase="loaded"))
@@ -118,12 +124,12 @@ class State:
         confirmed only if its rules did get loaded.
         """
         if self.pending is None or self.current is None:
-            raise HardenError("nothing to confirm: no apply is waiting for confirmation")
+            raise Refused("nothing to confirm: no apply is waiting for confirmation")
         deadline = self.pending.deadline
         if deadline is not None and now > deadline:
             raise ApplyError("too late: the confirm window has passed")
         if self.pending.phase == "loading" and live_sha256 != self.current.live_sha256:
-            raise HardenError(
+            raise Refused(
                 "the interrupted apply's rules are not the live ones: run 'harden rollback'"
             )
         return replace(
@@ -133,7 +139,7 @@ class State:
     def rolled_back(self, now: float, live_sha256: str, reason: str = "") -> State:
         """The rules from before the last apply are live again."""
         if self.current is None:
-            raise HardenError("nothing to roll back: harden has applied nothing")
+            raise Refused("nothing to roll back: harden has applied nothing")
         extra: dict[str, Any] = {"manifest": self.current.manifest}
         if reason:
             extra["reason"] = reason
@@ -148,7 +154,7 @@ class State:
     def with_watchdog(self, pid: int) -> State:
         """Remember the pending rollback's watchdog process."""
         if self.pending is None:
-            raise HardenError("no pending apply to attach a watchdog to")
+            raise InternalError("no pending apply to attach a watchdog to")
         return replace(self, pending=replace(self.pending, watchdog_pid=pid))
 
     def to_json(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv6Address
 from harden.core.policy import Policy
 from harden.core.ports import PortRange, compress, expand, parse_port
 from harden.core.types import PROTOS, Family, Proto
-from harden.errors import HardenError
+from harden.errors import OptionError
 
 
 class Expect(StrEnum):
@@ -148,10 +148,10 @@ def parse_port_selection(spec: str) -> str | tuple[int, ...]:
         try:
             rng = parse_port(part if not part.isdigit() else int(part))
         except ValueError as exc:
-            raise HardenError(f"--ports: {exc}") from None
+            raise OptionError("ports", str(exc)) from None
         ports.update(rng)
     if not ports:
-        raise HardenError("--ports: expected 'declared', 'all' or ports like 1-1024,8080")
+        raise OptionError("ports", "expected 'declared', 'all' or ports like 1-1024,8080")
     return tuple(sorted(ports))
 
 

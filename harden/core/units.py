@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from harden.errors import RenderError
+from harden.errors import OptionError, RenderError
 
 # systemd time spans harden accepts: "90s", "15min", "1h", "1d" (systemd.time(7)).
 _SPAN = re.compile(r"[1-9][0-9]{0,5}(s|min|h|d)")
@@ -45,7 +45,7 @@ class Schedule:
         if not _NAME.fullmatch(self.name):
             raise RenderError(f"unit name {self.name!r}: use letters, digits and :_.@-")
         if not _SPAN.fullmatch(self.every):
-            raise RenderError(f"--every {self.every!r}: expected e.g. 90s, 15min, 1h or 1d")
+            raise OptionError("every", f"{self.every!r}: expected e.g. 90s, 15min, 1h or 1d")
         if not self.command or not self.command[0].startswith("/"):
             raise RenderError("the command must start with an absolute path")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 
 from harden.core.types import Address
-from harden.errors import EnvironmentProblem, HardenError
+from harden.errors import EnvironmentProblem, OptionError
 from harden.text import one_line
 
 
@@ -36,7 +36,7 @@ def check_target(target: Address) -> None:
     elif isinstance(target, IPv4Address) and target == IPv4Address("255.255.255.255"):
         kind = "the broadcast address"
     if kind:
-        raise HardenError(f"--target {target} is {kind}, not one host: nothing to verify")
+        raise OptionError("target", f"{target} is {kind}, not one host: nothing to verify")
 
 
 def route_to(target: Address) -> Route:
@@ -49,11 +49,12 @@ def route_to(target: Address) -> Route:
     info = json.loads(proc.stdout)[0]
     kind = info.get("type", "unicast")
     if kind == "local" or info.get("dev") == "lo":
-        raise HardenError(
-            f"--target {target} is an address of this host: verify from another host (or namespace)"
+        raise OptionError(
+            "target",
+            f"{target} is an address of this host: verify from another host (or namespace)",
         )
     if kind in ("broadcast", "multicast", "anycast"):
-        raise HardenError(f"--target {target} is a {kind} address here, not one host")
+        raise OptionError("target", f"{target} is a {kind} address here, not one host")
     if kind != "unicast" or "dev" not in info or "prefsrc" not in info:
         raise EnvironmentProblem(f"no usable route to {target} (route type {kind})")
     return Route(target, info["dev"], ip_address(info["prefsrc"]), "gateway" not in info)

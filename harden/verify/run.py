@@ -14,7 +14,7 @@ from harden.core.policy import Policy
 from harden.core.report import Report, evaluate
 from harden.core.types import Address
 from harden.core.witness import Reading, compare, parse_reading
-from harden.errors import EnvironmentProblem, HardenError
+from harden.errors import EnvironmentProblem, OptionError
 from harden.text import one_line
 from harden.verify.connect import ConnectTransport
 from harden.verify.engine import Options, Progress, no_progress, verify
@@ -35,7 +35,7 @@ def resolve_targets(
     for address in addresses:
         route = route_to(address)
         if address == route.source:
-            raise HardenError(f"--target {address} is this host's own address")
+            raise OptionError("target", f"{address} is this host's own address")
         seen = (seen_as or {}).get(address.version)
         out.append((Target(address, route.source, seen), route))
     return out
@@ -124,21 +124,22 @@ def read_witness(command: str) -> Reading:
             command, shell=True, capture_output=True, text=True, timeout=120, check=False
         )
     except subprocess.TimeoutExpired:
-        raise EnvironmentProblem(f"--witness {command!r} did not finish in 120 s") from None
+        raise EnvironmentProblem(f"witness command {command!r} did not finish in 120 s") from None
     if proc.returncode != 0:
         raise EnvironmentProblem(
-            f"--witness {command!r} exited {proc.returncode}: {one_line(proc.stderr, 300)}"
+            f"witness command {command!r} exited {proc.returncode}: {one_line(proc.stderr, 300)}"
         )
     try:
         reading = parse_reading(json.loads(proc.stdout))
     except ValueError:
         raise EnvironmentProblem(
-            f"--witness {command!r} did not print 'harden counters --format json' output"
+            f"witness command {command!r} did not print 'harden counters --format json' output"
         ) from None
     if not any(name.startswith("witness_") for name in reading.counters):
-        raise HardenError(
-            "--witness: the target has no witness counters; list the prober's networks "
-            "under verify.probers in its manifest and apply it"
+        raise OptionError(
+            "witness",
+            "the target has no witness counters; list the prober's networks "
+            "under verify.probers in its manifest and apply it",
         )
     return reading
 

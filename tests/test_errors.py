@@ -1,0 +1,48 @@
+"""Errors by kind: the library names options as the API does, the CLI as its flags; a broken
+invariant is a bug (exit 70), a command that does not fit the state is refused (exit 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from harden.apply.state import State
+from harden.core.plan import parse_port_selection
+from harden.errors import ExitStatus, InternalError, OptionError, Refused
+from harden.verify.route import check_target
+
+from .conftest import REPO
+
+WEB = REPO / "rulesets" / "web-server.yaml"
+
+
+def test_library_errors_name_the_option_not_the_flag() -> None:
+    with pytest.raises(OptionError) as caught:
+        parse_port_selection("1-2-3")
+    assert caught.value.option == "ports" and str(caught.value).startswith("ports: ")
+    from ipaddress import ip_address
+
+    with pytest.raises(OptionError, match=r"^target: 224\.0\.0\.1 is a multicast address"):
+        check_target(ip_address("224.0.0.1"))
+
+
+def test_the_cli_names_the_flag() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "harden.cli", "verify", str(WEB), "--target", "224.0.0.1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == ExitStatus.USAGE
+    assert proc.stderr.startswith("harden: error: --target: 224.0.0.1 is a multicast"), proc.stderr
+
+
+def test_a_broken_invariant_is_a_bug_and_a_state_conflict_is_refused() -> None:
+    with pytest.raises(InternalError) as bug:
+        State().loaded()
+    assert bug.value.exit_status == ExitStatus.INTERNAL
+    with pytest.raises(Refused) as refused:
+        State().rolled_back(0.0, "")
+    assert refused.value.exit_status == ExitStatus.USAGE
