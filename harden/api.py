@@ -14,9 +14,9 @@ from harden import apply as _apply
 from harden import defaults
 from harden.core.manifest import Manifest
 from harden.core.policy import build_policy
-from harden.core.render import Backend
 from harden.core.render import render as _render
 from harden.core.results import Validation
+from harden.core.types import Backend
 from harden.errors import ExitStatus, HardenError, OptionError
 from harden.files import load_manifest
 
@@ -46,14 +46,14 @@ def validate(path: str | Path) -> dict[str, Any]:
     return Validation.of(str(path), manifest, build_policy(manifest)).to_json()
 
 
-def render(path: str | Path, backend: Backend = "nftables") -> dict[str, str]:
+def render(path: str | Path, backend: Backend = defaults.BACKEND) -> dict[str, str]:
     """The ruleset files a manifest renders to: file name -> text."""
     return _render(build_policy(load(path)), backend)
 
 
 def apply(
     path: str | Path,
-    backend: Backend = "nftables",
+    backend: Backend = defaults.BACKEND,
     *,
     state_dir: str | Path = defaults.STATE_DIR,
     confirm: int | None = None,
@@ -76,7 +76,7 @@ def apply(
     return result.to_json()
 
 
-def diff(path: str | Path, backend: Backend = "nftables") -> dict[str, Any]:
+def diff(path: str | Path, backend: Backend = defaults.BACKEND) -> dict[str, Any]:
     """``{"drift": bool, "diff": str}``: the live rules against what the manifest renders."""
     return _apply.diff(Path(path), backend).to_json()
 
@@ -135,7 +135,7 @@ def verify_egress(
 
 def lab(
     path: str | Path,
-    backend: Backend = "nftables",
+    backend: Backend = defaults.BACKEND,
     *,
     confirm_window: int = defaults.LAB_CONFIRM_WINDOW,
     ports: str = "all",

@@ -17,9 +17,10 @@ from harden.core.manifest import json_schema
 from harden.core.metrics import verify_metrics
 from harden.core.nmapxml import nmap_xml
 from harden.core.policy import build_policy
-from harden.core.render import BACKENDS, Backend, render
+from harden.core.render import render
 from harden.core.report import Report
 from harden.core.results import Validation
+from harden.core.types import BACKENDS, Backend
 from harden.errors import EnvironmentProblem, ExitStatus, HardenError, OptionError
 from harden.files import check_private_dir, check_private_file, load_manifest, write_atomic
 from harden.text import one_line
@@ -73,7 +74,7 @@ def validate(manifests: Sequence[Path], fmt: str) -> None:
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
-    default="nftables",
+    default=defaults.BACKEND,
     show_default=True,
     help="nftables: one inet table; iptables: iptables-restore and ip6tables-restore files.",
 )
@@ -116,7 +117,7 @@ FORMAT = click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 BACKEND = click.option(
-    "--backend", type=click.Choice(BACKENDS), default="nftables", show_default=True
+    "--backend", type=click.Choice(BACKENDS), default=defaults.BACKEND, show_default=True
 )
 
 

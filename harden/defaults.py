@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harden.core.types import Backend
+
 # verify (docs/design.md, "Loss, retries and lost sends")
 WAIT = 0.4  # seconds to wait for replies after a round, at most (and when no RTT is known)
 MIN_WAIT = 0.05  # ... at least, however short the measured round-trip time
@@ -20,5 +22,6 @@ MAX_QUIET_WAIT = 20.0  # give up if the target never stays ICMP-quiet this long
 CONNECT_TIMEOUT = 1.0  # connect mode: the least time a silent TCP port is given
 
 # apply
+BACKEND: Backend = "nftables"  # one inet table for IPv4 and IPv6, loaded atomically
 STATE_DIR = Path("/var/lib/harden")
 LAB_CONFIRM_WINDOW = 120  # seconds: the lab's apply rolls back unless verified in time

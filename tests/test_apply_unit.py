@@ -22,7 +22,8 @@ from harden.apply.guard import (
     ssh_sessions,
 )
 from harden.core.policy import build_policy
-from harden.core.render import Backend, render
+from harden.core.render import render
+from harden.core.types import Backend
 from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
 from harden.sockets import parse_endpoint, parse_ss

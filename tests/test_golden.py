@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from harden.core.policy import build_policy
-from harden.core.render import BACKENDS, render
+from harden.core.render import render
+from harden.core.types import BACKENDS
 from harden.files import load_manifest
 
 from .conftest import REPO

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harden.core.render import Backend
+from harden.core.types import Backend
 from harden.errors import StateError
 from harden.files import write_atomic
 

@@ -30,8 +30,8 @@ from harden.apply.guard import lockout_reason, require_namespace
 from harden.apply.hostinfo import other_firewalls
 from harden.apply.state import Applied, Pending, State, StateDir
 from harden.core.policy import Policy, build_policy
-from harden.core.render import Backend
 from harden.core.results import ApplyResult, Drift, StatusReport, Validation
+from harden.core.types import Backend
 from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused, Refused
 from harden.files import read_manifest, write_atomic
 

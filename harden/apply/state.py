@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from harden import defaults
-from harden.core.render import Backend
+from harden.core.types import Backend
 from harden.errors import (
     ApplyError,
     InternalError,

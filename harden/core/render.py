@@ -5,18 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from typing import Literal, get_args
 
 import jinja2
 
 from harden.core.policy import Allow, Policy
 from harden.core.ports import PortRange
-from harden.core.types import FAMILIES
+from harden.core.types import BACKENDS, FAMILIES, Backend
 from harden.core.witness import counter_name
 from harden.errors import RenderError
-
-Backend = Literal["nftables", "iptables"]
-BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 NFT_FILE = "harden.nft"
 IPT_FILES = {4: "harden.rules.v4", 6: "harden.rules.v6"}

@@ -12,6 +12,8 @@ Family = Literal[4, 6]
 Proto = Literal["tcp", "udp"]
 FAMILIES: tuple[Family, ...] = (4, 6)
 PROTOS: tuple[Proto, ...] = ("tcp", "udp")
+Backend = Literal["nftables", "iptables"]
+BACKENDS: tuple[Backend, ...] = ("nftables", "iptables")
 
 
 class Verdict(StrEnum):

@@ -34,7 +34,7 @@ from rich.table import Table
 
 from harden import defaults
 from harden.core.policy import build_policy
-from harden.core.render import Backend
+from harden.core.types import Backend
 from harden.errors import EnvironmentProblem
 from harden.files import load_manifest
 from harden.lab.net import Host, LabNet
@@ -146,7 +146,7 @@ Progress = Callable[[str], None]
 
 def run_lab(
     manifest: Path,
-    backend: Backend = "nftables",
+    backend: Backend = defaults.BACKEND,
     *,
     confirm_window: int = defaults.LAB_CONFIRM_WINDOW,
     progress: Progress = lambda message: None,

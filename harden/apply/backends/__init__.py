@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from harden.core.policy import Policy
-from harden.core.render import Backend
+from harden.core.types import Backend
 
 
 class Firewall(Protocol):

@@ -20,7 +20,8 @@ from typing import Any
 
 from harden.apply import boot
 from harden.core.policy import Policy
-from harden.core.render import IPT_FILES, Backend, render
+from harden.core.render import IPT_FILES, render
+from harden.core.types import Backend
 from harden.errors import ApplyError, EnvironmentProblem, StateError
 from harden.text import one_line
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from harden.apply import boot
 from harden.core.policy import Policy
-from harden.core.render import NFT_FILE, Backend, render
+from harden.core.render import NFT_FILE, render
+from harden.core.types import Backend
 from harden.errors import ApplyError, EnvironmentProblem, StateError
 from harden.text import one_line
 
