@@ -27,6 +27,7 @@ from harden.core.plan import Target, plan_probes
 from harden.core.policy import build_policy
 from harden.core.report import Report, evaluate
 from harden.core.results import ApplyResult, Drift, StatusReport, Validation
+from harden.core.types import sent_counts
 from harden.files import load_manifest, parse_manifest
 from harden.lab.run import LabResult, Step
 
@@ -79,7 +80,9 @@ def leaky_report() -> Report:
         findings.echo[t.address] = True
         findings.alive[t.address] = "tcp/22 answered syn-ack"
         findings.unproven[(t, "udp")] = "unprobed"
-    findings.sent = {"4/tcp/allowed": 4, "4/tcp/silent": 6, "6/tcp/allowed": 4, "6/tcp/silent": 6}
+    findings.sent = sent_counts(
+        {"4/tcp/allowed": 4, "4/tcp/silent": 6, "6/tcp/allowed": 4, "6/tcp/silent": 6}
+    )
     findings.notes.append("198.19.254.1 udp: 1 port(s) answered with ICMP; more may answer")
     return evaluate(plan, findings)
 

@@ -14,8 +14,9 @@ from harden.core.plan import Expect, Target, parse_port_selection, plan_probes
 from harden.core.policy import build_policy
 from harden.core.ports import compress, expand
 from harden.core.report import evaluate
+from harden.core.types import sent_counts
 from harden.core.witness import Observed, Reading, compare
-from harden.errors import HardenError
+from harden.errors import OptionError
 from harden.files import parse_manifest
 
 MANIFEST = """
@@ -59,7 +60,7 @@ def test_reject_mode_and_ipv6_off() -> None:
 def test_port_selection() -> None:
     assert parse_port_selection("declared") == "declared"
     assert parse_port_selection("1-3, 8080") == (1, 2, 3, 8080)
-    with pytest.raises(HardenError, match="--ports"):
+    with pytest.raises(OptionError, match=r"^ports: "):
         parse_port_selection("0-5")
     policy = build_policy(parse_manifest(MANIFEST))
     plan = plan_probes(policy, [STRANGER], "declared")
@@ -221,7 +222,7 @@ def test_the_witness_proves_reject_mode_udp_silence() -> None:
     plan = plan_probes(policy, [STRANGER], (1, 2, 3))
     prohibited = {1: Reply(4, "udp", 1, 41000, Reason.PROHIBITED, 13)}
     findings = findings_for({2: Reply(4, "tcp", 2, 40000, Reason.PROHIBITED, 13)}, prohibited)
-    findings.sent = {"4/tcp/rejected": 7, "4/udp/rejected": 7}
+    findings.sent = sent_counts({"4/tcp/rejected": 7, "4/udp/rejected": 7})
     findings.premises[(STRANGER, "udp")] = ["the target's ICMP rate limit ≤ 1000 ms (x)"]
     assert evaluate(plan, findings).verdict == "inconclusive"
     findings.witness = witnessed(
@@ -237,7 +238,7 @@ def test_the_witness_proves_reject_mode_udp_silence() -> None:
 def test_declared_probes_blocked_on_the_host_fail_the_silent_declared_port() -> None:
     plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (53, 99))
     findings = findings_for({}, {})  # udp/53 silent: "open|filtered" from outside
-    findings.sent = {"4/udp/allowed": 7, "4/udp/silent": 3, "4/tcp/silent": 6}
+    findings.sent = sent_counts({"4/udp/allowed": 7, "4/udp/silent": 3, "4/tcp/silent": 6})
     findings.witness = witnessed(
         witness_in_udp_v4=10, witness_closed_udp_v4=3, witness_in_tcp_v4=6, witness_closed_tcp_v4=6
     )
@@ -251,7 +252,7 @@ def test_declared_probes_blocked_on_the_host_fail_the_silent_declared_port() -> 
 def test_counters_that_went_back_make_the_run_inconclusive_not_judged() -> None:
     plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (99,))
     findings = findings_for({}, {})
-    findings.sent = {"4/udp/silent": 3}
+    findings.sent = sent_counts({"4/udp/silent": 3})
     before = Reading({"witness_in_udp_v4": 900, "witness_closed_udp_v4": 900})
     after = Reading({"witness_in_udp_v4": 2, "witness_closed_udp_v4": 0})  # "leak" of 2
     findings.witness = compare(before, after)
@@ -270,7 +271,7 @@ def test_a_host_seen_only_at_the_link_layer_is_an_assumption_the_witness_removes
         f"the link-layer answer for {T} came from the target, not from a proxy-ARP router "
         "answering for an empty address"
     ]
-    findings.sent = {"4/tcp/silent": 3}
+    findings.sent = sent_counts({"4/tcp/silent": 3})
     findings.witness = witnessed(witness_in_tcp_v4=3, witness_closed_tcp_v4=3)
     report = evaluate(plan, findings)
     assert report.assumptions == [] and report.alive[str(T)] == "its witness counted 3 probes"

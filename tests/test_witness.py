@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from harden.apply.hostinfo import icmp_settings
-from harden.core.types import Verdict
+from harden.core.types import Verdict, sent_counts
 from harden.core.witness import TCP_SLACK, Observed, Reading, compare, judge, parse_reading
 from harden.lab.netns import Namespace, connect
 
@@ -36,26 +36,26 @@ def counted(**values: int) -> Observed:
 
 
 def test_every_probe_arrived_and_was_dropped_or_declared() -> None:
-    sent = {"4/udp/silent": 100, "4/udp/allowed": 3}
+    sent = sent_counts({"4/udp/silent": 100, "4/udp/allowed": 3})
     [verdict] = judge(sent, counted(witness_in_udp_v4=103, witness_closed_udp_v4=100))
     assert verdict.verdict is Verdict.PASS and "103 of 103" in verdict.detail
 
 
 def test_probes_accepted_past_harden_are_a_failure() -> None:
-    sent = {"4/udp/silent": 100, "4/udp/allowed": 3}
+    sent = sent_counts({"4/udp/silent": 100, "4/udp/allowed": 3})
     [verdict] = judge(sent, counted(witness_in_udp_v4=103, witness_closed_udp_v4=97))
     assert verdict.verdict is Verdict.FAIL and verdict.detail.startswith("3 IPv4 udp probe(s)")
 
 
 def test_nothing_arrived_is_inconclusive_and_loss_is_only_a_note() -> None:
-    sent = {"4/tcp/silent": 50}
+    sent = sent_counts({"4/tcp/silent": 50})
     assert judge(sent, counted())[0].verdict is Verdict.INCONCLUSIVE
     [lossy] = judge(sent, counted(witness_in_tcp_v4=45, witness_closed_tcp_v4=45))
     assert lossy.verdict is Verdict.PASS and "5 did not arrive" in lossy.detail
 
 
 def test_the_witness_commands_own_ssh_connection_is_tolerated() -> None:
-    sent = {"4/tcp/silent": 50}
+    sent = sent_counts({"4/tcp/silent": 50})
     ok = counted(witness_in_tcp_v4=50 + TCP_SLACK, witness_closed_tcp_v4=50)
     assert judge(sent, ok)[0].verdict is Verdict.PASS
     bad = counted(witness_in_tcp_v4=51 + TCP_SLACK, witness_closed_tcp_v4=50)
@@ -63,13 +63,13 @@ def test_the_witness_commands_own_ssh_connection_is_tolerated() -> None:
 
 
 def test_a_family_without_probers_is_unknown_not_passed() -> None:
-    assert judge({"6/udp/silent": 9}, counted())[0].verdict is None
+    assert judge(sent_counts({"6/udp/silent": 9}), counted())[0].verdict is None
 
 
 def test_drops_by_another_firewall_are_not_blamed_as_accepted() -> None:
     """Another table drops 60 of the closed-port probes before harden sees them: the
     passed counter shows they were not let through, so the host conforms."""
-    sent = {"4/udp/silent": 100, "4/udp/allowed": 3}
+    sent = sent_counts({"4/udp/silent": 100, "4/udp/allowed": 3})
     observed = counted(witness_in_udp_v4=103, witness_closed_udp_v4=40, witness_passed_udp_v4=3)
     [verdict] = judge(sent, observed)
     assert verdict.verdict is Verdict.PASS, verdict.detail
@@ -77,7 +77,7 @@ def test_drops_by_another_firewall_are_not_blamed_as_accepted() -> None:
 
 
 def test_probes_let_through_past_every_firewall_fail() -> None:
-    sent = {"4/udp/silent": 100, "4/udp/allowed": 3}
+    sent = sent_counts({"4/udp/silent": 100, "4/udp/allowed": 3})
     observed = counted(witness_in_udp_v4=103, witness_closed_udp_v4=97, witness_passed_udp_v4=6)
     [verdict] = judge(sent, observed)
     assert verdict.verdict is Verdict.FAIL and verdict.detail.startswith("3 IPv4 udp probe(s)")
@@ -85,7 +85,7 @@ def test_probes_let_through_past_every_firewall_fail() -> None:
 
 def test_declared_probes_dropped_by_another_firewall_fail() -> None:
     """ufw drops the declared DNS port: its 7 probes arrived and none passed."""
-    sent = {"4/udp/silent": 100, "4/udp/allowed": 7}
+    sent = sent_counts({"4/udp/silent": 100, "4/udp/allowed": 7})
     observed = counted(witness_in_udp_v4=107, witness_closed_udp_v4=100, witness_passed_udp_v4=0)
     [verdict] = judge(sent, observed)
     assert verdict.verdict is Verdict.FAIL and verdict.blocked_declared == 7
@@ -97,10 +97,10 @@ def test_declared_probes_dropped_by_another_firewall_fail() -> None:
 def test_reset_or_replaced_counters_prove_nothing() -> None:
     before = Reading({"witness_in_udp_v4": 2_000_000, "witness_closed_udp_v4": 2_000_000}, "h 1")
     after = Reading({"witness_in_udp_v4": 99_514, "witness_closed_udp_v4": 99_000}, "h 1")
-    [verdict] = judge({"4/udp/silent": 196_603}, compare(before, after))
+    [verdict] = judge(sent_counts({"4/udp/silent": 196_603}), compare(before, after))
     assert verdict.verdict is Verdict.INCONCLUSIVE and "went back" in verdict.detail
     replaced = Reading({"witness_in_udp_v4": 3_000_000, "witness_closed_udp_v4": 3_000_000}, "h 9")
-    [verdict] = judge({"4/udp/silent": 196_603}, compare(before, replaced))
+    [verdict] = judge(sent_counts({"4/udp/silent": 196_603}), compare(before, replaced))
     assert verdict.verdict is Verdict.INCONCLUSIVE and "changed during the run" in verdict.detail
     assert compare(Reading({"a": 5}), Reading({"a": 7, "b": 1})).counted == {"a": 2, "b": 1}
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from harden.core.classify import Reply
 from harden.core.plan import Target
-from harden.core.types import Address, Proto
+from harden.core.types import Address, Proto, Sent
 from harden.core.witness import Observed
 
 Mode = Literal["raw", "connect"]
@@ -19,7 +19,7 @@ class Findings:
 
     replies: dict[tuple[Target, Proto], dict[int, Reply]] = field(default_factory=dict)
     echo: dict[Address, bool] = field(default_factory=dict)  # absent: ping not checked
-    sent: dict[str, int] = field(default_factory=dict)  # "4/tcp/silent" -> probes sent
+    sent: dict[Sent, int] = field(default_factory=dict)  # probes sent, by kind
     notes: list[str] = field(default_factory=list)
     # Silent ports here are not proven silent, and why: the target's ICMP budget ran
     # out ("unprobed"), or its rate limit is too slow to wait for.

@@ -168,7 +168,7 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
     report = Report(
         targets=[str(t.address) for t in targets],
         notes=list(findings.notes),
-        sent=dict(findings.sent),
+        sent={str(key): n for key, n in findings.sent.items()},
         seconds=findings.seconds,
         mode=findings.mode,
         timing={k: round(v, 3) for k, v in sorted(findings.timing.items())},

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harden.core.types import FAMILIES, PROTOS, Family, Proto, Verdict
+from harden.core.types import FAMILIES, PROTOS, Family, Proto, Sent, Verdict
 
 # The witness command's own connection (an SSH login from the prober to the target to
 # read the counters) is a new TCP connection to a declared port: tolerated.
@@ -134,14 +134,13 @@ class Judgement:
     blocked_declared: int = 0
 
 
-def judge(sent: Mapping[str, int], observed: Observed) -> list[Judgement]:
-    """Compare probes sent (``"4/udp/silent": n``) with what the target counted."""
+def judge(sent: Mapping[Sent, int], observed: Observed) -> list[Judgement]:
+    """Compare the probes sent, by kind, with what the target counted."""
     out = []
     counted = observed.counted
     for family in FAMILIES:
         for proto in PROTOS:
-            prefix = f"{family}/{proto}/"
-            total = sum(n for key, n in sent.items() if key.startswith(prefix))
+            total = sum(n for key, n in sent.items() if (key.family, key.proto) == (family, proto))
             if not total:
                 continue
             arrived = counted.get(counter_name("in", proto, family))
@@ -161,7 +160,7 @@ def judge(sent: Mapping[str, int], observed: Observed) -> list[Judgement]:
                 out.append(Judgement(family, proto, Verdict.INCONCLUSIVE, observed.untrusted))
                 continue
             passed = counted.get(counter_name("passed", proto, family))
-            declared = sent.get(prefix + "allowed", 0)
+            declared = sent.get(Sent(family, proto, "allowed"), 0)
             out.append(_judge_one(family, proto, total, declared, arrived, closed, passed))
     return out
 

@@ -29,7 +29,7 @@ from harden import defaults
 from harden.core.classify import Reason, Reply
 from harden.core.findings import Findings
 from harden.core.plan import Expect, Plan, PortMap, Target
-from harden.core.types import Address, Proto
+from harden.core.types import Address, Proto, Sent
 from harden.errors import EnvironmentProblem
 from harden.verify.transport import Clock, Round, SystemClock, Transport
 
@@ -486,7 +486,7 @@ class _Run:
     def _count(self, sent: Round, expect: PortMap) -> None:
         family = sent.target.family
         for expectation, n in expect.count(sent.ports[: sent.sent]).items():
-            key = f"{family}/{sent.proto}/{expectation.value}"
+            key = Sent(family, sent.proto, expectation.value)
             self.findings.sent[key] = self.findings.sent.get(key, 0) + n
 
 
