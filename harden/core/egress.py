@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from harden.core.policy import Policy
 from harden.core.ports import PortRange, compress, expand
 from harden.core.report import Entry, Report, Span, Status
-from harden.core.types import PROTOS, Address, Proto
+from harden.core.types import PROTOS, Address, Proto, Sent
 
 Key = tuple[Address, Proto]
 
@@ -30,7 +30,7 @@ class EgressRun:
     refused: dict[Key, set[int]] = field(default_factory=dict)  # EPERM here
     arrived: dict[Key, set[int]] = field(default_factory=dict)  # the sink's report
     control: set[Address] = field(default_factory=set)  # sinks the control packet reached
-    sent: dict[str, int] = field(default_factory=dict)
+    sent: dict[Sent, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     started: float = 0.0
@@ -40,7 +40,7 @@ def egress_report(policy: Policy, run: EgressRun) -> Report:
     """Judge every (sink, protocol, port) of ``run`` against ``policy``'s egress."""
     report = Report(
         targets=[str(s) for s in run.sinks],
-        sent=dict(run.sent),
+        sent={str(key): n for key, n in run.sent.items()},
         notes=list(run.notes),
         seconds=run.seconds,
         started=run.started,

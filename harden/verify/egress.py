@@ -23,7 +23,7 @@ from collections.abc import Callable
 from harden.core.egress import EgressRun
 from harden.core.policy import Policy
 from harden.core.ports import PortRange, expand, parse_port
-from harden.core.types import PROTOS, Address, Proto
+from harden.core.types import PROTOS, Address, Proto, Sent
 from harden.errors import EnvironmentProblem
 from harden.text import one_line
 from harden.verify.route import route_to
@@ -215,9 +215,8 @@ def _sweep(policy: Policy, sender: EgressSender, run: EgressRun, progress: Progr
             if progress is not None and port % 4096 == 0:
                 progress(4096)
         run.refused[(sink, proto)] = refused
-        run.sent[f"{sink.version}/{proto}/egress"] = (
-            run.sent.get(f"{sink.version}/{proto}/egress", 0) + sent
-        )
+        key = Sent(4 if sink.version == 4 else 6, proto, "egress")
+        run.sent[key] = run.sent.get(key, 0) + sent
     if any(sender.control() for _ in range(3)):
         return
     run.notes.append(f"this host refused its control packet (an ICMP error) to {sink}")
