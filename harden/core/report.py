@@ -357,91 +357,32 @@ def _ports(
     if not expect:
         return
     replies = findings.replies.get((target, proto), {})
-    services = {
-        p: s
-        for g in plan.groups
-        if g.target == target and g.proto == proto
-        for p, s in g.services.items()
-    }
-    conforming: dict[tuple[str, str], list[PortRange]] = {}
-    unproven: dict[tuple[str, str], list[PortRange]] = {}
-    # Why these ports' silence proves nothing (the ICMP budget ran out, ...), unless the
-    # witness counted every probe that arrived into harden's closed path.
-    unproven_as = None if witnessed else findings.unproven.get((target, proto))
-    alive = target.address in findings.alive
-    rejected_seen = False
-    entries: list[Entry] = []
-
-    def conclude(ranges: list[PortRange], exp: Expect, reply: Reply | None) -> None:
-        """One verdict for ports that got the same reply (or none): in bulk, as ranges."""
-        nonlocal rejected_seen
-        if not ranges:
-            return
-        key: tuple[str, str] | None = None
-        bucket = unproven
-        if exp is not Expect.ALLOWED and _filtered_elsewhere(reply):
-            # A reject from another address: the target's own stack (icmp_errors_use_
-            # inbound_ifaddr) or a filter in front of it; its probe may never have
-            # reached the host, so neither a leak nor a proof (docs/design.md).
-            assert reply is not None and reply.responder is not None
-            key = (exp.value, f"rejected by {reply.responder}, the target or a filter before it")
-            bucket.setdefault(key, []).extend(ranges)
-            return
-        status, observed, detail = _judge(proto, exp, reply)
-        if exp is Expect.REJECTED and status is Status.OK:
-            rejected_seen = True
-        if exp is not Expect.ALLOWED and status is Status.UNPROVEN and witnessed:
-            key, bucket = (exp.value, "silent, counted by the witness"), conforming
-        elif exp is not Expect.ALLOWED and status is Status.UNPROVEN:
-            key = (exp.value, "silent-unproven")
-        elif exp is not Expect.ALLOWED and status is Status.OK and unproven_as and not reply:
-            key = (exp.value, unproven_as)
-        elif exp is not Expect.ALLOWED and status is Status.OK and not alive:
-            key = (exp.value, "silent, no host seen")
-        elif exp is not Expect.ALLOWED and status is Status.OK:
-            key, bucket = (exp.value, observed), conforming
-        if key is not None:
-            bucket.setdefault(key, []).extend(ranges)
-            return
-        entries.extend(
-            Entry(
-                str(target.address),
-                target.family,
-                proto,
-                port,
-                exp.value,
-                observed,
-                status,
-                detail,
-                services.get(port, ""),
-            )
-            for port in expand(ranges)
-        )
-
+    judged = _Judged(
+        target,
+        proto,
+        services={
+            p: s
+            for g in plan.groups
+            if g.target == target and g.proto == proto
+            for p, s in g.services.items()
+        },
+        witnessed=witnessed,
+        # Why these ports' silence proves nothing (the ICMP budget ran out, ...), unless
+        # the witness counted every probe that arrived into harden's closed path.
+        unproven_as=None if witnessed else findings.unproven.get((target, proto)),
+        alive=target.address in findings.alive,
+    )
     # Most ports of a span get no reply: judged once per span, not once per port (a
     # fleet of 64 hosts is 8 million ports), and only the ports that answered one by one.
     for rng, exp in expect.spans():
         answered = sorted(p for p in replies if p in rng)
-        conclude(_gaps(rng, answered), exp, None)
+        judged.conclude(_gaps(rng, answered), exp, None)
         for port in answered:
-            conclude([PortRange(port, port)], exp, replies[port])
-    entries.sort(key=lambda e: e.port or 0)
-    report.entries.extend(entries)
-    for spans, groups in ((report.spans, conforming), (report.unproven, unproven)):
-        for (exp_value, observed), ranges in groups.items():
-            merged = merge(ranges)
-            spans.append(
-                Span(
-                    str(target.address),
-                    target.family,
-                    proto,
-                    exp_value,
-                    observed,
-                    tuple(map(str, merged)),
-                    sum(len(r) for r in merged),
-                )
-            )
-    if Expect.REJECTED in expect.kinds() and not rejected_seen:
+            judged.conclude([PortRange(port, port)], exp, replies[port])
+    report.entries.extend(sorted(judged.entries, key=lambda e: e.port or 0))
+    report.spans.extend(judged.spans(judged.conforming))
+    report.unproven.extend(judged.spans(judged.unproven))
+    if Expect.REJECTED in expect.kinds() and not judged.rejected_seen:
         report.entries.append(
             Entry(
                 str(target.address),
@@ -454,6 +395,97 @@ def _ports(
                 "closed: reject, but no closed port answered admin-prohibited (is reject active?)",
             )
         )
+
+
+Buckets = dict[tuple[str, str], list[PortRange]]  # (expected, observed) -> port ranges
+
+
+@dataclass
+class _Judged:
+    """One target's ports of one protocol as they are judged.
+
+    Deviations and declared ports one by one (``entries``); conforming and unproven ports
+    in bulk, as ranges.
+    """
+
+    target: Target
+    proto: Proto
+    services: dict[int, str]
+    witnessed: bool
+    unproven_as: str | None
+    alive: bool
+    entries: list[Entry] = field(default_factory=list)
+    conforming: Buckets = field(default_factory=dict)
+    unproven: Buckets = field(default_factory=dict)
+    rejected_seen: bool = False
+
+    def conclude(self, ranges: list[PortRange], exp: Expect, reply: Reply | None) -> None:
+        """One verdict for ports that got the same reply (or none)."""
+        if not ranges:
+            return
+        if exp is not Expect.ALLOWED and _filtered_elsewhere(reply):
+            # A reject from another address: the target's own stack (icmp_errors_use_
+            # inbound_ifaddr) or a filter in front of it; its probe may never have
+            # reached the host, so neither a leak nor a proof (docs/design.md).
+            assert reply is not None and reply.responder is not None
+            observed = f"rejected by {reply.responder}, the target or a filter before it"
+            self.unproven.setdefault((exp.value, observed), []).extend(ranges)
+            return
+        status, observed, detail = _judge(self.proto, exp, reply)
+        if exp is Expect.REJECTED and status is Status.OK:
+            self.rejected_seen = True
+        bucket = None if exp is Expect.ALLOWED else self._bucket(status, observed, reply)
+        if bucket is not None:
+            bucket[0].setdefault((exp.value, bucket[1]), []).extend(ranges)
+            return
+        self.entries.extend(
+            Entry(
+                str(self.target.address),
+                self.target.family,
+                self.proto,
+                port,
+                exp.value,
+                observed,
+                status,
+                detail,
+                self.services.get(port, ""),
+            )
+            for port in expand(ranges)
+        )
+
+    def _bucket(
+        self, status: Status, observed: str, reply: Reply | None
+    ) -> tuple[Buckets, str] | None:
+        """Where closed ports with this outcome go in bulk, and as what (None: one by one)."""
+        if status is Status.UNPROVEN:
+            if self.witnessed:
+                return self.conforming, "silent, counted by the witness"
+            return self.unproven, "silent-unproven"
+        if status is not Status.OK:
+            return None
+        if self.unproven_as and not reply:
+            return self.unproven, self.unproven_as
+        if not self.alive:
+            return self.unproven, "silent, no host seen"
+        return self.conforming, observed
+
+    def spans(self, buckets: Buckets) -> list[Span]:
+        """The buckets as spans of merged ranges."""
+        out = []
+        for (exp_value, observed), ranges in buckets.items():
+            merged = merge(ranges)
+            out.append(
+                Span(
+                    str(self.target.address),
+                    self.target.family,
+                    self.proto,
+                    exp_value,
+                    observed,
+                    tuple(map(str, merged)),
+                    sum(len(r) for r in merged),
+                )
+            )
+        return out
 
 
 def _filtered_elsewhere(reply: Reply | None) -> bool:
