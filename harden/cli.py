@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -16,7 +16,7 @@ from harden import __version__, defaults
 from harden.core.manifest import json_schema
 from harden.core.metrics import verify_metrics
 from harden.core.nmapxml import nmap_xml
-from harden.core.policy import build_policy
+from harden.core.policy import Policy, build_policy
 from harden.core.render import render
 from harden.core.report import Report
 from harden.core.results import Validation
@@ -314,23 +314,34 @@ def diff_cmd(
     address family and source) and the policy changes that alter exposure; exit 0
     no exposure change, 1 change. Reordering or renaming services changes nothing.
     """
-    from click.core import ParameterSource
-
     if new is None:
-        from harden.apply import diff
+        _drift(ctx, manifest, backend, fmt, output)
+    _exposure(ctx, manifest, new, fmt, output)
 
-        if fmt == "markdown":
-            raise click.UsageError("--format markdown needs two manifests: OLD NEW", ctx=ctx)
-        result = diff(manifest, backend)
-        if fmt == "prometheus":
-            from harden.core.metrics import drift_metrics
 
-            _write(output, drift_metrics(result.drift, backend, time.time()))
-        elif output is not None:
-            _write(output, _render(fmt, result.to_json(), result.to_text()))
-        else:
-            _emit(fmt, result.to_json(), result.to_text())
-        raise click.exceptions.Exit(ExitStatus.FAILED if result.drift else ExitStatus.OK)
+def _drift(
+    ctx: click.Context, manifest: Path, backend: Backend, fmt: str, out: Path | None
+) -> NoReturn:
+    """The live rules against what MANIFEST renders (diff MANIFEST)."""
+    from harden.apply import diff
+
+    if fmt == "markdown":
+        raise click.UsageError("--format markdown needs two manifests: OLD NEW", ctx=ctx)
+    result = diff(manifest, backend)
+    if fmt == "prometheus":
+        from harden.core.metrics import drift_metrics
+
+        _write(out, drift_metrics(result.drift, backend, time.time()))
+    elif out is not None:
+        _write(out, _render(fmt, result.to_json(), result.to_text()))
+    else:
+        _emit(fmt, result.to_json(), result.to_text())
+    raise click.exceptions.Exit(result.exit_status)
+
+
+def _exposure(ctx: click.Context, old: Path, new: Path, fmt: str, out: Path | None) -> NoReturn:
+    """What NEW opens and closes compared with OLD (diff OLD NEW); no firewall touched."""
+    from click.core import ParameterSource
 
     from harden.core.exposure import exposure_diff
 
@@ -338,15 +349,15 @@ def diff_cmd(
         raise click.UsageError("--backend reads live rules: give it one MANIFEST", ctx=ctx)
     if fmt == "prometheus":
         raise click.UsageError("--format prometheus reads live rules: give one MANIFEST", ctx=ctx)
-    old_policy, new_policy = (build_policy(load_manifest(path)) for path in (manifest, new))
-    exposure = exposure_diff(old_policy, new_policy, str(manifest), str(new))
+    old_policy, new_policy = (build_policy(load_manifest(path)) for path in (old, new))
+    exposure = exposure_diff(old_policy, new_policy, str(old), str(new))
     if fmt == "markdown":
-        _write(output, exposure.to_markdown())
-    elif output is not None:
-        _write(output, _render(fmt, exposure.to_json(), exposure.to_text()))
+        _write(out, exposure.to_markdown())
+    elif out is not None:
+        _write(out, _render(fmt, exposure.to_json(), exposure.to_text()))
     else:
         _emit(fmt, exposure.to_json(), exposure.to_text())
-    raise click.exceptions.Exit(ExitStatus.FAILED if exposure.changed else ExitStatus.OK)
+    raise click.exceptions.Exit(exposure.exit_status)
 
 
 @cli.command()
@@ -515,11 +526,30 @@ def verify_cmd(
       firewall let through.
     See docs/design.md, "The verdict rule".
     """  # noqa: D301 (click's \\b keeps the list's line breaks)
-    from harden.verify.inventory import load_inventory
     from harden.verify.run import run_verify
 
     if egress or sinks or sink_command:
         _verify_egress(manifest, sinks, sink_command, ports, fmt, output, targets, inventory)
+    report = run_verify(
+        _verify_hosts(manifest, inventory, targets, witness),
+        ports=ports,
+        wait=wait,
+        retries=retries,
+        ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
+        extra_sources=tuple(_address(text, "--source") for text in sources),
+        seen_as=_seen_as(seen_as),
+        witness=witness,
+        progress=fmt == "text" and output is None and sys.stderr.isatty(),
+    )
+    _verify_output(report, fmt, output)
+
+
+def _verify_hosts(
+    manifest: Path | None, inventory: Path | None, targets: tuple[str, ...], witness: str | None
+) -> list[tuple[Policy, list[ipaddress.IPv4Address | ipaddress.IPv6Address]]]:
+    """Each host's policy and addresses: one MANIFEST with --target, or an --inventory."""
+    from harden.verify.inventory import load_inventory
+
     if (manifest is None) == (inventory is None):
         raise click.UsageError("give a MANIFEST with --target, or --inventory FILE")
     if manifest is not None and not targets:
@@ -530,30 +560,20 @@ def verify_cmd(
         raise click.UsageError("--witness reads one host's counters: use it with a MANIFEST")
     if manifest is not None:
         policy = build_policy(load_manifest(manifest))
-        hosts = [(policy, [_address(text, "--target") for text in targets])]
-    else:
-        assert inventory is not None
-        hosts = [(h.policy, list(h.targets)) for h in load_inventory(inventory)]
-    extra = tuple(_address(text, "--source") for text in sources)
+        return [(policy, [_address(text, "--target") for text in targets])]
+    assert inventory is not None
+    return [(h.policy, list(h.targets)) for h in load_inventory(inventory)]
+
+
+def _seen_as(texts: tuple[str, ...]) -> dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """--seen-as: at most one address per family."""
     seen: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
-    for text in seen_as:
+    for text in texts:
         address = _address(text, "--seen-as")
         if address.version in seen:
             raise click.BadParameter("one address per family at most", param_hint="--seen-as")
         seen[address.version] = address
-    show_progress = fmt == "text" and output is None and sys.stderr.isatty()
-    report = run_verify(
-        hosts,
-        ports=ports,
-        wait=wait,
-        retries=retries,
-        ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
-        extra_sources=extra,
-        seen_as=seen,
-        witness=witness,
-        progress=show_progress,
-    )
-    _verify_output(report, fmt, output)
+    return seen
 
 
 def _verify_egress(
@@ -565,7 +585,7 @@ def _verify_egress(
     output: Path | None,
     targets: tuple[str, ...],
     inventory: Path | None,
-) -> None:
+) -> NoReturn:
     """Check this host's output path against MANIFEST's egress, with a sink (--egress)."""
     from harden.core.egress import egress_report
     from harden.verify.egress import parse_ports, run_egress
@@ -586,7 +606,7 @@ def _verify_egress(
     _verify_output(report, fmt, output)
 
 
-def _verify_output(report: Report, fmt: str, output: Path | None) -> None:
+def _verify_output(report: Report, fmt: str, output: Path | None) -> NoReturn:
     text = {
         "json": lambda: json.dumps(report.to_json(), indent=2) + "\n",
         "junit": lambda: report.to_junit(),

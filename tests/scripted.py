@@ -300,22 +300,23 @@ class ScriptedTransport:
         host = self._host(target)
         number = host.start_round(proto)
         start = self.clock.now()
-        sent = Round(target, proto, source, ports, start, self._fresh_sport())
-        if proto == "tcp":
-            sent.seq = 0x1000 * number
+        sport = self._fresh_sport()
+        seq = 0x1000 * number if proto == "tcp" else None
+        found: dict[int, Reply] = {}
+        count = 0
         for port in ports:
             self.clock.sent_one()
             probe = Probe(proto, port, source, number, self.clock.now())
-            reply = host.probe(probe, sent.sport, sent.seq)
+            reply = host.probe(probe, sport, seq)
             if reply is not None:
-                sent.found.setdefault(port, reply)
-            sent.sent += 1
+                found.setdefault(port, reply)
+            count += 1
         if progress is not None:
-            progress(sent.sent)
+            progress(count)
         self.sweeps.append(
             Sweep(proto, target.address, source, tuple(ports), start, self.clock.now())
         )
-        return sent
+        return Round(target, proto, source, ports, start, sport, seq, count, found)
 
     def send_tcp(self, target: Target, ports: Sequence[int], progress: Sent | None) -> Round:
         """One SYN per port from the target's source address."""

@@ -170,3 +170,19 @@ def test_apply_and_verify_never_import_upward() -> None:
         if dep.startswith(upward)
     )
     assert bad == []
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_functions_stay_small() -> None:
+    """No function of the package is over 60 lines, docstring included."""
+    long = sorted(
+        f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})"
+        for path in (REPO / "harden").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    )
+    assert long == []

@@ -111,42 +111,9 @@ def apply(
             if persist_to is not None:  # asked to persist what is live: still do that
                 result.persisted = [str(p) for p in fw.persist(prepared.files, persist_to)]
             return _note_others(result, prepared.policy)
-        snapshots = {**others, backend: fw.snapshot()}
-        states.save_snapshot(snapshots)
-        states.save_files(prepared.files)
-        now = time.time()
-        new = Applied(
-            backend=backend,
-            manifest=str(manifest_path),
-            manifest_sha256=prepared.manifest_sha256,
-            ruleset_sha256=prepared.ruleset_sha256,
-            applied_at=now,
-            live_sha256=digest(canonical),
+        deadline = _transaction(
+            states, fw, prepared, old, canonical, others, confirm=confirm, persist_to=persist_to
         )
-        deadline = None if confirm is None else now + confirm
-        on_confirm = persist_to is not None and confirm is not None
-        token = secrets.token_hex(8)
-        pending = Pending(token, deadline, None, on_confirm, str(persist_to or "/"))
-        state = old.applied(new, pending)
-        states.save(state)  # write-ahead: from here on, 'harden rollback' has a way back
-        try:
-            if deadline is not None:
-                state = state.with_watchdog(_start_watchdog(states.path, token, deadline))
-                states.save(state)
-            fw.load(prepared.files)
-            for name in others:  # a backend switch: the other backend's rules go
-                firewall(name).restore("")
-        except HardenError:
-            _put_back(snapshots)
-            states.save(old)
-            if state.pending is not None:
-                _stop_watchdog(state.pending)
-            raise
-        state = state.loaded()
-        states.save(state)
-        # What an earlier apply's persist replaced is no longer this apply's to undo: a
-        # rollback of this apply must leave the boot files of the rules it restores.
-        states.drop_persist_undo()
         result.changed = True
         if deadline is not None:
             result.confirm_deadline = deadline
@@ -160,6 +127,59 @@ def apply(
         if others:
             result.message += f" (the {', '.join(others)} rules harden had loaded are removed)"
     return _note_others(result, prepared.policy)
+
+
+def _transaction(
+    states: StateDir,
+    fw: Firewall,
+    prepared: Prepared,
+    old: State,
+    canonical: str,
+    others: dict[Backend, str],
+    *,
+    confirm: int | None,
+    persist_to: Path | None,
+) -> float | None:
+    """Snapshot, record the apply write-ahead, arm the watchdog, load; the confirm deadline.
+
+    From the record on, 'harden rollback' has a way back; a failed load puts the rules
+    and the record back before the error goes on.
+    """
+    snapshots = {**others, fw.name: fw.snapshot()}
+    states.save_snapshot(snapshots)
+    states.save_files(prepared.files)
+    now = time.time()
+    new = Applied(
+        backend=fw.name,
+        manifest=str(prepared.manifest),
+        manifest_sha256=prepared.manifest_sha256,
+        ruleset_sha256=prepared.ruleset_sha256,
+        applied_at=now,
+        live_sha256=digest(canonical),
+    )
+    deadline = None if confirm is None else now + confirm
+    on_confirm = persist_to is not None and confirm is not None
+    pending = Pending(secrets.token_hex(8), deadline, None, on_confirm, str(persist_to or "/"))
+    state = old.applied(new, pending)
+    states.save(state)  # write-ahead
+    try:
+        if deadline is not None:
+            state = state.with_watchdog(_start_watchdog(states.path, pending.token, deadline))
+            states.save(state)
+        fw.load(prepared.files)
+        for name in others:  # a backend switch: the other backend's rules go
+            firewall(name).restore("")
+    except HardenError:
+        _put_back(snapshots)
+        states.save(old)
+        if state.pending is not None:
+            _stop_watchdog(state.pending)
+        raise
+    states.save(state.loaded())
+    # What an earlier apply's persist replaced is no longer this apply's to undo: a
+    # rollback of this apply must leave the boot files of the rules it restores.
+    states.drop_persist_undo()
+    return deadline
 
 
 def _note_others(result: ApplyResult, policy: Policy) -> ApplyResult:

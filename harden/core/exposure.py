@@ -41,6 +41,7 @@ from typing import Any, Literal
 from harden.core.policy import Policy, Sources
 from harden.core.ports import PortRange, merge
 from harden.core.types import FAMILIES, PROTOS, Family, Network, Proto
+from harden.errors import ExitStatus
 
 SCHEMA = "harden.exposure/1"
 Kind = Literal["opens", "closes", "widens", "narrows", "policy", "allows"]
@@ -121,6 +122,11 @@ class ExposureDiff:
     def changed(self) -> bool:
         """Whether the exposure differs at all."""
         return bool(self.changes)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """0 no exposure change, 1 a change."""
+        return ExitStatus.FAILED if self.changed else ExitStatus.OK
 
     def to_json(self) -> dict[str, Any]:
         """``diff OLD NEW --format json``: schema harden.exposure/1."""

@@ -49,7 +49,15 @@ def verify_metrics(report: Report) -> str:
     the run: success, duration and when it ended.
     """
     out = _Writer()
-    targets = report.targets
+    _verdict_metrics(out, report)
+    _deviation_metrics(out, report)
+    _port_metrics(out, report)
+    _run_metrics(out, report)
+    return out.text()
+
+
+def _verdict_metrics(out: _Writer, report: Report) -> None:
+    """Write the run's success and each target's verdict."""
     out.metric(
         "harden_verify_success",
         "1 if the last harden verify passed, 0 if it failed or was inconclusive.",
@@ -60,10 +68,15 @@ def verify_metrics(report: Report) -> str:
         "The last verdict per target: 1 on the verdict it had, 0 on the others.",
         [
             ({"target": t, "verdict": v.value}, 1 if report.verdict_of(t) is v else 0)
-            for t in targets
+            for t in report.targets
             for v in (Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE)
         ],
     )
+
+
+def _deviation_metrics(out: _Writer, report: Report) -> None:
+    """Write the deviations by kind, their total and the warnings, per target."""
+    targets = report.targets
     kinds = Counter(
         (e.target, e.proto, e.observed) for e in report.entries if e.status is Status.FAIL
     )
@@ -86,6 +99,10 @@ def verify_metrics(report: Report) -> str:
         "Declared ports that are allowed but not provably serving, per target.",
         [({"target": t}, warnings.get(t, 0)) for t in targets],
     )
+
+
+def _port_counts(report: Report) -> tuple[Counter[str], Counter[str]]:
+    """Count the ports probed and the ports unproven, per target."""
     probed = Counter[str]()
     unproven = Counter[str]()
     for span in report.spans:
@@ -96,16 +113,26 @@ def verify_metrics(report: Report) -> str:
     for entry in report.entries:
         if entry.port:
             probed[entry.target] += 1
+    return probed, unproven
+
+
+def _port_metrics(out: _Writer, report: Report) -> None:
+    """Write the ports probed and the ports unproven, per target."""
+    probed, unproven = _port_counts(report)
     out.metric(
         "harden_verify_ports_probed",
         "Ports probed per target (TCP and UDP).",
-        [({"target": t}, probed.get(t, 0)) for t in targets],
+        [({"target": t}, probed.get(t, 0)) for t in report.targets],
     )
     out.metric(
         "harden_verify_ports_unproven",
         "Silent ports whose silence proves nothing (ICMP budget, no sign of life).",
-        [({"target": t}, unproven.get(t, 0)) for t in targets],
+        [({"target": t}, unproven.get(t, 0)) for t in report.targets],
     )
+
+
+def _run_metrics(out: _Writer, report: Report) -> None:
+    """Write the run's unchecked premises, its duration and when it ended."""
     out.metric(
         "harden_verify_assumptions",
         "Premises the last verdict rests on that the run did not check (0 with a witness that "
@@ -122,7 +149,6 @@ def verify_metrics(report: Report) -> str:
         "When the last verification ended (seconds since the epoch).",
         [({}, round(report.started + report.seconds, 3))],
     )
-    return out.text()
 
 
 def drift_metrics(drift: bool, backend: str, checked_at: float) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 from harden.core.manifest import Manifest
 from harden.core.policy import Outbound, Policy
 from harden.core.types import FAMILIES
+from harden.errors import ExitStatus
 
 
 def _utc(at: float) -> str:
@@ -210,6 +211,11 @@ class Drift:
     def to_text(self) -> str:
         """The unified diff, or ``no drift``."""
         return self.diff.rstrip("\n") if self.drift else "no drift"
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """0 no drift, 1 drift."""
+        return ExitStatus.FAILED if self.drift else ExitStatus.OK
 
 
 @dataclass(frozen=True)

@@ -182,29 +182,7 @@ def run_lab(
         )
         applied = _with_lab_probers(apply_manifest or manifest, lab, Path(tmp))
         result.applied = _apply(lab, applied, backend, state, confirm_window)
-        vantages = [("outside", lab.outside)]
-        if lab.allowed is not None:
-            vantages.append(("allowed source", lab.allowed))
-        for label, host in vantages:
-            progress(
-                f"after: probing from {label} ({host.v4}{', ' + str(host.v6) if host.v6 else ''})"
-            )
-            counters = _counters(lab.server) if backend == "nftables" else None
-            step = _verify(
-                lab,
-                host,
-                manifest,
-                "after",
-                True,
-                tmp,
-                label,
-                limits=[*limits, "--witness", _witness_command(lab.server)],
-                ports=ports,
-            )
-            if counters is not None:
-                now = _counters(lab.server)
-                step.dropped = {k: now.get(k, 0) - counters.get(k, 0) for k in now}
-            result.steps.append(step)
+        result.steps += _after(lab, manifest, backend, tmp, limits, ports, progress)
         after_ok = all(s.passed for s in result.steps if s.name == "after")
         if after_ok:
             _harden(lab.server, ["confirm", "--state-dir", str(state)])
@@ -215,6 +193,41 @@ def run_lab(
             result.rolled_back = True
             progress("rollback: verification failed, previous ruleset restored")
     return result
+
+
+def _after(
+    lab: LabNet,
+    manifest: Path,
+    backend: Backend,
+    tmp: str,
+    limits: list[str],
+    ports: str,
+    progress: Progress,
+) -> list[Step]:
+    """Verify the hardened server from every vantage point, with the witness."""
+    vantages = [("outside", lab.outside)]
+    if lab.allowed is not None:
+        vantages.append(("allowed source", lab.allowed))
+    steps = []
+    for label, host in vantages:
+        progress(f"after: probing from {label} ({host.v4}{', ' + str(host.v6) if host.v6 else ''})")
+        counters = _counters(lab.server) if backend == "nftables" else None
+        step = _verify(
+            lab,
+            host,
+            manifest,
+            "after",
+            True,
+            tmp,
+            label,
+            limits=[*limits, "--witness", _witness_command(lab.server)],
+            ports=ports,
+        )
+        if counters is not None:
+            now = _counters(lab.server)
+            step.dropped = {k: now.get(k, 0) - counters.get(k, 0) for k in now}
+        steps.append(step)
+    return steps
 
 
 def _harden(

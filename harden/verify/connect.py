@@ -163,27 +163,25 @@ class ConnectTransport:
 
     def send_tcp(self, target: Target, ports: Sequence[int], progress: Sent | None) -> Round:
         """connect() every port; returns once each answered or timed out."""
-        sent = Round(target, "tcp", target.source, ports, time.monotonic())
+        since = time.monotonic()
         timeout = max(self.wait, defaults.CONNECT_TIMEOUT)
-        sent.found = tcp_sweep(target.address, ports, timeout, self._bind(target, target.source))
-        sent.sent = len(ports)
+        found = tcp_sweep(target.address, ports, timeout, self._bind(target, target.source))
         if progress is not None:
             progress(len(ports))
-        return sent
+        return Round(target, "tcp", target.source, ports, since, sent=len(ports), found=found)
 
     def send_udp(
         self, target: Target, source: Address, ports: Sequence[int], progress: Sent | None
     ) -> Round:
         """A datagram to every port from ``source``; returns after ``wait``."""
-        sent = Round(target, "udp", source, ports, time.monotonic())
+        since = time.monotonic()
         bind = self._bind(target, source)
-        sent.found = udp_sweep(target.address, ports, udp_payloads(), self.wait, bind)
-        sent.sent = len(ports)
-        if any(r.is_icmp_error for r in sent.found.values()):
+        found = udp_sweep(target.address, ports, udp_payloads(), self.wait, bind)
+        if any(r.is_icmp_error for r in found.values()):
             self._errors[(target.address, source)] = time.monotonic()
         if progress is not None:
             progress(len(ports))
-        return sent
+        return Round(target, "udp", source, ports, since, sent=len(ports), found=found)
 
     def replies(self, sent: Round) -> dict[int, Reply]:
         """What the sweep found (it already waited)."""

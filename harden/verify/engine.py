@@ -22,7 +22,7 @@ import random
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harden import defaults
@@ -216,7 +216,6 @@ class _Run:
             rounds = self._send_round(
                 [(self.transport.send_tcp, (t, ps, self._tick)) for t, ps in batch.items()]
             )
-            self.tcp_rounds += rounds
             for sent in rounds:
                 self._count(sent, expect[sent.target])
             self._settle(self.round_wait(list(batch)))
@@ -224,7 +223,7 @@ class _Run:
                 found = self.transport.replies(sent)
                 replies[sent.target].update(found)
                 pending[sent.target] = _without(sent.ports, found)
-                sent.ports = EMPTY  # kept for the final re-read, which needs no ports
+            self.tcp_rounds += _portless(rounds)
         for target in self.targets:
             self.findings.replies[(target, "tcp")] = replies[target]
 
@@ -250,22 +249,26 @@ class _Run:
                     f"in {1 + o.retries} round(s) from fresh source ports"
                 )
 
-    def udp(self) -> None:
+    def _udp_state(self, target: Target) -> _Udp:
+        """``target``'s UDP progress before its first sweep: ports, sources, refill interval."""
         o = self.options
-        states: dict[Target, _Udp] = {}
-        for target in self.targets:
-            sources = [target.source, *(a for a in o.extra_sources if a.version == target.family)]
-            interval = o.ratelimit_ms[target.family] / 1000
-            unprovable = refill(interval) > o.max_quiet_wait
-            states[target] = _Udp(
-                expect=self.plan.expectation(target, "udp"),
-                pending=self.plan.ports(target, "udp"),
-                sources=sources,
-                # Sent without waiting: the sweeps can still show leaks, not silence.
-                interval=0.0 if unprovable else interval,
-                round_end=dict.fromkeys(sources, self.transport.started),
-                unprovable=unprovable,
-            )
+        sources = [target.source, *(a for a in o.extra_sources if a.version == target.family)]
+        interval = o.ratelimit_ms[target.family] / 1000
+        unprovable = refill(interval) > o.max_quiet_wait
+        return _Udp(
+            expect=self.plan.expectation(target, "udp"),
+            pending=self.plan.ports(target, "udp"),
+            sources=sources,
+            # Sent without waiting: the sweeps can still show leaks, not silence.
+            interval=0.0 if unprovable else interval,
+            round_end=dict.fromkeys(sources, self.transport.started),
+            unprovable=unprovable,
+        )
+
+    def udp(self) -> None:
+        """UDP rounds under the quiet rule, then enumeration of the targets that leaked."""
+        o = self.options
+        states = {target: self._udp_state(target) for target in self.targets}
         # The k-th sweep from a source begins k refill intervals after we began watching
         # (docs/design.md, "Sweeps counted from the start"): by then the budget has
         # earned k tokens, and every earlier sweep that saw no error spent at most the
@@ -303,25 +306,28 @@ class _Run:
                 swept[(sent.target, sent.source)] = swept.get((sent.target, sent.source), 0) + 1
                 st.rounds += 1
                 self._count(sent, st.expect)
-            main_rounds += rounds
             self._settle(self.round_wait(list(active)))
             for sent in rounds:
                 st = states[sent.target]
                 found = self.transport.replies(sent)
                 st.replies.update(found)
                 st.pending = _without(st.pending, found)
-                sent.ports = EMPTY  # kept for the final re-read, which needs no ports
+            main_rounds += _portless(rounds)
         # Errors that came after their round's wait still count (a late error is a leak).
-        for sent in main_rounds:
+        self._reread_udp(main_rounds, states)
+        self.enumerate({t: st for t, st in states.items() if st.errored and not st.unprovable})
+        for target, st in states.items():
+            self.findings.replies[(target, "udp")] = st.replies
+            self._udp_note(target, st)
+
+    def _reread_udp(self, rounds: list[Round], states: dict[Target, _Udp]) -> None:
+        """Read the UDP rounds' replies again; the first reply per port stays."""
+        for sent in rounds:
             st = states[sent.target]
             found = self.transport.replies(sent)
             for port, reply in found.items():
                 st.replies.setdefault(port, reply)
             st.pending = _without(st.pending, found)
-        self.enumerate({t: st for t, st in states.items() if st.errored and not st.unprovable})
-        for target, st in states.items():
-            self.findings.replies[(target, "udp")] = st.replies
-            self._udp_note(target, st)
 
     def _udp_note(self, target: Target, st: _Udp) -> None:
         label = str(target.address)
@@ -491,6 +497,11 @@ class _Run:
 
 
 EMPTY: array[int] = array("H")
+
+
+def _portless(rounds: list[Round]) -> list[Round]:
+    """``rounds`` kept for the final re-read, which needs no ports (fleets send many)."""
+    return [replace(sent, ports=EMPTY) for sent in rounds]
 
 
 def _answered(findings: Findings, target: Target) -> str | None:

@@ -204,8 +204,11 @@ class Sender:
         payloads: dict[int, bytes],
         progress: Progress | None = None,
         source: Address | None = None,
-    ) -> int:
-        """Send one datagram per port from a fresh source port (kept in last_udp_sport)."""
+    ) -> tuple[int, int]:
+        """Send one datagram per port from a fresh source port.
+
+        Returns how many were sent and the source port they came from.
+        """
         sock = socket.socket(self._af, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
         _report_send_errors(sock, self.family)
@@ -215,7 +218,7 @@ class Sender:
         except OSError as exc:
             sock.close()
             raise EnvironmentProblem(f"cannot send from {address}: {exc.strerror}") from None
-        self.last_udp_sport = sock.getsockname()[1]
+        sport = sock.getsockname()[1]
         target = str(self.route.target)
         sent = 0
         empty = b""
@@ -223,7 +226,7 @@ class Sender:
             slot = max((len(p) for p in payloads.values()), default=1) or 1
             try:
                 with batch.borrowed(slot, batch.sockaddr(self.route.target)) as slots:
-                    return self._udp_batches(slots, sock, ports, payloads, progress)
+                    return self._udp_batches(slots, sock, ports, payloads, progress), sport
             finally:
                 sock.close()
         try:
@@ -241,7 +244,7 @@ class Sender:
             sock.close()
         if progress is not None:
             progress(sent % 4096)
-        return sent
+        return sent, sport
 
     def _udp_batches(
         self,
@@ -350,10 +353,9 @@ class RawTransport:
     def send_tcp(self, target: Target, ports: Sequence[int], progress: Progress | None) -> Round:
         """SYNs from a fresh source port (a new conntrack flow every round)."""
         sender = self._senders[target.address]
-        sent = Round(target, "tcp", target.source, ports, time.monotonic(), fresh_sport())
-        sent.seq = sender.seq
-        sent.sent = sender.syn_sweep(ports, sent.sport, progress)
-        return sent
+        since, sport = time.monotonic(), fresh_sport()
+        count = sender.syn_sweep(ports, sport, progress)
+        return Round(target, "tcp", target.source, ports, since, sport, sender.seq, count)
 
     def send_udp(
         self, target: Target, source: Address, ports: Sequence[int], progress: Progress | None
@@ -361,8 +363,8 @@ class RawTransport:
         """Datagrams from ``source`` and a fresh source port."""
         sender = self._senders[target.address]
         since = time.monotonic()
-        count = sender.udp_sweep(ports, udp_payloads(), progress, source)
-        return Round(target, "udp", source, ports, since, sender.last_udp_sport, None, count)
+        count, sport = sender.udp_sweep(ports, udp_payloads(), progress, source)
+        return Round(target, "udp", source, ports, since, sport, None, count)
 
     def replies(self, sent: Round) -> dict[int, Reply]:
         """The first reply per port that answers this round's probes."""

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from harden import defaults
+from harden.core.findings import Findings
 from harden.core.plan import Target, merge_plans, parse_port_selection, plan_probes
 from harden.core.policy import Policy
 from harden.core.report import Report, evaluate
@@ -76,18 +77,7 @@ def run_verify(
             ]
         )
         before = read_witness(witness) if witness else None
-        limits = ratelimit_ms or {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS}
-        read = frozenset(before.icmp) if before else frozenset()
-        options = Options(
-            wait=wait,
-            retries=retries,
-            # The target's own ICMP settings, where its witness reported them.
-            ratelimit_ms={
-                f: before.icmp[f].interval_ms if before and f in read else limits[f] for f in (4, 6)
-            },
-            extra_sources=extra_sources,
-            ratelimit_read=read,
-        )
+        options = _options(wait, retries, ratelimit_ms, extra_sources, before)
         with _progress_bar(progress) as callback:
             findings = verify(plan, list(routes), transport, options, callback)
     finally:
@@ -95,6 +85,42 @@ def run_verify(
     if witness:
         assert before is not None
         findings.witness = compare(before, read_witness(witness))
+    _link_evidence(findings, routes, neighbours)
+    for target in routes:
+        if target.seen_as is not None:
+            findings.notes.append(
+                f"{target.address}: expectations computed for source {target.seen_as} "
+                f"(--seen-as), not for this host's {target.source}"
+            )
+    report = evaluate(plan, findings)
+    report.started = started
+    return report
+
+
+def _options(
+    wait: float,
+    retries: int,
+    ratelimit_ms: dict[int, int] | None,
+    extra_sources: tuple[Address, ...],
+    before: Reading | None,
+) -> Options:
+    """The engine's options: the ICMP rate limits from the witness reading where it has them."""
+    limits = ratelimit_ms or {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS}
+    read = frozenset(before.icmp) if before else frozenset()
+    return Options(
+        wait=wait,
+        retries=retries,
+        # The target's own ICMP settings, where its witness reported them.
+        ratelimit_ms={
+            f: before.icmp[f].interval_ms if before and f in read else limits[f] for f in (4, 6)
+        },
+        extra_sources=extra_sources,
+        ratelimit_read=read,
+    )
+
+
+def _link_evidence(findings: Findings, routes: dict[Target, Route], neighbours: Neighbours) -> None:
+    """Mark alive the silent targets that answered at the link layer (findings.link_only)."""
     for target, route in routes.items():
         if target.address in findings.alive:
             continue
@@ -106,15 +132,6 @@ def run_verify(
         if evidence is not None:
             findings.alive[target.address] = evidence
             findings.link_only.add(target.address)
-    for target in routes:
-        if target.seen_as is not None:
-            findings.notes.append(
-                f"{target.address}: expectations computed for source {target.seen_as} "
-                f"(--seen-as), not for this host's {target.source}"
-            )
-    report = evaluate(plan, findings)
-    report.started = started
-    return report
 
 
 def read_witness(command: str) -> Reading:

@@ -45,9 +45,14 @@ class SystemClock:
         time.sleep(max(0.0, seconds))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Round:
-    """One sweep of probes to one target: what was sent and how to match its replies."""
+    """One sweep of probes to one target: what was sent and how to match its replies.
+
+    Immutable: a transport builds it once the sweep is done, with what it learned while
+    sending (``sent``, and ``found`` for a blocking transport); the engine keeps a copy
+    without ``ports`` (dataclasses.replace) for the final re-read.
+    """
 
     target: Target
     proto: Proto
