@@ -100,7 +100,7 @@ def verify(
     witness: str | None = None,
 ) -> dict[str, Any]:
     """Probe ``targets`` against the manifest (as ``harden verify --format json``)."""
-    from harden.verify.run import run_verify
+    from harden.verify.sweep import run_verify
 
     seen: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {
         a.version: a for a in map(ipaddress.ip_address, seen_as)
@@ -142,7 +142,7 @@ def lab(
     apply_manifest: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the namespace lab (as ``harden lab --format json``); needs root."""
-    from harden.lab.run import run_lab
+    from harden.lab.scenario import run_lab
 
     return run_lab(
         Path(path),

@@ -526,7 +526,7 @@ def verify_cmd(
       firewall let through.
     See docs/design.md, "The verdict rule".
     """  # noqa: D301 (click's \\b keeps the list's line breaks)
-    from harden.verify.run import run_verify
+    from harden.verify.sweep import run_verify
 
     if egress or sinks or sink_command:
         _verify_egress(manifest, sinks, sink_command, ports, fmt, output, targets, inventory)
@@ -705,7 +705,7 @@ def lab(
     confirm window, verification from every vantage point, and confirm on PASS or
     rollback on FAIL. Nothing outside the lab's namespaces is touched.
     """
-    from harden.lab.run import run_lab
+    from harden.lab.scenario import run_lab
 
     path = manifest or Path(__file__).resolve().parent.parent / "rulesets" / "web-server.yaml"
     progress = (lambda m: None) if fmt == "json" else (lambda m: click.echo(f"» {m}", err=True))

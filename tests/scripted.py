@@ -1,6 +1,6 @@
 """A deterministic scripted target behind the Transport protocol, and a fake clock.
 
-Drives harden.verify.engine without sockets or root. The target models what matters
+Drives harden.verify.rounds without sockets or root. The target models what matters
 to the engine's rules (docs/design.md, "Why silence proves what it proves"):
 
 - per port: "open" (SYN-ACK / UDP reply), "closed" (RST to TCP, ICMP port-unreachable

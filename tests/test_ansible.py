@@ -95,7 +95,7 @@ def boot_files(tmp: Path) -> tuple[Path, Path]:
     return root / "etc" / "harden" / "harden.nft", root / "etc/systemd/system/harden.service"
 
 
-# harden bug (harden/apply/engine.py, not this role): `harden confirm` with persistence saves
+# harden bug (harden/apply/transaction.py, not this role): `harden confirm` with persistence saves
 # what the boot files held before (the persist-undo record), and nothing drops that record
 # when the next apply starts. Rolling back that next apply (never confirmed, so it never
 # touched the boot files) "restores" the boot files to what they were before the *earlier*

@@ -59,7 +59,7 @@ TWINS: dict[str, tuple[str, dict[str, str]]] = {
 PRESENTATION = {"fmt", "output"}
 # CLI options that select another mode, each with its own API function.
 MODES = {
-    ("verify", "inventory"): "verify --inventory: the fleet API is verify.run.run_verify",
+    ("verify", "inventory"): "verify --inventory: the fleet API is verify.sweep.run_verify",
     ("verify", "egress"): "api.verify_egress",
     ("verify", "sinks"): "api.verify_egress",
     ("verify", "sink_command"): "api.verify_egress",

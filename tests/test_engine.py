@@ -20,7 +20,7 @@ from harden.core.report import Report, evaluate
 from harden.core.types import Address
 from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
-from harden.verify.engine import Options, _Run, refill, verify
+from harden.verify.rounds import Options, _Run, refill, verify
 from tests.scripted import BURST, FakeClock, Probe, ScriptedTarget, ScriptedTransport
 
 MANIFEST = """

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harden.lab.net import LabNet
-from harden.lab.run import run_lab, two_sided
+from harden.lab.scenario import run_lab, two_sided
 
 from .conftest import REPO, own_namespaces
 from .labutil import HARDEN, failing, lab_for, statuses, verify_from, write

@@ -29,7 +29,7 @@ from harden.core.report import Report, evaluate
 from harden.core.results import ApplyResult, Drift, StatusReport, Validation
 from harden.core.types import sent_counts
 from harden.files import load_manifest, parse_manifest
-from harden.lab.run import LabResult, Step
+from harden.lab.scenario import LabResult, Step
 
 from .conftest import REPO
 

@@ -1,6 +1,6 @@
 """Apply a ruleset to this host's kernel: check, snapshot, load, confirm or roll back."""
 
-from harden.apply.engine import (
+from harden.apply.transaction import (
     apply,
     confirm,
     diff,

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from harden.apply.engine import rollback_if_pending
+from harden.apply.transaction import rollback_if_pending
 
 
 def main(argv: list[str]) -> int:

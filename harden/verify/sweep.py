@@ -18,8 +18,8 @@ from harden.core.witness import Reading, compare, parse_reading
 from harden.errors import EnvironmentProblem, OptionError
 from harden.text import one_line
 from harden.verify.connect import ConnectTransport
-from harden.verify.engine import Options, Progress, no_progress, verify
 from harden.verify.raw import RawTransport, raw_available
+from harden.verify.rounds import Options, Progress, no_progress, verify
 from harden.verify.route import Neighbours, Route, link_probe, neighbour_confirmed, route_to
 from harden.verify.transport import Transport
 
