@@ -215,8 +215,8 @@ def test_a_state_directory_owned_by_another_user_is_refused(tmp_path: Path) -> N
 def test_a_snapshot_that_reaches_beyond_hardens_table_is_refused() -> None:
     from harden.apply.backends import iptables, nft
 
-    nft.check_snapshot("")
-    nft.check_snapshot("table inet harden {\n\tchain input {\n\t}\n}\n")
+    nft.refuse_foreign_snapshot("")
+    nft.refuse_foreign_snapshot("table inet harden {\n\tchain input {\n\t}\n}\n")
     for bad in (
         "flush ruleset\ntable inet harden {\n}\n",
         "table inet harden {\n}\ntable ip nat {\n}\n",
@@ -225,9 +225,9 @@ def test_a_snapshot_that_reaches_beyond_hardens_table_is_refused() -> None:
         "table inet harden {\n}\ndelete table ip nat\n",
     ):
         with pytest.raises(StateError, match="more than table inet harden"):
-            nft.check_snapshot(bad)
+            nft.refuse_foreign_snapshot(bad)
     good = {"4": {"chains": ["HARDEN-INPUT"], "rules": ["-A HARDEN-INPUT -j DROP"], "jump": True}}
-    assert iptables.check_snapshot(json.dumps(good)) == good
+    assert iptables.parse_snapshot(json.dumps(good)) == good
     for chains, rules in (
         (["INPUT"], []),
         (["HARDEN-INPUT"], ["-A INPUT -j ACCEPT"]),
@@ -236,4 +236,4 @@ def test_a_snapshot_that_reaches_beyond_hardens_table_is_refused() -> None:
     ):
         bad_ipt = {"4": {"chains": chains, "rules": rules, "jump": True}}
         with pytest.raises(StateError, match="more than harden's own chains"):
-            iptables.check_snapshot(json.dumps(bad_ipt))
+            iptables.parse_snapshot(json.dumps(bad_ipt))

@@ -131,7 +131,7 @@ _COUNTED = re.compile(
 )
 
 
-def check_snapshot(snapshot: str) -> dict[str, Any]:
+def parse_snapshot(snapshot: str) -> dict[str, Any]:
     """A snapshot's data, if it holds nothing but harden's own chains (else StateError)."""
     if not snapshot:
         return {}
@@ -259,7 +259,7 @@ class IptablesFirewall:
 
     def restore(self, snapshot: str) -> None:
         """Put back the snapshot's chains and jump; drop chains it did not have."""
-        data = check_snapshot(snapshot)
+        data = parse_snapshot(snapshot)
         for family in IPT_FILES:
             want = data.get(str(family), {"chains": [], "rules": [], "jump": False})
             live = self._owned(family)

@@ -72,7 +72,7 @@ class NftFirewall:
 
     def restore(self, snapshot: str) -> None:
         """Reload a snapshot atomically, or delete harden's table if there was none."""
-        check_snapshot(snapshot)
+        refuse_foreign_snapshot(snapshot)
         text = f"table {TABLE}\ndelete table {TABLE}\n"
         if snapshot:
             text += snapshot
@@ -167,7 +167,7 @@ class NftFirewall:
         return boot.install("nftables", files, root)
 
 
-def check_snapshot(snapshot: str) -> None:
+def refuse_foreign_snapshot(snapshot: str) -> None:
     """Refuse a snapshot that holds anything but ``table inet harden`` (StateError).
 
     A snapshot is loaded as root: one that flushed the ruleset or touched another table
