@@ -27,7 +27,7 @@ from harden.core.classify import Reason, Reply
 from harden.core.findings import Mode
 from harden.core.plan import Target
 from harden.core.types import Address, Family, Proto
-from harden.verify.transport import Round, Sent
+from harden.verify.transport import OnSent, Round
 
 Behaviour = Literal["open", "closed", "drop", "reject"]
 BURST = 6  # Linux XRLIM_BURST_FACTOR: the bucket holds at most six tokens
@@ -295,7 +295,7 @@ class ScriptedTransport:
         proto: Proto,
         source: Address,
         ports: Sequence[int],
-        progress: Sent | None,
+        progress: OnSent | None,
     ) -> Round:
         host = self._host(target)
         number = host.start_round(proto)
@@ -318,12 +318,12 @@ class ScriptedTransport:
         )
         return Round(target, proto, source, ports, start, sport, seq, count, found)
 
-    def send_tcp(self, target: Target, ports: Sequence[int], progress: Sent | None) -> Round:
+    def send_tcp(self, target: Target, ports: Sequence[int], progress: OnSent | None) -> Round:
         """One SYN per port from the target's source address."""
         return self._send(target, "tcp", target.source, ports, progress)
 
     def send_udp(
-        self, target: Target, source: Address, ports: Sequence[int], progress: Sent | None
+        self, target: Target, source: Address, ports: Sequence[int], progress: OnSent | None
     ) -> Round:
         """One datagram per port from ``source``."""
         return self._send(target, "udp", source, ports, progress)

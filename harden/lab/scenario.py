@@ -141,7 +141,7 @@ class LabResult:
         return buffer.getvalue() + last
 
 
-Progress = Callable[[str], None]
+Say = Callable[[str], None]  # one line of the lab's progress
 
 
 def run_lab(
@@ -149,7 +149,7 @@ def run_lab(
     backend: Backend = defaults.BACKEND,
     *,
     confirm_window: int = defaults.LAB_CONFIRM_WINDOW,
-    progress: Progress = lambda message: None,
+    progress: Say = lambda message: None,
     before: bool = True,
     ports: str = "all",
     apply_manifest: Path | None = None,
@@ -202,7 +202,7 @@ def _after(
     tmp: str,
     limits: list[str],
     ports: str,
-    progress: Progress,
+    progress: Say,
 ) -> list[Step]:
     """Verify the hardened server from every vantage point, with the witness."""
     vantages = [("outside", lab.outside)]

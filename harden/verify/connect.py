@@ -21,7 +21,7 @@ from harden.core.findings import Mode
 from harden.core.plan import Target
 from harden.core.types import Address, Family, Proto
 from harden.verify.payloads import udp_payloads
-from harden.verify.transport import Round, Sent
+from harden.verify.transport import OnSent, Round
 
 REJECTED_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
 
@@ -161,7 +161,7 @@ class ConnectTransport:
         """Not possible without raw sockets."""
         raise NotImplementedError("connect mode cannot ping")
 
-    def send_tcp(self, target: Target, ports: Sequence[int], progress: Sent | None) -> Round:
+    def send_tcp(self, target: Target, ports: Sequence[int], progress: OnSent | None) -> Round:
         """connect() every port; returns once each answered or timed out."""
         since = time.monotonic()
         timeout = max(self.wait, defaults.CONNECT_TIMEOUT)
@@ -171,7 +171,7 @@ class ConnectTransport:
         return Round(target, "tcp", target.source, ports, since, sent=len(ports), found=found)
 
     def send_udp(
-        self, target: Target, source: Address, ports: Sequence[int], progress: Sent | None
+        self, target: Target, source: Address, ports: Sequence[int], progress: OnSent | None
     ) -> Round:
         """A datagram to every port from ``source``; returns after ``wait``."""
         since = time.monotonic()

@@ -18,7 +18,6 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Callable
 
 from harden.core.egress import EgressRun
 from harden.core.policy import Policy
@@ -28,12 +27,12 @@ from harden.errors import EnvironmentProblem
 from harden.text import one_line
 from harden.verify.route import route_to
 from harden.verify.sink import CONTROL6_TYPE, CONTROL_TYPE, READY, SCHEMA
+from harden.verify.transport import OnSent
 
 REFUSED = {errno.EPERM, errno.EACCES}  # the output hook dropped or rejected the send
 BUSY = {errno.ENOBUFS, errno.EAGAIN}  # a full queue: wait and send again
 ALLOWED_TRIES = 3  # declared pairs must arrive: a lost one is sent again, blindly
 READY_TIMEOUT = 60.0  # an SSH login to the sink can take a while
-Progress = Callable[[int], None]
 
 
 def sink_command(template: str, sources: list[Address]) -> list[str]:
@@ -175,7 +174,7 @@ def run_egress(
     sinks: list[Address],
     command: str,
     ports: tuple[PortRange, ...],
-    progress: Progress | None = None,
+    progress: OnSent | None = None,
 ) -> EgressRun:
     """Probe every port of every sink through this host's output path; ask the sink."""
     routes = [route_to(s) for s in sinks]
@@ -200,7 +199,7 @@ def run_egress(
     return run
 
 
-def _sweep(policy: Policy, sender: EgressSender, run: EgressRun, progress: Progress | None) -> None:
+def _sweep(policy: Policy, sender: EgressSender, run: EgressRun, progress: OnSent | None) -> None:
     sink = sender.sink
     for proto in PROTOS:
         refused: set[int] = set()

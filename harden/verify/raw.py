@@ -24,13 +24,12 @@ from harden.verify import batch
 from harden.verify.capture import ETH_P_ALL, Capture, is_icmp_error, quotes
 from harden.verify.payloads import udp_payloads
 from harden.verify.route import Route
-from harden.verify.transport import Round
+from harden.verify.transport import OnSent, Round
 
 IPV6_CHECKSUM = 7  # linux/in6.h: the kernel fills the checksum at this offset
 IP_RECVERR = 11  # linux/in.h (not in Python 3.11's socket module)
 IPV6_RECVERR = 25  # linux/in6.h
 
-Progress = Callable[[int], None]
 SendTo = Callable[[bytes, tuple[str, int]], int]
 
 # A send that fails with one of these did not put the probe on the wire, and may
@@ -127,7 +126,7 @@ class Sender:
     def _dest(self, port: int = 0) -> tuple[str, int]:
         return (str(self.route.target), port)
 
-    def syn_sweep(self, ports: Iterable[int], sport: int, progress: Progress | None = None) -> int:
+    def syn_sweep(self, ports: Iterable[int], sport: int, progress: OnSent | None = None) -> int:
         """Send one SYN per port from ``sport``; return how many were sent."""
         from scapy.layers.inet import TCP  # template only; the loop patches bytes
 
@@ -168,7 +167,7 @@ class Sender:
         header: bytes,
         base: int,
         ports: Iterable[int],
-        progress: Progress | None,
+        progress: OnSent | None,
     ) -> int:
         """The SYN sweep through sendmmsg: ``batch.BATCH`` SYNs a system call."""
         for i in range(batch.BATCH):
@@ -202,7 +201,7 @@ class Sender:
         self,
         ports: Iterable[int],
         payloads: dict[int, bytes],
-        progress: Progress | None = None,
+        progress: OnSent | None = None,
         source: Address | None = None,
     ) -> tuple[int, int]:
         """Send one datagram per port from a fresh source port.
@@ -252,7 +251,7 @@ class Sender:
         sock: socket.socket,
         ports: Iterable[int],
         payloads: dict[int, bytes],
-        progress: Progress | None,
+        progress: OnSent | None,
     ) -> int:
         """The UDP sweep through sendmmsg: one datagram per port, each to its own port."""
         names, name_size, iov = slots.names, slots.name_size, slots.iov
@@ -350,7 +349,7 @@ class RawTransport:
                     out.setdefault(address, at)
         return out
 
-    def send_tcp(self, target: Target, ports: Sequence[int], progress: Progress | None) -> Round:
+    def send_tcp(self, target: Target, ports: Sequence[int], progress: OnSent | None) -> Round:
         """SYNs from a fresh source port (a new conntrack flow every round)."""
         sender = self._senders[target.address]
         since, sport = time.monotonic(), fresh_sport()
@@ -358,7 +357,7 @@ class RawTransport:
         return Round(target, "tcp", target.source, ports, since, sport, sender.seq, count)
 
     def send_udp(
-        self, target: Target, source: Address, ports: Sequence[int], progress: Progress | None
+        self, target: Target, source: Address, ports: Sequence[int], progress: OnSent | None
     ) -> Round:
         """Datagrams from ``source`` and a fresh source port."""
         sender = self._senders[target.address]

@@ -18,7 +18,7 @@ from harden.core.plan import Target
 from harden.core.types import Address, Proto
 
 # Called with the number of probes sent since the last call.
-Sent = Callable[[int], None]
+OnSent = Callable[[int], None]  # told how many probes just went out
 
 
 class Clock(Protocol):
@@ -83,12 +83,12 @@ class Transport(Protocol):
         """Address -> when its first echo reply with ``ident`` arrived (since ``since``)."""
         ...
 
-    def send_tcp(self, target: Target, ports: Sequence[int], progress: Sent | None) -> Round:
+    def send_tcp(self, target: Target, ports: Sequence[int], progress: OnSent | None) -> Round:
         """One SYN (or connect) per port from a fresh source port."""
         ...
 
     def send_udp(
-        self, target: Target, source: Address, ports: Sequence[int], progress: Sent | None
+        self, target: Target, source: Address, ports: Sequence[int], progress: OnSent | None
     ) -> Round:
         """One datagram per port from ``source``, from a fresh source port."""
         ...
