@@ -15,15 +15,8 @@ from harden.errors import ManifestError
 
 def check_manifest(manifest: Manifest, source: str) -> None:
     """Cross-field rules pydantic cannot express per field: names, families, overlaps."""
-    names: dict[str, int] = {}
+    _unique_names([s.name for s in manifest.services], "services", "service name", source)
     for i, service in enumerate(manifest.services):
-        if service.name in names:
-            raise ManifestError(
-                source,
-                f"services[{i}].name",
-                f"duplicate service name {service.name!r} (also services[{names[service.name]}])",
-            )
-        names[service.name] = i
         _check_sources(manifest, i, service, source)
     _check_port_overlaps(manifest, source)
     if manifest.policy.dhcpv6 and not manifest.policy.ipv6:
@@ -34,17 +27,23 @@ def check_manifest(manifest: Manifest, source: str) -> None:
     # and the witness counts the probes that show it.
 
 
-def _check_forward(manifest: Manifest, source: str) -> None:
-    names: dict[str, int] = {}
-    for i, allow in enumerate(manifest.forward.allow):
-        where = f"forward.allow[{i}]"
-        if allow.name in names:
+def _unique_names(names: list[str], where: str, what: str, source: str) -> None:
+    """Refuse a name used twice in one list (``where``: ``services``, ``egress.allow``)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
             raise ManifestError(
                 source,
-                f"{where}.name",
-                f"duplicate name {allow.name!r} (also forward.allow[{names[allow.name]}])",
+                f"{where}[{i}].name",
+                f"duplicate {what} {name!r} (also {where}[{seen[name]}])",
             )
-        names[allow.name] = i
+        seen[name] = i
+
+
+def _check_forward(manifest: Manifest, source: str) -> None:
+    _unique_names([a.name for a in manifest.forward.allow], "forward.allow", "name", source)
+    for i, allow in enumerate(manifest.forward.allow):
+        where = f"forward.allow[{i}]"
         for key in ("sources", "destinations"):
             nets: tuple[Network, ...] = getattr(allow, key) or ()
             for j, net in enumerate(nets):
@@ -127,17 +126,10 @@ def _pos(entry: tuple[PortRange, int, int]) -> tuple[int, int]:
 
 
 def _check_egress(manifest: Manifest, source: str) -> None:
-    names: dict[str, int] = {}
     allows = manifest.egress.allow
+    _unique_names([a.name for a in allows], "egress.allow", "name", source)
     for i, allow in enumerate(allows):
         where = f"egress.allow[{i}]"
-        if allow.name in names:
-            raise ManifestError(
-                source,
-                f"{where}.name",
-                f"duplicate name {allow.name!r} (also egress.allow[{names[allow.name]}])",
-            )
-        names[allow.name] = i
         if allow.destinations is not None:
             _check_networks(
                 manifest, allow.destinations, f"{where}.destinations", "destination", source

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -203,7 +203,41 @@ class Settings(_Model):
     )
 
 
-class Service(_Model):
+class _HasPorts(Protocol):
+    @property
+    def port(self) -> PortRange | None: ...
+
+    @property
+    def ports(self) -> tuple[PortRange, ...] | None: ...
+
+
+class _PortOrPorts:
+    """The ``port``/``ports`` pair of a service or an egress allow: exactly one is given."""
+
+    @property
+    def port_list(self: _HasPorts) -> tuple[PortRange, ...]:
+        """The declared ports, whichever of ``port``/``ports`` was used."""
+        if self.ports is not None:
+            return self.ports
+        assert self.port is not None  # guaranteed by _exactly_one_port
+        return (self.port,)
+
+    @property
+    def port_field(self: _HasPorts) -> str:
+        """The manifest key that holds the ports (for error paths)."""
+        return "port" if self.ports is None else "ports"
+
+
+_P = TypeVar("_P", bound=_HasPorts)
+
+
+def _exactly_one_port(model: _P) -> _P:
+    if (model.port is None) == (model.ports is None):
+        raise ValueError("give exactly one of 'port' or 'ports'")
+    return model
+
+
+class Service(_PortOrPorts, _Model):
     """One declared service: ports of one or two protocols, optionally from some sources."""
 
     name: str = Field(min_length=1, max_length=64)
@@ -225,22 +259,7 @@ class Service(_Model):
 
     @model_validator(mode="after")
     def _one_of_port_ports(self) -> Service:
-        if (self.port is None) == (self.ports is None):
-            raise ValueError("give exactly one of 'port' or 'ports'")
-        return self
-
-    @property
-    def port_list(self) -> tuple[PortRange, ...]:
-        """The declared ports, whichever of ``port``/``ports`` was used."""
-        if self.ports is not None:
-            return self.ports
-        assert self.port is not None  # guaranteed by _one_of_port_ports
-        return (self.port,)
-
-    @property
-    def port_field(self) -> str:
-        """The manifest key that holds the ports (for error paths)."""
-        return "port" if self.ports is None else "ports"
+        return _exactly_one_port(self)
 
 
 class Verify(_Model):
@@ -295,7 +314,7 @@ class Forward(_Model):
         return self
 
 
-class EgressAllow(_Model):
+class EgressAllow(_PortOrPorts, _Model):
     """Outbound traffic harden lets out when ``egress.policy`` is drop or reject."""
 
     name: str = Field(min_length=1, max_length=64)
@@ -309,22 +328,7 @@ class EgressAllow(_Model):
 
     @model_validator(mode="after")
     def _one_of_port_ports(self) -> EgressAllow:
-        if (self.port is None) == (self.ports is None):
-            raise ValueError("give exactly one of 'port' or 'ports'")
-        return self
-
-    @property
-    def port_list(self) -> tuple[PortRange, ...]:
-        """The declared destination ports, whichever of ``port``/``ports`` was used."""
-        if self.ports is not None:
-            return self.ports
-        assert self.port is not None  # guaranteed by _one_of_port_ports
-        return (self.port,)
-
-    @property
-    def port_field(self) -> str:
-        """The manifest key that holds the ports (for error paths)."""
-        return "port" if self.ports is None else "ports"
+        return _exactly_one_port(self)
 
 
 class Egress(_Model):

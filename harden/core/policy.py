@@ -58,8 +58,19 @@ class Allow:
         return sources is None or any(source in net for net in sources)
 
 
+class _ToDestinations:
+    """``destinations(family)`` of an entry with ``destinations4`` and ``destinations6``."""
+
+    destinations4: tuple[IPv4Network, ...] | None
+    destinations6: tuple[IPv6Network, ...] | None
+
+    def destinations(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...] | None:
+        """Destination networks of one family (None: any, (): none)."""
+        return self.destinations4 if family == 4 else self.destinations6
+
+
 @dataclass(frozen=True)
-class Forwarded:
+class Forwarded(_ToDestinations):
     """One ``forward.allow`` entry, normalised (per family: None = any, () = none)."""
 
     key: str
@@ -81,13 +92,9 @@ class Forwarded:
         """Source networks of one family (None: any)."""
         return self.sources4 if family == 4 else self.sources6
 
-    def destinations(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...] | None:
-        """Destination networks of one family (None: any)."""
-        return self.destinations4 if family == 4 else self.destinations6
-
 
 @dataclass(frozen=True)
-class Outbound:
+class Outbound(_ToDestinations):
     """One ``egress.allow`` entry for one protocol (per family: None = any, () = none)."""
 
     key: str
@@ -100,10 +107,6 @@ class Outbound:
     def families(self) -> tuple[Family, ...]:
         """The address families this entry can match at all."""
         return tuple(f for f in FAMILIES if self.destinations(f) != ())
-
-    def destinations(self, family: Family) -> tuple[IPv4Network | IPv6Network, ...] | None:
-        """Destination networks of one family (None: any)."""
-        return self.destinations4 if family == 4 else self.destinations6
 
     def admits(self, destination: Address, proto: Proto, port: int) -> bool:
         """Whether this entry lets a new ``proto`` connection to ``destination``:``port`` out."""
