@@ -356,3 +356,35 @@ def test_persisted_egress_loads_at_boot_as_the_unit_runs_it(
             saved = booted.run([tool, "-t", "filter"]).stdout
             assert "-A OUTPUT -j HARDEN-OUTPUT" in saved, saved
             assert "-A HARDEN-OUTPUT -j REJECT" in saved
+
+
+def test_without_root_both_ends_say_so_in_one_line(tmp_path: Path) -> None:
+    manifest = write(tmp_path, "m.yaml", MANIFEST % ("drop", SINK4, SINK6))
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    sink = subprocess.run(
+        [*nobody, *HARDEN, "sink", "--duration", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        cwd="/",
+    )
+    assert sink.returncode == 4 and "run it as root" in sink.stderr, sink.stderr
+    assert len(sink.stderr.splitlines()) == 1
+    refused = subprocess.run(
+        [
+            *HARDEN,
+            "verify",
+            "--egress",
+            str(manifest),
+            "--sink",
+            "127.0.0.2",
+            "--sink-command",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("harden: error: --sink: 127.0.0.2 is a loopback address")

@@ -105,10 +105,15 @@ class EgressSender:
     def __init__(self, sink: Address, source: Address) -> None:
         self.sink, self.source = sink, source
         af = socket.AF_INET if sink.version == 4 else socket.AF_INET6
-        self._tcp = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_TCP)
-        self._udp = socket.socket(af, socket.SOCK_DGRAM)
         icmp = socket.IPPROTO_ICMP if sink.version == 4 else socket.IPPROTO_ICMPV6
-        self._icmp = socket.socket(af, socket.SOCK_RAW, icmp)
+        try:
+            self._tcp = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_TCP)
+            self._icmp = socket.socket(af, socket.SOCK_RAW, icmp)
+        except PermissionError:
+            raise EnvironmentProblem(
+                "verify --egress sends from raw sockets: run it as root (CAP_NET_RAW)"
+            ) from None
+        self._udp = socket.socket(af, socket.SOCK_DGRAM)
         if sink.version == 6:
             self._tcp.setsockopt(socket.IPPROTO_IPV6, 7, 16)  # IPV6_CHECKSUM at offset 16
         try:
@@ -177,7 +182,7 @@ def run_egress(
     progress: OnSent | None = None,
 ) -> EgressRun:
     """Probe every port of every sink through this host's output path; ask the sink."""
-    routes = [route_to(s) for s in sinks]
+    routes = [route_to(s, "sink") for s in sinks]
     sources = sorted({r.source for r in routes}, key=str)
     run = EgressRun(sinks=list(sinks), ports=ports, started=time.time())
     began = time.monotonic()

@@ -24,7 +24,7 @@ class Route:
     on_link: bool = False  # no gateway: the target can be asked for at the link layer
 
 
-def check_target(target: Address) -> None:
+def check_target(target: Address, option: str = "target") -> None:
     """Refuse what is not one host: multicast, unspecified, loopback (HardenError, exit 2)."""
     kind = None
     if target.is_multicast:
@@ -36,12 +36,12 @@ def check_target(target: Address) -> None:
     elif isinstance(target, IPv4Address) and target == IPv4Address("255.255.255.255"):
         kind = "the broadcast address"
     if kind:
-        raise OptionError("target", f"{target} is {kind}, not one host: nothing to verify")
+        raise OptionError(option, f"{target} is {kind}, not one host: nothing to verify")
 
 
-def route_to(target: Address) -> Route:
+def route_to(target: Address, option: str = "target") -> Route:
     """Ask the kernel which interface and source address reach ``target``."""
-    check_target(target)
+    check_target(target, option)
     args = ["ip", "-j", "-6" if target.version == 6 else "-4", "route", "get", str(target)]
     proc = subprocess.run(args, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -50,11 +50,11 @@ def route_to(target: Address) -> Route:
     kind = info.get("type", "unicast")
     if kind == "local" or info.get("dev") == "lo":
         raise OptionError(
-            "target",
+            option,
             f"{target} is an address of this host: verify from another host (or namespace)",
         )
     if kind in ("broadcast", "multicast", "anycast"):
-        raise OptionError("target", f"{target} is a {kind} address here, not one host")
+        raise OptionError(option, f"{target} is a {kind} address here, not one host")
     if kind != "unicast" or "dev" not in info or "prefsrc" not in info:
         raise EnvironmentProblem(f"no usable route to {target} (route type {kind})")
     return Route(target, info["dev"], ip_address(info["prefsrc"]), "gateway" not in info)

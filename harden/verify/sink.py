@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from harden.core.ports import compress
 from harden.core.types import Address
+from harden.errors import EnvironmentProblem
 from harden.verify.capture import ETH_P_ALL, RCVBUF, attach_filter
 
 SCHEMA = "harden.sink/1"
@@ -96,7 +97,12 @@ def capture(
 ) -> Arrivals:
     """Capture until ``stdin`` closes or ``duration`` passes, then ``linger`` seconds more."""
     sources = sorted(set(sources), key=str)
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    except PermissionError:
+        raise EnvironmentProblem(
+            "harden sink captures from a packet socket: run it as root (CAP_NET_RAW)"
+        ) from None
     arrivals = Arrivals()
     stop = threading.Event()
     try:
