@@ -294,3 +294,20 @@ def test_a_reject_from_another_address_is_neither_a_leak_nor_a_proof() -> None:
     assert filtered.ranges == ("99",) and filtered.observed.startswith("rejected by 198.19.254.254")
     only_filtered = evaluate(plan, findings_for({}, {99: udp[99]}))
     assert only_filtered.verdict == "inconclusive"
+
+
+def test_the_service_column_names_the_service_of_that_port() -> None:
+    """dns, web and https-alt share one tcp group; each port still names its own service."""
+    manifest = """version: 1
+services:
+  - {name: dns, port: 53, proto: [tcp, udp]}
+  - {name: web, ports: [80, 443], proto: tcp}
+  - {name: alt, ports: ["8000-8001", 443], proto: udp}
+"""
+    policy = build_policy(parse_manifest(manifest))
+    target = Target(ip_address("198.18.0.1"), ip_address("198.18.0.2"))
+    plan = plan_probes(policy, [target], "declared")
+    services = {(g.proto, p): s for g in plan.groups for p, s in g.services.items()}
+    assert services[("tcp", 53)] == "dns" and services[("tcp", 80)] == "web"
+    assert services[("tcp", 443)] == "web" and services[("udp", 53)] == "dns"
+    assert services[("udp", 8001)] == "alt" and services[("udp", 443)] == "alt"

@@ -214,12 +214,15 @@ def merge_plans(plans: list[Plan]) -> Plan:
 
 
 def _allowed_ports(policy: Policy, target: Target, proto: Proto) -> dict[int, str]:
-    # Port -> service names, for the prober at this target's source address.
-    return {
-        port: ", ".join(allow.services)
-        for rng, allow in policy.allowed_from(target.viewpoint, proto)
-        for port in rng
-    }
+    # Port -> the names of the services declaring it, for the prober at this target's
+    # source address (a merged group's other services do not serve this port).
+    out: dict[int, str] = {}
+    names: dict[str, dict[int, str]] = {}
+    for rng, allow in policy.allowed_from(target.viewpoint, proto):
+        own = names.setdefault(allow.key, allow.names_by_port())
+        for port in rng:
+            out[port] = own.get(port, ", ".join(allow.services))
+    return out
 
 
 def _declared_ports(policy: Policy, proto: Proto) -> set[int]:

@@ -28,8 +28,18 @@ class Allow:
     sources6: tuple[IPv6Network, ...] | None
     services: tuple[str, ...]
     comments: tuple[tuple[str, str], ...] = ()  # (service name, its comment)
+    members: tuple[tuple[str, tuple[PortRange, ...]], ...] = ()  # (service name, its ports)
     limit: RateLimit | None = None  # new connections per source address
     log: bool = False  # log refused attempts (source not allowed, or over the limit)
+
+    def names_by_port(self) -> dict[int, str]:
+        """Each port's own service names (a merged group serves several)."""
+        names: dict[int, list[str]] = {}
+        for name, ranges in self.members:
+            for rng in ranges:
+                for port in rng:
+                    names.setdefault(port, []).append(name)
+        return {port: ", ".join(sorted(found)) for port, found in names.items()}
 
     @property
     def label(self) -> str:
@@ -301,6 +311,7 @@ def _allow(
         sources6=sources6,
         services=tuple(sorted(s.name for s in members)),
         comments=_comments(members),
+        members=tuple(sorted((s.name, s.port_list) for s in members)),
     )
 
 
