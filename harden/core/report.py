@@ -690,9 +690,16 @@ def _junit_case(
 def _text(report: Report, width: int) -> str:
     """A table of declared ports and deviations, the notes, and a one-line verdict."""
     buffer = io.StringIO()
-    # markup=False: notes, details and "[raw]" are text, not rich markup.
+    # markup=False: notes, details and "[raw]" are text, not rich markup. soft_wrap: the
+    # lines under the table are not wrapped here, so a narrow terminal wraps them whole
+    # words at a time instead of breaking our pre-wrapped lines mid-word.
     console = Console(
-        file=buffer, width=width, force_terminal=False, color_system=None, markup=False
+        file=buffer,
+        width=width,
+        force_terminal=False,
+        color_system=None,
+        markup=False,
+        soft_wrap=True,
     )
     console.print(_text_table(report))
     _text_details(console, report)
