@@ -39,9 +39,26 @@ Exit codes:
 MANIFEST = click.Path(path_type=Path, dir_okay=False)
 
 
+def _version(ctx: click.Context) -> None:
+    """Print the versions of harden, nft, iptables (nf_tables or legacy) and libnftables."""
+    from harden.apply.hostinfo import tool_versions
+
+    click.echo(f"harden {__version__}")
+    for line in tool_versions():
+        click.echo(f"  {line}")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-@click.version_option(__version__, prog_name="harden")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _version(ctx) if value else None,
+    help="Show harden's version and those of the backends it would use here, and exit.",
+)
 def cli(debug: bool) -> None:
     """Generate a default-DROP firewall from a service manifest, apply it, verify it.
 

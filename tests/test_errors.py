@@ -46,3 +46,19 @@ def test_a_broken_invariant_is_a_bug_and_a_state_conflict_is_refused() -> None:
     with pytest.raises(Refused) as refused:
         State().rolled_back(0.0, "")
     assert refused.value.exit_status == ExitStatus.USAGE
+
+
+def test_version_names_the_backends_in_use() -> None:
+    """A bug report carries the versions of the tools harden drives."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "harden.cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("harden ")
+    found = dict(line.strip().split(": ", 1) for line in lines[1:])
+    assert set(found) == {"nft", "iptables", "ip6tables", "libnftables", "python3-nftables"}
+    assert found["nft"].startswith("nftables v")
+    assert "(nf_tables)" in found["iptables"] or "(legacy)" in found["iptables"]

@@ -91,3 +91,43 @@ def _legacy_rules() -> int:
         proc = subprocess.run([tool], capture_output=True, text=True, check=False, timeout=30)
         count += sum(1 for line in proc.stdout.splitlines() if line.startswith("-A "))
     return count
+
+
+def tool_versions() -> list[str]:
+    """What a bug report needs: the backends' tools and libnftables, as found here.
+
+    ``nft`` and ``iptables`` print their versions (iptables says whether it is the
+    nf_tables or the legacy variant); libnftables is the Debian package the Python
+    bindings load. Anything missing says so; nothing here changes the host.
+    """
+    lines = []
+    for tool in ("nft", "iptables", "ip6tables"):
+        path = shutil.which(tool)
+        if path is None:
+            lines.append(f"{tool}: not installed")
+            continue
+        proc = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, check=False, timeout=10
+        )
+        lines.append(f"{tool}: {(proc.stdout or proc.stderr).strip() or 'unknown version'}")
+    lines.append(f"libnftables: {_package_version('libnftables1')}")
+    try:
+        import nftables  # noqa: F401  (Debian's python3-nftables)
+
+        lines.append(f"python3-nftables: {_package_version('python3-nftables')}")
+    except ImportError:
+        lines.append("python3-nftables: not importable (apt install python3-nftables)")
+    return lines
+
+
+def _package_version(package: str) -> str:
+    if shutil.which("dpkg-query") is None:
+        return "unknown (no dpkg-query)"
+    proc = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", package],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=10,
+    )
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout else "not installed"
