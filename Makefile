@@ -5,10 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # libpcap0.8: verify compiles its capture filter with it, through ctypes (not only tcpdump's).
 DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3-venv libpcap0.8 \
-  tcpdump iputils-ping ndiff
+  tcpdump iputils-ping ndiff man-db
 STAMP := $(VENV)/.installed
 
-.PHONY: install deb apt-install apt-install-nostart test lint demo bench vm-test clean
+.PHONY: install deb apt-install apt-install-nostart test lint demo bench vm-test man clean
 
 install: $(STAMP)
 
@@ -91,6 +91,10 @@ test: install lint
 
 demo: install
 	$(VENV)/bin/harden lab rulesets/web-server.yaml
+
+# The man pages, from the CLI's own help (click-man); tests/test_man.py checks they are current.
+man: install
+	$(PY) docs/man/generate.py docs/man $$(date +%Y-%m-%d)
 
 # Only the two-VM run of the Vagrant workflow (also part of `make test`): builds the
 # Debian image into /var/cache/harden-vm on first use.

@@ -34,6 +34,10 @@ Exit codes:
   4  probe or environment error (retryable)
   5  verify inconclusive: a target never showed it exists
   70 internal error: a bug in harden (not retryable)
+
+\b
+Shell completion: eval "$(_HARDEN_COMPLETE=bash_source harden)" in ~/.bashrc
+(zsh_source for zsh, fish_source for fish). Man pages: docs/man (harden.1).
 """
 
 MANIFEST = click.Path(path_type=Path, dir_okay=False)

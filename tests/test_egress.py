@@ -341,8 +341,9 @@ def test_persisted_egress_loads_at_boot_as_the_unit_runs_it(
     host, booted = netns("eb"), netns("ef")
     manifest = write(tmp_path, "m.yaml", MANIFEST % ("reject", SINK4, SINK6))
     root = tmp_path / "root"
-    args = [*HARDEN, "apply", manifest, "--backend", backend, "--state-dir", tmp_path / "st"]
-    assert host.run([*args, "--persist", "--root", root], check=False).returncode == 0
+    args: list[str | Path] = [*HARDEN, "apply", manifest, "--backend", backend]
+    args += ["--state-dir", tmp_path / "st", "--persist", "--root", root]
+    assert host.run(args, check=False).returncode == 0
     unit = (root / "etc/systemd/system/harden.service").read_text()
     for line in unit.splitlines():
         if line.startswith("ExecStart="):
