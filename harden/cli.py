@@ -22,7 +22,13 @@ from harden.core.report import Report
 from harden.core.results import Validation
 from harden.core.types import BACKENDS, Backend
 from harden.errors import EnvironmentProblem, ExitStatus, HardenError, OptionError
-from harden.files import check_private_dir, check_private_file, load_manifest, write_atomic
+from harden.files import (
+    check_private_dir,
+    check_private_file,
+    load_manifest,
+    port_service_names,
+    write_atomic,
+)
 from harden.text import one_line
 
 EPILOG = """\b
@@ -632,7 +638,7 @@ def _verify_output(report: Report, fmt: str, output: Path | None) -> NoReturn:
         "json": lambda: json.dumps(report.to_json(), indent=2) + "\n",
         "junit": lambda: report.to_junit(),
         "prometheus": lambda: verify_metrics(report),
-        "nmap-xml": lambda: nmap_xml(report),
+        "nmap-xml": lambda: nmap_xml(report, port_service_names()),
         "text": lambda: report.to_text(),
     }[fmt]()
     if output is not None:

@@ -9,6 +9,7 @@ import os
 import socket
 import stat
 import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +25,39 @@ def service_port(name: str) -> int | None:
         return socket.getservbyname(name)
     except OSError:
         return None
+
+
+# nmap's own port names: what its "table" method names a port after (Debian's nmap-common).
+NMAP_SERVICES = Path("/usr/share/nmap/nmap-services")
+
+
+def port_service_names(nmap_services: Path = NMAP_SERVICES) -> Callable[[str, int], str | None]:
+    """(proto, port) -> a service name, as nmap's table method would give it.
+
+    From nmap-services where nmap is installed (then a port it does not list is None,
+    which nmap calls "unknown"); else from /etc/services.
+    """
+    table: dict[tuple[str, int], str] = {}
+    try:
+        text = nmap_services.read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and "/" in fields[1]:
+            port, _, proto = fields[1].partition("/")
+            if port.isdigit():
+                table.setdefault((proto, int(port)), fields[0])
+    if table:
+        return lambda proto, port: table.get((proto, port))
+
+    def etc_services(proto: str, port: int) -> str | None:
+        try:
+            return socket.getservbyport(port, proto)
+        except OSError:
+            return None
+
+    return etc_services
 
 
 MAX_BYTES = 10 * 1024 * 1024

@@ -7,6 +7,12 @@ reply nmap cannot tell a dropped UDP port from a listener that ignores junk; har
 proof that the silence is a drop is in its own reports). As nmap does without ``-v``, a
 state other than open that more than 25 ports share is summarised in ``extraports``,
 the state with most ports first, as nmap 7.93 writes them.
+
+Listed ports carry a service name as nmap's ``table`` method gives it (no version
+detection): the caller passes the lookup (harden/files.py reads nmap's own
+nmap-services where nmap is installed, so ndiff against a real nmap scan shows no
+difference; else /etc/services), and a port neither knows is named after the manifest's
+service, else ``unknown``, as nmap does.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
+from collections.abc import Callable
 
 from harden import __version__
 from harden.core.ports import expand, parse_port
@@ -43,8 +50,14 @@ def nmap_state(proto: str, observed: str) -> tuple[str, str]:
     return table.get(observed, _SILENT[proto])
 
 
-def nmap_xml(report: Report) -> str:
-    """The report as an ``nmaprun`` document: one host per target."""
+ServiceName = Callable[[str, int], str | None]  # (proto, port) -> a table's name, or None
+
+
+def nmap_xml(report: Report, service_name: ServiceName | None = None) -> str:
+    """The report as an ``nmaprun`` document: one host per target.
+
+    With ``service_name``, listed ports name their service as nmap's table method does.
+    """
     start = int(report.started)
     end = int(report.started + report.seconds)
     run = ET.Element(
@@ -65,9 +78,12 @@ def nmap_xml(report: Report) -> str:
                 state = nmap_state(span.proto, span.observed)
                 for port in expand(parse_port(text) for text in span.ranges):
                     ports[(span.proto, port)] = state
+        declared: dict[tuple[str, int], str] = {}
         for entry in report.entries:
             if entry.target == target and entry.port:
                 ports[(entry.proto, entry.port)] = nmap_state(entry.proto, entry.observed)
+                if entry.service:
+                    declared[(entry.proto, entry.port)] = entry.service
         alive = target in report.alive
         up += alive
         host = ET.SubElement(run, "host", starttime=str(start), endtime=str(end))
@@ -80,7 +96,7 @@ def nmap_xml(report: Report) -> str:
         )
         family = "ipv6" if ":" in target else "ipv4"
         ET.SubElement(host, "address", addr=target, addrtype=family)
-        _ports(ET.SubElement(host, "ports"), ports)
+        _ports(ET.SubElement(host, "ports"), ports, service_name, declared)
     stats = ET.SubElement(run, "runstats")
     ET.SubElement(
         stats,
@@ -98,7 +114,12 @@ def nmap_xml(report: Report) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE nmaprun>\n' + body + "\n"
 
 
-def _ports(parent: ET.Element, ports: dict[tuple[str, int], tuple[str, str]]) -> None:
+def _ports(
+    parent: ET.Element,
+    ports: dict[tuple[str, int], tuple[str, str]],
+    service_name: ServiceName | None,
+    declared: dict[tuple[str, int], str],
+) -> None:
     by_state: dict[str, list[tuple[str, int, str]]] = defaultdict(list)
     for (proto, port), (state, reason) in ports.items():
         by_state[state].append((proto, port, reason))
@@ -120,3 +141,6 @@ def _ports(parent: ET.Element, ports: dict[tuple[str, int], tuple[str, str]]) ->
     for proto, port, state, reason in listed:
         element = ET.SubElement(parent, "port", protocol=proto, portid=str(port))
         ET.SubElement(element, "state", state=state, reason=reason, reason_ttl="0")
+        if service_name is not None:
+            name = service_name(proto, port) or declared.get((proto, port)) or "unknown"
+            ET.SubElement(element, "service", name=name, method="table", conf="3")
