@@ -27,6 +27,7 @@ __all__ = [
     "diff",
     "lab",
     "load",
+    "remove",
     "render",
     "status",
     "validate",
@@ -84,6 +85,11 @@ def diff(path: str | Path, backend: Backend = defaults.BACKEND) -> dict[str, Any
 def status(state_dir: str | Path = defaults.STATE_DIR, *, root: str | Path = "/") -> dict[str, Any]:
     """What harden has applied (as ``harden status --format json``); boot files under ``root``."""
     return _apply.status(Path(state_dir), Path(root)).to_json()
+
+
+def remove(state_dir: str | Path = defaults.STATE_DIR, *, root: str | Path = "/") -> dict[str, Any]:
+    """Take harden's rules and boot files away (as ``harden remove --format json``)."""
+    return _apply.remove(Path(state_dir), Path(root)).to_json()
 
 
 def verify(

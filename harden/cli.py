@@ -306,6 +306,29 @@ def reset(state_dir: Path) -> None:
     click.echo(do_reset(state_dir))
 
 
+@cli.command()
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/"),
+    show_default=True,
+    help="Where the boot files are (as given to apply --persist --root).",
+)
+@STATE_DIR
+@FORMAT
+def remove(root: Path, state_dir: Path, fmt: str) -> None:
+    """Take harden away: its rules (both backends) and its boot files.
+
+    Other firewalls (ufw, Docker's, a hand-written table) stay exactly as they are.
+    Removing cannot lock you out: harden only ever closes what others leave open, so
+    what it takes away only opens. 'harden status' then shows nothing applied.
+    """
+    from harden.apply import remove as do_remove
+
+    result = do_remove(state_dir, root)
+    _emit(fmt, result.to_json(), result.to_text())
+
+
 @cli.command(name="diff")
 @click.argument("manifest", type=MANIFEST)
 @click.argument("new", type=MANIFEST, required=False)

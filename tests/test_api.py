@@ -52,6 +52,7 @@ TWINS: dict[str, tuple[str, dict[str, str]]] = {
     "apply": ("apply", {"manifest": "path", "confirm_window": "confirm"}),
     "diff": ("diff", {"manifest": "path"}),
     "status": ("status", {}),
+    "remove": ("remove", {}),
     "verify": ("verify", {"manifest": "path"}),
     "lab": ("lab", {"manifest": "path"}),
 }

@@ -4,10 +4,20 @@ from harden.apply.transaction import (
     apply,
     confirm,
     diff,
+    remove,
     reset,
     rollback,
     rollback_if_pending,
     status,
 )
 
-__all__ = ["apply", "confirm", "diff", "reset", "rollback", "rollback_if_pending", "status"]
+__all__ = [
+    "apply",
+    "confirm",
+    "diff",
+    "remove",
+    "reset",
+    "rollback",
+    "rollback_if_pending",
+    "status",
+]

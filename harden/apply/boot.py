@@ -134,6 +134,28 @@ def disable(root: Path) -> None:
         link.unlink()
 
 
+def uninstall(root: Path) -> list[Path]:
+    """Remove every boot file harden wrote under ``root``; return what was removed.
+
+    Both backends' rule files, the unit, its wants link and the nftables.conf include of
+    earlier versions. Nothing else is touched: other units, the rest of nftables.conf.
+    """
+    removed = []
+    rules = [root / HARDEN_ETC / name for names in RULE_FILES.values() for name in names]
+    for path in (*rules, root / UNIT, root / WANTS):
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+            removed.append(path)
+    conf = root / NFT_CONF
+    if conf.is_file():
+        lines = conf.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() not in OLD_INCLUDE]
+        if kept != lines:
+            write_atomic(conf, "".join(kept).rstrip("\n") + "\n", mode=conf.stat().st_mode & 0o777)
+            removed.append(conf)
+    return removed
+
+
 def describe(root: Path) -> dict[str, Any]:
     """What loads at boot under ``root``: the backend whose files are there, and if enabled."""
     found = [

@@ -151,6 +151,12 @@ class State:
             history=self._event("rolled back", now, **extra),
         )
 
+    def removed(self, now: float) -> State:
+        """Harden's rules and boot files are gone (``harden remove``): nothing is applied."""
+        self.ensure_settled()
+        manifest = self.current.manifest if self.current is not None else None
+        return State(history=self._event("removed", now, manifest=manifest))
+
     def with_watchdog(self, pid: int) -> State:
         """Remember the pending rollback's watchdog process."""
         if self.pending is None:

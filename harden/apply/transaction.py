@@ -30,8 +30,8 @@ from harden.apply.guard import lockout_reason, require_namespace
 from harden.apply.hostinfo import other_firewalls
 from harden.apply.state import Applied, Pending, State, StateDir
 from harden.core.policy import Policy, build_policy
-from harden.core.results import ApplyResult, Drift, StatusReport, Validation
-from harden.core.types import Backend
+from harden.core.results import ApplyResult, Drift, Removed, StatusReport, Validation
+from harden.core.types import BACKENDS, Backend
 from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused, Refused
 from harden.files import read_manifest, write_atomic
 
@@ -180,6 +180,36 @@ def _transaction(
     # rollback of this apply must leave the boot files of the rules it restores.
     states.drop_persist_undo()
     return deadline
+
+
+def remove(state_dir: Path, root: Path = Path("/")) -> Removed:
+    """Take harden's rules (both backends) and boot files away; other firewalls stay.
+
+    Removing only ever opens what harden closed, so it cannot lock anyone out: in
+    nftables harden's accepts were never final, and in iptables its chains RETURN to the
+    rest of INPUT, so every other firewall still decides as before (docs/design.md,
+    "harden only narrows, on both backends").
+    """
+    require_namespace()
+    states = StateDir(state_dir)
+    with states.locked():
+        state = states.load()
+        state.ensure_settled()
+        gone = []
+        for backend in BACKENDS:
+            fw = firewall(backend)
+            try:
+                loaded = bool(fw.live())
+            except EnvironmentProblem:  # the backend's tools are not installed: nothing there
+                continue
+            if loaded:
+                fw.restore("")
+                gone.append(backend)
+        files = boot.uninstall(root)
+        states.drop_snapshot()
+        states.save(state.removed(time.time()))
+    chains, _ = other_firewalls()
+    return Removed(tuple(gone), tuple(str(p) for p in files), tuple(c.label for c in chains))
 
 
 def _note_others(result: ApplyResult, policy: Policy) -> ApplyResult:

@@ -158,6 +158,36 @@ class Validation:
         return text
 
 
+@dataclass(frozen=True)
+class Removed:
+    """What ``harden remove`` took away: harden's live rules and its boot files."""
+
+    rules: tuple[str, ...]  # the backends whose harden rules were loaded
+    files: tuple[str, ...]  # boot files removed (unit, wants link, rule files)
+    others: tuple[str, ...] = ()  # other firewalls' base chains, untouched
+
+    def to_json(self) -> dict[str, Any]:
+        """``remove --format json``."""
+        return {
+            "removed_rules": list(self.rules),
+            "removed_files": list(self.files),
+            "other_firewalls": list(self.others),
+        }
+
+    def to_text(self) -> str:
+        """What went, and what stays."""
+        rules = ", ".join(self.rules) or "none were loaded"
+        lines = [f"removed harden's rules: {rules}"]
+        lines += [f"removed {path}" for path in self.files] or ["no boot files to remove"]
+        lines += [f"left in place: {label}" for label in self.others]
+        return "\n".join(lines)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """0: removing is done or there was nothing to remove."""
+        return ExitStatus.OK
+
+
 @dataclass
 class ApplyResult:
     """What ``harden apply`` did."""
