@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
+import pytest
+
 from harden.core.egress import EgressRun, egress_report
 from harden.core.metrics import verify_metrics
 from harden.core.nmapxml import nmap_xml
@@ -194,3 +196,28 @@ def test_a_sink_that_heard_nothing_makes_absence_prove_nothing() -> None:
     assert report.verdict is Verdict.INCONCLUSIVE
     run.control = {sink}
     assert egress_report(policy(), run).verdict is Verdict.PASS
+
+
+def test_a_sink_command_that_never_gets_ready_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harden.errors import EnvironmentProblem
+    from harden.verify import egress
+
+    monkeypatch.setattr(egress, "READY_TIMEOUT", 0.5)
+    with pytest.raises(EnvironmentProblem, match="did not print 'harden sink: capturing'"):
+        egress.Sink(["sleep", "30"])  # a hung ssh, a password prompt
+    with pytest.raises(EnvironmentProblem, match="ended before it was ready: no such sink"):
+        egress.Sink(["sh", "-c", "echo no such sink >&2; exit 3"])
+    with pytest.raises(EnvironmentProblem, match="cannot run the sink command"):
+        egress.Sink(["/nonexistent/harden-sink"])
+
+
+def test_the_sink_command_gets_this_hosts_sources() -> None:
+    from harden.verify.egress import sink_command
+
+    argv = sink_command(
+        "ssh root@sink 'harden sink --from {sources}'",
+        [ip_address("198.18.0.1"), ip_address("fd00::1")],
+    )
+    assert argv == ["ssh", "root@sink", "harden sink --from 198.18.0.1,fd00::1"]

@@ -13,11 +13,13 @@ from __future__ import annotations
 import errno
 import json
 import random
+import select
 import shlex
 import socket
 import struct
 import subprocess
 import time
+from typing import NoReturn
 
 from harden.core.egress import EgressRun
 from harden.core.policy import Policy
@@ -57,7 +59,11 @@ class Sink:
             raise EnvironmentProblem(f"cannot run the sink command {argv[0]!r}: {exc}") from None
         assert self._proc.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
+        # select() first: a sink command that hangs silently (a password prompt, a dead
+        # host) must not block readline() forever.
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([self._proc.stdout], [], [], left)[0]:
+                break
             line = self._proc.stdout.readline()
             if not line:
                 self._fail("ended before it was ready")
@@ -65,7 +71,7 @@ class Sink:
                 return
         self._fail(f"did not print {READY!r} within {READY_TIMEOUT:.0f} s")
 
-    def _fail(self, what: str) -> None:
+    def _fail(self, what: str) -> NoReturn:
         self._proc.kill()
         _, err = self._proc.communicate(timeout=10)
         raise EnvironmentProblem(f"the sink command {what}: {one_line(err or '', 300)}")
