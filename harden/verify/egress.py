@@ -76,6 +76,12 @@ class Sink:
         _, err = self._proc.communicate(timeout=10)
         raise EnvironmentProblem(f"the sink command {what}: {one_line(err or '', 300)}")
 
+    def stop(self) -> None:
+        """End the sink command now (the run failed: its report is not needed)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.communicate(timeout=10)
+
     def report(self, timeout: float = 60.0) -> dict[str, object]:
         """Close its stdin (the probes are done) and read its ``harden.sink/1`` JSON."""
         try:
@@ -193,12 +199,17 @@ def run_egress(
     run = EgressRun(sinks=list(sinks), ports=ports, started=time.time())
     began = time.monotonic()
     senders = [EgressSender(r.target, r.source) for r in routes]
+    sink: Sink | None = None
     try:
         sink = Sink(sink_command(command, sources))
         for sender in senders:
             _sweep(policy, sender, run, progress)
         time.sleep(0.5)  # the last probes' way to the sink
         data = sink.report()
+    except BaseException:
+        if sink is not None:
+            sink.stop()  # not left capturing until its --duration runs out
+        raise
     finally:
         for sender in senders:
             sender.close()
@@ -227,7 +238,8 @@ def _sweep(policy: Policy, sender: EgressSender, run: EgressRun, progress: OnSen
         run.refused[(sink, proto)] = refused
         key = Sent(4 if sink.version == 4 else 6, proto, "egress")
         run.sent[key] = run.sent.get(key, 0) + sent
-    if any(sender.control() for _ in range(3)):
+    # Three control packets, each sent: one lost on the way must not read as a deaf sink.
+    if any([sender.control() for _ in range(3)]):
         return
     run.notes.append(f"this host refused its control packet (an ICMP error) to {sink}")
 
