@@ -168,7 +168,7 @@ class ConnectTransport:
         found = tcp_sweep(target.address, ports, timeout, self._bind(target, target.source))
         if progress is not None:
             progress(len(ports))
-        return Round(target, "tcp", target.source, ports, since, sent=len(ports), found=found)
+        return Round(target, "tcp", target.source, ports, since, count=len(ports), found=found)
 
     def send_udp(
         self, target: Target, source: Address, ports: Sequence[int], progress: OnSent | None
@@ -181,7 +181,7 @@ class ConnectTransport:
             self._errors[(target.address, source)] = time.monotonic()
         if progress is not None:
             progress(len(ports))
-        return Round(target, "udp", source, ports, since, sent=len(ports), found=found)
+        return Round(target, "udp", source, ports, since, count=len(ports), found=found)
 
     def replies(self, sent: Round) -> dict[int, Reply]:
         """What the sweep found (it already waited)."""

@@ -216,13 +216,13 @@ class _Run:
             rounds = self._send_round(
                 [(self.transport.send_tcp, (t, ps, self._tick)) for t, ps in batch.items()]
             )
-            for sent in rounds:
-                self._count(sent, expect[sent.target])
+            for rnd in rounds:
+                self._count(rnd, expect[rnd.target])
             self._settle(self.round_wait(list(batch)))
-            for sent in rounds:
-                found = self.transport.replies(sent)
-                replies[sent.target].update(found)
-                pending[sent.target] = _without(sent.ports, found)
+            for rnd in rounds:
+                found = self.transport.replies(rnd)
+                replies[rnd.target].update(found)
+                pending[rnd.target] = _without(rnd.ports, found)
             self.tcp_rounds += _portless(rounds)
         for target in self.targets:
             self.findings.replies[(target, "tcp")] = replies[target]
@@ -233,9 +233,9 @@ class _Run:
         A reply that came after its round's wait still counts: a late RST is a leak.
         """
         o = self.options
-        for sent in self.tcp_rounds:
-            heard = self.findings.replies[(sent.target, "tcp")]
-            for port, reply in self.transport.replies(sent).items():
+        for rnd in self.tcp_rounds:
+            heard = self.findings.replies[(rnd.target, "tcp")]
+            for port, reply in self.transport.replies(rnd).items():
                 heard.setdefault(port, reply)
         for target in self.targets:
             heard = self.findings.replies[(target, "tcp")]
@@ -300,16 +300,16 @@ class _Run:
                     for target, st in active.items()
                 ]
             )
-            for sent in rounds:
-                st = states[sent.target]
-                st.round_end[sent.source] = self.clock.now()
-                swept[(sent.target, sent.source)] = swept.get((sent.target, sent.source), 0) + 1
+            for rnd in rounds:
+                st = states[rnd.target]
+                st.round_end[rnd.source] = self.clock.now()
+                swept[(rnd.target, rnd.source)] = swept.get((rnd.target, rnd.source), 0) + 1
                 st.rounds += 1
-                self._count(sent, st.expect)
+                self._count(rnd, st.expect)
             self._settle(self.round_wait(list(active)))
-            for sent in rounds:
-                st = states[sent.target]
-                found = self.transport.replies(sent)
+            for rnd in rounds:
+                st = states[rnd.target]
+                found = self.transport.replies(rnd)
                 st.replies.update(found)
                 st.pending = _without(st.pending, found)
             main_rounds += _portless(rounds)
@@ -322,9 +322,9 @@ class _Run:
 
     def _reread_udp(self, rounds: list[Round], states: dict[Target, _Udp]) -> None:
         """Read the UDP rounds' replies again; the first reply per port stays."""
-        for sent in rounds:
-            st = states[sent.target]
-            found = self.transport.replies(sent)
+        for rnd in rounds:
+            st = states[rnd.target]
+            found = self.transport.replies(rnd)
             for port, reply in found.items():
                 st.replies.setdefault(port, reply)
             st.pending = _without(st.pending, found)
@@ -417,13 +417,13 @@ class _Run:
                 order.extend(p for p in st.pending if p <= last)
                 calls.append((self.transport.send_udp, (target, source, order, None)))
             rounds = self._send_round(calls)
-            for sent in rounds:
-                leaking[sent.target].round_end[sent.source] = self.clock.now()
-                self._count(sent, leaking[sent.target].expect)  # the witness counts these too
+            for rnd in rounds:
+                leaking[rnd.target].round_end[rnd.source] = self.clock.now()
+                self._count(rnd, leaking[rnd.target].expect)  # the witness counts these too
             self._settle(min(self.options.wait, 0.2))
-            for sent in rounds:
-                st = leaking[sent.target]
-                found = self.transport.replies(sent)
+            for rnd in rounds:
+                st = leaking[rnd.target]
+                found = self.transport.replies(rnd)
                 st.replies.update(found)
                 st.pending = _without(st.pending, found)
                 st.clean_passes = (
@@ -489,10 +489,10 @@ class _Run:
             self._spent("quiet_wait", ready - now)
             waited = True
 
-    def _count(self, sent: Round, expect: PortMap) -> None:
-        family = sent.target.family
-        for expectation, n in expect.count(sent.ports[: sent.sent]).items():
-            key = Sent(family, sent.proto, expectation.value)
+    def _count(self, rnd: Round, expect: PortMap) -> None:
+        family = rnd.target.family
+        for expectation, n in expect.count(rnd.ports[: rnd.count]).items():
+            key = Sent(family, rnd.proto, expectation.value)
             self.findings.sent[key] = self.findings.sent.get(key, 0) + n
 
 
@@ -501,7 +501,7 @@ EMPTY: array[int] = array("H")
 
 def _portless(rounds: list[Round]) -> list[Round]:
     """``rounds`` kept for the final re-read, which needs no ports (fleets send many)."""
-    return [replace(sent, ports=EMPTY) for sent in rounds]
+    return [replace(rnd, ports=EMPTY) for rnd in rounds]
 
 
 def _answered(findings: Findings, target: Target) -> str | None:

@@ -50,7 +50,7 @@ class Round:
     """One sweep of probes to one target: what was sent and how to match its replies.
 
     Immutable: a transport builds it once the sweep is done, with what it learned while
-    sending (``sent``, and ``found`` for a blocking transport); the engine keeps a copy
+    sending (``count``, and ``found`` for a blocking transport); the engine keeps a copy
     without ``ports`` (dataclasses.replace) for the final re-read.
     """
 
@@ -61,7 +61,7 @@ class Round:
     since: float  # when sending began (clock time)
     sport: int = 0  # our source port (raw mode: matches replies to this round)
     seq: int | None = None  # TCP: our initial sequence number
-    sent: int = 0  # how many of ``ports`` (in order) went out
+    count: int = 0  # how many of ``ports`` (in order) went out
     found: dict[int, Reply] = field(default_factory=dict)  # filled by blocking transports
 
 
