@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harden.lab.net import LabNet
 from harden.lab.scenario import run_lab, two_sided
@@ -138,3 +140,65 @@ def test_reject_host_in_the_lab() -> None:
         if c["observed"] == "rejected"
     }
     assert {("ipv4", "tcp"), ("ipv4", "udp"), ("ipv6", "tcp"), ("ipv6", "udp")} <= rejected
+
+
+EGRESS = REPO / "rulesets" / "egress-host.yaml"
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_lab_proves_egress_before_and_after(backend: str) -> None:
+    """The unfirewalled server lets everything out; after the apply only ntp reaches the
+    outside host (no other egress destination covers it), and the ruleset is confirmed."""
+    proc = subprocess.run(
+        [*HARDEN, "lab", EGRESS, "--backend", backend, "--ports", "1-1000", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd="/",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["confirmed"] and not result["rolled_back"]
+    steps = {(s["step"], s["vantage"]): s for s in result["steps"]}
+    before, after = (
+        steps["egress before", "server to sink"],
+        steps["egress after", "server to sink"],
+    )
+    assert (before["verdict"], before["expected"]) == ("fail", "fail")
+    assert (after["verdict"], after["expected"]) == ("pass", "pass")
+    sinks = after["report"]["targets"]
+    assert len(sinks) == 2  # the outside host's IPv4 and IPv6 addresses (ipv6: true)
+    leaks = {(p["target"], p["proto"]) for p in before["report"]["ports"] if p["status"] == "fail"}
+    assert leaks == {(sink, proto) for sink in sinks for proto in ("tcp", "udp")}
+    arrived = {
+        (p["target"], p["proto"], p["port"])
+        for p in after["report"]["ports"]
+        if p["observed"] == "arrived"
+    }
+    assert arrived == {(sink, "udp", 123) for sink in sinks}
+    assert [s["step"] for s in result["steps"]] == [
+        "before",
+        "egress before",
+        "after",
+        "after",
+        "egress after",
+    ]
+
+
+def test_a_change_that_lets_more_out_is_rolled_back(tmp_path: Path) -> None:
+    """Applying egress policy accept while egress-host.yaml is verified: egress after fails."""
+    data = yaml.safe_load(EGRESS.read_text())
+    data["egress"] = {"policy": "accept"}  # no output chain: everything leaves
+    loose = write(tmp_path, "loose.yaml", yaml.safe_dump(data))
+    result = run_lab(EGRESS, ports="1-1000", apply_manifest=loose, before=False)
+    assert not result.ok and result.rolled_back and not result.confirmed
+    assert [(s.name, s.passed) for s in result.steps] == [
+        ("after", True),
+        ("after", True),
+        ("egress after", False),
+    ]
+    [egress] = [s for s in result.steps if s.name == "egress after"]
+    leaks = {(p["proto"], p["observed"]) for p in egress.report["ports"] if p["status"] == "fail"}
+    assert leaks == {("tcp", "sent"), ("udp", "sent")}
+    assert own_namespaces() == set()

@@ -12,12 +12,18 @@ only the target's counters can give).
 Every step runs the real command line inside the namespace it belongs to, exactly as
 an operator would on separate machines: ``harden apply`` on the server, ``harden
 verify`` on the prober.
+
+A manifest whose egress policy is drop or reject also gets the egress proof, before and
+after: ``harden verify --egress`` on the server itself, with the outside host as the
+sink (``harden sink`` in its namespace). Before, everything leaves (expected FAIL);
+after, only the declared egress may, and the lab confirms only if that passed too.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,8 +39,9 @@ from rich.console import Console
 from rich.table import Table
 
 from harden import defaults
-from harden.core.policy import build_policy
-from harden.core.types import Backend
+from harden.core.policy import Policy, build_policy
+from harden.core.ports import PortRange, merge
+from harden.core.types import Address, Backend
 from harden.errors import EnvironmentProblem
 from harden.files import load_manifest
 from harden.lab.net import Host, LabNet
@@ -64,8 +71,11 @@ class Step:
 
     @property
     def as_expected(self) -> bool:
-        """Whether the outcome is the one this step of the story expects."""
-        return self.passed == self.expect_pass
+        """Whether the outcome is the one this step of the story expects.
+
+        A step expected to fail must say FAIL: an INCONCLUSIVE before-step proved no leak.
+        """
+        return self.passed if self.expect_pass else self.exit_code == 1
 
 
 @dataclass
@@ -78,6 +88,11 @@ class LabResult:
     applied: dict[str, Any] = field(default_factory=dict)
     confirmed: bool = False
     rolled_back: bool = False
+
+    @property
+    def after_ok(self) -> bool:
+        """Whether every step after the apply (those expected to pass) passed: confirm then."""
+        return all(step.passed for step in self.steps if step.expect_pass)
 
     @property
     def ok(self) -> bool:
@@ -112,11 +127,7 @@ class LabResult:
         for column in ("step", "from", "verdict", "expected", "time", "what the prober saw"):
             table.add_column(column, overflow="fold")
         for step in self.steps:
-            ok = sum(1 for p in step.report["ports"] if p["status"] == "ok")
-            seen = summarize(step) or [
-                f"{ok} declared port(s) open, "
-                f"{step.report['counts']['conforming']} closed port(s) silent"
-            ]
+            seen = summarize(step) or [conforming(step)]
             proof = two_sided(step)
             if proof:
                 seen.append(f"server drop counters: {proof}")
@@ -177,14 +188,15 @@ def run_lab(
                     lab, lab.outside, manifest, "before", False, tmp, limits=limits, ports=ports
                 )
             )
+            result.steps += _egress(lab, policy, manifest, "before", tmp, ports, progress)
         progress(
             f"apply: {backend} ruleset in the server namespace, confirm window {confirm_window}s"
         )
         applied = _with_lab_probers(apply_manifest or manifest, lab, Path(tmp))
         result.applied = _apply(lab, applied, backend, state, confirm_window)
         result.steps += _after(lab, manifest, backend, tmp, limits, ports, progress)
-        after_ok = all(s.passed for s in result.steps if s.name == "after")
-        if after_ok:
+        result.steps += _egress(lab, policy, manifest, "after", tmp, ports, progress)
+        if result.after_ok:
             _harden(lab.server, ["confirm", "--state-dir", str(state)])
             result.confirmed = True
             progress("confirm: verification passed, ruleset confirmed")
@@ -228,6 +240,48 @@ def _after(
             step.dropped = {k: now.get(k, 0) - counters.get(k, 0) for k in now}
         steps.append(step)
     return steps
+
+
+def _egress(
+    lab: LabNet, policy: Policy, manifest: Path, when: str, tmp: str, ports: str, progress: Say
+) -> list[Step]:
+    """The egress proof from the server itself, the outside host as the sink.
+
+    Nothing for a manifest without egress filtering (policy accept). ``when`` is
+    "before" (the unfirewalled server lets everything out: expected FAIL) or "after"
+    (only the declared egress may leave: must PASS, else the lab rolls back).
+    """
+    if policy.egress == "accept":
+        return []
+    sinks: list[Address] = [lab.outside.v4]
+    if policy.ipv6 and lab.outside.v6 is not None and lab.server.v6 is not None:
+        sinks.append(lab.outside.v6)
+    progress(
+        f"egress {when}: the server sends to the outside host as sink "
+        f"({', '.join(map(str, sinks))})"
+    )
+    # {sources} is left for harden verify to fill in with the server's source addresses.
+    command = shlex.join(["ip", "netns", "exec", lab.outside.ns.name, *HARDEN, "sink", "--from"])
+    args = ["--egress", "--sink-command", f"{command} {{sources}}"]
+    for sink in sinks:
+        args += ["--sink", str(sink)]
+    args += ["--ports", egress_ports(policy, ports)]
+    step = _run_verify(
+        lab.server, manifest, args, f"egress {when}", when == "after", tmp, "server to sink"
+    )
+    return [step]
+
+
+def egress_ports(policy: Policy, ports: str) -> str:
+    """The lab's ``--ports`` for the egress proof.
+
+    'all' and lists like 1-1024 as given; 'declared' (which egress does not know) becomes
+    1-1024 plus every declared egress port: a bounded sweep that still covers them.
+    """
+    if ports != "declared":
+        return ports
+    declared = [rng for out in policy.outbound for rng in out.ports]
+    return ",".join(str(rng) for rng in merge([PortRange(1, 1024), *declared]))
 
 
 def _harden(
@@ -331,15 +385,32 @@ def _verify(
         targets += ["--source", str(address)]
     if host.v6 is not None and lab.server.v6 is not None:
         targets += ["--target", str(lab.server.v6)]
-    out = Path(tmp) / f"{name}-{vantage.replace(' ', '-')}.json"
+    return _run_verify(host, manifest, targets, name, expect_pass, tmp, vantage)
+
+
+def _run_verify(
+    host: Host,
+    manifest: Path,
+    args: list[str],
+    name: str,
+    expect_pass: bool,
+    tmp: str,
+    vantage: str,
+) -> Step:
+    """``harden verify MANIFEST ARGS --format json`` in ``host``'s namespace, as a step.
+
+    PASS, FAIL and (for the egress proof, whose sink may hear nothing) INCONCLUSIVE are
+    outcomes; anything else, or no report, is a problem of the lab itself.
+    """
+    out = Path(tmp) / f"{name}-{vantage}.json".replace(" ", "-")
     start = time.monotonic()
     proc = _harden(
-        host, ["verify", str(manifest), *targets, "--format", "json", "-o", str(out)], check=False
+        host, ["verify", str(manifest), *args, "--format", "json", "-o", str(out)], check=False
     )
     seconds = time.monotonic() - start
-    if proc.returncode not in (0, 1) or not out.exists():
+    if proc.returncode not in (0, 1, 5) or not out.exists():
         raise EnvironmentProblem(
-            f"lab: harden verify from {vantage} failed (exit {proc.returncode}): "
+            f"lab: harden verify ({name}) from {vantage} failed (exit {proc.returncode}): "
             f"{one_line(proc.stderr, 300)}"
         )
     report: dict[str, Any] = json.loads(out.read_text())
@@ -347,21 +418,36 @@ def _verify(
 
 
 def summarize(step: Step) -> list[str]:
-    """Deviation counts of one step, e.g. "65532 tcp closed (rst) on 198.19.254.1"."""
+    """Deviation counts of one step, e.g. "65532 tcp closed (rst) on 198.19.254.1".
+
+    Egress: "65535 tcp sent (expected blocked) to 198.19.254.2".
+    """
+    egress = step.report.get("mode") == "egress"
     counts: dict[tuple[str, str, str, str], int] = {}
     for entry in step.report.get("ports", []):
         if entry["status"] == "fail":
-            detail = (
-                entry["detail"].split(":")[-1].strip()
-                if entry["port"] is None
-                else (entry["detail"].split(" reveals")[0].removeprefix("leak: "))
-            )
+            if egress:
+                detail = f"expected {entry['expected']}"
+            elif entry["port"] is None:
+                detail = entry["detail"].split(":")[-1].strip()
+            else:
+                detail = entry["detail"].split(" reveals")[0].removeprefix("leak: ")
             key = (entry["target"], entry["proto"], entry["observed"], detail)
             counts[key] = counts.get(key, 0) + 1
+    where = "to" if egress else "on"
     return [
-        f"{n} {proto} {observed} ({detail}) on {target}"
+        f"{n} {proto} {observed} ({detail}) {where} {target}"
         for (target, proto, observed, detail), n in sorted(counts.items())
     ]
+
+
+def conforming(step: Step) -> str:
+    """What conformed in a step without deviations, e.g. "2 declared port(s) open, ..."."""
+    ok = sum(1 for p in step.report["ports"] if p["status"] == "ok")
+    quiet = step.report["counts"]["conforming"]
+    if step.report.get("mode") == "egress":
+        return f"{ok} allowed port(s) arrived, {quiet} blocked port(s) refused"
+    return f"{ok} declared port(s) open, {quiet} closed port(s) silent"
 
 
 def two_sided(step: Step) -> str | None:
