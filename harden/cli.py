@@ -753,7 +753,9 @@ def lab(
     source-restricted services) a host inside the sources. Before: verify the
     unfirewalled server (RST and ICMP leaks). Then the real apply path with a
     confirm window, verification from every vantage point, and confirm on PASS or
-    rollback on FAIL. Nothing outside the lab's namespaces is touched.
+    rollback on FAIL. A manifest that restricts egress also gets the egress proof
+    before and after, with the outside host as the sink. Nothing outside the lab's
+    namespaces is touched.
     """
     from harden.lab.scenario import run_lab
 
