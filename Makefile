@@ -107,6 +107,7 @@ bench: install
 	$(PY) -m bench.scale
 	$(PY) -m bench.fleet
 	$(PY) -m bench.reload
+	$(PY) -m bench.egress
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

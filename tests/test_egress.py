@@ -389,3 +389,65 @@ def test_without_root_both_ends_say_so_in_one_line(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2
     assert refused.stderr.startswith("harden: error: --sink: 127.0.0.2 is a loopback address")
+
+
+# One real exchange per line of argv ("tcp|udp ADDRESS PORT"), 2 s each at most: a TCP
+# connect (the responder accepts) or a UDP request and its echoed reply. Prints one outcome
+# per exchange: ok, timeout, or the errno's name.
+TALK = """
+import errno, json, socket, sys
+out = []
+for spec in sys.argv[1:]:
+    proto, address, port = spec.split()
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(family, kind) as s:
+        s.settimeout(2)
+        try:
+            if proto == "tcp":
+                s.connect((address, int(port)))
+            else:
+                s.sendto(b"harden", (address, int(port)))
+                assert s.recvfrom(64)[0] == b"harden"
+            out.append("ok")
+        except TimeoutError:
+            out.append("timeout")
+        except OSError as e:
+            out.append(errno.errorcode.get(e.errno or 0, repr(e)))
+print(json.dumps(out))
+"""
+
+
+def talk(host: Namespace, *exchanges: tuple[str, str, int]) -> dict[tuple[str, str, int], str]:
+    """Outcome of each real (proto, address, port) exchange from ``host``."""
+    specs = [f"{proto} {address} {port}" for proto, address, port in exchanges]
+    proc = host.run(["python3", "-I", "-c", TALK, *specs], timeout=60)
+    return dict(zip(exchanges, json.loads(proc.stdout), strict=True))
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_real_connections_reach_declared_ports_only(
+    netns: NsFactory,
+    in_netns: Callable[..., subprocess.Popen[str]],
+    tmp_path: Path,
+    backend: str,
+) -> None:
+    """Real sockets, not probes: from the hardened host, a TCP connect and a UDP
+    request/reply to dns (tcp/53, udp/53, declared to SINK4 and SINK6) succeed over IPv4
+    and IPv6; to tcp/8080 and udp/5353 on the same listener, same addresses, they fail:
+    the connect times out (drop: the SYN never leaves) and sendto fails with EPERM."""
+    host, sink = pair(netns)
+    serve = [HARDEN[0], "-I", "-m", "harden.lab.responder", "--tcp", "53,8080"]
+    in_netns(sink, *serve, "--udp", "53,5353", "--lifetime", "60")
+    declared = [(proto, a, 53) for a in (SINK4, SINK6) for proto in ("tcp", "udp")]
+    undeclared = [(p, a, n) for a in (SINK4, SINK6) for p, n in (("tcp", 8080), ("udp", 5353))]
+    # Before the apply every exchange succeeds: the listener answers on all four ports.
+    assert talk(host, *declared, *undeclared) == dict.fromkeys([*declared, *undeclared], "ok")
+    apply(host, tmp_path, MANIFEST % ("drop", SINK4, SINK6), backend)
+    assert talk(host, *declared) == dict.fromkeys(declared, "ok")
+    refused = talk(host, *undeclared)
+    for (proto, address, port), outcome in refused.items():
+        if proto == "udp":
+            assert outcome == "EPERM", (address, port, outcome)
+        else:  # drop: the kernel takes a refused SYN for a lost one and retransmits
+            assert outcome == "timeout", (address, port, outcome)
