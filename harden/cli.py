@@ -6,9 +6,9 @@ import ipaddress
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -143,6 +143,20 @@ STATE_DIR = click.option(
 FORMAT = click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def root_option(text: str) -> Callable[[F], F]:
+    """``--root``: the prefix of boot files (apply --persist, status, remove)."""
+    return click.option(
+        "--root",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("/"),
+        show_default=True,
+        help=text,
+    )
+
+
 BACKEND = click.option(
     "--backend", type=click.Choice(BACKENDS), default=defaults.BACKEND, show_default=True
 )
@@ -182,13 +196,7 @@ def _write(output: Path | None, text: str) -> None:
     is_flag=True,
     help="Install the ruleset for boot (on confirm, if --confirm is given).",
 )
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/"),
-    show_default=True,
-    help="Prefix for --persist files (for tests and images).",
-)
+@root_option("Prefix for --persist files (for tests and images).")
 @STATE_DIR
 @FORMAT
 def apply_cmd(
@@ -307,13 +315,7 @@ def reset(state_dir: Path) -> None:
 
 
 @cli.command()
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/"),
-    show_default=True,
-    help="Where the boot files are (as given to apply --persist --root).",
-)
+@root_option("Where the boot files are (as given to apply --persist --root).")
 @STATE_DIR
 @FORMAT
 def remove(root: Path, state_dir: Path, fmt: str) -> None:
@@ -412,13 +414,7 @@ def _exposure(ctx: click.Context, old: Path, new: Path, fmt: str, out: Path | No
 
 @cli.command()
 @STATE_DIR
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("/"),
-    show_default=True,
-    help="Where to look for the boot files (as given to apply --persist --root).",
-)
+@root_option("Where to look for the boot files (as given to apply --persist --root).")
 @FORMAT
 def status(state_dir: Path, root: Path, fmt: str) -> None:
     """Show what is applied, from which manifest, what is pending, and what loads at boot.

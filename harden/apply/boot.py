@@ -103,15 +103,22 @@ def install(backend: Backend, files: dict[str, str], root: Path) -> list[Path]:
     unit = root / UNIT
     write_atomic(unit, unit_text(backend), mode=0o644)
     written.append(unit)
-    conf = root / NFT_CONF
-    if conf.is_file():
-        lines = conf.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() not in OLD_INCLUDE]
-        if kept != lines:
-            write_atomic(conf, "".join(kept).rstrip("\n") + "\n", mode=conf.stat().st_mode & 0o777)
-            written.append(conf)
+    written += _drop_old_include(root)
     written.append(enable(root))
     return written
+
+
+def _drop_old_include(root: Path) -> list[Path]:
+    """Take the include line earlier versions added out of Debian's nftables.conf."""
+    conf = root / NFT_CONF
+    if not conf.is_file():
+        return []
+    lines = conf.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() not in OLD_INCLUDE]
+    if kept == lines:
+        return []
+    write_atomic(conf, "".join(kept).rstrip("\n") + "\n", mode=conf.stat().st_mode & 0o777)
+    return [conf]
 
 
 def enable(root: Path) -> Path:
@@ -146,14 +153,7 @@ def uninstall(root: Path) -> list[Path]:
         if path.is_symlink() or path.is_file():
             path.unlink()
             removed.append(path)
-    conf = root / NFT_CONF
-    if conf.is_file():
-        lines = conf.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() not in OLD_INCLUDE]
-        if kept != lines:
-            write_atomic(conf, "".join(kept).rstrip("\n") + "\n", mode=conf.stat().st_mode & 0o777)
-            removed.append(conf)
-    return removed
+    return removed + _drop_old_include(root)
 
 
 def describe(root: Path) -> dict[str, Any]:
