@@ -8,6 +8,9 @@ created (/work/shared/LAB.md, "Real Docker in a namespace"):
         cid = d.publish(8080)            # busybox httpd on container port 80
         d.docker("ps")
 
+``docker_lab`` sets up the usual pair for a test: a Docker host namespace joined by a veth
+to an outside one, skipping the test when dockerd cannot run here.
+
 Daemon choices:
 
 - ``nsenter --net=/var/run/netns/NAME``, not ``ip netns exec``: the latter remounts /sys
@@ -35,12 +38,14 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from harden.lab.netns import Namespace
+import pytest
+
+from harden.lab.netns import Namespace, connect
 
 DOCKER = "/usr/bin/docker"  # /usr/local/bin/docker is an unrelated newer CLI
 DOCKERD = "/usr/sbin/dockerd"
@@ -353,6 +358,22 @@ class Dockerd:
                 raise DockerError(f"container {cid[:12]} not running after 30s: {logs}")
             time.sleep(0.1)
         return cid
+
+
+@contextlib.contextmanager
+def docker_lab(
+    netns: Callable[[str], Namespace], tmp_path: Path, srv: str, out: str
+) -> Iterator[tuple[Dockerd, Namespace]]:
+    """Namespace dsrv (address ``srv``/24, running Docker) joined by a veth to dout
+    (``out``/24, the outside world); yields the daemon and dout. Skips the test when
+    dockerd cannot run here."""
+    srv_ns, out_ns = netns("dsrv"), netns("dout")
+    connect(srv_ns, out_ns, [f"{srv}/24"], [f"{out}/24"])
+    try:
+        with Dockerd(srv_ns, workdir=tmp_path / "docker") as d:
+            yield d, out_ns
+    except DockerUnavailable as exc:
+        pytest.skip(f"dockerd cannot run here: {exc}")
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from harden.lab.netns import Namespace, connect
+from harden.lab.netns import Namespace
 
-from .dockerlab import Dockerd, DockerUnavailable, processes_mentioning
+from .dockerlab import Dockerd, DockerUnavailable, docker_lab, processes_mentioning
 
 pytestmark = pytest.mark.netns
 
@@ -45,20 +44,8 @@ def http_get(ns: Namespace, addr: str, port: int) -> str:
     return ns.run([sys.executable, "-c", HTTP_GET, addr, str(port)], timeout=30).stdout
 
 
-@contextmanager
-def docker_lab(netns: NsFactory, tmp_path: Path) -> Iterator[tuple[Dockerd, Namespace]]:
-    """srv (running Docker) joined by a veth to out (the outside prober)."""
-    srv, out = netns("dsrv"), netns("dout")
-    connect(srv, out, [f"{SRV}/24"], [f"{OUT}/24"])
-    try:
-        with Dockerd(srv, workdir=tmp_path / "docker") as d:
-            yield d, out
-    except DockerUnavailable as exc:
-        pytest.skip(str(exc))
-
-
 def test_published_port_answers_from_outside(netns: NsFactory, tmp_path: Path) -> None:
-    with docker_lab(netns, tmp_path) as (d, out):
+    with docker_lab(netns, tmp_path, SRV, OUT) as (d, out):
         cid = d.publish(8080, name="web")
         assert d.docker("inspect", "-f", "{{.Name}}", cid).stdout.strip() == "/web"
         answer = http_get(out, SRV, 8080)
@@ -66,7 +53,7 @@ def test_published_port_answers_from_outside(netns: NsFactory, tmp_path: Path) -
 
 
 def test_dnat_rule_only_in_the_namespace(netns: NsFactory, tmp_path: Path) -> None:
-    with docker_lab(netns, tmp_path) as (d, _):
+    with docker_lab(netns, tmp_path, SRV, OUT) as (d, _):
         d.publish(8080)
         assert DNAT_8080 in d.ns.run(["iptables-save", "-t", "nat"]).stdout
         # Read-only look at the machine's own namespace: Docker must not have touched it.
@@ -75,7 +62,7 @@ def test_dnat_rule_only_in_the_namespace(netns: NsFactory, tmp_path: Path) -> No
 
 
 def test_restart_keeps_container_reachable(netns: NsFactory, tmp_path: Path) -> None:
-    with docker_lab(netns, tmp_path) as (d, out):
+    with docker_lab(netns, tmp_path, SRV, OUT) as (d, out):
         cid = d.publish(8080)
         old_pid = d.pidfile.read_text().strip()
         d.restart()
@@ -86,7 +73,7 @@ def test_restart_keeps_container_reachable(netns: NsFactory, tmp_path: Path) -> 
 
 
 def test_exit_leaves_no_processes(netns: NsFactory, tmp_path: Path) -> None:
-    with docker_lab(netns, tmp_path) as (d, _):
+    with docker_lab(netns, tmp_path, SRV, OUT) as (d, _):
         d.publish(8080)
         assert d.rundir is not None and d.containerd_proc is not None
         rundir = d.rundir
@@ -113,7 +100,7 @@ def test_failed_start_stops_containerd(netns: NsFactory, tmp_path: Path) -> None
 
 def test_exit_after_dockerd_crash_kills_container(netns: NsFactory, tmp_path: Path) -> None:
     """dockerd SIGKILLed: __exit__ cannot `docker rm`, yet the shim and httpd still go."""
-    with docker_lab(netns, tmp_path) as (d, _):
+    with docker_lab(netns, tmp_path, SRV, OUT) as (d, _):
         cid = d.publish(8080)
         assert d.dockerd_proc is not None and d.rundir is not None
         d.dockerd_proc.kill()

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from harden.lab.netns import Namespace, connect
+from harden.lab.netns import Namespace
 
-from .dockerlab import Dockerd, DockerUnavailable
+from .dockerlab import docker_lab
 from .labutil import HARDEN, write
 from .test_dockerlab import http_get
 from .test_egress import TALK, talk
@@ -64,18 +63,6 @@ egress: {{policy: drop}}
 """
 
 
-@contextmanager
-def docker_host(netns: NsFactory, tmp_path: Path) -> Iterator[tuple[Dockerd, Namespace]]:
-    """srv (running Docker) joined by a veth to out (the outside world)."""
-    srv, out = netns("dsrv"), netns("dout")
-    connect(srv, out, [f"{SRV}/24"], [f"{OUT}/24"])
-    try:
-        with Dockerd(srv, workdir=tmp_path / "docker") as d:
-            yield d, out
-    except DockerUnavailable as exc:
-        pytest.skip(f"dockerd cannot run here: {exc}")
-
-
 def container_talk(pid: str, *exchanges: tuple[str, str, int]) -> list[str]:
     """TALK's outcomes for exchanges sent from the container's network namespace."""
     specs = [f"{proto} {address} {port}" for proto, address, port in exchanges]
@@ -98,7 +85,7 @@ def test_egress_filters_the_host_not_its_containers(
     tmp_path: Path,
     backend: str,
 ) -> None:
-    with docker_host(netns, tmp_path) as (d, out):
+    with docker_lab(netns, tmp_path, SRV, OUT) as (d, out):
         srv = d.ns
         serve = [HARDEN[0], "-I", "-m", "harden.lab.responder", "--tcp", str(LISTENER)]
         in_netns(out, *serve, "--udp", str(LISTENER), "--lifetime", "120")

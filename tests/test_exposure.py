@@ -13,6 +13,7 @@ import json
 import random
 import subprocess
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from harden.core.exposure import Change, ExposureDiff, exposure, exposure_diff
 from harden.core.policy import Policy, build_policy
 from harden.core.ports import PortRange, merge
-from harden.core.types import FAMILIES, Address
+from harden.core.types import FAMILIES, Address, Proto
 from harden.files import parse_manifest
 
 from .conftest import REPO
@@ -102,15 +103,24 @@ def _sample_points(old: Policy, new: Policy, seed: int) -> tuple[list[int], list
     return chosen_ports, rng.sample(ordered, min(len(ordered), 40))
 
 
-def check_exact(old: Policy, new: Policy, diff: ExposureDiff, seed: int = 0) -> None:
-    """Every sampled point is added or removed exactly when some change says so."""
-    ports, addresses = _sample_points(old, new, seed)
-    adds = [c for c in diff.changes if c.change in ("opens", "widens")]
-    removes = [c for c in diff.changes if c.change in ("closes", "narrows")]
+def _check_points(
+    was_in: Callable[[Address, Proto, int], bool],
+    now_in: Callable[[Address, Proto, int], bool],
+    changes: Sequence[Change],
+    ports: Iterable[int],
+    addresses: Iterable[Address],
+) -> None:
+    """Each (proto, port, address) point: ``now_in`` but not ``was_in`` exactly when an
+    opens/widens change holds it, the reverse exactly when a closes/narrows change does.
+
+    ``was_in``/``now_in`` are the old and new policies' ``accepts`` (inbound) or ``sends``
+    (egress); ``changes`` the diff's changes that should account for the difference."""
+    adds = [c for c in changes if c.change in ("opens", "widens")]
+    removes = [c for c in changes if c.change in ("closes", "narrows")]
     for proto in ("tcp", "udp"):
         for port in ports:
             for address in addresses:
-                was, now = old.accepts(address, proto, port), new.accepts(address, proto, port)
+                was, now = was_in(address, proto, port), now_in(address, proto, port)
                 point = (proto, port, str(address))
                 assert (now and not was) == any(_holds(c, proto, port, address) for c in adds), (
                     point
@@ -118,6 +128,12 @@ def check_exact(old: Policy, new: Policy, diff: ExposureDiff, seed: int = 0) -> 
                 assert (was and not now) == any(_holds(c, proto, port, address) for c in removes), (
                     point
                 )
+
+
+def check_exact(old: Policy, new: Policy, diff: ExposureDiff, seed: int = 0) -> None:
+    """Every sampled point is added or removed exactly when some change says so."""
+    ports, addresses = _sample_points(old, new, seed)
+    _check_points(old.accepts, new.accepts, diff.changes, ports, addresses)
 
 
 # --- properties ---------------------------------------------------------------------
@@ -528,19 +544,7 @@ def check_egress_exact(old: Policy, new: Policy, diff: ExposureDiff, seed: int =
                                 else ipaddress.IPv6Address(value)
                             )
     egress = [c for c in diff.changes if c.direction == "egress" and c.change != "policy"]
-    adds = [c for c in egress if c.change in ("opens", "widens")]
-    removes = [c for c in egress if c.change in ("closes", "narrows")]
-    for proto in ("tcp", "udp"):
-        for port in ports:
-            for address in addresses:
-                was, now = old.sends(address, proto, port), new.sends(address, proto, port)
-                point = (proto, port, str(address))
-                assert (now and not was) == any(_holds(c, proto, port, address) for c in adds), (
-                    point
-                )
-                assert (was and not now) == any(_holds(c, proto, port, address) for c in removes), (
-                    point
-                )
+    _check_points(old.sends, new.sends, egress, ports, addresses)
 
 
 def test_accept_to_reject_is_the_policy_change_and_what_still_leaves() -> None:
