@@ -8,7 +8,8 @@ DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3
   tcpdump iputils-ping ndiff man-db
 STAMP := $(VENV)/.installed
 
-.PHONY: install deb apt-install apt-install-nostart test lint demo bench vm-test man clean
+.PHONY: install deb apt-install apt-install-nostart test lint demo bench vm-test man collection \
+  role-readme clean
 
 install: $(STAMP)
 
@@ -95,6 +96,15 @@ demo: install
 # The man pages, from the CLI's own help (click-man); tests/test_man.py checks they are current.
 man: install
 	$(PY) docs/man/generate.py docs/man $$(date +%Y-%m-%d)
+
+# The harden.harden Ansible collection as a tarball in build/, for `ansible-galaxy collection
+# install build/harden-harden-*.tar.gz` (tests/test_ansible.py builds and installs it too).
+collection: install
+	$(VENV)/bin/ansible-galaxy collection build --force vagrant/ansible/collection --output-path build
+
+# The role README's table of variables, from its meta/argument_specs.yml (tests/collection.py).
+role-readme: install
+	$(PY) -m tests.collection --write
 
 # Only the two-VM run of the Vagrant workflow (also part of `make test`): builds the
 # Debian image into /var/cache/harden-vm on first use.

@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from .collection import build_and_install
+from .realserver import install_steps, real_server_steps
 from .vmlab import BOOT_SECONDS, REPO, VmLab, choose_accelerator, ensure_image, kvm_skip_reason
 
 # make test runs these on their own, after the rest: qemu's software emulation beside
@@ -52,6 +54,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmLab]:
     with VmLab(image, accel, work) as vms:
         print(f"target and prober answer ssh after {time.monotonic() - started:.0f} s ({accel})")
         vms.sync_source()  # what Vagrant's rsync synced folder does
+        vms.collections = build_and_install(work / "collection")
         yield vms
 
 
@@ -93,7 +96,8 @@ def provision(
     env = {
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
-        "ANSIBLE_ROLES_PATH": str(PLAYBOOK.parent / "roles"),
+        # The role from the collection's tarball, as built and installed by a user.
+        "ANSIBLE_COLLECTIONS_PATH": str(lab.collections),
         "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible"),
         "ANSIBLE_PIPELINING": "1",  # one ssh round trip per task: minutes under emulation
         "ANSIBLE_SSH_RETRIES": "3",  # a dropped connection (see ssh_options) is retried
@@ -140,6 +144,105 @@ def harden_on(lab: VmLab, host: str, args: str, *, check: bool = True) -> Any:
 def junit(tmp: Path) -> str:
     # A delegated fetch files the report under the target's inventory name.
     return (tmp / "reports" / "target" / "tmp" / "harden-target.xml").read_text()
+
+
+# What the README's "On a real server" section takes as given: a checkout of this repository
+# on each host (the image's /opt/harden-src), and root SSH from the prober to the server.
+GIVEN = "ln -sfn /opt/harden-src /root/harden-checkout"
+PROBER_SSH = (
+    "install -d -m 700 /root/.ssh && cat > /root/.ssh/id_ed25519 && chmod 600 /root/.ssh/id_ed25519"
+    " && echo 'StrictHostKeyChecking accept-new' > /root/.ssh/config"
+)
+# The lab has no route to PyPI: pip finds harden's dependencies and build tools already in
+# the image's venv (vagrant/qemu/build-image.sh), as on a host where they came with network.
+OFFLINE = "export PIP_NO_INDEX=1 PIP_NO_BUILD_ISOLATION=0; "
+METRICS = "/var/lib/prometheus/node-exporter"
+
+
+def wait_for_metric(lab: VmLab, host: str, file: str, pattern: str, seconds: float) -> str:
+    """The metrics file a scheduled unit wrote, once it holds `pattern` (or fail)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        text = lab.ssh(host, f"cat {METRICS}/{file} 2>/dev/null", check=False).stdout
+        if re.search(pattern, text, re.MULTILINE):
+            return text
+        if time.monotonic() > deadline:
+            units = lab.ssh(host, "systemctl status 'harden-*' --no-pager", check=False).stdout
+            raise AssertionError(
+                f"{host}: no {pattern!r} in {file} after {seconds} s:\n{text}\n{units}"
+            )
+        time.sleep(10)
+
+
+def review(lab: VmLab) -> None:
+    """The README's review of the proposal: ssh is in it; the prober goes under verify.probers."""
+    proposal = lab.ssh("target", "cat /etc/harden/manifest.yaml").stdout
+    services = yaml.safe_load(proposal)["services"]
+    assert [(s["proto"], s["port"]) for s in services] == [("tcp", 22)], proposal
+    assert "\nverify:" not in proposal, proposal
+    prober = lab.vms["prober"]
+    probers = f'verify:\n  probers: [{prober.v4}/32, "{prober.v6}/128"]\n'
+    lab.ssh("target", "cat >> /etc/harden/manifest.yaml", input=probers)
+
+
+def test_on_a_real_server_to_the_letter(lab: VmLab) -> None:
+    """README.md, "On a real server", block by block on the fresh VMs (the target is the
+    server): install, init, review, validate, apply, verify from the prober with the witness,
+    confirm, status, the schedules (their units run and write metrics), then the undo, which
+    leaves no harden rules and no boot files. The later tests provision the same VMs."""
+    target = lab.vms["target"]
+    steps = real_server_steps((REPO / "README.md").read_text())
+    on = {"server": "target", "prober": "prober"}
+    for name in lab.vms:
+        lab.ssh(name, GIVEN)
+    lab.ssh("prober", PROBER_SSH, input=lab.image.key.read_text())
+    for step in install_steps(steps):  # "with harden installed as in step 1"
+        lab.ssh("prober", OFFLINE + step.command, timeout=600)
+    places = {"SERVER_V4": target.v4, "SERVER_V6": target.v6}
+    out: dict[str, str] = {}
+    for step in steps:
+        command = re.sub(r"SERVER_V[46]", lambda m: places[m.group(0)], step.command)
+        if "# if egress is restricted" in command:
+            manifest = yaml.safe_load(lab.ssh("target", "cat /etc/harden/manifest.yaml").stdout)
+            assert manifest.get("egress", {}).get("policy", "accept") == "accept"
+            continue  # init proposes egress only as comments: nothing restricted here
+        if step.host == "prober" and "manifest copied here" in step.intro and not out.get("copied"):
+            text = lab.ssh("target", "cat /etc/harden/manifest.yaml").stdout
+            lab.ssh("prober", "cat > manifest.yaml", input=text)
+            out["copied"] = "yes"
+        started = time.monotonic()
+        proc = lab.ssh(on[step.host], OFFLINE + command, check=False, timeout=900)
+        print(
+            f"{step.host}: {command[:70]}: rc {proc.returncode}, {time.monotonic() - started:.0f} s"
+        )
+        assert proc.returncode == 0, f"{step.host}: {command}\n{proc.stdout}{proc.stderr}"
+        out[command.split(" #")[0]] = proc.stdout + proc.stderr
+        if command.startswith("harden init"):
+            review(lab)
+        if "enable --now harden-verify.timer" in command:
+            # The timers fire at once (up more than OnBootSec), then every 15 minutes.
+            wait_for_metric(lab, "target", "harden-diff.prom", r"^harden_drift\S* 0", 300)
+            wait_for_metric(
+                lab, "prober", "harden-verify.prom", r"^harden_verify_success\S* 1", 600
+            )
+
+    verified = next(v for k, v in out.items() if k.startswith("harden verify manifest.yaml"))
+    assert "PASS" in verified and "witness" in verified.lower(), verified
+    assert "enabled" in out["harden status"], out["harden status"]
+    # Undone: no harden rules in either backend, no boot files, nothing scheduled, SSH fine.
+    assert "harden" not in lab.ssh("target", "nft list tables").stdout
+    saved = lab.ssh("target", "iptables-save; ip6tables-save").stdout
+    assert "HARDEN" not in saved, saved
+    left = lab.ssh("target", "ls /etc/harden /etc/systemd/system", check=False).stdout.split()
+    assert sorted(f for f in left if "harden" in f) == ["manifest.yaml"], left
+    enabled = lab.ssh("target", "systemctl is-enabled harden.service", check=False).stdout
+    assert enabled.strip() in ("", "not-found", "disabled"), enabled
+    for host in lab.vms:
+        timers = lab.ssh(host, "systemctl list-timers --all 'harden-*' --no-legend").stdout
+        assert timers.strip() == "", timers
+    status = json.loads(harden_on(lab, "target", "status --format json").stdout)
+    assert status["applied"] is False and status["history"][-1]["event"] == "removed", status
+    assert lab.ssh("target", "echo still here").stdout.strip() == "still here"
 
 
 def test_provision_verifies_confirms_then_changes_nothing(lab: VmLab, tmp_path: Path) -> None:

@@ -213,6 +213,8 @@ class VmLab(_Namespaces):
         }
         self.prefix = "hvm"
         self._namespaces: list[Namespace] = []
+        # Where the test installed the harden.harden collection for ansible-playbook.
+        self.collections = workdir / "collections"
 
     def _build(self) -> None:
         """Make the namespace and bridge, start both VMs, wait until they answer ssh."""
