@@ -33,19 +33,22 @@ END = "<!-- end of variables -->"
 def build_and_install(work: Path) -> Path:
     """Build the collection's tarball in `work`, install it from there; the collections path."""
     work.mkdir(parents=True, exist_ok=True)
-    env_args = ["env", f"ANSIBLE_LOCAL_TEMP={work / 'tmp'}", "ANSIBLE_NOCOLOR=1"]
-    subprocess.run(
-        [*env_args, str(GALAXY), "collection", "build", str(COLLECTION), "--output-path",
-         str(work)],
-        check=True, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    _galaxy(work, "build", str(COLLECTION), "--output-path", str(work))
     (tarball,) = work.glob("harden-harden-*.tar.gz")
     installed = work / "collections"
-    subprocess.run(
-        [*env_args, str(GALAXY), "collection", "install", str(tarball), "-p", str(installed)],
-        check=True, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    _galaxy(work, "install", str(tarball), "-p", str(installed))
     return installed
+
+
+def _galaxy(work: Path, *args: str) -> None:
+    """``ansible-galaxy collection ARGS``; its output in the error if it fails."""
+    env = {"ANSIBLE_LOCAL_TEMP": str(work / "tmp"), "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.run(
+        ["env", *(f"{k}={v}" for k, v in env.items()), str(GALAXY), "collection", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"ansible-galaxy collection {args[0]}: {proc.stdout}{proc.stderr}")
 
 
 def _markup(text: str) -> str:

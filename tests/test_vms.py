@@ -46,6 +46,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmLab]:
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("vms")
+    collections = build_and_install(work / "collection")
     started = time.monotonic()
     image = ensure_image(work / "build.log")
     accel, why = choose_accelerator(image)
@@ -54,7 +55,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmLab]:
     with VmLab(image, accel, work) as vms:
         print(f"target and prober answer ssh after {time.monotonic() - started:.0f} s ({accel})")
         vms.sync_source()  # what Vagrant's rsync synced folder does
-        vms.collections = build_and_install(work / "collection")
+        vms.collections = collections
         yield vms
 
 
@@ -233,8 +234,8 @@ def test_on_a_real_server_to_the_letter(lab: VmLab) -> None:
     assert "harden" not in lab.ssh("target", "nft list tables").stdout
     saved = lab.ssh("target", "iptables-save; ip6tables-save").stdout
     assert "HARDEN" not in saved, saved
-    left = lab.ssh("target", "ls /etc/harden /etc/systemd/system", check=False).stdout.split()
-    assert sorted(f for f in left if "harden" in f) == ["manifest.yaml"], left
+    left = lab.ssh("target", "find /etc/harden /etc/systemd/system ! -type d").stdout.split()
+    assert [f for f in left if "harden" in f] == ["/etc/harden/manifest.yaml"], left
     enabled = lab.ssh("target", "systemctl is-enabled harden.service", check=False).stdout
     assert enabled.strip() in ("", "not-found", "disabled"), enabled
     for host in lab.vms:
