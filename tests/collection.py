@@ -57,10 +57,9 @@ def _markup(text: str) -> str:
 
 
 def _default(value: Any) -> str:
-    if value == "" or value == [] or value == {}:
-        return f"`{json.dumps(value)}`" if value != "" else '`""`'
-    text = value if isinstance(value, str) else json.dumps(value)
-    return "`" + str(text).replace("|", "\\|") + "`"
+    """A default as Markdown code: a string as written ("" shown quoted), the rest as JSON."""
+    text = value if isinstance(value, str) and value else json.dumps(value)
+    return "`" + text.replace("|", "\\|") + "`"
 
 
 def variables_table() -> str:
