@@ -8,7 +8,7 @@ DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3
   tcpdump iputils-ping ndiff man-db
 STAMP := $(VENV)/.installed
 
-.PHONY: install deb apt-install apt-install-nostart test lint demo bench vm-test man collection \
+.PHONY: install deb apt-install apt-install-nostart test test-vm lint demo bench man collection \
   role-readme clean
 
 install: $(STAMP)
@@ -16,9 +16,10 @@ install: $(STAMP)
 # Without their recommends: vagrant (for `vagrant validate` of vagrant/Vagrantfile; no
 # VirtualBox or libvirt stack, 54 packages instead of 429), and qemu, debootstrap and
 # openssh-client for tests/test_vms.py, which boots the Vagrantfile's two machines as
-# qemu VMs from a Debian image built here (no image can be downloaded).
+# qemu VMs from a Debian image built here (no image can be downloaded); systemd-container
+# (systemd-nspawn) for tests/test_boot.py, which boots the same image as containers.
 DEB_NO_RECOMMENDS := vagrant qemu-system-x86 qemu-utils debootstrap debian-archive-keyring \
-  e2fsprogs openssh-client
+  e2fsprogs openssh-client systemd-container
 
 # For tests/test_forwarded.py: a real dockerd, started only inside test namespaces, and a
 # busybox for its image (no registry is reachable). ufw, for tests/test_coexist.py: enabled
@@ -83,12 +84,23 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# Four workers on two cores: most namespace tests wait on timers, not the CPU. Tests marked
-# "alone" then run one at a time: the VM tests (qemu's software emulation needs the CPU) and
-# those that count TCP retransmissions, which a starved CPU causes by itself.
+# The everyday tier: ruff, mypy, every namespace test and the boot tests under systemd-nspawn
+# (tests/test_boot.py: one worker builds or finds the VM image, then boots it as containers).
+# Four workers on two cores: most namespace tests wait on timers, not the CPU; loadgroup keeps
+# the boot tests on one worker. Tests marked "alone" (those that count TCP retransmissions,
+# which a starved CPU causes by itself) then run one at a time. The VMs are not collected:
+# they are `make test-vm`.
+PYTEST_EVERYDAY := $(VENV)/bin/pytest --ignore=tests/test_vms.py
 test: install lint
-	$(VENV)/bin/pytest -n 4 --durations=15 -m "not alone"
-	$(VENV)/bin/pytest --durations=5 -m alone
+	$(PYTEST_EVERYDAY) -n 4 --dist loadgroup --durations=15 -m "not alone"
+	$(PYTEST_EVERYDAY) --durations=5 -m alone
+
+# The VM tier: the scenarios of tests/test_vms.py on two qemu VMs (a real kernel boot, the
+# README walked to the letter, the Ansible role over SSH). Under software emulation here it
+# takes about 25 minutes; CI runs it after `make test`. Builds the Debian image into
+# /var/cache/harden-vm on first use (the boot tests share it).
+test-vm: install
+	$(VENV)/bin/pytest -s --durations=10 tests/test_vms.py
 
 demo: install
 	$(VENV)/bin/harden lab rulesets/web-server.yaml
@@ -105,11 +117,6 @@ collection: install
 # The role README's table of variables, from its meta/argument_specs.yml (tests/collection.py).
 role-readme: install
 	$(PY) -m tests.collection --write
-
-# Only the two-VM run of the Vagrant workflow (also part of `make test`): builds the
-# Debian image into /var/cache/harden-vm on first use.
-vm-test: install
-	$(VENV)/bin/pytest -s tests/test_vms.py
 
 # Benchmarks are not tests: figures side by side with nmap, measured in one run.
 bench: install

@@ -27,8 +27,8 @@ from .collection import build_and_install
 from .realserver import install_steps, real_server_steps
 from .vmlab import BOOT_SECONDS, REPO, VmLab, choose_accelerator, ensure_image, kvm_skip_reason
 
-# make test runs these on their own, after the rest: qemu's software emulation beside
-# four busy workers slowed the VMs until connections broke.
+# make test-vm runs these, one at a time: qemu's software emulation beside busy test workers
+# slowed the VMs until connections broke. make test does not collect them.
 pytestmark = [pytest.mark.netns, pytest.mark.alone]
 PLAYBOOK = REPO / "vagrant" / "ansible" / "site.yml"
 MANIFEST = REPO / "vagrant" / "ansible" / "manifest.yml"
@@ -57,6 +57,17 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmLab]:
         vms.sync_source()  # what Vagrant's rsync synced folder does
         vms.collections = collections
         yield vms
+
+
+@pytest.fixture(autouse=True)
+def answering(lab: VmLab) -> Iterator[None]:
+    """A VM that stops answering fails the test it stopped in, with its console's tail,
+    and is reset on its disk: the tests after it start with both VMs answering."""
+    yield
+    hung = lab.revive_hung()
+    if hung:
+        tails = "\n".join(f"--- {name}'s console ---\n{tail}" for name, tail in hung.items())
+        pytest.fail(f"stopped answering ssh during this test: {sorted(hung)}\n{tails}")
 
 
 def provision(

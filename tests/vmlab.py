@@ -9,6 +9,7 @@ the lab closes, pass or fail. The controller (Ansible, ssh) runs in that namespa
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import re
@@ -74,21 +75,30 @@ def ensure_image(log: Path) -> Image:
     requirements = python_requirements()
     digest = hashlib.sha256(BUILD_SCRIPT.read_bytes() + "\n".join(requirements).encode())
     folder = CACHE / f"bookworm-{digest.hexdigest()[:16]}"
-    if not (folder / "built.ok").exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as out:
-            proc = subprocess.run(
-                ["bash", str(BUILD_SCRIPT), str(folder), *requirements],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                # Wheels come from this interpreter's pip, with this machine's pip settings.
-                env={**os.environ, "PYTHON": sys.executable},
-                check=False,
-                timeout=1800,
-            )
-        if proc.returncode != 0:
-            raise RuntimeError(f"building the VM image failed:\n{log.read_text()[-3000:]}")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # One build for every process that needs it (xdist workers, a parallel run): the others
+    # wait for it here, then find it built.
+    with (CACHE / "build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "built.ok").exists():
+            _build_image(folder, requirements, log)
     return Image(folder)
+
+
+def _build_image(folder: Path, requirements: list[str], log: Path) -> None:
+    """Run build-image.sh into ``folder``; its output goes to ``log`` (the tail, on failure)."""
+    with log.open("w") as out:
+        proc = subprocess.run(
+            ["bash", str(BUILD_SCRIPT), str(folder), *requirements],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Wheels come from this interpreter's pip, with this machine's pip settings.
+            env={**os.environ, "PYTHON": sys.executable},
+            check=False,
+            timeout=1800,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the VM image failed:\n{log.read_text()[-3000:]}")
 
 
 def kvm_skip_reason() -> str | None:
@@ -322,6 +332,26 @@ class VmLab(_Namespaces):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{vm.name} did not answer ssh in time:\n{self.tail(vm)}")
             time.sleep(2)
+
+    def revive_hung(self) -> dict[str, str]:
+        """Power-cycle every VM that no longer answers ssh; return {name: its console tail}.
+
+        An emulated virtio-net NIC can hang its transmit queue for good (the guest logs
+        "NETDEV WATCHDOG: transmit queue 0 timed out"): the VM is then unreachable until it
+        is reset. A hard reset on the same disk overlay brings it back with its state.
+        """
+        hung = {}
+        for vm in self.vms.values():
+            alive = vm.process is not None and vm.process.poll() is None
+            if alive and self.ssh(vm.name, "true", check=False, timeout=30).returncode == 0:
+                continue
+            hung[vm.name] = self.tail(vm)
+            if vm.process is not None and vm.process.poll() is None:
+                vm.process.kill()
+                vm.process.wait(timeout=30)
+            self.launch(vm)
+            self._wait_ssh(vm)
+        return hung
 
     def tail(self, vm: Vm, lines: int = 40) -> str:
         """The end of a VM's serial console and of qemu's own complaints."""

@@ -34,6 +34,9 @@ packages=(
   linux-image-amd64 initramfs-tools systemd-sysv udev dbus openssh-server
   python3 python3-venv python3-apt python3-packaging python3-nftables nftables libpcap0.8
   iptables iproute2 iputils-ping netbase kmod procps
+  # Installed but disabled: the boot tests under systemd-nspawn (tests/test_boot.py) enable
+  # them in their own overlay, to check harden's unit against their orderings.
+  docker.io busybox-static firewalld
 )
 
 work="$out.tmp"
@@ -112,6 +115,9 @@ Wants=network-pre.target
 Before=network-pre.target ssh.service
 After=systemd-udev-settle.service sys-subsystem-net-devices-eth0.device
 Requires=sys-subsystem-net-devices-eth0.device
+# A container booted from this image (tests/nspawnlab.py) has no eth0 device unit and no
+# lab.* arguments: its harness brings its link up.
+ConditionVirtualization=!container
 
 [Service]
 Type=oneshot
@@ -123,7 +129,9 @@ WantedBy=multi-user.target
 EOF
 in_root systemctl enable -q lab-net.service
 # Nothing in the lab needs these, and under software emulation every unit costs seconds.
-for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
+# Docker and firewalld would rewrite the VMs' firewall: only the nspawn boot tests start them.
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
+  docker.service docker.socket containerd.service firewalld.service; do
   in_root systemctl disable -q "$unit" 2>/dev/null || true
 done
 in_root apt-get clean

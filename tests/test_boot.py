@@ -1,0 +1,197 @@
+"""What loads at boot, under a real systemd: the VM image booted as a container (nspawn).
+
+Each test gets its own machine (tests/nspawnlab.py): harden installed from this checkout,
+its link brought up after network-pre.target as a real host's network is, and a prober on
+that link that probes closed ports from power-on until SSH answers. A boot takes about a
+second, so every check that needs systemd's ordering but not a kernel boot lives here; the
+real reboot of a VM stays in the VM tier (tests/test_vms.py, make test-vm).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .nspawnlab import BootLab, harden_layer, skip_reason
+from .vmlab import REPO, Image, ensure_image
+
+# One worker runs them all: the image is built (or found) once, and the boots do not
+# compete with each other for the two CPUs.
+pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("boot")]
+MANIFEST = REPO / "vagrant" / "ansible" / "manifest.yml"  # ssh, web (80, 443)
+CLOSED = ("1000", "2000", "3306", "5432", "8443")  # closed in MANIFEST: probed during boot
+WATCH_SECONDS = 60.0
+Boot = Callable[..., BootLab]
+
+
+@pytest.fixture(scope="module")
+def layer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Image, Path]:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("boot")
+    image = ensure_image(work / "build.log")
+    return image, harden_layer(image, work / "layer")
+
+
+@pytest.fixture
+def machine(layer: tuple[Image, Path], tmp_path: Path) -> Iterator[Boot]:
+    """Factory: a booted machine (optionally with more units enabled), gone at the end."""
+    made: list[BootLab] = []
+
+    def make(units: tuple[str, ...] = ()) -> BootLab:
+        lab = BootLab(*layer, tmp_path / f"m{len(made)}", units=units).__enter__()
+        made.append(lab)
+        lab.boot()
+        return lab
+
+    yield make
+    for lab in made:
+        lab.close()
+
+
+def apply(lab: BootLab, backend: str, *extra: str) -> dict[str, Any]:
+    lab.sh("mkdir -p /etc/harden && cat > /etc/harden/manifest.yaml", input=MANIFEST.read_text())
+    out = lab.sh(
+        f"harden apply /etc/harden/manifest.yaml --backend {backend} --format json "
+        + " ".join(extra)
+    ).stdout
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def watched_reboot(lab: BootLab) -> dict[str, Any]:
+    """Power off, start the prober's watch, boot: what answered from the link, and when."""
+    watchers: list[subprocess.Popen[str]] = []
+
+    def watch() -> None:
+        watchers.append(lab.watcher(WATCH_SECONDS, CLOSED))
+
+    lab.halt()
+    try:
+        lab.boot(watch)
+        out, _ = watchers[0].communicate(timeout=WATCH_SECONDS + 30)
+    finally:
+        for proc in watchers:
+            proc.kill()
+    seen: dict[str, Any] = json.loads(out)
+    return seen
+
+
+def show(lab: BootLab, unit: str, *props: str) -> dict[str, str]:
+    out = lab.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def loaded_before_the_network(lab: BootLab) -> None:
+    """harden.service ran, and finished before network-pre.target, before the link came up."""
+    harden = show(lab, "harden.service", "ActiveState", "Result", "ActiveEnterTimestampMonotonic")
+    assert harden["ActiveState"] == "active" and harden["Result"] == "success", harden
+    pre = show(lab, "network-pre.target", "ActiveEnterTimestampMonotonic")
+    link = show(lab, "lab-link.service", "InactiveExitTimestampMonotonic")
+    done, reached = (
+        int(harden["ActiveEnterTimestampMonotonic"]),
+        int(pre["ActiveEnterTimestampMonotonic"]),
+    )
+    assert 0 < done <= reached <= int(link["InactiveExitTimestampMonotonic"]), (harden, pre, link)
+
+
+def harden_rules(lab: BootLab) -> dict[str, bool]:
+    """Which of harden's backends have rules in the machine's kernel now."""
+    tables = lab.sh("nft list tables").stdout
+    saved = lab.sh("iptables-save; ip6tables-save").stdout
+    return {"nftables": "table inet harden" in tables, "iptables": "HARDEN-INPUT" in saved}
+
+
+def verify(lab: BootLab) -> dict[str, Any]:
+    """harden verify of every TCP and UDP port, both families, from the prober."""
+    proc = lab.prober.run(
+        [
+            sys.executable,
+            "-m",
+            "harden.cli",
+            "verify",
+            str(MANIFEST),
+            "--target",
+            lab.v4,
+            "--target",
+            lab.v6,
+            "--format",
+            "json",
+        ],
+        check=False,
+        timeout=300,
+    )
+    report: dict[str, Any] = json.loads(proc.stdout)
+    return report
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_persisted_rules_load_before_the_network_comes_up(machine: Boot, backend: str) -> None:
+    """apply --persist, power off, boot while the prober probes closed ports from the link:
+    not one RST or ICMP error from power-on to SSH, because harden.service loaded the rules
+    before network-pre.target; after boot, verify of every port PASSes on both families."""
+    lab = machine()
+    apply(lab, backend, "--persist")
+    assert lab.sh("systemctl is-enabled harden.service").stdout.strip() == "enabled"
+    seen = watched_reboot(lab)
+    assert seen["arp_at"] is not None and seen["ssh_at"] is not None, (seen, lab.tail())
+    assert seen["probes"] > 0 and seen["replies"] == [], seen
+    loaded_before_the_network(lab)
+    assert harden_rules(lab) == {
+        "nftables": backend == "nftables",
+        "iptables": backend == "iptables",
+    }
+    report = verify(lab)
+    assert report["verdict"] == "pass", [p for p in report["ports"] if p["status"] == "fail"]
+
+
+@pytest.mark.parametrize(("first", "then"), [("nftables", "iptables"), ("iptables", "nftables")])
+def test_after_a_backend_switch_only_the_new_backend_loads(
+    machine: Boot, first: str, then: str
+) -> None:
+    lab = machine()
+    apply(lab, first, "--persist")
+    apply(lab, then, "--persist")
+    seen = watched_reboot(lab)
+    assert seen["replies"] == [], seen
+    loaded_before_the_network(lab)
+    assert harden_rules(lab) == {first: False, then: True}
+    assert verify(lab)["verdict"] == "pass"
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_after_remove_nothing_loads(machine: Boot, backend: str) -> None:
+    """And the watch is not blind: with nothing loaded, the closed ports answer at boot."""
+    lab = machine()
+    apply(lab, backend, "--persist")
+    lab.sh("harden remove")
+    seen = watched_reboot(lab)
+    assert harden_rules(lab) == {"nftables": False, "iptables": False}
+    enabled = lab.sh("systemctl is-enabled harden.service", check=False).stdout.strip()
+    assert enabled in ("", "not-found", "disabled"), enabled
+    rsts = [r for r in seen["replies"] if "rst" in r]
+    assert rsts, seen  # the kernel's RSTs: nothing stood in their way
+
+
+def test_docker_and_firewalld_boot_beside_harden(machine: Boot) -> None:
+    """The machine for the orderings that involve other firewalls: with docker.service and
+    firewalld.service enabled, both start for real at boot and write their rules into the
+    machine's namespace, after harden.service loaded its own; the boot stays silent."""
+    lab = machine(("containerd.service", "docker.service", "firewalld.service"))
+    apply(lab, "nftables", "--persist")
+    seen = watched_reboot(lab)
+    assert seen["replies"] == [], seen
+    loaded_before_the_network(lab)
+    for unit in ("docker.service", "firewalld.service"):
+        state = show(lab, unit, "ActiveState", "ActiveEnterTimestampMonotonic")
+        assert state["ActiveState"] == "active", (unit, state, lab.tail())
+    tables = lab.sh("nft list tables").stdout
+    assert "table inet firewalld" in tables and "table inet harden" in tables, tables
+    assert "DOCKER-USER" in lab.sh("iptables-save").stdout
