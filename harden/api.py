@@ -59,12 +59,13 @@ def apply(
     state_dir: str | Path = defaults.STATE_DIR,
     confirm: int | None = None,
     force: bool = False,
-    persist: bool = False,
+    persist: bool | None = None,
     root: str | Path = "/",
 ) -> dict[str, Any]:
     """Apply a manifest (see ``harden apply``); ``result["changed"]`` says if anything did.
 
-    ``persist`` installs the ruleset for boot under ``root`` (on confirm, with ``confirm``).
+    ``persist``: True installs the ruleset for boot under ``root`` (on confirm, with
+    ``confirm``), False removes harden's boot files there, None keeps them in step.
     """
     result = _apply.apply(
         Path(path),
@@ -72,7 +73,8 @@ def apply(
         state_dir=Path(state_dir),
         confirm=confirm,
         force=force,
-        persist_to=Path(root) if persist else None,
+        persist=persist,
+        root=Path(root),
     )
     return result.to_json()
 

@@ -192,11 +192,13 @@ def _write(output: Path | None, text: str) -> None:
     "--force", is_flag=True, help="Apply even if it would lock out the current SSH session or sshd."
 )
 @click.option(
-    "--persist",
-    is_flag=True,
-    help="Install the ruleset for boot (on confirm, if --confirm is given).",
+    "--persist/--no-persist",
+    default=None,
+    help="Install the ruleset for boot (on confirm, if --confirm is given); --no-persist "
+    "removes harden's boot files. Neither: boot files harden installed before are kept in "
+    "step with what is applied, so a reboot loads what is live.",
 )
-@root_option("Prefix for --persist files (for tests and images).")
+@root_option("Prefix of the boot files (for tests and images).")
 @STATE_DIR
 @FORMAT
 def apply_cmd(
@@ -204,7 +206,7 @@ def apply_cmd(
     backend: Backend,
     confirm_window: int | None,
     force: bool,
-    persist: bool,
+    persist: bool | None,
     root: Path,
     state_dir: Path,
     fmt: str,
@@ -224,7 +226,8 @@ def apply_cmd(
         state_dir=state_dir,
         confirm=confirm_window,
         force=force,
-        persist_to=root if persist else None,
+        persist=persist,
+        root=root,
     )
     _emit(fmt, result.to_json(), result.to_text())
 

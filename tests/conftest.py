@@ -18,6 +18,20 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ["HARDEN_REQUIRE_NETNS"] = "1"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse a machine whose own boot files are harden's: an apply without --root in a
+    test (inside a namespace) would keep them in step with the test's rules."""
+    from harden.apply import boot
+
+    if boot.present(Path("/")):
+        pytest.exit(
+            "this machine's /etc holds harden's boot files: the tests' applies would keep "
+            "them in step (docs/design.md, 'Boot files follow what is live'); run the tests "
+            "on a machine harden does not guard",
+            returncode=4,
+        )
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden",

@@ -152,6 +152,23 @@ def test_persisted_rules_load_before_the_network_comes_up(machine: Boot, backend
     assert report["verdict"] == "pass", [p for p in report["ports"] if p["status"] == "fail"]
 
 
+def test_a_reboot_brings_back_what_was_live_not_the_last_persist(machine: Boot) -> None:
+    """apply M1 --persist, then apply M2 without --persist (it lets in tcp/8080): the boot
+    files follow, so after a reboot M2 runs, not M1 (whoever M2 let in stays in)."""
+    lab = machine()
+    apply(lab, "nftables", "--persist")
+    wider = MANIFEST.read_text() + "  - {name: api, port: 8080, proto: tcp}\n"
+    lab.sh("cat > /etc/harden/m2.yaml", input=wider)
+    result = json.loads(lab.sh("harden apply /etc/harden/m2.yaml --format json").stdout)
+    assert "kept in step" in result["message"], result
+    assert "boot:     matches" in lab.sh("harden status").stdout
+    lab.reboot()
+    loaded_before_the_network(lab)
+    assert lab.sh("harden diff /etc/harden/m2.yaml", check=False).returncode == 0
+    listed = lab.sh("nft list table inet harden").stdout
+    assert "8080" in listed, listed
+
+
 @pytest.mark.parametrize(("first", "then"), [("nftables", "iptables"), ("iptables", "nftables")])
 def test_after_a_backend_switch_only_the_new_backend_loads(
     machine: Boot, first: str, then: str

@@ -141,6 +141,17 @@ def disable(root: Path) -> None:
         link.unlink()
 
 
+def read_rules(root: Path, backend: Backend) -> dict[str, str]:
+    """``backend``'s boot rule files under ``root``, by name (as render() returns them)."""
+    return {name: (root / HARDEN_ETC / name).read_text() for name in RULE_FILES[backend]}
+
+
+def present(root: Path) -> bool:
+    """Whether any of harden's boot files (either backend's rules, or the unit) is under root."""
+    rules = [root / HARDEN_ETC / name for names in RULE_FILES.values() for name in names]
+    return any(path.is_file() for path in (*rules, root / UNIT))
+
+
 def uninstall(root: Path) -> list[Path]:
     """Remove every boot file harden wrote under ``root``; return what was removed.
 

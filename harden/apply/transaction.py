@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harden.apply import boot
 from harden.apply.backends import Firewall, firewall, other
@@ -73,6 +74,25 @@ def check_lockout(policy: Policy, env: Mapping[str, str]) -> None:
         raise LockoutRefused(f"refusing to apply: {reason} (use --force to apply anyway)")
 
 
+@dataclass(frozen=True)
+class BootPlan:
+    """What an apply does to the boot files under ``root``."""
+
+    root: Path
+    persist_to: Path | None  # install them here (now, or on confirm)
+    drop: bool  # --no-persist: remove harden's
+    following: bool  # neither flag: harden's are there, so they follow what is applied
+
+    @classmethod
+    def of(cls, persist: bool | None, root: Path) -> BootPlan:
+        """Decide from --persist / --no-persist / neither and what is under ``root``."""
+        there = boot.present(root)
+        following = persist is None and there
+        return cls(
+            root, root if persist or following else None, persist is False and there, following
+        )
+
+
 def apply(
     manifest_path: Path,
     backend: Backend,
@@ -80,12 +100,19 @@ def apply(
     state_dir: Path,
     confirm: int | None = None,
     force: bool = False,
-    persist_to: Path | None = None,
+    persist: bool | None = None,
+    root: Path = Path("/"),
     env: Mapping[str, str] | None = None,
 ) -> ApplyResult:
-    """Check, snapshot, record, arm the watchdog, load; persist if asked."""
+    """Check, snapshot, record, arm the watchdog, load; then the boot files under ``root``.
+
+    ``persist``: True installs them, False removes harden's, None keeps them in step:
+    installed when harden's boot files are there already, so the next boot loads what is
+    live (docs/design.md, "Boot files follow what is live").
+    """
     # Recorded absolute: 'harden status' run from another directory must find the file.
     manifest_path = manifest_path.absolute()
+    plan = BootPlan.of(persist, root)
     fw = firewall(backend)
     prepared = prepare(manifest_path, fw)
     require_namespace()
@@ -103,30 +130,68 @@ def apply(
         old = states.load()
         old.ensure_settled()
         canonical = fw.check(prepared.files)
-        if persist_to is not None:
-            check_persist_targets(fw.persist_targets(persist_to))
+        if plan.persist_to is not None:
+            check_persist_targets(fw.persist_targets(plan.persist_to))
         others = _other_backend_rules(backend)
         if fw.live() == canonical and not others:
             result.message = "unchanged: the live ruleset already matches the manifest"
-            if persist_to is not None:  # asked to persist what is live: still do that
-                result.persisted = [str(p) for p in fw.persist(prepared.files, persist_to)]
-            return _note_others(result, prepared.policy)
+            if plan.persist_to is not None:  # asked to persist what is live: still do that
+                result.persisted = [str(p) for p in fw.persist(prepared.files, plan.persist_to)]
+            elif plan.drop:
+                result.unpersisted = [str(p) for p in boot.uninstall(root)]
+            return _note_boot(_note_others(result, prepared.policy), plan)
         deadline = _transaction(
-            states, fw, prepared, old, canonical, others, confirm=confirm, persist_to=persist_to
+            states,
+            fw,
+            prepared,
+            old,
+            canonical,
+            others,
+            confirm=confirm,
+            persist_to=plan.persist_to,
         )
-        result.changed = True
-        if deadline is not None:
-            result.confirm_deadline = deadline
-            result.message = f"applied; rolls back in {confirm} s unless 'harden confirm' runs"
-        else:
-            result.message = "applied"
-            if persist_to is not None:
-                result.persisted = [
-                    str(p) for p in _persist(states, fw, prepared.files, persist_to)
-                ]
-        if others:
-            result.message += f" (the {', '.join(others)} rules harden had loaded are removed)"
-    return _note_others(result, prepared.policy)
+        _changed(result, states, fw, prepared, plan, deadline, others, confirm)
+    return _note_boot(_note_others(result, prepared.policy), plan)
+
+
+def _changed(
+    result: ApplyResult,
+    states: StateDir,
+    fw: Firewall,
+    prepared: Prepared,
+    plan: BootPlan,
+    deadline: float | None,
+    others: Mapping[Backend, str],
+    window: int | None,
+) -> None:
+    """After a load: the message, and the boot files (unless they wait for confirm)."""
+    result.changed = True
+    if deadline is not None:
+        result.confirm_deadline = deadline
+        result.message = f"applied; rolls back in {window} s unless 'harden confirm' runs"
+    else:
+        result.message = "applied"
+        if plan.persist_to is not None:
+            result.persisted = [
+                str(p) for p in _persist(states, fw, prepared.files, plan.persist_to)
+            ]
+    if plan.drop:
+        result.unpersisted = [str(p) for p in _drop_boot(states, fw, plan.root)]
+    if others:
+        result.message += f" (the {', '.join(others)} rules harden had loaded are removed)"
+
+
+def _note_boot(result: ApplyResult, plan: BootPlan) -> ApplyResult:
+    """Say what happened to the boot files: kept in step, installed later, or removed."""
+    if result.persisted and plan.following:
+        result.message += "; boot files kept in step with it (--no-persist removes them)"
+    elif plan.following and result.confirm_deadline is not None:
+        result.message += "; boot files follow on confirm (--no-persist removes them)"
+    if result.unpersisted:
+        result.message += (
+            "; harden's boot files removed (--no-persist): nothing of harden's loads at boot"
+        )
+    return result
 
 
 def _transaction(
@@ -256,6 +321,12 @@ def _persist(states: StateDir, fw: Firewall, files: dict[str, str], root: Path) 
     Both backends' files are remembered: persisting one removes the other's, and a
     rollback must bring them back with the rules it restores.
     """
+    _remember_boot_files(states, fw, root)
+    return fw.persist(files, root)
+
+
+def _remember_boot_files(states: StateDir, fw: Firewall, root: Path) -> None:
+    """Record what every boot file holds now, for a rollback to put back."""
     before: dict[str, tuple[str | None, int]] = {}
     for path in fw.persist_targets(root):
         if path.is_file():
@@ -265,10 +336,15 @@ def _persist(states: StateDir, fw: Firewall, files: dict[str, str], root: Path) 
     link = (root / boot.WANTS).absolute()
     before[str(link)] = (str(link.readlink()) if link.is_symlink() else None, LINK)
     states.save_persist_undo(before)
-    return fw.persist(files, root)
 
 
 LINK = -1  # the "mode" of a remembered symlink (the wants link that enables harden.service)
+
+
+def _drop_boot(states: StateDir, fw: Firewall, root: Path) -> list[Path]:
+    """Remove harden's boot files (--no-persist), remembering them for a rollback."""
+    _remember_boot_files(states, fw, root)
+    return boot.uninstall(root)
 
 
 def _unpersist(states: StateDir) -> None:
@@ -367,7 +443,16 @@ def confirm(state_dir: Path) -> str:
                 "apply again"
             )
         fw = firewall(current.backend)
-        state = state.confirmed(time.time(), digest(fw.live()))
+        live = digest(fw.live())
+        if live != current.live_sha256:
+            # A restart of harden.service or a reboot inside the window loaded other rules:
+            # confirming would record (and persist) rules that are not running.
+            raise ApplyError(
+                "refusing to confirm: the live rules are not the ones this apply loaded "
+                "(did harden.service restart, or the host reboot, inside the window?); "
+                "nothing was confirmed or persisted: apply again, or 'harden rollback'"
+            )
+        state = state.confirmed(time.time(), live)
         if pending.persist:
             paths = _persist(states, fw, states.load_files(), Path(pending.root))
             message += "; persisted to " + ", ".join(map(str, paths))
@@ -449,8 +534,9 @@ def diff(manifest_path: Path, backend: Backend) -> Drift:
 
 def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
     """What is applied, from which manifest, whether it is still live, what is pending."""
-    state = StateDir(state_dir).load()
-    boot_files = boot.describe(root)
+    states = StateDir(state_dir)
+    state = states.load()
+    boot_files = {**boot.describe(root), **_boot_state(state, root)}
     current = state.current
     pending = state.pending
     watchdog = None
@@ -506,6 +592,41 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
         forward=summary.forward if summary else None,
         egress=summary.egress if summary else None,
     )
+
+
+def _boot_state(state: State, root: Path) -> dict[str, Any]:
+    """``state``: matches | stale | absent, and ``differs``: why stale.
+
+    The boot files are compared with what is live (both loaded the same canonical way) and
+    with the files of the last apply: a reboot must bring back what runs now.
+    """
+    if not boot.present(root):
+        return {"state": "absent", "differs": []}
+    described = boot.describe(root)
+    differs = []
+    if len(described["backends"]) != 1:
+        differs.append(
+            "both backends' rule files" if described["backends"] else "the unit without rules"
+        )
+    elif not described["enabled"]:
+        differs.append("harden.service is not enabled")
+    current = state.current
+    if len(described["backends"]) == 1:
+        backend: Backend = described["backends"][0]
+        files = boot.read_rules(root, backend)
+        if current is not None and current.backend != backend:
+            differs.append(f"they load {backend}, the last apply was {current.backend}")
+        fw = firewall(backend)
+        try:
+            if fw.check(files) != fw.live():
+                differs.append("they do not load the live rules")
+        except HardenError as exc:
+            differs.append(f"they do not load: {exc}")
+        # Rendered files in render()'s order, as Prepared.ruleset_sha256 digests them.
+        last = current is not None and current.backend == backend
+        if last and current and digest("".join(files.values())) != current.ruleset_sha256:
+            differs.append(f"they are not the rules of the last apply ({current.manifest})")
+    return {"state": "stale" if differs else "matches", "differs": differs}
 
 
 def _allowed(path: Path, sha256: str) -> tuple[Validation | None, Policy | None]:

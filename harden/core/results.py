@@ -199,6 +199,7 @@ class ApplyResult:
     ruleset_sha256: str
     confirm_deadline: float | None = None
     persisted: list[str] = field(default_factory=list)
+    unpersisted: list[str] = field(default_factory=list)  # boot files --no-persist removed
     message: str = ""
     # Other firewalls' base chains on harden's hooks (labels), and warnings about them.
     others: list[str] = field(default_factory=list)
@@ -214,6 +215,7 @@ class ApplyResult:
             "ruleset_sha256": self.ruleset_sha256,
             "confirm_deadline": self.confirm_deadline,
             "persisted": list(self.persisted),
+            "unpersisted": list(self.unpersisted),
             "message": self.message,
             "other_firewalls": list(self.others),
             "warnings": list(self.warnings),
@@ -369,16 +371,18 @@ class StatusReport:
         if b is None:
             return []
         where = "" if b["root"] == "/" else f" under {b['root']}"
-        if not b["backends"]:
-            line = f"boot:     not persisted{where} (apply --persist)"
-        elif len(b["backends"]) > 1:
-            line = f"boot:     BOTH backends' files{where}: persist again to remove the stale ones"
-        elif not b["enabled"]:
-            line = f"boot:     {b['backends'][0]} files{where}, but harden.service is NOT enabled"
+        state = b.get("state") or ("matches" if b["backends"] else "absent")
+        if state == "absent":
+            line = f"boot:     absent: nothing of harden's loads at boot{where} (apply --persist)"
+        elif state == "stale":
+            line = f"boot:     STALE{where}: " + "; ".join(b["differs"])
         else:
             line = (
-                f"boot:     {b['backends'][0]} rules load at boot{where} (harden.service enabled)"
+                f"boot:     matches: {b['backends'][0]} rules load at boot{where} "
+                "(harden.service enabled), the live rules"
             )
+        if b["root"] == "/" and state == "absent":
+            line += " (looked under /; --root names another prefix)"
         lines = [line]
         if b.get("nftables_conf_include"):
             lines.append(

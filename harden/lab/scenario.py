@@ -360,6 +360,10 @@ def _apply(
             str(window),
             "--state-dir",
             str(state),
+            # The lab's own (empty) boot root: boot files a real apply on this machine
+            # installed under / are not the lab's to keep in step with its rules.
+            "--root",
+            str(state.parent / "boot"),
             "--format",
             "json",
         ],
