@@ -237,3 +237,71 @@ def test_a_snapshot_that_reaches_beyond_hardens_table_is_refused() -> None:
         bad_ipt = {"4": {"chains": chains, "rules": rules, "jump": True}}
         with pytest.raises(StateError, match="more than harden's own chains"):
             iptables.parse_snapshot(json.dumps(bad_ipt))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_an_ancestor_another_user_controls_is_refused(tmp_path: Path) -> None:
+    """The user who owns a parent can swap the state directory for a symlink while root
+    runs rollback (as the watchdog does): every ancestor must be root's or ours."""
+    parent = tmp_path / "theirs"
+    parent.mkdir(mode=0o755)
+    (parent / "state").mkdir(mode=0o700)  # root's own, 0700: fine by itself
+    os.chown(parent, 65534, 65534)
+    with pytest.raises(UnsafeStateDir, match="an ancestor of the state directory, belongs"):
+        StateDir(parent / "state").load()
+    os.chown(parent, 0, 0)
+    parent.chmod(0o777)  # writable by others, not sticky
+    with pytest.raises(UnsafeStateDir, match="an ancestor of the state directory, is writable"):
+        StateDir(parent / "state").load()
+    parent.chmod(0o1777)  # like /tmp: root's and sticky, so nobody can swap our entry
+    assert StateDir(parent / "state").load() == State()
+
+
+def test_io_stays_in_the_directory_checked_first(tmp_path: Path) -> None:
+    """A state directory swapped for a symlink after it was checked redirects nothing."""
+    first, moved, elsewhere = tmp_path / "state", tmp_path / "moved", tmp_path / "elsewhere"
+    states = StateDir(first)
+    with states.locked():
+        states.save(State())
+        first.rename(moved)
+        elsewhere.mkdir()
+        first.symlink_to(elsewhere)
+        states.save_snapshot({"nftables": "", "iptables": ""})
+        states.save_persist_undo({"/etc/harden/harden.nft": (None, 0o644)})
+        assert states.load() == State()
+    assert list(elsewhere.iterdir()) == []
+    assert {p.name for p in moved.iterdir()} >= {"state.json", "snapshot.json", "persisted.json"}
+    with pytest.raises(UnsafeStateDir, match="symlink"):
+        StateDir(first).load()  # and a fresh start refuses the link
+
+
+def test_a_persist_record_may_name_only_hardens_boot_files(tmp_path: Path) -> None:
+    """A rollback writes what persisted.json names, as root: only harden's boot files."""
+    states = StateDir(tmp_path / "state")
+    root = tmp_path / "root"
+    good = {
+        f"{root}/etc/harden/harden.nft": (None, 0o644),
+        f"{root}/etc/systemd/system/harden.service": ("[Unit]\n", 0o644),
+        f"{root}/etc/systemd/system/sysinit.target.wants/harden.service": (
+            "/etc/systemd/system/harden.service",
+            -1,
+        ),
+    }
+    states.save_persist_undo(good)
+    assert states.load_persist_undo() == good
+    bad_records: list[dict[str, tuple[str | None, int]]] = [
+        {"/etc/shadow": ("root::0:0\n", 0o640)},
+        {f"{root}/etc/harden/../../etc/cron.d/x": ("* * * * * root sh\n", 0o644)},
+        {
+            f"{root}/etc/systemd/system/sysinit.target.wants/harden.service": (
+                "/etc/systemd/system/evil.service",
+                -1,
+            )
+        },
+        {f"{root}/etc/harden/harden.nft": ("/etc/passwd", -1)},  # a link where a file goes
+        {"/a/etc/harden/harden.nft": (None, 0o644), "/b/etc/harden/harden.nft": (None, 0o644)},
+    ]
+    for record in bad_records:
+        states.save_persist_undo(record)
+        with pytest.raises(StateError, match="not a record harden wrote"):
+            states.load_persist_undo()

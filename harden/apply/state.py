@@ -8,17 +8,20 @@ see half a record. See docs/design.md, "The confirm window and the watchdog".
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import secrets
 import stat
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from harden import defaults
+from harden.apply import boot
 from harden.core.types import Backend
 from harden.errors import (
     ApplyError,
@@ -27,7 +30,6 @@ from harden.errors import (
     StateError,
     UnsafeStateDir,
 )
-from harden.files import write_atomic
 
 DEFAULT_STATE_DIR = defaults.STATE_DIR
 HISTORY = 20  # events kept
@@ -236,6 +238,7 @@ class StateDir:
     """
 
     def __init__(self, path: Path) -> None:
+        self._fd: int | None = None
         if str(path) in ("", "."):
             raise UnsafeStateDir("the state directory must be a path, not empty or '.'")
         self.path = path
@@ -253,38 +256,58 @@ class StateDir:
     def check(self, create: bool = False) -> bool:
         """Refuse a state directory that is not a private directory of this user.
 
+        Every ancestor is checked too (owned by root or this user; writable by others only
+        if sticky and root's), walking down from / one component at a time without
+        following a symlink, and the directory is kept open: every later read and write
+        is relative to that descriptor, so a parent swapped for a symlink afterwards
+        redirects nothing (docs/design.md, "The state directory").
         Returns whether it exists (after creating it if ``create``).
         """
-        try:
-            st = self.path.lstat()
-        except FileNotFoundError:
-            if not create:
-                return False
-            self.path.mkdir(parents=True, mode=0o700)
-            st = self.path.lstat()
-        except OSError as exc:
-            raise UnsafeStateDir(f"state directory {self.path}: {exc.strerror}") from None
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise UnsafeStateDir(f"state directory {self.path} is not a directory (or a symlink)")
+        if self._fd is not None:
+            return True
+        fd = _walk(self.path.absolute(), create)
+        if fd is None:
+            return False
+        st = os.fstat(fd)
+        problem = None
         if st.st_uid != os.geteuid():
-            raise UnsafeStateDir(
-                f"state directory {self.path} belongs to uid {st.st_uid}, not to this user "
-                f"(uid {os.geteuid()}): refusing to trust it"
+            problem = (
+                f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}): "
+                "refusing to trust it"
             )
-        if st.st_mode & 0o022:
-            raise UnsafeStateDir(
-                f"state directory {self.path} is writable by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):o}): refusing to trust it (chmod 700)"
+        elif st.st_mode & 0o022:
+            problem = (
+                f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}): "
+                "refusing to trust it (chmod 700)"
             )
+        if problem:
+            os.close(fd)
+            raise UnsafeStateDir(f"state directory {self.path} {problem}")
+        self._fd = fd
         return True
+
+    def _dir(self) -> int:
+        """The open state directory (checked, created if missing)."""
+        self.check(create=True)
+        assert self._fd is not None
+        return self._fd
+
+    def close(self) -> None:
+        """Close the directory descriptor (a later use opens and checks it again)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        """Close the descriptor with the object."""
+        self.close()
 
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the state directory's lock (apply, confirm, rollback, watchdog)."""
-        self.check(create=True)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(self.path / LOCK, flags, 0o600)
+            fd = os.open(LOCK, flags, 0o600, dir_fd=self._dir())
         except OSError as exc:
             raise UnsafeStateDir(f"{self.path / LOCK}: {exc.strerror}") from None
         try:
@@ -297,7 +320,7 @@ class StateDir:
         """A state file's text (None if absent), never through a symlink."""
         path = self.path / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir())
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -323,8 +346,28 @@ class StateDir:
             raise StateError(f"{self.path / name} is not valid JSON ({exc})") from None
 
     def _write(self, name: str, data: Any) -> None:
-        # A rename replaces a symlink planted at the name; it never writes through it.
-        write_atomic(self.path / name, json.dumps(data, indent=2) + "\n")
+        """Replace a state file atomically, in the open directory, never through a symlink.
+
+        A rename replaces a symlink planted at the name; it never writes through it.
+        """
+        directory = self._dir()
+        tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600, dir_fd=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(data, indent=2) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=directory)
+            raise
+
+    def _unlink(self, name: str) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self._dir())
 
     def load(self) -> State:
         """The record, or an empty one if nothing was ever applied."""
@@ -359,7 +402,7 @@ class StateDir:
 
     def drop_snapshot(self) -> None:
         """Forget the snapshot (after a rollback used it)."""
-        (self.path / SNAPSHOT).unlink(missing_ok=True)
+        self._unlink(SNAPSHOT)
 
     def save_files(self, files: dict[str, str]) -> None:
         """Keep the rendered files that were loaded (persisted on confirm)."""
@@ -396,20 +439,98 @@ class StateDir:
                 raise bad
             # -1: a symlink (the unit's wants link), its target in place of the text.
             out[path] = (value[0], value[1] if value[1] == -1 else value[1] & 0o7777)
+        _only_boot_files(out, bad)
         return out
 
     def drop_persist_undo(self) -> None:
         """Forget the persisted files' previous contents."""
-        (self.path / PERSISTED).unlink(missing_ok=True)
+        self._unlink(PERSISTED)
 
     def reset(self, now: float) -> list[Path]:
         """Move every state file aside (``*.broken-<time>``); the live rules stay as they are."""
-        self.check()
+        if not self.check():
+            return []
+        directory = self._dir()
         moved = []
         for name in (RECORD, SNAPSHOT, APPLIED, PERSISTED):
-            path = self.path / name
-            if path.exists() or path.is_symlink():
-                target = path.with_name(f"{name}.broken-{int(now)}")
-                path.rename(target)
-                moved.append(target)
+            target = f"{name}.broken-{int(now)}"
+            try:
+                os.rename(name, target, src_dir_fd=directory, dst_dir_fd=directory)
+            except FileNotFoundError:
+                continue
+            moved.append(self.path / target)
         return moved
+
+
+def _only_boot_files(undo: Mapping[str, tuple[str | None, int]], bad: StateError) -> None:
+    """Refuse a persist record naming anything but harden's boot files under one root.
+
+    A rollback writes what it names, as root: a record that names another file (or a
+    wants link to another unit) would make root write it.
+    """
+    known = {str(p.relative_to("/")) for p in boot.targets(Path("/"))} | {str(boot.WANTS)}
+    roots = set()
+    for name, (text, mode) in undo.items():
+        rel = next((k for k in known if name.endswith("/" + k)), None)
+        if rel is None or ".." in Path(name).parts:
+            raise bad
+        roots.add(name[: -len(rel)])
+        is_link = rel == str(boot.WANTS)
+        if is_link != (mode == -1) or (is_link and text not in (None, f"/{boot.UNIT}")):
+            raise bad
+    if len(roots) > 1:
+        raise bad
+
+
+def _walk(path: Path, create: bool) -> int | None:
+    """Open ``path`` from / one component at a time, never through a symlink (or None).
+
+    Each ancestor is checked before its child is opened; missing ones are made (0700) if
+    ``create``.
+    """
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    walked = Path("/")
+    try:
+        for part in path.parts[1:]:
+            _check_ancestor(fd, walked)
+            walked = walked / part
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    os.close(fd)
+                    return None
+                with suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                child = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafeStateDir(
+                f"state directory {path}: {walked} is a symlink or not a directory (harden "
+                "keeps its state only on a path of real directories)"
+            ) from None
+        raise UnsafeStateDir(f"state directory {path}: {walked}: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_ancestor(fd: int, path: Path) -> None:
+    """An ancestor of the state directory must be root's or ours, and nobody else's to write."""
+    st = os.fstat(fd)
+    if st.st_uid not in (0, os.geteuid()):
+        raise UnsafeStateDir(
+            f"{path}, an ancestor of the state directory, belongs to uid {st.st_uid}: that "
+            "user could swap the state directory for a symlink (refused)"
+        )
+    sticky_root = st.st_mode & stat.S_ISVTX and st.st_uid == 0
+    if st.st_mode & 0o022 and not sticky_root:
+        raise UnsafeStateDir(
+            f"{path}, an ancestor of the state directory, is writable by others (mode "
+            f"{stat.S_IMODE(st.st_mode):o}): they could swap the state directory (refused)"
+        )

@@ -111,8 +111,12 @@ chmod 755 "$root/usr/local/sbin/lab-net"
 cat >"$root/etc/systemd/system/lab-net.service" <<'EOF'
 [Unit]
 Description=Lab addresses from the kernel command line
-Wants=network-pre.target
-Before=network-pre.target ssh.service
+# Ordered like ifupdown's networking.service (and systemd-networkd, NetworkManager): after
+# network-pre.target, so what a host loads before its network (harden.service) has run
+# when the link comes up. Before it, the link raced harden.service at every boot.
+Wants=network-pre.target network.target
+After=network-pre.target
+Before=network.target ssh.service
 After=systemd-udev-settle.service sys-subsystem-net-devices-eth0.device
 Requires=sys-subsystem-net-devices-eth0.device
 # A container booted from this image (tests/nspawnlab.py) has no eth0 device unit and no
