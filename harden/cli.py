@@ -259,11 +259,12 @@ def counters(fmt: str) -> None:
     witness_passed_* (with verify.probers in the manifest) count the probers' new
     connections as they arrive, those harden's closed path dropped, and those every
     firewall let through. Both backends are read. Also printed: an identity of
-    harden's table (a re-apply changes it) and this host's ICMP error limits, which
-    verify then uses instead of assumed ones.
+    harden's table (a re-apply changes it), this host's ICMP error limits, which
+    verify then uses instead of assumed ones, and this host's addresses: verify
+    credits the counts only to targets among them.
     """
     from harden.apply.backends import firewall
-    from harden.apply.hostinfo import icmp_settings
+    from harden.apply.hostinfo import icmp_settings, local_addresses
 
     found: dict[str, int] = {}
     backends = []
@@ -291,11 +292,14 @@ def counters(fmt: str) -> None:
         raise problems[0]
     icmp = icmp_settings()
     data = {
-        "schema": "harden.counters/2",
+        "schema": "harden.counters/3",
         "backends": backends,
         "counters": found,
         "identity": ", ".join(identities) or None,
         "icmp": icmp,
+        # The counts are of probes to these addresses only: verify credits them to no
+        # other target.
+        "addresses": local_addresses(),
     }
     lines = [f"{k} {v}" for k, v in sorted(found.items())] or ["no harden counters here"]
     for family, values in icmp.items():

@@ -13,8 +13,8 @@ from harden.core.findings import Findings
 from harden.core.plan import Expect, Target, parse_port_selection, plan_probes
 from harden.core.policy import build_policy
 from harden.core.ports import compress, expand
-from harden.core.report import evaluate
-from harden.core.types import sent_counts
+from harden.core.report import Status, evaluate
+from harden.core.types import Address, sent_counts
 from harden.core.witness import Observed, Reading, compare
 from harden.errors import OptionError
 from harden.files import parse_manifest
@@ -213,8 +213,17 @@ def test_declared_ports_outside_a_ports_subset_are_listed_as_skipped() -> None:
 
 
 def witnessed(**counts: int) -> Observed:
+    """What the witness on the host at T counted."""
     names = [f"witness_{k}_{p}_v4" for k in ("in", "closed", "passed") for p in ("tcp", "udp")]
-    return Observed({name: counts.get(name, 0) for name in names})
+    return Observed({name: counts.get(name, 0) for name in names}, addresses=frozenset({T}))
+
+
+def send(findings: Findings, counts: dict[str, int], to: Address = T) -> None:
+    """Record probes sent to ``to`` (by kind), as the engine counts them."""
+    typed = sent_counts(counts)
+    for key, n in typed.items():
+        findings.sent[key] = findings.sent.get(key, 0) + n
+        findings.sent_to.setdefault(to, {})[key] = n
 
 
 def test_the_witness_proves_reject_mode_udp_silence() -> None:
@@ -222,7 +231,7 @@ def test_the_witness_proves_reject_mode_udp_silence() -> None:
     plan = plan_probes(policy, [STRANGER], (1, 2, 3))
     prohibited = {1: Reply(4, "udp", 1, 41000, Reason.PROHIBITED, 13)}
     findings = findings_for({2: Reply(4, "tcp", 2, 40000, Reason.PROHIBITED, 13)}, prohibited)
-    findings.sent = sent_counts({"4/tcp/rejected": 7, "4/udp/rejected": 7})
+    send(findings, {"4/tcp/rejected": 7, "4/udp/rejected": 7})
     findings.premises[(STRANGER, "udp")] = ["the target's ICMP rate limit ≤ 1000 ms (x)"]
     assert evaluate(plan, findings).verdict == "inconclusive"
     findings.witness = witnessed(
@@ -238,7 +247,7 @@ def test_the_witness_proves_reject_mode_udp_silence() -> None:
 def test_declared_probes_blocked_on_the_host_fail_the_silent_declared_port() -> None:
     plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (53, 99))
     findings = findings_for({}, {})  # udp/53 silent: "open|filtered" from outside
-    findings.sent = sent_counts({"4/udp/allowed": 7, "4/udp/silent": 3, "4/tcp/silent": 6})
+    send(findings, {"4/udp/allowed": 7, "4/udp/silent": 3, "4/tcp/silent": 6})
     findings.witness = witnessed(
         witness_in_udp_v4=10, witness_closed_udp_v4=3, witness_in_tcp_v4=6, witness_closed_tcp_v4=6
     )
@@ -252,9 +261,10 @@ def test_declared_probes_blocked_on_the_host_fail_the_silent_declared_port() -> 
 def test_counters_that_went_back_make_the_run_inconclusive_not_judged() -> None:
     plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (99,))
     findings = findings_for({}, {})
-    findings.sent = sent_counts({"4/udp/silent": 3})
-    before = Reading({"witness_in_udp_v4": 900, "witness_closed_udp_v4": 900})
-    after = Reading({"witness_in_udp_v4": 2, "witness_closed_udp_v4": 0})  # "leak" of 2
+    send(findings, {"4/udp/silent": 3})
+    here = frozenset({T})
+    before = Reading({"witness_in_udp_v4": 900, "witness_closed_udp_v4": 900}, addresses=here)
+    after = Reading({"witness_in_udp_v4": 2, "witness_closed_udp_v4": 0}, addresses=here)
     findings.witness = compare(before, after)
     report = evaluate(plan, findings)
     assert report.verdict == "inconclusive" and not report.failures
@@ -271,7 +281,7 @@ def test_a_host_seen_only_at_the_link_layer_is_an_assumption_the_witness_removes
         f"the link-layer answer for {T} came from the target, not from a proxy-ARP router "
         "answering for an empty address"
     ]
-    findings.sent = sent_counts({"4/tcp/silent": 3})
+    send(findings, {"4/tcp/silent": 3})
     findings.witness = witnessed(witness_in_tcp_v4=3, witness_closed_tcp_v4=3)
     report = evaluate(plan, findings)
     assert report.assumptions == [] and report.alive[str(T)] == "its witness counted 3 probes"
@@ -311,3 +321,37 @@ services:
     assert services[("tcp", 53)] == "dns" and services[("tcp", 80)] == "web"
     assert services[("tcp", 443)] == "web" and services[("udp", 53)] == "dns"
     assert services[("udp", 8001)] == "alt" and services[("udp", 443)] == "alt"
+
+
+def test_a_witness_vouches_only_for_its_own_hosts_addresses() -> None:
+    """verify --target T --target U --witness <T's counters>, and nothing answers at U (a
+    router drops what is sent to it): T's counts prove T's silence and life, not U's."""
+    u = ip_address("198.19.254.3")
+    other = Target(u, STRANGER.source)
+    plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER, other], (99,))
+    findings = findings_for({}, {})
+    findings.echo.clear()
+    findings.alive.clear()
+    findings.replies[(other, "tcp")] = {}
+    findings.replies[(other, "udp")] = {}
+    send(findings, {"4/tcp/silent": 3, "4/udp/silent": 3})
+    send(findings, {"4/tcp/silent": 3, "4/udp/silent": 3}, to=u)
+    findings.witness = witnessed(
+        witness_in_tcp_v4=3, witness_closed_tcp_v4=3, witness_in_udp_v4=3, witness_closed_udp_v4=3
+    )
+    report = evaluate(plan, findings)
+    assert report.alive == {str(T): "its witness counted 6 probes"}
+    assert report.verdict == "inconclusive"
+    [nobody] = [e for e in report.entries if e.target == str(u) and e.proto == "ip"]
+    assert nobody.status is Status.INCONCLUSIVE
+    assert any(n.startswith(f"witness: proves nothing about {u}") for n in report.notes)
+    # The counts of T alone match what was sent to T: no shortfall from U's probes.
+    assert not [
+        e
+        for e in report.entries
+        if e.target == str(T) and e.status in (Status.FAIL, Status.INCONCLUSIVE)
+    ]
+    # A witness that names no addresses (an older harden on the target) vouches for none.
+    findings.witness = Observed(findings.witness.counted)
+    report = evaluate(plan, findings)
+    assert report.alive == {} and any("older than this one" in n for n in report.notes)

@@ -20,6 +20,8 @@ class Findings:
     replies: dict[tuple[Target, Proto], dict[int, Reply]] = field(default_factory=dict)
     echo: dict[Address, bool] = field(default_factory=dict)  # absent: ping not checked
     sent: dict[Sent, int] = field(default_factory=dict)  # probes sent, by kind
+    # The same, per target address: a witness vouches only for its own host's addresses.
+    sent_to: dict[Address, dict[Sent, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     # Silent ports here are not proven silent, and why: the target's ICMP budget ran
     # out ("unprobed"), or its rate limit is too slow to wait for.

@@ -20,8 +20,8 @@ from harden.core.classify import REJECT_REASONS, Reason, Reply, State
 from harden.core.findings import Findings
 from harden.core.plan import Expect, Plan, Target
 from harden.core.ports import PortRange, compress, expand, merge
-from harden.core.types import PROTOS, Address, Family, Proto, Verdict
-from harden.core.witness import Judgement, judge
+from harden.core.types import PROTOS, Address, Family, Proto, Sent, Verdict
+from harden.core.witness import Judgement, Observed, judge
 from harden.errors import ExitStatus
 
 SCHEMA = "harden.verify/2"
@@ -173,15 +173,27 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
         mode=findings.mode,
         timing={k: round(v, 3) for k, v in sorted(findings.timing.items())},
     )
-    judgements = [] if findings.witness is None else judge(findings.sent, findings.witness)
+    # The witness vouches only for the targets that are its own host's addresses: counts
+    # per family cannot tell a probe to one address from a probe to another.
+    witness = findings.witness
+    covered = [t for t in targets if witness is not None and witness.covers(t.address)]
+    judgements = [] if witness is None else judge(_sent_to(findings, covered), witness)
+    if witness is not None:
+        _uncovered(report, witness, [t for t in targets if t not in covered])
     # What the witness proved: the silence of a family and protocol, a host being there.
-    proven = {(j.family, j.proto) for j in judgements if j.verdict is Verdict.PASS}
+    proven = {
+        (t.address, j.proto)
+        for j in judgements
+        if j.verdict is Verdict.PASS
+        for t in covered
+        if t.family == j.family
+    }
     counted: dict[Family, int] = {}
     for j in judgements:
         if j.arrived and j.verdict is not Verdict.INCONCLUSIVE:
             counted[j.family] = counted.get(j.family, 0) + j.arrived
     alive = dict(findings.alive)
-    for target in targets:
+    for target in covered:
         doubt = target.address not in alive or target.address in findings.link_only
         if counted.get(target.family) and doubt:
             alive[target.address] = f"its witness counted {counted[target.family]} probes"
@@ -189,9 +201,11 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
         _alive(report, alive, target)
         _echo(report, plan, findings, target)
         for proto in PROTOS:
-            _ports(report, plan, findings, target, proto, (target.family, proto) in proven)
-    _witness(report, judgements, targets)
-    _assumptions(report, findings, targets, proven, counted)
+            _ports(report, plan, findings, target, proto, (target.address, proto) in proven)
+    _witness(report, judgements, covered)
+    _assumptions(
+        report, findings, targets, proven, {t.address for t in covered if counted.get(t.family)}
+    )
     for target, proto, ports in plan.skipped:
         report.skipped.append(
             Span(
@@ -212,23 +226,45 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
     return report
 
 
+def _sent_to(findings: Findings, targets: list[Target]) -> dict[Sent, int]:
+    """The probes sent to ``targets``, by kind."""
+    out: dict[Sent, int] = {}
+    for target in targets:
+        for key, n in findings.sent_to.get(target.address, {}).items():
+            out[key] = out.get(key, 0) + n
+    return out
+
+
+def _uncovered(report: Report, witness: Observed, targets: list[Target]) -> None:
+    """Say which targets the witness does not vouch for, and why."""
+    if not targets:
+        return
+    names = ", ".join(str(t.address) for t in targets)
+    if witness.addresses is None:
+        why = "it does not report its addresses (harden on the target is older than this one)"
+    else:
+        held = ", ".join(sorted(map(str, witness.addresses))) or "none"
+        why = f"they are not addresses of the host it counted on (that host has: {held})"
+    report.notes.append(f"witness: proves nothing about {names}: {why}")
+
+
 def _assumptions(
     report: Report,
     findings: Findings,
     targets: list[Target],
-    proven: set[tuple[Family, Proto]],
-    counted: dict[Family, int],
+    proven: set[tuple[Address, Proto]],
+    witnessed: set[Address],
 ) -> None:
     """The premises no check in this run covered, once each, in a stable order."""
     out: list[str] = []
     for target in targets:
-        if target.address in findings.link_only and not counted.get(target.family):
+        if target.address in findings.link_only and target.address not in witnessed:
             out.append(
                 f"the link-layer answer for {target.address} came from the target, not from a "
                 "proxy-ARP router answering for an empty address"
             )
         for proto in PROTOS:
-            if (target.family, proto) in proven:
+            if (target.address, proto) in proven:
                 continue
             for premise in findings.premises.get((target, proto), []):
                 if premise not in out:

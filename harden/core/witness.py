@@ -21,24 +21,30 @@ Across one verification, the differences tell what outside probing cannot:
   another firewall on the host: silent, so conforming, and said in a note.
 
 ``harden counters`` also reports the target's ICMP error settings, so the UDP schedule
-runs on the real rate limit instead of an assumed one, and an identity of harden's
-table, so a replaced table or reset counters are seen rather than judged.
+runs on the real rate limit instead of an assumed one, an identity of harden's table,
+so a replaced table or reset counters are seen rather than judged, and the host's own
+addresses: the counts are judged against the probes sent to those targets only, and
+vouch for no other (a shortfall beyond loss is inconclusive, not a note).
 
-docs/design.md, "What outside probing cannot see" and "The verdict rule".
+docs/design.md, "What outside probing cannot see", "Proof of life" and "The verdict rule".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any
 
-from harden.core.types import FAMILIES, PROTOS, Family, Proto, Sent, Verdict
+from harden.core.types import FAMILIES, PROTOS, Address, Family, Proto, Sent, Verdict
 
 # The witness command's own connection (an SSH login from the prober to the target to
 # read the counters) is a new TCP connection to a declared port: tolerated.
 TCP_SLACK = 2
-SCHEMAS = ("harden.counters/1", "harden.counters/2")
+SCHEMAS = ("harden.counters/1", "harden.counters/2", "harden.counters/3")
+# Probes that may go missing on the way before a shortfall makes the witness inconclusive:
+# a fixed allowance (this run measures no loss rate), in percent of those sent, at least 2.
+LOSS_ALLOWANCE_PERCENT = 2
 
 
 def counter_name(stage: str, proto: Proto, family: Family) -> str:
@@ -67,6 +73,8 @@ class Reading:
     counters: dict[str, int]
     identity: str | None = None  # harden's table as the kernel names it (None: unknown)
     icmp: dict[Family, IcmpSettings] = field(default_factory=dict)
+    # The counting host's own addresses (None: not reported, harden.counters/2 and older).
+    addresses: frozenset[Address] | None = None
 
 
 def parse_reading(data: Any) -> Reading:
@@ -86,9 +94,11 @@ def parse_reading(data: Any) -> Reading:
                     None if per_sec is None else int(per_sec),
                 )
         identity = data.get("identity")
+        listed = data.get("addresses")
+        addresses = None if listed is None else frozenset(ip_address(a) for a in listed)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed counters output ({exc})") from None
-    return Reading(counters, None if identity is None else str(identity), icmp)
+    return Reading(counters, None if identity is None else str(identity), icmp, addresses)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,12 @@ class Observed:
     icmp: dict[Family, IcmpSettings] = field(default_factory=dict)
     # Why the counters cannot be trusted (a reset or a replaced table), if so.
     untrusted: str | None = None
+    # The counting host's addresses (None: not reported: it then vouches for no target).
+    addresses: frozenset[Address] | None = None
+
+    def covers(self, target: Address) -> bool:
+        """Whether the counts are of probes to ``target``: one of the counting host's own."""
+        return self.addresses is not None and target in self.addresses
 
 
 def compare(before: Reading, after: Reading) -> Observed:
@@ -118,7 +134,10 @@ def compare(before: Reading, after: Reading) -> Observed:
                 f"harden's counters on the target went back during the run ({', '.join(back)}"
                 f"{', '.join(gone)}: reset or reloaded), so they do not cover the run"
             )
-    return Observed(counted, after.icmp or before.icmp, untrusted)
+    addresses = after.addresses if before.addresses == after.addresses else None
+    if before.addresses != after.addresses and untrusted is None:
+        untrusted = "the target's addresses changed during the run"
+    return Observed(counted, after.icmp or before.icmp, untrusted, addresses)
 
 
 @dataclass(frozen=True)
@@ -200,6 +219,17 @@ def _judge_one(
             f"nothing): the target counted {arrived} new, {closed} at harden's closed path"
             + ("" if passed is None else f", {passed} let through")
             + f", and {to_declared} were sent to declared ports",
+            arrived,
+        )
+    allowance = max(2, total * LOSS_ALLOWANCE_PERCENT // 100)
+    if lost > allowance:
+        return Judgement(
+            family,
+            proto,
+            Verdict.INCONCLUSIVE,
+            f"only {arrived} of the {total} {where} probes reached the host (its witness "
+            f"counted them; more than the {allowance} loss allows went missing): something "
+            "upstream drops some, so the silence of the rest proves nothing",
             arrived,
         )
     elsewhere = 0 if passed is None else arrived - closed - passed

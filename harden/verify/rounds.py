@@ -491,9 +491,11 @@ class _Run:
 
     def _count(self, rnd: Round, expect: PortMap) -> None:
         family = rnd.target.family
+        mine = self.findings.sent_to.setdefault(rnd.target.address, {})
         for expectation, n in expect.count(rnd.ports[: rnd.count]).items():
             key = Sent(family, rnd.proto, expectation.value)
             self.findings.sent[key] = self.findings.sent.get(key, 0) + n
+            mine[key] = mine.get(key, 0) + n
 
 
 EMPTY: array[int] = array("H")
