@@ -6,7 +6,8 @@ import ipaddress
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -168,6 +169,32 @@ def _render(fmt: str, data: dict[str, Any], text: str) -> str:
 
 def _emit(fmt: str, data: dict[str, Any], text: str) -> None:
     click.echo(_render(fmt, data, text), nl=False)
+
+
+@contextmanager
+def _metrics_when_down(fmt: str, output: Path | None, down: Callable[[int], str]) -> Iterator[None]:
+    """With --format prometheus -o FILE, a run that stops on an error rewrites FILE too.
+
+    ``down(exit status)`` gives its metrics (``*_up 0``, no success): the last good run's
+    figures must never outlive a run that could not judge (docs/design.md, "Metrics that
+    fail loudly").
+    """
+    try:
+        yield
+    except click.exceptions.Exit:
+        raise
+    except BaseException as exc:
+        if fmt == "prometheus" and output is not None:
+            status: int = ExitStatus.INTERNAL
+            if isinstance(exc, HardenError):
+                status = exc.exit_status
+            elif isinstance(exc, click.ClickException):
+                status = ExitStatus.USAGE
+            elif isinstance(exc, KeyboardInterrupt | click.exceptions.Abort):
+                status = 130
+            with suppress(Exception):  # the error itself is what the operator must see
+                write_atomic(output, down(status), mode=0o644)
+        raise
 
 
 def _write(output: Path | None, text: str) -> None:
@@ -386,10 +413,11 @@ def _drift(
 
     if fmt == "markdown":
         raise click.UsageError("--format markdown needs two manifests: OLD NEW", ctx=ctx)
-    result = diff(manifest, backend)
-    if fmt == "prometheus":
-        from harden.core.metrics import drift_metrics
+    from harden.core.metrics import diff_down_metrics, drift_metrics
 
+    with _metrics_when_down(fmt, out, lambda code: diff_down_metrics(code, backend, time.time())):
+        result = diff(manifest, backend)
+    if fmt == "prometheus":
         _write(out, drift_metrics(result.drift, backend, time.time()))
     elif out is not None:
         _write(out, _render(fmt, result.to_json(), result.to_text()))
@@ -579,21 +607,23 @@ def verify_cmd(
       firewall let through.
     See docs/design.md, "The verdict rule".
     """  # noqa: D301 (click's \\b keeps the list's line breaks)
+    from harden.core.metrics import verify_down_metrics
     from harden.verify.sweep import run_verify
 
     if egress or sinks or sink_command:
         _verify_egress(manifest, sinks, sink_command, ports, fmt, output, targets, inventory)
-    report = run_verify(
-        _verify_hosts(manifest, inventory, targets, witness),
-        ports=ports,
-        wait=wait,
-        retries=retries,
-        ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
-        extra_sources=tuple(_address(text, "--source") for text in sources),
-        seen_as=_seen_as(seen_as),
-        witness=witness,
-        progress=fmt == "text" and output is None and sys.stderr.isatty(),
-    )
+    with _metrics_when_down(fmt, output, lambda code: verify_down_metrics(code, time.time())):
+        report = run_verify(
+            _verify_hosts(manifest, inventory, targets, witness),
+            ports=ports,
+            wait=wait,
+            retries=retries,
+            ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
+            extra_sources=tuple(_address(text, "--source") for text in sources),
+            seen_as=_seen_as(seen_as),
+            witness=witness,
+            progress=fmt == "text" and output is None and sys.stderr.isatty(),
+        )
     _verify_output(report, fmt, output)
 
 

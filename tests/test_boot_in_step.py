@@ -147,3 +147,25 @@ def test_confirm_refuses_when_the_live_rules_are_not_the_applied_ones(
     )
     assert shown["live_matches_last_apply"] is False
     assert shown["pending_confirmation"] is not None
+
+
+def test_an_unchanged_apply_is_recorded_too(ns: Namespace, tmp_path: Path) -> None:
+    """After a reset, an apply whose rules are live already changes nothing, but from then
+    on they are the applied ones: status names the manifest, and rollback has nothing of
+    its own to undo (it does not claim to restore "no harden rules" while they stay)."""
+    a = write(tmp_path, "a.yaml", A)
+    state = tmp_path / "state"
+    assert harden(ns, "apply", a, "--state-dir", state).returncode == 0
+    assert harden(ns, "reset", "--state-dir", state).returncode == 0
+    proc = harden(ns, "apply", a, "--state-dir", state, "--format", "json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["changed"] is False, proc.stderr
+    shown = json.loads(harden(ns, "status", "--state-dir", state, "--format", "json").stdout)
+    assert shown["manifest"] == str(a) and shown["live_matches_last_apply"] is True, shown
+    assert shown["history"][-1]["event"] == "recorded"
+    rolled = harden(ns, "rollback", "--state-dir", state)
+    assert rolled.returncode == 2 and "nothing to roll back" in rolled.stderr, rolled.stdout
+    assert harden(ns, "diff", a).returncode == 0  # the rules stay
+    # Config management re-applying every 15 minutes adds nothing to the history.
+    assert harden(ns, "apply", a, "--state-dir", state).returncode == 0
+    again = json.loads(harden(ns, "status", "--state-dir", state, "--format", "json").stdout)
+    assert again["history"] == shown["history"]

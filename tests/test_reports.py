@@ -86,6 +86,8 @@ def test_prometheus_metrics_parse_and_flip_on_drift(tmp_path: Path) -> None:
         assert before[("harden_verify_ports_probed", (("target", target),))] >= 2 * 2001
         assert before[("harden_verify_last_run_timestamp_seconds", ())] > 1.7e9
         assert drifted() == 0
+        assert before[("harden_verify_up", ())] == 1
+        assert samples(drift)[("harden_diff_up", (("backend", "nftables"),))] == 1
 
         # Someone opens a port by hand: nothing listens, so it leaks an RST.
         srv.run(["nft", "insert rule inet harden input tcp dport 31337 accept"])
@@ -95,3 +97,35 @@ def test_prometheus_metrics_parse_and_flip_on_drift(tmp_path: Path) -> None:
         key = (("observed", "closed"), ("proto", "tcp"), ("target", target))
         assert after[("harden_verify_deviations", key)] == 1
         assert drifted() == 1
+
+
+def test_a_run_that_cannot_judge_rewrites_its_metrics_as_down(tmp_path: Path) -> None:
+    """The last good run's file must not outlive a verify that stopped on an error (exit 4:
+    its witness could not be read) or a diff that could not compare (exit 2: a manifest
+    that does not validate): harden_verify_success 0, harden_verify_up 0, harden_diff_up 0."""
+    with lab_for(WEB) as lab:
+        lab.wait_reachable()
+        prom, drift = tmp_path / "verify.prom", tmp_path / "drift.prom"
+        prom.write_text("harden_verify_success 1\n")  # what the last good run left
+        drift.write_text('harden_drift{backend="nftables"} 0\n')
+        target = str(lab.server.v4)
+        proc = lab.outside.ns.run(
+            [*HARDEN, "verify", WEB, "--target", target, "--witness", "exit 3",
+             "--format", "prometheus", "-o", prom],
+            check=False,
+            timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 4, proc.stderr
+        down = samples(prom)
+        assert down[("harden_verify_success", ())] == 0
+        assert down[("harden_verify_up", (("exit", "4"),))] == 0
+        assert down[("harden_verify_last_run_timestamp_seconds", ())] > 1.7e9
+        broken = tmp_path / "broken.yaml"
+        broken.write_text("version: 1\nservices: [{name: x, port: 99999, proto: tcp}]\n")
+        proc = lab.server.ns.run(
+            [*HARDEN, "diff", broken, "--format", "prometheus", "-o", drift], check=False
+        )
+        assert proc.returncode == 2, proc.stderr
+        gone = samples(drift)
+        assert gone[("harden_diff_up", (("backend", "nftables"), ("exit", "2")))] == 0
+        assert not [key for key in gone if key[0] == "harden_drift"]  # not "no drift"

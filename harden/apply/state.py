@@ -111,6 +111,31 @@ class State:
             history=self._event("applied", new.applied_at, manifest_sha256=new.manifest_sha256),
         )
 
+    def recorded(self, new: Applied) -> State:
+        """An apply found ``new``'s rules live already: record them as the applied ones.
+
+        Nothing changed, so nothing is pending and ``previous`` stays what the last change
+        replaced (a rollback still undoes that change, with its snapshot). Recording the
+        same rules from the same manifest again changes nothing.
+        """
+        self.ensure_settled()
+        old = self.current
+        same = old is not None and (old.backend, old.manifest, old.manifest_sha256) == (
+            new.backend,
+            new.manifest,
+            new.manifest_sha256,
+        )
+        if same and self.live_sha256 == new.live_sha256:
+            return self
+        return replace(
+            self,
+            current=new,
+            live_sha256=new.live_sha256,
+            history=self._event(
+                "recorded", new.applied_at, manifest_sha256=new.manifest_sha256, changed=False
+            ),
+        )
+
     def loaded(self) -> State:
         """The load returned: without a confirm window the apply is settled."""
         if self.pending is None or self.pending.phase != "loading":

@@ -135,6 +135,10 @@ def apply(
         others = _other_backend_rules(backend)
         if fw.live() == canonical and not others:
             result.message = "unchanged: the live ruleset already matches the manifest"
+            # Still the applied rules from now on: status and rollback must say so.
+            recorded = old.recorded(_applied(prepared, fw.name, canonical))
+            if recorded != old:
+                states.save(recorded)
             if plan.persist_to is not None:  # asked to persist what is live: still do that
                 result.persisted = [str(p) for p in fw.persist(prepared.files, plan.persist_to)]
             elif plan.drop:
@@ -213,15 +217,8 @@ def _transaction(
     snapshots = {**others, fw.name: fw.snapshot()}
     states.save_snapshot(snapshots)
     states.save_files(prepared.files)
-    now = time.time()
-    new = Applied(
-        backend=fw.name,
-        manifest=str(prepared.manifest),
-        manifest_sha256=prepared.manifest_sha256,
-        ruleset_sha256=prepared.ruleset_sha256,
-        applied_at=now,
-        live_sha256=digest(canonical),
-    )
+    new = _applied(prepared, fw.name, canonical)
+    now = new.applied_at
     deadline = None if confirm is None else now + confirm
     on_confirm = persist_to is not None and confirm is not None
     pending = Pending(secrets.token_hex(8), deadline, None, on_confirm, str(persist_to or "/"))
@@ -245,6 +242,18 @@ def _transaction(
     # rollback of this apply must leave the boot files of the rules it restores.
     states.drop_persist_undo()
     return deadline
+
+
+def _applied(prepared: Prepared, backend: Backend, canonical: str) -> Applied:
+    """The record of ``prepared`` as applied now, its rules listing as ``canonical``."""
+    return Applied(
+        backend=backend,
+        manifest=str(prepared.manifest),
+        manifest_sha256=prepared.manifest_sha256,
+        ruleset_sha256=prepared.ruleset_sha256,
+        applied_at=time.time(),
+        live_sha256=digest(canonical),
+    )
 
 
 def remove(state_dir: Path, root: Path = Path("/")) -> Removed:

@@ -56,13 +56,21 @@ def verify_metrics(report: Report) -> str:
     return out.text()
 
 
+VERIFY_UP = (
+    "harden_verify_up",
+    "1 if the last harden verify could judge the targets, 0 if it stopped on an error.",
+)
+VERIFY_SUCCESS = (
+    "harden_verify_success",
+    "1 if the last harden verify passed, 0 if it failed, was inconclusive or could not run.",
+)
+DIFF_UP = ("harden_diff_up", "1 if the last harden diff could compare the live rules, else 0.")
+
+
 def _verdict_metrics(out: _Writer, report: Report) -> None:
     """Write the run's success and each target's verdict."""
-    out.metric(
-        "harden_verify_success",
-        "1 if the last harden verify passed, 0 if it failed or was inconclusive.",
-        [({}, 1 if report.verdict is Verdict.PASS else 0)],
-    )
+    out.metric(*VERIFY_UP, [({}, 1)])
+    out.metric(*VERIFY_SUCCESS, [({}, 1 if report.verdict is Verdict.PASS else 0)])
     out.metric(
         "harden_verify_target_verdict",
         "The last verdict per target: 1 on the verdict it had, 0 on the others.",
@@ -151,9 +159,39 @@ def _run_metrics(out: _Writer, report: Report) -> None:
     )
 
 
+def verify_down_metrics(exit_status: int, ended_at: float) -> str:
+    """The metrics of a verify that stopped before a verdict: it fails, loudly.
+
+    Written over the last run's file, so ``harden_verify_success`` of an earlier PASS never
+    outlives a run that could not judge (docs/design.md, "Metrics that fail loudly").
+    """
+    out = _Writer()
+    out.metric(*VERIFY_UP, [({"exit": str(exit_status)}, 0)])
+    out.metric(*VERIFY_SUCCESS, [({}, 0)])
+    out.metric(
+        "harden_verify_last_run_timestamp_seconds",
+        "When the last verification ended (seconds since the epoch).",
+        [({}, round(ended_at, 3))],
+    )
+    return out.text()
+
+
+def diff_down_metrics(exit_status: int, backend: str, checked_at: float) -> str:
+    """The metrics of a diff that could not compare: not "no drift" (``harden_drift`` is absent)."""
+    out = _Writer()
+    out.metric(*DIFF_UP, [({"backend": backend, "exit": str(exit_status)}, 0)])
+    out.metric(
+        "harden_drift_last_check_timestamp_seconds",
+        "When harden diff last compared the live rules (seconds since the epoch).",
+        [({}, round(checked_at, 3))],
+    )
+    return out.text()
+
+
 def drift_metrics(drift: bool, backend: str, checked_at: float) -> str:
     """``harden diff MANIFEST --format prometheus``: whether the live rules drifted."""
     out = _Writer()
+    out.metric(*DIFF_UP, [({"backend": backend}, 1)])
     out.metric(
         "harden_drift",
         "1 if harden's live rules differ from what the manifest renders, else 0.",
