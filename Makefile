@@ -85,14 +85,14 @@ lint: install
 	$(VENV)/bin/mypy
 
 # The everyday tier: ruff, mypy, every namespace test and the boot tests under systemd-nspawn
-# (tests/test_boot.py: one worker builds or finds the VM image, then boots it as containers).
-# Four workers on two cores: most namespace tests wait on timers, not the CPU; loadgroup keeps
-# the boot tests on one worker. Tests marked "alone" (those that count TCP retransmissions,
-# which a starved CPU causes by itself) then run one at a time. The VMs are not collected:
-# they are `make test-vm`.
+# (tests/test_boot.py boots the VM image as containers; the first test to need the image
+# builds it into /var/cache/harden-vm, about 2.5 minutes on a fresh machine, while the other
+# workers go on). Four workers on two cores: most namespace tests wait on timers, not the
+# CPU. Tests marked "alone" (those that count TCP retransmissions, which a starved CPU causes
+# by itself) then run one at a time. The VMs are not collected: they are `make test-vm`.
 PYTEST_EVERYDAY := $(VENV)/bin/pytest --ignore=tests/test_vms.py
 test: install lint
-	$(PYTEST_EVERYDAY) -n 4 --dist loadgroup --durations=15 -m "not alone"
+	$(PYTEST_EVERYDAY) -n 4 --durations=15 -m "not alone"
 	$(PYTEST_EVERYDAY) --durations=5 -m alone
 
 # The VM tier: the scenarios of tests/test_vms.py on two qemu VMs (a real kernel boot, the

@@ -15,7 +15,7 @@ import click
 
 from harden import __version__, defaults
 from harden.core.manifest import json_schema
-from harden.core.metrics import verify_metrics
+from harden.core.metrics import verify_down_metrics, verify_metrics
 from harden.core.nmapxml import nmap_xml
 from harden.core.policy import Policy, build_policy
 from harden.core.render import render
@@ -607,7 +607,6 @@ def verify_cmd(
       firewall let through.
     See docs/design.md, "The verdict rule".
     """  # noqa: D301 (click's \\b keeps the list's line breaks)
-    from harden.core.metrics import verify_down_metrics
     from harden.verify.sweep import run_verify
 
     if egress or sinks or sink_command:

@@ -21,9 +21,9 @@ import pytest
 from .nspawnlab import BootLab, harden_layer, skip_reason
 from .vmlab import REPO, Image, ensure_image
 
-# One worker runs them all: the image is built (or found) once, and the boots do not
-# compete with each other for the two CPUs.
-pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("boot")]
+# Each test boots its own machine (its own namespaces, overlay and nspawn), so they run on
+# any worker side by side; the first to need the image builds it, the others wait for it.
+pytestmark = pytest.mark.netns
 MANIFEST = REPO / "vagrant" / "ansible" / "manifest.yml"  # ssh, web (80, 443)
 CLOSED = ("1000", "2000", "3306", "5432", "8443")  # closed in MANIFEST: probed during boot
 WATCH_SECONDS = 60.0

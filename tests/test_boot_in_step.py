@@ -118,11 +118,12 @@ def test_status_says_stale_and_why(ns: Namespace, tmp_path: Path) -> None:
     assert shown["state"] == "stale" and "they do not load the live rules" in shown["differs"]
     text = harden(ns, "status", "--state-dir", state, "--root", root).stdout
     assert "boot:     STALE" in text and "do not load the live rules" in text, text
-    # And an empty root: absent, and status says where it looked.
+    # And an empty root: absent, and status says where it looked and where the last
+    # persist went.
     shown = boot_status(ns, state, tmp_path / "elsewhere")
-    assert shown["state"] == "absent"
+    assert shown["state"] == "absent" and shown["persisted_under"] == str(root), shown
     text = harden(ns, "status", "--state-dir", state).stdout
-    assert "looked under /" in text, text
+    assert "absent" in text and f"the last persist wrote under {root}" in text, text
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

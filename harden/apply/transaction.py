@@ -134,15 +134,7 @@ def apply(
             check_persist_targets(fw.persist_targets(plan.persist_to))
         others = _other_backend_rules(backend)
         if fw.live() == canonical and not others:
-            result.message = "unchanged: the live ruleset already matches the manifest"
-            # Still the applied rules from now on: status and rollback must say so.
-            recorded = old.recorded(_applied(prepared, fw.name, canonical))
-            if recorded != old:
-                states.save(recorded)
-            if plan.persist_to is not None:  # asked to persist what is live: still do that
-                result.persisted = [str(p) for p in fw.persist(prepared.files, plan.persist_to)]
-            elif plan.drop:
-                result.unpersisted = [str(p) for p in boot.uninstall(root)]
+            _unchanged(result, states, old, fw, prepared, canonical, plan)
             return _note_boot(_note_others(result, prepared.policy), plan)
         deadline = _transaction(
             states,
@@ -156,6 +148,27 @@ def apply(
         )
         _changed(result, states, fw, prepared, plan, deadline, others, confirm)
     return _note_boot(_note_others(result, prepared.policy), plan)
+
+
+def _unchanged(
+    result: ApplyResult,
+    states: StateDir,
+    old: State,
+    fw: Firewall,
+    prepared: Prepared,
+    canonical: str,
+    plan: BootPlan,
+) -> None:
+    """The rules are live already: record them as the applied ones, and the boot files."""
+    result.message = "unchanged: the live ruleset already matches the manifest"
+    # Still the applied rules from now on: status and rollback must say so.
+    recorded = old.recorded(_applied(prepared, fw.name, canonical))
+    if recorded != old:
+        states.save(recorded)
+    if plan.persist_to is not None:  # asked to persist what is live: still do that
+        result.persisted = [str(p) for p in fw.persist(prepared.files, plan.persist_to)]
+    elif plan.drop:
+        result.unpersisted = [str(p) for p in boot.uninstall(plan.root)]
 
 
 def _changed(
@@ -545,7 +558,7 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
     """What is applied, from which manifest, whether it is still live, what is pending."""
     states = StateDir(state_dir)
     state = states.load()
-    boot_files = {**boot.describe(root), **_boot_state(state, root)}
+    boot_files = _boot_report(states, state, root)
     current = state.current
     pending = state.pending
     watchdog = None
@@ -601,6 +614,26 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
         forward=summary.forward if summary else None,
         egress=summary.egress if summary else None,
     )
+
+
+def _boot_report(states: StateDir, state: State, root: Path) -> dict[str, Any]:
+    """The ``boot`` of status: what loads at boot under ``root``, and if it is what runs."""
+    return {
+        **boot.describe(root),
+        **_boot_state(state, root),
+        "persisted_under": _persisted_root(states),
+    }
+
+
+def _persisted_root(states: StateDir) -> str | None:
+    """Where the last persist wrote its boot files (its record names them), if known."""
+    try:
+        written = states.load_persist_undo()
+    except HardenError:
+        return None
+    unit = f"/{boot.UNIT}"
+    roots = {name[: -len(unit)] or "/" for name in written if name.endswith(unit)}
+    return roots.pop() if len(roots) == 1 else None
 
 
 def _boot_state(state: State, root: Path) -> dict[str, Any]:

@@ -173,13 +173,7 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
         mode=findings.mode,
         timing={k: round(v, 3) for k, v in sorted(findings.timing.items())},
     )
-    # The witness vouches only for the targets that are its own host's addresses: counts
-    # per family cannot tell a probe to one address from a probe to another.
-    witness = findings.witness
-    covered = [t for t in targets if witness is not None and witness.covers(t.address)]
-    judgements = [] if witness is None else judge(_sent_to(findings, covered), witness)
-    if witness is not None:
-        _uncovered(report, witness, [t for t in targets if t not in covered])
+    covered, judgements = _judged(report, findings, targets)
     # What the witness proved: the silence of a family and protocol, a host being there.
     proven = {
         (t.address, j.proto)
@@ -224,6 +218,22 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
             "not probed: see skipped"
         )
     return report
+
+
+def _judged(
+    report: Report, findings: Findings, targets: list[Target]
+) -> tuple[list[Target], list[Judgement]]:
+    """The targets the witness vouches for, and its judgements about them.
+
+    Only the targets that are its own host's addresses: counts per family cannot tell a
+    probe to one address from a probe to another (docs/design.md, "Proof of life").
+    """
+    witness = findings.witness
+    if witness is None:
+        return [], []
+    covered = [t for t in targets if witness.covers(t.address)]
+    _uncovered(report, witness, [t for t in targets if t not in covered])
+    return covered, judge(_sent_to(findings, covered), witness)
 
 
 def _sent_to(findings: Findings, targets: list[Target]) -> dict[Sent, int]:

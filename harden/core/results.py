@@ -381,7 +381,10 @@ class StatusReport:
                 f"boot:     matches: {b['backends'][0]} rules load at boot{where} "
                 "(harden.service enabled), the live rules"
             )
-        if b["root"] == "/" and state == "absent":
+        elsewhere = b.get("persisted_under")
+        if state == "absent" and elsewhere and elsewhere != b["root"]:
+            line += f"; the last persist wrote under {elsewhere} (status --root {elsewhere})"
+        elif b["root"] == "/" and state == "absent":
             line += " (looked under /; --root names another prefix)"
         lines = [line]
         if b.get("nftables_conf_include"):

@@ -202,8 +202,7 @@ def _judge_one(
             f"none of the {total} {where} probes reached the host (its witness counted 0): "
             "something upstream drops them, so their silence says nothing about its firewall",
         )
-    slack = TCP_SLACK if proto == "tcp" else 0
-    lost = total - arrived
+    slack, lost = (TCP_SLACK if proto == "tcp" else 0), total - arrived
     # Without a passed counter (iptables, or a ruleset from before it), whatever harden's
     # closed path did not drop counts as accepted.
     accepted = arrived - closed if passed is None else passed
@@ -221,17 +220,8 @@ def _judge_one(
             + f", and {to_declared} were sent to declared ports",
             arrived,
         )
-    allowance = max(2, total * LOSS_ALLOWANCE_PERCENT // 100)
-    if lost > allowance:
-        return Judgement(
-            family,
-            proto,
-            Verdict.INCONCLUSIVE,
-            f"only {arrived} of the {total} {where} probes reached the host (its witness "
-            f"counted them; more than the {allowance} loss allows went missing): something "
-            "upstream drops some, so the silence of the rest proves nothing",
-            arrived,
-        )
+    if (short := _shortfall(family, proto, total, arrived)) is not None:
+        return short
     elsewhere = 0 if passed is None else arrived - closed - passed
     note = f"the target counted {arrived} of {total} {where} probes; {closed} reached harden's "
     note += "closed path and were dropped"
@@ -253,3 +243,19 @@ def _judge_one(
             blocked,
         )
     return Judgement(family, proto, Verdict.PASS, note, arrived)
+
+
+def _shortfall(family: Family, proto: Proto, total: int, arrived: int) -> Judgement | None:
+    """INCONCLUSIVE if more probes went missing than loss allows, else None."""
+    allowance = max(2, total * LOSS_ALLOWANCE_PERCENT // 100)
+    if total - arrived <= allowance:
+        return None
+    return Judgement(
+        family,
+        proto,
+        Verdict.INCONCLUSIVE,
+        f"only {arrived} of the {total} IPv{family} {proto} probes reached the host (its "
+        f"witness counted them; more than the {allowance} loss allows went missing): "
+        "something upstream drops some, so the silence of the rest proves nothing",
+        arrived,
+    )
