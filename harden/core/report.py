@@ -195,7 +195,8 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
         _alive(report, alive, target)
         _echo(report, plan, findings, target)
         for proto in PROTOS:
-            _ports(report, plan, findings, target, proto, (target.address, proto) in proven)
+            witnessed = (target.address, proto) in proven
+            _ports(report, plan, findings, target, proto, witnessed, target.address in alive)
     _witness(report, judgements, covered)
     _assumptions(
         report, findings, targets, proven, {t.address for t in covered if counted.get(t.family)}
@@ -397,8 +398,13 @@ def _ports(
     target: Target,
     proto: Proto,
     witnessed: bool = False,
+    alive: bool = False,
 ) -> None:
-    """Judge one target's ports of one protocol; ``witnessed``: its counters proved the silence."""
+    """Judge one target's ports of one protocol.
+
+    ``witnessed``: its counters proved the silence; ``alive``: something (a reply, or its
+    witness) showed during the run that the host is there.
+    """
     expect = plan.expectation(target, proto)
     if not expect:
         return
@@ -416,7 +422,7 @@ def _ports(
         # Why these ports' silence proves nothing (the ICMP budget ran out, ...), unless
         # the witness counted every probe that arrived into harden's closed path.
         unproven_as=None if witnessed else findings.unproven.get((target, proto)),
-        alive=target.address in findings.alive,
+        alive=alive,
     )
     # Most ports of a span get no reply: judged once per span, not once per port (a
     # fleet of 64 hosts is 8 million ports), and only the ports that answered one by one.
