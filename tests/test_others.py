@@ -45,6 +45,7 @@ RULESET = {
         rule("inet", "mine", "in", dport("tcp", {"range": [440, 450]}), {"reject": None}),
         rule("inet", "mine", "in", dport("udp", {"set": [80, 443]}), {"drop": None}),
         rule("inet", "harden", "input", dport("tcp", 443), {"drop": None}),
+        rule("inet", "firewalld", "filter_INPUT", {"jump": {"target": "filter_IN_public"}}),
     ]
 }
 
@@ -54,7 +55,7 @@ def test_only_other_tables_base_chains_on_harden_s_hooks_are_listed() -> None:
     assert [(c.family, c.table, c.chain, c.manager, c.rules) for c in chains] == [
         ("inet", "mine", "in", None, 2),
         ("ip", "filter", "INPUT", "ufw", 3),  # its own rule and the chain it jumps to
-        ("inet", "firewalld", "filter_INPUT", "firewalld", 0),
+        ("inet", "firewalld", "filter_INPUT", "firewalld", 1),
     ]
     assert (
         chains[1].label == "ip filter INPUT (ufw): hook input, priority 0, policy drop, 3 rule(s)"
@@ -76,3 +77,39 @@ def test_managers_are_named_from_their_tables_and_chains() -> None:
     assert manager_of("filter", ["KUBE-SERVICES"]) == "kube-proxy"
     assert manager_of("libvirt_network", []) == "libvirt"
     assert manager_of("filter", ["INPUT"]) is None
+
+
+def test_hardens_own_chains_and_empty_accepting_chains_are_no_other_firewall() -> None:
+    """The iptables backend's INPUT holds only harden's jump, and a backend switch leaves
+    an empty ip6 filter FORWARD that accepts: neither is another firewall."""
+    ruleset = {
+        "nftables": [
+            chain("ip", "filter", "INPUT", hook="input", prio=0, policy="accept"),
+            chain("ip", "filter", "HARDEN-INPUT"),
+            rule("ip", "filter", "INPUT", {"jump": {"target": "HARDEN-INPUT"}}),
+            rule("ip", "filter", "HARDEN-INPUT", dport("tcp", 22), {"accept": None}),
+            rule("ip", "filter", "HARDEN-INPUT", {"drop": None}),
+            chain("ip6", "filter", "FORWARD", hook="forward", prio=0, policy="accept"),
+            chain("ip6", "filter", "INPUT", hook="input", prio=0, policy="drop"),
+        ]
+    }
+    chains = other_base_chains(ruleset)
+    # A drop policy decides, rules or not: that one stays.
+    assert [(c.family, c.chain, c.rules) for c in chains] == [("ip6", "INPUT", 0)]
+
+
+def test_a_shared_chain_is_labelled_by_the_rules_in_it() -> None:
+    """ufw and Docker both jump from ip filter FORWARD: both are named; INPUT is ufw's."""
+    ruleset = {
+        "nftables": [
+            chain("ip", "filter", "FORWARD", hook="forward", prio=0, policy="drop"),
+            chain("ip", "filter", "INPUT", hook="input", prio=0, policy="drop"),
+            rule("ip", "filter", "FORWARD", {"jump": {"target": "DOCKER-USER"}}),
+            rule("ip", "filter", "FORWARD", {"jump": {"target": "ufw-before-forward"}}),
+            rule("ip", "filter", "INPUT", {"jump": {"target": "ufw-before-input"}}),
+            rule("ip", "filter", "DOCKER-USER", {"return": None}),
+        ]
+    }
+    managers = {c.chain: c.manager for c in other_base_chains(ruleset)}
+    assert managers == {"FORWARD": "ufw, Docker", "INPUT": "ufw"}
+    assert manager_of("filter", ["DOCKER-USER", "ufw-user-input"]) == "ufw, Docker"

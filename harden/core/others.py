@@ -21,6 +21,7 @@ HOOKS = ("input", "forward")
 # harden filters the output hook too when the manifest restricts egress.
 EGRESS_HOOKS = (*HOOKS, "output")
 HARDEN_TABLE = ("inet", "harden")
+HARDEN_CHAINS = "HARDEN-"  # the iptables backend's chains, in the shared filter tables
 MAX_DEPTH = 16  # jumps followed from a base chain (ufw nests three deep)
 
 
@@ -61,19 +62,24 @@ class BaseChain:
 
 
 def manager_of(table: str, chains: Iterable[str]) -> str | None:
-    """Who made a table, from the names its tools give it (None: cannot tell)."""
+    """Who made these chains of a table, from the names their tools give them.
+
+    Every manager whose chains are there, in a fixed order ("ufw, Docker" for a FORWARD
+    both jump from); None: cannot tell.
+    """
     names = set(chains)
+    found = []
     if table == "firewalld":
-        return "firewalld"
+        found.append("firewalld")
     if table.startswith("libvirt") or any(n.startswith("LIBVIRT_") for n in names):
-        return "libvirt"
+        found.append("libvirt")
     if table == "kube-proxy" or any(n.startswith("KUBE-") for n in names):
-        return "kube-proxy"
+        found.append("kube-proxy")
     if any(n.startswith(("ufw-", "ufw6-")) for n in names):
-        return "ufw"
+        found.append("ufw")
     if any(n.startswith("DOCKER") for n in names):
-        return "Docker"
-    return None
+        found.append("Docker")
+    return ", ".join(found) or None
 
 
 def other_base_chains(
@@ -82,14 +88,25 @@ def other_base_chains(
     """Every base chain on one of ``hooks`` that is not in harden's table."""
     chains = [i["chain"] for i in ruleset.get("nftables", []) if "chain" in i]
     rules = _rules(ruleset)
-    by_table: dict[tuple[str, str], list[str]] = {}
-    for c in chains:
-        by_table.setdefault((c["family"], c["table"]), []).append(c["name"])
     out = []
     for c in chains:
         if c.get("hook") not in hooks or (c["family"], c["table"]) == HARDEN_TABLE:
             continue
-        reached = _reachable(c["family"], c["table"], c["name"], rules)
+        # harden's own iptables chains and the jumps to them are not another firewall.
+        theirs = [
+            n
+            for n in _reachable(c["family"], c["table"], c["name"], rules)
+            if not n.startswith(HARDEN_CHAINS)
+        ]
+        count = sum(
+            1
+            for n in theirs
+            for expr in rules.get((c["family"], c["table"], n), [])
+            if not _to_harden(expr)
+        )
+        policy = str(c.get("policy", "accept"))
+        if count == 0 and policy == "accept":
+            continue  # filters nothing: left by a backend switch, or only harden's jumps
         out.append(
             BaseChain(
                 c["family"],
@@ -97,12 +114,22 @@ def other_base_chains(
                 c["name"],
                 c["hook"],
                 int(c.get("prio", 0)),
-                str(c.get("policy", "accept")),
-                sum(len(rules.get((c["family"], c["table"], n), [])) for n in reached),
-                manager_of(c["table"], by_table[(c["family"], c["table"])]),
+                policy,
+                count,
+                manager_of(c["table"], theirs),
             )
         )
     return sorted(out, key=lambda b: (b.hook, b.priority, b.family, b.table, b.chain))
+
+
+def _to_harden(expr: list[dict[str, Any]]) -> bool:
+    """Whether a rule is a jump or goto to one of harden's iptables chains."""
+    return any(
+        str(part.get(verb, {}).get("target", "")).startswith(HARDEN_CHAINS)
+        for part in expr
+        if isinstance(part, dict)
+        for verb in ("jump", "goto")
+    )
 
 
 Rules = dict[tuple[str, str, str], list[list[dict[str, Any]]]]
