@@ -30,7 +30,7 @@ from harden.files import (
     port_service_names,
     write_atomic,
 )
-from harden.text import one_line
+from harden.text import one_line, printable
 
 EPILOG = """\b
 Exit codes:
@@ -54,9 +54,9 @@ def _version(ctx: click.Context) -> None:
     """Print the versions of harden, nft, iptables (nf_tables or legacy) and libnftables."""
     from harden.apply.hostinfo import tool_versions
 
-    click.echo(f"harden {__version__}")
+    echo(f"harden {__version__}")
     for line in tool_versions():
-        click.echo(f"  {line}")
+        echo(f"  {line}")
     ctx.exit()
 
 
@@ -91,10 +91,10 @@ def validate(manifests: Sequence[Path], fmt: str) -> None:
         results.append(Validation.of(str(path), manifest, build_policy(manifest)))
     if fmt == "json":
         # Always a list, one entry per manifest: the shape never depends on the arguments.
-        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+        echo(json.dumps([r.to_json() for r in results], indent=2))
         return
     for result in results:
-        click.echo(result.to_text())
+        echo(result.to_text())
 
 
 @cli.command(name="render")
@@ -118,19 +118,19 @@ def render_cmd(manifest: Path, backend: Backend, output: Path | None) -> None:
     if output is None:
         for name, text in files.items():
             if len(files) > 1:
-                click.echo(f"# ==> {name} <==")
-            click.echo(text, nl=False)
+                echo(f"# ==> {name} <==")
+            echo(text, nl=False)
         return
     output.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         write_atomic(output / name, text, mode=0o644)
-        click.echo(f"wrote {output / name}", err=True)
+        echo(f"wrote {output / name}", err=True)
 
 
 @cli.command()
 def schema() -> None:
     """Print the manifest's JSON Schema."""
-    click.echo(json.dumps(json_schema(), indent=2))
+    echo(json.dumps(json_schema(), indent=2))
 
 
 STATE_DIR = click.option(
@@ -163,12 +163,17 @@ BACKEND = click.option(
 )
 
 
+def echo(message: str = "", *, nl: bool = True, err: bool = False) -> None:
+    """click.echo, with control characters and escape sequences escaped (text.printable)."""
+    click.echo(printable(message), nl=nl, err=err)
+
+
 def _render(fmt: str, data: dict[str, Any], text: str) -> str:
     return (json.dumps(data, indent=2) if fmt == "json" else text).rstrip("\n") + "\n"
 
 
 def _emit(fmt: str, data: dict[str, Any], text: str) -> None:
-    click.echo(_render(fmt, data, text), nl=False)
+    echo(_render(fmt, data, text), nl=False)
 
 
 @contextmanager
@@ -200,9 +205,9 @@ def _metrics_when_down(fmt: str, output: Path | None, down: Callable[[int], str]
 def _write(output: Path | None, text: str) -> None:
     """To ``output`` atomically (a collector never reads half a file), else to stdout."""
     if output is None:
-        click.echo(text, nl=False)
+        echo(text, nl=False)
     else:
-        write_atomic(output, text, mode=0o644)
+        write_atomic(output, printable(text), mode=0o644)
 
 
 @cli.command(name="apply")
@@ -265,7 +270,7 @@ def confirm(state_dir: Path) -> None:
     """Keep the ruleset of the last 'apply --confirm': cancel its rollback."""
     from harden.apply import confirm as do_confirm
 
-    click.echo(do_confirm(state_dir))
+    echo(do_confirm(state_dir))
 
 
 @cli.command()
@@ -274,7 +279,7 @@ def rollback(state_dir: Path) -> None:
     """Restore harden's rules as they were before the last apply, now."""
     from harden.apply import rollback as do_rollback
 
-    click.echo(do_rollback(state_dir))
+    echo(do_rollback(state_dir))
 
 
 @cli.command()
@@ -345,7 +350,7 @@ def reset(state_dir: Path) -> None:
     """
     from harden.apply import reset as do_reset
 
-    click.echo(do_reset(state_dir))
+    echo(do_reset(state_dir))
 
 
 @cli.command()
@@ -697,10 +702,10 @@ def _verify_output(report: Report, fmt: str, output: Path | None) -> NoReturn:
         "text": lambda: report.to_text(),
     }[fmt]()
     if output is not None:
-        write_atomic(output, text, mode=0o644)
-        click.echo(f"{report.verdict.upper()}: report written to {output}", err=True)
+        write_atomic(output, printable(text), mode=0o644)
+        echo(f"{report.verdict.upper()}: report written to {output}", err=True)
     else:
-        click.echo(text, nl=False)
+        echo(text, nl=False)
     raise click.exceptions.Exit(report.exit_status)
 
 
@@ -742,7 +747,7 @@ def sink(senders: str, duration: float) -> None:
         raise click.BadParameter(str(exc), param_hint="--from") from None
     started = time.monotonic()
     arrivals = capture(addresses, duration, sys.stdin, sys.stdout)
-    click.echo(json.dumps(arrivals.to_json(time.monotonic() - started, addresses)))
+    echo(json.dumps(arrivals.to_json(time.monotonic() - started, addresses)))
 
 
 @cli.command()
@@ -792,7 +797,7 @@ def lab(
     from harden.lab.scenario import run_lab
 
     path = manifest or Path(__file__).resolve().parent.parent / "rulesets" / "web-server.yaml"
-    progress = (lambda m: None) if fmt == "json" else (lambda m: click.echo(f"» {m}", err=True))
+    progress = (lambda m: None) if fmt == "json" else (lambda m: echo(f"» {m}", err=True))
     result = run_lab(
         path,
         backend,
@@ -801,7 +806,7 @@ def lab(
         ports=ports,
         apply_manifest=apply_manifest,
     )
-    click.echo(json.dumps(result.to_json(), indent=2) if fmt == "json" else result.to_text())
+    echo(json.dumps(result.to_json(), indent=2) if fmt == "json" else result.to_text())
     raise click.exceptions.Exit(ExitStatus.OK if result.ok else ExitStatus.FAILED)
 
 
@@ -830,16 +835,16 @@ def init_cmd(fmt: str, output: Path | None) -> None:
     proposal = init(os.environ)
     if output is not None:
         write_atomic(output, proposal.manifest, mode=0o644)
-        click.echo(
+        echo(
             f"wrote {output}: {len(proposal.services)} service(s), "
             f"{len(proposal.left_out)} listener(s) left out, "
             f"{len(proposal.egress)} egress allow(s) proposed (commented out)",
             err=True,
         )
     if fmt == "json":
-        click.echo(json.dumps(proposal.to_json(), indent=2))
+        echo(json.dumps(proposal.to_json(), indent=2))
     elif output is None:
-        click.echo(proposal.to_text(), nl=False)
+        echo(proposal.to_text(), nl=False)
 
 
 @cli.group()
@@ -915,11 +920,11 @@ def _write_units(
         for suffix, text in (("service", job.service()), ("timer", job.timer())):
             path = output / f"{unit}.{suffix}"
             write_atomic(path, text, mode=0o644)
-            click.echo(f"wrote {path}", err=True)
+            echo(f"wrote {path}", err=True)
     except OSError as exc:
         where = exc.filename or output
         raise EnvironmentProblem(f"cannot write {where}: {exc.strerror} (run as root?)") from None
-    click.echo(f"then: systemctl daemon-reload && systemctl enable --now {unit}.timer", err=True)
+    echo(f"then: systemctl daemon-reload && systemctl enable --now {unit}.timer", err=True)
 
 
 @schedule.command(name="verify")
@@ -983,10 +988,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = ""
         if isinstance(exc, click.UsageError) and exc.ctx is not None:
             hint = f" (see '{exc.ctx.command_path} --help')"
-        click.echo(f"harden: error: {one_line(exc.format_message())}{hint}", err=True)
+        echo(f"harden: error: {one_line(exc.format_message())}{hint}", err=True)
         return ExitStatus.USAGE
     except click.exceptions.Abort:
-        click.echo("harden: interrupted", err=True)
+        echo("harden: interrupted", err=True)
         return 130
     except HardenError as exc:
         if debug:
@@ -997,12 +1002,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(exc, OptionError)
             else str(exc)
         )
-        click.echo(f"harden: error: {text}", err=True)
+        echo(f"harden: error: {text}", err=True)
         return exc.exit_status
     except Exception as exc:
         if debug:
             raise
-        click.echo(
+        echo(
             f"harden: internal error (a bug in harden, please report it): "
             f"{type(exc).__name__}: {one_line(exc)} (rerun with --debug for the traceback)",
             err=True,

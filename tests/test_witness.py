@@ -13,6 +13,7 @@ from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -360,3 +361,45 @@ def test_a_witness_proves_only_the_addresses_of_the_host_it_counted_on(
     assert code == 5 and report["verdict"] == "inconclusive", (stderr, report.get("notes"))
     assert empty not in report["alive"] and target in report["alive"]
     assert any(n.startswith(f"witness: proves nothing about {empty}") for n in report["notes"])
+
+
+@pytest.mark.netns
+def test_hostile_text_from_the_target_never_reaches_the_terminal_or_the_xml(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """A witness whose identity carries escape sequences, a bell, a bidi override and C1
+    controls: the text report shows them escaped, JUnit and nmap XML stay valid XML."""
+    prober, server = netns("wp"), netns("ws")
+    n = 100 + uuid.uuid4().int % 100
+    connect(server, prober, [f"198.18.{n}.1/24"], [f"198.18.{n}.2/24"])
+    manifest = manifest_for(tmp_path, f"198.18.{n}.2/32")
+    assert (
+        server.run([*HARDEN, "apply", str(manifest), "--state-dir", str(tmp_path)]).returncode == 0
+    )
+    count = tmp_path / "count"
+    hostile = "\\u001b]0;owned\\u0007\\u001b[2J\\u202egnp.exe\\u009b31m"
+    reading = (
+        '{"schema": "harden.counters/3", "counters": {"witness_in_tcp_v4": 0, '
+        '"witness_closed_tcp_v4": 0}, "identity": "t%s ' + hostile + '", '
+        f'"addresses": ["198.18.{n}.1"]}}'
+    )
+    script = tmp_path / "witness.sh"
+    script.write_text(
+        f"n=$(cat {count} 2>/dev/null || echo 0); echo $((n+1)) > {count}\n"
+        f"printf '%s\\n' \"$(printf '{reading}' \"$n\")\"\n"
+    )
+    base = [*HARDEN, "verify", str(manifest), "--target", f"198.18.{n}.1", "--ports", "1-50"]
+    base += ["--witness", f"sh {script}"]
+    data = json.loads(prober.run([*base, "--format", "json"], check=False, timeout=120).stdout)
+    details = [p["detail"] for p in data["ports"]]
+    assert any("changed during the run" in d and "\\x1b]0;owned\\x07" in d for d in details)
+    text = prober.run([*base, "--format", "text"], check=False, timeout=120)
+    for raw in ("\x1b", "\x07", "\u202e", "\x9b"):
+        assert raw not in text.stdout and raw not in text.stderr
+    assert "\\x1b" in text.stdout and "\\u202e" in text.stdout, text.stdout
+    for fmt, name in (("junit", "report.xml"), ("nmap-xml", "nmap.xml")):
+        out = tmp_path / name
+        proc = prober.run([*base, "--format", fmt, "-o", str(out)], check=False, timeout=120)
+        assert proc.returncode == 5, proc.stderr
+        ElementTree.parse(out)  # valid XML, or it raises
+        assert "\x1b" not in out.read_text()

@@ -12,11 +12,13 @@ from collections.abc import Iterable
 
 from harden.core.report import Report, Status
 from harden.core.types import Verdict
+from harden.text import printable
 
 
 def _escape(value: str) -> str:
     """A label value in the text format: backslash, double quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return printable(escaped)
 
 
 def _labels(labels: dict[str, str]) -> str:

@@ -37,6 +37,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from harden.core.types import FAMILIES, PROTOS, Address, Family, Proto, Sent, Verdict
+from harden.text import printable
 
 # The witness command's own connection (an SSH login from the prober to the target to
 # read the counters) is a new TCP connection to a declared port: tolerated.
@@ -82,7 +83,7 @@ def parse_reading(data: Any) -> Reading:
     if not isinstance(data, dict) or data.get("schema", SCHEMAS[0]) not in SCHEMAS:
         raise ValueError("not harden counters output")
     try:
-        counters = {str(k): int(v) for k, v in data["counters"].items()}
+        counters = {printable(str(k)): int(v) for k, v in data["counters"].items()}
         icmp: dict[Family, IcmpSettings] = {}
         for family in FAMILIES:
             item = (data.get("icmp") or {}).get(f"ipv{family}")
@@ -98,7 +99,8 @@ def parse_reading(data: Any) -> Reading:
         addresses = None if listed is None else frozenset(ip_address(a) for a in listed)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed counters output ({exc})") from None
-    return Reading(counters, None if identity is None else str(identity), icmp, addresses)
+    shown = None if identity is None else printable(str(identity))
+    return Reading(counters, shown, icmp, addresses)
 
 
 @dataclass(frozen=True)
