@@ -212,3 +212,37 @@ def test_docker_and_firewalld_boot_beside_harden(machine: Boot) -> None:
     tables = lab.sh("nft list tables").stdout
     assert "table inet firewalld" in tables and "table inet harden" in tables, tables
     assert "DOCKER-USER" in lab.sh("iptables-save").stdout
+
+
+def test_firewalld_with_its_iptables_backend_does_not_flush_hardens_chains_at_boot(
+    machine: Boot,
+) -> None:
+    """firewalld configured with FirewallBackend=iptables flushes every filter chain when it
+    starts: harden's iptables backend is refused without --force, status says why, and with
+    --force the boot loads harden's chains after firewalld, so they survive it."""
+    lab = machine(("firewalld.service",))
+    lab.sh(
+        "sed -i 's/^FirewallBackend=.*/FirewallBackend=iptables/' /etc/firewalld/firewalld.conf"
+        " && systemctl restart firewalld"
+    )
+    lab.sh("mkdir -p /etc/harden && cat > /etc/harden/manifest.yaml", input=MANIFEST.read_text())
+    refused = lab.sh(
+        "harden apply /etc/harden/manifest.yaml --backend iptables --persist", check=False
+    )
+    assert refused.returncode == 2 and "FirewallBackend=iptables" in refused.stderr, refused
+    assert "HARDEN-INPUT" not in lab.sh("iptables-save").stdout  # nothing changed
+    apply(lab, "iptables", "--persist", "--force")
+    assert "FirewallBackend=iptables" in lab.sh("harden status").stdout
+    seen = watched_reboot(lab)
+    assert seen["replies"] == [], seen
+    loaded_before_the_network(lab)
+    order = {
+        unit: int(show(lab, unit, "ActiveEnterTimestampMonotonic")["ActiveEnterTimestampMonotonic"])
+        for unit in ("firewalld.service", "harden.service")
+    }
+    assert 0 < order["firewalld.service"] <= order["harden.service"], order
+    assert harden_rules(lab)["iptables"], lab.sh("iptables-save").stdout
+    # Every closed port stays silent; what fails is firewalld's own doing: its public zone
+    # rejects the declared web ports that harden let through (another firewall's verdict).
+    failures = {(p["proto"], p["port"]) for p in verify(lab)["ports"] if p["status"] == "fail"}
+    assert failures <= {("tcp", 80), ("tcp", 443)}, failures

@@ -48,11 +48,25 @@ _TAIL = """
 [Install]
 WantedBy=sysinit.target
 """
+# firewalld's iptables backend flushes every chain of the filter tables as it loads its
+# own: harden's chains load after it. firewalld runs before network-pre.target, so this
+# keeps harden there too; without firewalld the ordering is void. firewalld counts as
+# started once it holds its D-Bus name, before its rules are in: the unit also waits (up
+# to 10 s) until firewall-cmd --state says it is running.
+_AFTER: dict[Backend, str] = {"nftables": "", "iptables": "After=firewalld.service\n"}
+_WAIT_FIREWALLD = (
+    "ExecStartPre=/bin/sh -c 'systemctl -q is-active firewalld.service || exit 0; i=0;"
+    " until firewall-cmd --state >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 100 ] && exit 0;"
+    " sleep 0.1; done'"
+)
+
+
 _EXEC: dict[Backend, tuple[str, ...]] = {
     # The file declares, deletes and recreates table inet harden: one transaction that
     # touches no other table.
     "nftables": ("ExecStart=/usr/sbin/nft -f /etc/harden/harden.nft",),
     "iptables": (
+        _WAIT_FIREWALLD,
         "ExecStart=/usr/sbin/iptables-restore --noflush /etc/harden/harden.rules.v4",
         "ExecStart=/usr/sbin/ip6tables-restore --noflush /etc/harden/harden.rules.v6",
         "ExecStart=/bin/sh -c 'iptables -C INPUT -j HARDEN-INPUT"
@@ -75,7 +89,10 @@ _EXEC: dict[Backend, tuple[str, ...]] = {
 def unit_text(backend: Backend) -> str:
     """The harden.service unit that loads ``backend``'s boot files."""
     what = "table inet harden" if backend == "nftables" else "iptables chains HARDEN-*"
-    return _HEAD.format(what=what) + "\n".join(_EXEC[backend]) + "\n" + _TAIL
+    head = _HEAD.format(what=what).replace(
+        "Wants=network-pre.target\n", "Wants=network-pre.target\n" + _AFTER[backend]
+    )
+    return head + "\n".join(_EXEC[backend]) + "\n" + _TAIL
 
 
 def targets(root: Path) -> list[Path]:

@@ -96,6 +96,9 @@ def other_firewalls(policy: Policy | None = None) -> tuple[list[BaseChain], list
     chains = other_base_chains(ruleset, EGRESS_HOOKS if egress else HOOKS)
     if policy is not None:
         warnings += blocked_declared(ruleset, policy)
+    found = firewalld()
+    if found is not None and found["backend"] == "iptables":
+        warnings.append(FIREWALLD_IPTABLES)
     legacy = _legacy_rules()
     if legacy:
         warnings.append(
@@ -103,6 +106,35 @@ def other_firewalls(policy: Policy | None = None) -> tuple[list[BaseChain], list
             "too (iptables-legacy-save lists them)"
         )
     return chains, warnings
+
+
+def firewalld(root: Path = Path("/")) -> dict[str, Any] | None:
+    """The configured backend of firewalld, and whether it is enabled or running (or None).
+
+    Its iptables backend flushes every chain of the filter tables, harden's HARDEN-*
+    included, whenever it starts or reloads; its nftables backend leaves harden's table
+    alone (docs/design.md, "harden only narrows, on both backends").
+    """
+    conf = root / "etc/firewalld/firewalld.conf"
+    if not conf.is_file():
+        return None
+    backend = "nftables"  # firewalld's default since 0.6
+    for line in conf.read_text(errors="replace").splitlines():
+        key, _, value = line.strip().partition("=")
+        if key.strip() == "FirewallBackend" and value.strip():
+            backend = value.strip()
+    return {
+        "backend": backend,
+        "enabled": any((root / "etc/systemd/system").glob("*.wants/firewalld.service")),
+        "running": (root / "run/firewalld").exists(),
+    }
+
+
+FIREWALLD_IPTABLES = (
+    "firewalld is configured with FirewallBackend=iptables: it flushes harden's HARDEN-* "
+    "iptables chains whenever it starts or reloads; use harden's nftables backend "
+    "(firewalld's nftables backend leaves harden's table alone)"
+)
 
 
 def _legacy_rules() -> int:

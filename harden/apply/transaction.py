@@ -28,7 +28,7 @@ from typing import Any
 from harden.apply import boot
 from harden.apply.backends import Firewall, firewall, other
 from harden.apply.guard import lockout_reason, require_namespace
-from harden.apply.hostinfo import other_firewalls
+from harden.apply.hostinfo import FIREWALLD_IPTABLES, firewalld, other_firewalls
 from harden.apply.state import Applied, Pending, State, StateDir
 from harden.core.policy import Policy, build_policy
 from harden.core.results import ApplyResult, Drift, Removed, StatusReport, Validation
@@ -93,6 +93,14 @@ class BootPlan:
         )
 
 
+def check_firewalld(backend: Backend) -> None:
+    """Refuse (exit 2) harden's iptables backend where firewalld's would flush it."""
+    found = firewalld()
+    active = found is not None and (found["enabled"] or found["running"])
+    if backend == "iptables" and active and found and found["backend"] == "iptables":
+        raise Refused(f"refusing to apply: {FIREWALLD_IPTABLES} (or --force)")
+
+
 def apply(
     manifest_path: Path,
     backend: Backend,
@@ -118,6 +126,7 @@ def apply(
     require_namespace()
     if not force:
         check_lockout(prepared.policy, os.environ if env is None else env)
+        check_firewalld(backend)
     states = StateDir(state_dir)
     result = ApplyResult(
         changed=False,
