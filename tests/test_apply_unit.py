@@ -212,6 +212,7 @@ def test_persist_iptables_writes_rules_and_unit(tmp_path: Path) -> None:
         "etc/harden/harden.rules.v6",
         "etc/systemd/system/harden.service",
         "etc/systemd/system/sysinit.target.wants/harden.service",
+        "etc/systemd/system/docker.service.d/harden.conf",
     }
     unit = (tmp_path / "etc/systemd/system/harden.service").read_text()
     assert "ip6tables-restore --noflush /etc/harden/harden.rules.v6" in unit
@@ -225,6 +226,7 @@ def test_a_backend_switch_leaves_no_stale_boot_rules(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "etc/harden").iterdir()) == ["harden.nft"]
     unit = (tmp_path / "etc/systemd/system/harden.service").read_text()
     assert "iptables" not in unit
+    assert not (tmp_path / "etc/systemd/system/docker.service.d/harden.conf").exists()
     assert boot.describe(tmp_path)["backends"] == ["nftables"]
     firewall("iptables").persist(render(policy(SSH_FROM_OPS), "iptables"), tmp_path)
     names = sorted(p.name for p in (tmp_path / "etc/harden").iterdir())

@@ -246,3 +246,28 @@ def test_firewalld_with_its_iptables_backend_does_not_flush_hardens_chains_at_bo
     # rejects the declared web ports that harden let through (another firewall's verdict).
     failures = {(p["proto"], p["port"]) for p in verify(lab)["ports"] if p["status"] == "fail"}
     assert failures <= {("tcp", 80), ("tcp", 443)}, failures
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_docker_starting_after_harden_at_boot_gets_no_rule_ahead_of_it(
+    machine: Boot, backend: str
+) -> None:
+    """dockerd starts after harden.service and inserts its FORWARD rules at the top. On
+    the iptables backend harden's forward check must still come first (in DOCKER-USER,
+    which Docker keeps first, as apply puts it on a Docker host): after the boot `harden
+    diff` finds no rule ahead of harden's, on both backends, and after a dockerd restart."""
+    lab = machine(("containerd.service", "docker.service"))
+    apply(lab, backend, "--persist")
+    seen = watched_reboot(lab)
+    assert seen["replies"] == [], seen
+    assert show(lab, "docker.service", "ActiveState")["ActiveState"] == "active", lab.tail()
+    for _ in ("boot", "restart"):
+        drift = lab.sh(f"harden diff /etc/harden/manifest.yaml --backend {backend}", check=False)
+        assert drift.returncode == 0, drift.stdout + drift.stderr
+        if backend == "iptables":
+            forward = lab.sh("iptables -S FORWARD").stdout.splitlines()
+            assert forward[1] == "-A FORWARD -j DOCKER-USER", forward  # [0]: the policy
+            assert "HARDEN-FORWARD" not in "".join(forward), forward
+            user = lab.sh("iptables -S DOCKER-USER").stdout.splitlines()
+            assert user[1] == "-A DOCKER-USER -j HARDEN-FORWARD", user
+        lab.sh("systemctl restart docker.service")

@@ -28,6 +28,22 @@ RULE_FILES: dict[Backend, tuple[str, ...]] = {
 UNIT = Path("etc/systemd/system/harden.service")
 WANTS = Path("etc/systemd/system/sysinit.target.wants/harden.service")
 NFT_CONF = Path("etc/nftables.conf")
+# iptables backend: dockerd inserts its FORWARD rules ahead of harden's jump each time it
+# starts (after harden.service, at boot). This drop-in moves harden's forward check into
+# DOCKER-USER, which Docker keeps first, once dockerd is up: what apply does on a host
+# where Docker runs. Ignored by systemd where Docker is not installed.
+DOCKER_DROPIN = Path("etc/systemd/system/docker.service.d/harden.conf")
+_DOCKER_DROPIN_TEXT = """\
+# Written by harden apply --persist (iptables backend): Docker inserts its FORWARD rules
+# ahead of harden's jump when it starts; harden's forward check moves into DOCKER-USER,
+# which Docker keeps first. docs/design.md, "Idempotence and persistence".
+[Service]
+ExecStartPost=-/bin/sh -c '{tool} -n -L HARDEN-FORWARD >/dev/null 2>&1 || exit 0; \\
+  {tool} -n -L DOCKER-USER >/dev/null 2>&1 || exit 0; \\
+  {tool} -C DOCKER-USER -j HARDEN-FORWARD 2>/dev/null || \\
+  {tool} -I DOCKER-USER 1 -j HARDEN-FORWARD; \\
+  while {tool} -D FORWARD -j HARDEN-FORWARD 2>/dev/null; do :; done'
+"""
 # What earlier versions added to Debian's nftables.conf; removed on the next persist.
 OLD_INCLUDE = ("# added by harden", 'include "/etc/harden/harden.nft"')
 
@@ -95,10 +111,16 @@ def unit_text(backend: Backend) -> str:
     return head + "\n".join(_EXEC[backend]) + "\n" + _TAIL
 
 
+def docker_dropin_text() -> str:
+    """The docker.service drop-in of the iptables backend (IPv4 and IPv6 lines)."""
+    head, _, line = _DOCKER_DROPIN_TEXT.partition("ExecStartPost=")
+    return head + "".join(f"ExecStartPost={line.format(tool=t)}" for t in ("iptables", "ip6tables"))
+
+
 def targets(root: Path) -> list[Path]:
     """Every regular file a persist may write or remove under ``root`` (both backends)."""
     rules = [root / HARDEN_ETC / name for names in RULE_FILES.values() for name in names]
-    return [*rules, root / UNIT, root / NFT_CONF]
+    return [*rules, root / UNIT, root / NFT_CONF, root / DOCKER_DROPIN]
 
 
 def install(backend: Backend, files: dict[str, str], root: Path) -> list[Path]:
@@ -120,6 +142,13 @@ def install(backend: Backend, files: dict[str, str], root: Path) -> list[Path]:
     unit = root / UNIT
     write_atomic(unit, unit_text(backend), mode=0o644)
     written.append(unit)
+    dropin = root / DOCKER_DROPIN
+    if backend == "iptables":
+        write_atomic(dropin, docker_dropin_text(), mode=0o644)
+        written.append(dropin)
+    elif dropin.is_file():
+        dropin.unlink()
+        written.append(dropin)
     written += _drop_old_include(root)
     written.append(enable(root))
     return written
@@ -177,7 +206,7 @@ def uninstall(root: Path) -> list[Path]:
     """
     removed = []
     rules = [root / HARDEN_ETC / name for names in RULE_FILES.values() for name in names]
-    for path in (*rules, root / UNIT, root / WANTS):
+    for path in (*rules, root / UNIT, root / WANTS, root / DOCKER_DROPIN):
         if path.is_symlink() or path.is_file():
             path.unlink()
             removed.append(path)

@@ -335,8 +335,9 @@ def check_persist_targets(paths: list[Path]) -> None:
     """Make sure every boot file can be written before any rule is loaded."""
     for path in paths:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path.parent):
+            # The nearest directory that exists: nothing is created before the rules load.
+            parent = next(d for d in path.parents if d.exists())
+            with tempfile.TemporaryFile(dir=parent):
                 pass
             if path.is_symlink() or (path.exists() and not path.is_file()):
                 raise ApplyError(f"cannot persist to {path}: not a regular file")
