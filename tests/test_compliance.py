@@ -175,7 +175,10 @@ def test_established_and_outbound_configured() -> None:
     assert established in nft_chain("input")
     assert established in nft_chain("forward")
     output = nft_chain("output")
-    assert output[1] == "ct state { established, related } accept"
+    assert output[1] == "ct state established accept"
+    # Related traffic leaves only as ICMP errors (another table's FTP helper must not
+    # open outbound connections: docs/design.md, "Egress").
+    assert output[2] == "ct state related meta l4proto { icmp, ipv6-icmp } accept"
     for allow in manifest().egress.allow:
         assert any(f'comment "{allow.name}"' in rule for rule in output), allow.name
     assert output[-1] == "drop"
@@ -185,10 +188,13 @@ def test_established_and_outbound_configured() -> None:
 def test_iptables_established_and_outbound_configured(family: Family) -> None:
     chains = ipt_rules(family)
     for chain in IPT_CHAINS.values():
+        state = "ESTABLISHED" if chain == "HARDEN-OUTPUT" else "RELATED,ESTABLISHED"
         assert chains[chain][0 if chain != "HARDEN-INPUT" else 1] == (
-            "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+            f"-m conntrack --ctstate {state} -j RETURN"
         )
     output = chains["HARDEN-OUTPUT"]
+    icmp = "icmp" if family == 4 else "ipv6-icmp"
+    assert output[1] == f"-p {icmp} -m conntrack --ctstate RELATED -j RETURN"
     for allow in manifest().egress.allow:
         nets = [n for n in allow.destinations or () if n.version == family]
         if allow.destinations and not nets:

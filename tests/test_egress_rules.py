@@ -14,6 +14,7 @@ from harden.core.ports import PortRange
 from harden.core.render import render
 from harden.core.report import Status
 from harden.core.types import Verdict
+from harden.errors import ManifestError
 from harden.files import parse_manifest
 
 EGRESS = """\
@@ -74,7 +75,8 @@ def test_drop_renders_an_output_base_chain_with_a_drop_policy() -> None:
     chain = nft[nft.index("chain output {") :]
     chain = chain[: chain.index("\n\t}")]
     assert "type filter hook output priority filter; policy drop;" in chain
-    assert "ct state { established, related } accept" in chain
+    assert "ct state established accept" in chain
+    assert "ct state related meta l4proto { icmp, ipv6-icmp } accept" in chain
     assert 'oif "lo" accept' in chain
     assert "ip daddr { 203.0.113.0/24 } tcp dport { 80, 443 } accept" in chain
     assert "ip6 daddr { 2001:db8::53/128 } udp dport { 53 } accept" in chain
@@ -99,7 +101,8 @@ def test_reject_refuses_with_admin_prohibited_on_both_backends() -> None:
 def test_iptables_egress_returns_what_it_allows_and_drops_the_rest() -> None:
     v4 = render(policy(), "iptables")["harden.rules.v4"]
     rules = [line for line in v4.splitlines() if line.startswith("-A HARDEN-OUTPUT")]
-    assert rules[0] == "-A HARDEN-OUTPUT -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN"
+    assert rules[0] == "-A HARDEN-OUTPUT -m conntrack --ctstate ESTABLISHED -j RETURN"
+    assert rules[1] == "-A HARDEN-OUTPUT -p icmp -m conntrack --ctstate RELATED -j RETURN"
     assert (
         "-A HARDEN-OUTPUT -d 203.0.113.0/24 -p tcp -m multiport --dports 80,443 -m comment "
         '--comment "updates" -j RETURN' in rules
@@ -111,8 +114,21 @@ def test_iptables_egress_returns_what_it_allows_and_drops_the_rest() -> None:
 def test_dhcp_client_is_allowed_out_only_when_asked() -> None:
     text = "version: 1\npolicy: {dhcpv6: true}\negress: {policy: drop, dhcp: true}\n"
     nft = render(build_policy(parse_manifest(text, "m.yaml")), "nftables")["harden.nft"]
-    assert "meta nfproto ipv4 udp sport 68 udp dport 67 accept" in nft
+    assert "ip daddr { 255.255.255.255 } udp sport 68 udp dport 67 accept" in nft
     assert "meta nfproto ipv6 udp sport 546 udp dport 547 accept" in nft
+    servers = text.replace("dhcp: true", "dhcp: true, dhcp_servers: [198.51.100.7]")
+    files = render(build_policy(parse_manifest(servers, "m.yaml")), "iptables")
+    assert (
+        "ip daddr { 255.255.255.255, 198.51.100.7 } udp sport 68"
+        in render(build_policy(parse_manifest(servers, "m.yaml")), "nftables")["harden.nft"]
+    )
+    v4 = files["harden.rules.v4"]
+    assert "-A HARDEN-OUTPUT -d 198.51.100.7/32 -p udp -m udp --sport 68 --dport 67" in v4
+    assert "-A HARDEN-OUTPUT -d 255.255.255.255/32 -p udp -m udp --sport 68 --dport 67" in v4
+    dhcp = [line for line in v4.splitlines() if "--sport 68" in line]
+    assert len(dhcp) == 2 and all(" -d " in line for line in dhcp)  # never to any address
+    with pytest.raises(ManifestError, match="dhcp_servers"):
+        parse_manifest("version: 1\negress: {policy: drop, dhcp_servers: [198.51.100.7]}\n")
 
 
 def test_forward_drop_is_the_base_chains_policy_and_loopback_forgeries_drop() -> None:

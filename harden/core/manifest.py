@@ -345,10 +345,21 @@ class Egress(_Model):
     )
     dhcp: StrictBool = Field(
         False,
-        description="let the DHCP client renew its lease (udp 68 -> 67, and DHCPv6 "
-        "546 -> 547 with policy.ipv6)",
+        description="let the DHCP client renew its lease (udp 68 -> 67 to the broadcast "
+        "address and the dhcp_servers, and DHCPv6 546 -> 547 with policy.ipv6)",
+    )
+    dhcp_servers: tuple[ipaddress.IPv4Address, ...] = Field(
+        (),
+        description="the DHCP servers the client may renew with by unicast (without them, "
+        "renewals wait for the broadcast of the rebinding time)",
     )
     allow: tuple[EgressAllow, ...] = ()
+
+    @model_validator(mode="after")
+    def _servers_need_dhcp(self) -> Egress:
+        if self.dhcp_servers and not self.dhcp:
+            raise ValueError("'dhcp_servers' needs 'dhcp: true'")
+        return self
 
     @model_validator(mode="after")
     def _allow_needs_policy(self) -> Egress:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Network, IPv6Network, collapse_addresses
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, collapse_addresses
 from typing import Literal
 
 from harden.core.manifest import EgressAllow, ForwardAllow, Manifest, RateLimit, Service
@@ -151,6 +151,8 @@ class Policy:
     egress: Literal["accept", "drop", "reject"] = "accept"
     outbound: tuple[Outbound, ...] = ()
     egress_dhcp: bool = False  # the DHCP client's renewals (and DHCPv6 with ipv6)
+    # Where DHCP may go: the broadcast address and these servers, never anywhere else.
+    dhcp_servers: tuple[IPv4Address, ...] = ()
 
     def sends(self, destination: Address, proto: Proto, port: int) -> bool:
         """Whether the host may open a new ``proto`` connection to ``destination``:``port``."""
@@ -252,6 +254,7 @@ def build_policy(manifest: Manifest) -> Policy:
             for proto in entry.proto
         ),
         egress_dhcp=manifest.egress.dhcp,
+        dhcp_servers=tuple(sorted(set(manifest.egress.dhcp_servers))),
     )
 
 
