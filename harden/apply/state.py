@@ -311,11 +311,18 @@ class StateDir:
         self._fd = fd
         return True
 
-    def _dir(self) -> int:
-        """The open state directory (checked, created if missing)."""
-        self.check(create=True)
+    def _dir(self, create: bool = True) -> int | None:
+        """The open state directory (checked; created if missing and ``create``, else None)."""
+        if not self.check(create=create):
+            return None
         assert self._fd is not None
         return self._fd
+
+    def _made(self) -> int:
+        """The open state directory, created if missing (for writes and the lock)."""
+        fd = self._dir(create=True)
+        assert fd is not None
+        return fd
 
     def close(self) -> None:
         """Close the directory descriptor (a later use opens and checks it again)."""
@@ -332,7 +339,7 @@ class StateDir:
         """Hold the state directory's lock (apply, confirm, rollback, watchdog)."""
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(LOCK, flags, 0o600, dir_fd=self._dir())
+            fd = os.open(LOCK, flags, 0o600, dir_fd=self._made())
         except OSError as exc:
             raise UnsafeStateDir(f"{self.path / LOCK}: {exc.strerror}") from None
         try:
@@ -344,8 +351,11 @@ class StateDir:
     def _read(self, name: str) -> str | None:
         """A state file's text (None if absent), never through a symlink."""
         path = self.path / name
+        directory = self._dir(create=False)  # reading creates nothing
+        if directory is None:
+            return None
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir())
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -375,7 +385,7 @@ class StateDir:
 
         A rename replaces a symlink planted at the name; it never writes through it.
         """
-        directory = self._dir()
+        directory = self._made()
         tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600, dir_fd=directory)
@@ -391,8 +401,10 @@ class StateDir:
             raise
 
     def _unlink(self, name: str) -> None:
-        with suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=self._dir())
+        directory = self._dir(create=False)
+        if directory is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=directory)
 
     def load(self) -> State:
         """The record, or an empty one if nothing was ever applied."""
@@ -473,9 +485,9 @@ class StateDir:
 
     def reset(self, now: float) -> list[Path]:
         """Move every state file aside (``*.broken-<time>``); the live rules stay as they are."""
-        if not self.check():
+        directory = self._dir(create=False)
+        if directory is None:
             return []
-        directory = self._dir()
         moved = []
         for name in (RECORD, SNAPSHOT, APPLIED, PERSISTED):
             target = f"{name}.broken-{int(now)}"
