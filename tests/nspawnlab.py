@@ -23,7 +23,6 @@ namespaces are deleted on close, pass or fail.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path
 from harden.lab.net import _Namespaces
 from harden.lab.netns import Namespace
 
-from .vmlab import REPO, Image
+from .vmlab import REPO, Image, die_with_parent
 
 NEEDED = ("systemd-nspawn", "unshare", "nsenter", "debootstrap", "mkfs.ext4")
 BOOT_SECONDS = 120.0
@@ -158,12 +157,6 @@ def harden_layer(image: Image, folder: Path) -> Path:
             raise RuntimeError(f"installing harden in the container layer failed:\n{proc.stderr}")
         done.touch()
     return layer
-
-
-def _die_with_parent() -> None:
-    """SIGTERM (a clean halt) to the container when the test process dies, however it dies."""
-    pr_set_pdeathsig = 1  # linux/prctl.h; kept across exec (unshare and sh exec nspawn)
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _container_init(nspawn: int) -> int | None:
@@ -293,7 +286,8 @@ class BootLab(_Namespaces):
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                # SIGTERM, a clean halt, if the test process dies however it dies.
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         self._wait_running(started)
         return time.monotonic() - started

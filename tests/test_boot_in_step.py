@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +64,33 @@ def restart_unit(ns: Namespace, root: Path) -> None:
             ns.run(["sh", "-c", command if "sh -c" not in command else shlex.split(command)[2]])
 
 
+@dataclass(frozen=True)
+class Persisted:
+    """Manifests A and B, and A applied with --persist under a scratch root."""
+
+    a: Path
+    b: Path
+    state: Path
+    root: Path
+    common: list[str | Path]  # --backend, --state-dir and --root for further applies
+    first: dict[str, str]  # A's boot rule files
+
+    @classmethod
+    def of(cls, ns: Namespace, tmp: Path, backend: str) -> Persisted:
+        """Write A and B, apply A --persist; its boot files are ``first``."""
+        a, b = write(tmp, "a.yaml", A), write(tmp, "b.yaml", B)
+        state, root = tmp / "state", tmp / "root"
+        common: list[str | Path] = ["--backend", backend, "--state-dir", state, "--root", root]
+        assert harden(ns, "apply", a, *common, "--persist").returncode == 0
+        return cls(a, b, state, root, common, boot_rules(root))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_apply_without_persist_keeps_hardens_boot_files_in_step(
     ns: Namespace, tmp_path: Path, backend: str
 ) -> None:
-    a, b = write(tmp_path, "a.yaml", A), write(tmp_path, "b.yaml", B)
-    state, root = tmp_path / "state", tmp_path / "root"
-    common: list[str | Path] = ["--backend", backend, "--state-dir", state, "--root", root]
-    assert harden(ns, "apply", a, *common, "--persist").returncode == 0
-    first = boot_rules(root)
+    m = Persisted.of(ns, tmp_path, backend)
+    b, state, root, common, first = m.b, m.state, m.root, m.common, m.first
     assert boot_status(ns, state, root)["state"] == "matches"
 
     proc = harden(ns, "apply", b, *common)  # no --persist
@@ -91,11 +110,8 @@ def test_an_apply_without_persist_keeps_hardens_boot_files_in_step(
 def test_no_persist_removes_the_boot_files_and_says_so(
     ns: Namespace, tmp_path: Path, backend: str
 ) -> None:
-    a, b = write(tmp_path, "a.yaml", A), write(tmp_path, "b.yaml", B)
-    state, root = tmp_path / "state", tmp_path / "root"
-    common: list[str | Path] = ["--backend", backend, "--state-dir", state, "--root", root]
-    assert harden(ns, "apply", a, *common, "--persist").returncode == 0
-    first = boot_rules(root)
+    m = Persisted.of(ns, tmp_path, backend)
+    b, state, root, common, first = m.b, m.state, m.root, m.common, m.first
     proc = harden(ns, "apply", b, *common, "--no-persist", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -132,11 +148,8 @@ def test_confirm_refuses_when_the_live_rules_are_not_the_applied_ones(
 ) -> None:
     """harden.service restarts inside the confirm window and loads the old boot file:
     confirm must not say "confirmed", nor persist rules that are not running."""
-    a, b = write(tmp_path, "a.yaml", A), write(tmp_path, "b.yaml", B)
-    state, root = tmp_path / "state", tmp_path / "root"
-    common: list[str | Path] = ["--backend", backend, "--state-dir", state, "--root", root]
-    assert harden(ns, "apply", a, *common, "--persist").returncode == 0
-    first = boot_rules(root)
+    m = Persisted.of(ns, tmp_path, backend)
+    a, b, state, root, common, first = m.a, m.b, m.state, m.root, m.common, m.first
     assert harden(ns, "apply", b, *common, "--persist", "--confirm", "120").returncode == 0
     restart_unit(ns, root)  # the old rules are live again
     assert harden(ns, "diff", a, "--backend", backend).returncode == 0

@@ -173,10 +173,14 @@ def qemu_base(accel: str, memory_mb: int) -> list[str]:
     ]
 
 
-def _die_with_parent() -> None:
-    """Kill this child when the process that started it dies, however it dies."""
-    pr_set_pdeathsig = 1  # linux/prctl.h; kept across exec (ip netns exec execs qemu)
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A preexec_fn: the child gets ``sig`` when the process that started it dies, however."""
+
+    def arm() -> None:
+        pr_set_pdeathsig = 1  # linux/prctl.h; kept across exec (ip netns exec, sh exec)
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sig)
+
+    return arm
 
 
 @dataclass
@@ -307,7 +311,7 @@ class VmLab(_Namespaces):
             stderr=(self.workdir / f"{vm.name}.qemu.log").open("wb"),
             start_new_session=True,
             # A killed test run must not leave VMs running.
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent(),
         )
 
     def reboot(self, name: str, before_boot: Callable[[], None] = lambda: None) -> None:

@@ -67,6 +67,14 @@ VERIFY_SUCCESS = (
     "1 if the last harden verify passed, 0 if it failed, was inconclusive or could not run.",
 )
 DIFF_UP = ("harden_diff_up", "1 if the last harden diff could compare the live rules, else 0.")
+LAST_RUN = (
+    "harden_verify_last_run_timestamp_seconds",
+    "When the last verification ended (seconds since the epoch).",
+)
+LAST_CHECK = (
+    "harden_drift_last_check_timestamp_seconds",
+    "When harden diff last compared the live rules (seconds since the epoch).",
+)
 
 
 def _verdict_metrics(out: _Writer, report: Report) -> None:
@@ -154,11 +162,7 @@ def _run_metrics(out: _Writer, report: Report) -> None:
         "How long the last verification probed.",
         [({}, round(report.seconds, 3))],
     )
-    out.metric(
-        "harden_verify_last_run_timestamp_seconds",
-        "When the last verification ended (seconds since the epoch).",
-        [({}, round(report.started + report.seconds, 3))],
-    )
+    out.metric(*LAST_RUN, [({}, round(report.started + report.seconds, 3))])
 
 
 def verify_down_metrics(exit_status: int, ended_at: float) -> str:
@@ -170,11 +174,7 @@ def verify_down_metrics(exit_status: int, ended_at: float) -> str:
     out = _Writer()
     out.metric(*VERIFY_UP, [({"exit": str(exit_status)}, 0)])
     out.metric(*VERIFY_SUCCESS, [({}, 0)])
-    out.metric(
-        "harden_verify_last_run_timestamp_seconds",
-        "When the last verification ended (seconds since the epoch).",
-        [({}, round(ended_at, 3))],
-    )
+    out.metric(*LAST_RUN, [({}, round(ended_at, 3))])
     return out.text()
 
 
@@ -182,11 +182,7 @@ def diff_down_metrics(exit_status: int, backend: str, checked_at: float) -> str:
     """The metrics of a diff that could not compare: not "no drift" (``harden_drift`` is absent)."""
     out = _Writer()
     out.metric(*DIFF_UP, [({"backend": backend, "exit": str(exit_status)}, 0)])
-    out.metric(
-        "harden_drift_last_check_timestamp_seconds",
-        "When harden diff last compared the live rules (seconds since the epoch).",
-        [({}, round(checked_at, 3))],
-    )
+    out.metric(*LAST_CHECK, [({}, round(checked_at, 3))])
     return out.text()
 
 
@@ -199,9 +195,5 @@ def drift_metrics(drift: bool, backend: str, checked_at: float) -> str:
         "1 if harden's live rules differ from what the manifest renders, else 0.",
         [({"backend": backend}, 1 if drift else 0)],
     )
-    out.metric(
-        "harden_drift_last_check_timestamp_seconds",
-        "When harden diff last compared the live rules (seconds since the epoch).",
-        [({}, round(checked_at, 3))],
-    )
+    out.metric(*LAST_CHECK, [({}, round(checked_at, 3))])
     return out.text()
