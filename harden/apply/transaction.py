@@ -96,8 +96,9 @@ class BootPlan:
 def check_firewalld(backend: Backend) -> None:
     """Refuse (exit 2) harden's iptables backend where firewalld's would flush it."""
     found = firewalld()
-    active = found is not None and (found["enabled"] or found["running"])
-    if backend == "iptables" and active and found and found["backend"] == "iptables":
+    if backend != "iptables" or found is None or found["backend"] != "iptables":
+        return
+    if found["enabled"] or found["running"]:
         raise Refused(f"refusing to apply: {FIREWALLD_IPTABLES} (or --force)")
 
 
@@ -628,9 +629,10 @@ def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
 
 def _boot_report(states: StateDir, state: State, root: Path) -> dict[str, Any]:
     """The ``boot`` of status: what loads at boot under ``root``, and if it is what runs."""
+    described = boot.describe(root)
     return {
-        **boot.describe(root),
-        **_boot_state(state, root),
+        **described,
+        **_boot_state(state, root, described),
         "persisted_under": _persisted_root(states),
     }
 
@@ -646,7 +648,7 @@ def _persisted_root(states: StateDir) -> str | None:
     return roots.pop() if len(roots) == 1 else None
 
 
-def _boot_state(state: State, root: Path) -> dict[str, Any]:
+def _boot_state(state: State, root: Path, described: dict[str, Any]) -> dict[str, Any]:
     """``state``: matches | stale | absent, and ``differs``: why stale.
 
     The boot files are compared with what is live (both loaded the same canonical way) and
@@ -654,7 +656,6 @@ def _boot_state(state: State, root: Path) -> dict[str, Any]:
     """
     if not boot.present(root):
         return {"state": "absent", "differs": []}
-    described = boot.describe(root)
     differs = []
     if len(described["backends"]) != 1:
         differs.append(
