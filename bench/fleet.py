@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 from bench.common import measure
-from harden.core.policy import build_policy
-from harden.core.render import render
+from harden.backends import render
 from harden.files import parse_manifest
 from harden.lab.net import FleetNet
+from harden.policy.model import build_policy
 
 MANIFEST = "version: 1\nservices:\n  - {name: web, port: 80, proto: tcp}\n"
 

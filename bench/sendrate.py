@@ -5,7 +5,7 @@
 A target namespace that drops everything, a prober namespace linked to it by a veth.
 The baseline is a small C program (compiled here with cc) that sends the same 20-byte
 SYN headers through the same kind of raw socket with sendmmsg(2), 1024 a call: about
-what the kernel allows one thread. harden's sweep (harden.verify.raw) is timed on the
+what the kernel allows one thread. harden's sweep (harden.verify.engine.raw) is timed on the
 same ports. Prints packets per second, medians, and the ratio. Needs root and a C
 compiler; touches nothing outside its own namespaces.
 """
@@ -75,7 +75,7 @@ int main(int argc, char **argv) {
 PY_SENDER = """
 import sys, time
 from ipaddress import ip_address
-from harden.verify.raw import Route, Sender
+from harden.verify.engine.raw import Route, Sender
 route = Route(ip_address(sys.argv[2]), sys.argv[4], ip_address(sys.argv[1]), True)
 sender = Sender(route)
 ports = list(range(1, int(sys.argv[3]) + 1))
@@ -123,7 +123,7 @@ def main() -> None:
     print(f"{'sender':40} {'median s':>9} {'packets/s':>12}")
     print(f"{'C, sendmmsg, 1024 a call (baseline)':40} {statistics.median(c_times):9.3f} "
           f"{c_rate:12,.0f}")  # fmt: skip
-    print(f"{'harden.verify.raw syn_sweep':40} {statistics.median(py_times):9.3f} "
+    print(f"{'harden.verify.engine.raw syn_sweep':40} {statistics.median(py_times):9.3f} "
           f"{py_rate:12,.0f}")  # fmt: skip
     print(f"harden sends at {py_rate / c_rate:.2f}x the baseline's rate")
 

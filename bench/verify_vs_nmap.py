@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from bench.common import measure
-from harden.core.policy import build_policy
-from harden.core.render import render
+from harden.backends import render
 from harden.files import parse_manifest
 from harden.lab.net import LabNet
+from harden.policy.model import build_policy
 
 MANIFEST = """version: 1
 services:

@@ -6,19 +6,25 @@ Every function returns plain data (the same shapes as ``--format json``) and rai
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from harden import apply as _apply
 from harden import defaults
-from harden.core.manifest import Manifest
-from harden.core.policy import build_policy
-from harden.core.render import render as _render
-from harden.core.results import Validation
-from harden.core.types import Backend
+from harden.apply.results import Validation
+from harden.backends import render as _render
 from harden.errors import ExitStatus, HardenError, OptionError
-from harden.files import load_manifest
+from harden.files import load_manifest, port_service_names
+from harden.manifest.model import Manifest
+from harden.outputs import FORMATS
+from harden.outputs import write as write_report
+from harden.outputs.jsondoc import verify_json
+from harden.policy.model import build_policy
+from harden.request import ApplyRequest, DiffRequest, EgressRequest, VerifyRequest
+from harden.request import backend as request_backend
+from harden.types import Backend
+from harden.verify.options import PortSelection, Probing
+from harden.verify.report import Report
 
 __all__ = [
     "ExitStatus",
@@ -49,7 +55,8 @@ def validate(path: str | Path) -> dict[str, Any]:
 
 def render(path: str | Path, backend: Backend = defaults.BACKEND) -> dict[str, str]:
     """The ruleset files a manifest renders to: file name -> text."""
-    return _render(build_policy(load(path)), backend)
+    request = DiffRequest.parse(path, backend_name=backend)
+    return _render(build_policy(load(request.manifest)), request.backend)
 
 
 def apply(
@@ -67,21 +74,31 @@ def apply(
     ``persist``: True installs the ruleset for boot under ``root`` (on confirm, with
     ``confirm``), False removes harden's boot files there, None keeps them in step.
     """
-    result = _apply.apply(
-        Path(path),
+    request = ApplyRequest.parse(
+        path,
         backend,
-        state_dir=Path(state_dir),
+        state_dir=state_dir,
         confirm=confirm,
         force=force,
         persist=persist,
-        root=Path(root),
+        root=root,
+    )
+    result = _apply.apply(
+        request.manifest,
+        request.backend,
+        state_dir=request.state_dir,
+        confirm=request.confirm,
+        force=request.force,
+        persist=request.persist,
+        root=request.root,
     )
     return result.to_json()
 
 
 def diff(path: str | Path, backend: Backend = defaults.BACKEND) -> dict[str, Any]:
     """``{"drift": bool, "diff": str}``: the live rules against what the manifest renders."""
-    return _apply.diff(Path(path), backend).to_json()
+    request = DiffRequest.parse(path, backend_name=backend)
+    return _apply.diff(request.manifest, request.backend).to_json()
 
 
 def status(state_dir: str | Path = defaults.STATE_DIR, *, root: str | Path = "/") -> dict[str, Any]:
@@ -92,6 +109,40 @@ def status(state_dir: str | Path = defaults.STATE_DIR, *, root: str | Path = "/"
 def remove(state_dir: str | Path = defaults.STATE_DIR, *, root: str | Path = "/") -> dict[str, Any]:
     """Take harden's rules and boot files away (as ``harden remove --format json``)."""
     return _apply.remove(Path(state_dir), Path(root)).to_json()
+
+
+@overload
+def verify(
+    path: str | Path,
+    targets: list[str],
+    *,
+    ports: str = ...,
+    wait: float = ...,
+    retries: int = ...,
+    icmp_ratelimit_ms: int = ...,
+    icmp6_ratelimit_ms: int = ...,
+    sources: tuple[str, ...] = ...,
+    seen_as: tuple[str, ...] = ...,
+    witness: str | None = ...,
+    format: Literal["json"] = ...,
+) -> dict[str, Any]: ...
+
+
+@overload
+def verify(
+    path: str | Path,
+    targets: list[str],
+    *,
+    ports: str = ...,
+    wait: float = ...,
+    retries: int = ...,
+    icmp_ratelimit_ms: int = ...,
+    icmp6_ratelimit_ms: int = ...,
+    sources: tuple[str, ...] = ...,
+    seen_as: tuple[str, ...] = ...,
+    witness: str | None = ...,
+    format: str,
+) -> dict[str, Any] | str: ...
 
 
 def verify(
@@ -106,39 +157,61 @@ def verify(
     sources: tuple[str, ...] = (),
     seen_as: tuple[str, ...] = (),
     witness: str | None = None,
-) -> dict[str, Any]:
-    """Probe ``targets`` against the manifest (as ``harden verify --format json``)."""
+    format: str = "json",
+) -> dict[str, Any] | str:
+    """Probe ``targets`` against the manifest (as ``harden verify --format FORMAT``).
+
+    ``format="json"`` (the default) returns the report as data; any other name of
+    ``harden.outputs.FORMATS`` returns the text the CLI would write.
+    """
     from harden.verify.sweep import run_verify
 
-    seen: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {
-        a.version: a for a in map(ipaddress.ip_address, seen_as)
-    }
-    if len(seen) != len(seen_as):
-        raise OptionError("seen_as", "one address per family at most")
-    report = run_verify(
-        [(build_policy(load(path)), [ipaddress.ip_address(t) for t in targets])],
-        ports=ports,
+    _format(format)
+    probing = Probing.parse(
         wait=wait,
         retries=retries,
-        ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
-        extra_sources=tuple(ipaddress.ip_address(s) for s in sources),
-        seen_as=seen,
+        icmp_ratelimit_ms=icmp_ratelimit_ms,
+        icmp6_ratelimit_ms=icmp6_ratelimit_ms,
+        sources=sources,
+        seen_as=seen_as,
         witness=witness,
     )
-    return report.to_json()
+    request = VerifyRequest.parse(path, targets, ports=ports, probing=probing)
+    assert request.manifest is not None
+    hosts = [(build_policy(load(request.manifest)), list(request.targets))]
+    return _written(run_verify(hosts, request.ports, request.probing), format)
 
 
 def verify_egress(
-    path: str | Path, sinks: list[str], sink_command: str, *, ports: str = "all"
-) -> dict[str, Any]:
+    path: str | Path,
+    sinks: list[str],
+    sink_command: str,
+    *,
+    ports: str = "all",
+    format: str = "json",
+) -> dict[str, Any] | str:
     """Check this host's egress against the manifest with a sink (``harden verify --egress``)."""
-    from harden.core.egress import egress_report
-    from harden.verify.egress import parse_ports, run_egress
+    from harden.verify.egress.probe import run_egress
+    from harden.verify.egress.verdict import egress_report
 
-    policy = build_policy(load(path))
-    addresses = [ipaddress.ip_address(s) for s in sinks]
-    run = run_egress(policy, addresses, sink_command, parse_ports(ports))
-    return egress_report(policy, run).to_json()
+    _format(format)
+    request = EgressRequest.parse(path, sinks, sink_command, ports=ports)
+    policy = build_policy(load(request.manifest))
+    run = run_egress(policy, list(request.sinks), request.sink_command, request.ports)
+    return _written(egress_report(policy, run), format)
+
+
+def _format(name: str) -> None:
+    if name not in FORMATS:
+        raise OptionError("format", f"{name!r} is not one of {', '.join(FORMATS)}")
+
+
+def _written(report: Report, name: str) -> dict[str, Any] | str:
+    """The report as data (json) or as the text of another format."""
+    if name == "json":
+        return dict(verify_json(report))
+    services = port_service_names() if FORMATS[name].services else None
+    return write_report(report, name, services)
 
 
 def lab(
@@ -154,8 +227,8 @@ def lab(
 
     return run_lab(
         Path(path),
-        backend,
+        request_backend(backend),
         confirm_window=confirm_window,
-        ports=ports,
+        ports=PortSelection.parse(ports),
         apply_manifest=Path(apply_manifest) if apply_manifest is not None else None,
     ).to_json()

@@ -14,15 +14,16 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from harden import __version__, defaults
-from harden.core.manifest import json_schema
-from harden.core.metrics import verify_down_metrics, verify_metrics
-from harden.core.nmapxml import nmap_xml
-from harden.core.policy import Policy, build_policy
-from harden.core.render import render
-from harden.core.report import Report
-from harden.core.results import Validation
-from harden.core.types import BACKENDS, Backend
-from harden.errors import EnvironmentProblem, ExitStatus, HardenError, OptionError
+from harden.apply.results import Validation
+from harden.backends import REGISTRY, render
+from harden.backends import names as backend_names
+from harden.errors import (
+    EnvironmentProblem,
+    ExitStatus,
+    HardenError,
+    OptionConflict,
+    OptionError,
+)
 from harden.files import (
     check_private_dir,
     check_private_file,
@@ -30,7 +31,22 @@ from harden.files import (
     port_service_names,
     write_atomic,
 )
+from harden.manifest.model import json_schema
+from harden.outputs import FORMATS
+from harden.outputs import write as write_report
+from harden.outputs.metrics import verify_down_metrics
+from harden.policy.model import Policy, build_policy
+from harden.request import CONFIRM_RANGE, ApplyRequest, EgressRequest, VerifyRequest
 from harden.text import one_line, printable
+from harden.types import Address, Backend
+from harden.verify.options import (
+    RATELIMIT_RANGE,
+    RETRIES_RANGE,
+    WAIT_RANGE,
+    PortSelection,
+    Probing,
+)
+from harden.verify.report import Report
 
 EPILOG = """\b
 Exit codes:
@@ -48,6 +64,22 @@ Shell completion: eval "$(_HARDEN_COMPLETE=bash_source harden)" in ~/.bashrc
 """
 
 MANIFEST = click.Path(path_type=Path, dir_okay=False)
+
+
+class BackendChoice(click.Choice[str]):
+    """The registered backends, read each time (a plug-in registered later is a choice too)."""
+
+    def __init__(self) -> None:
+        super().__init__(backend_names())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The backends registered now."""
+        return backend_names()
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        """Click sets the choices once; the registry stays the source."""
 
 
 def _version(ctx: click.Context) -> None:
@@ -101,10 +133,10 @@ def validate(manifests: Sequence[Path], fmt: str) -> None:
 @click.argument("manifest", type=MANIFEST)
 @click.option(
     "--backend",
-    type=click.Choice(BACKENDS),
+    type=BackendChoice(),
     default=defaults.BACKEND,
     show_default=True,
-    help="nftables: one inet table; iptables: iptables-restore and ip6tables-restore files.",
+    help="; ".join(f"{s.name}: {s.summary}" for s in REGISTRY.values()) + ".",
 )
 @click.option(
     "-o",
@@ -145,6 +177,17 @@ FORMAT = click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
+# verify's options that say how to probe, by name (as Probing.parse takes them).
+PROBING_OPTIONS = (
+    "wait",
+    "retries",
+    "icmp_ratelimit_ms",
+    "icmp6_ratelimit_ms",
+    "sources",
+    "seen_as",
+    "witness",
+)
 
 
 def root_option(text: str) -> Callable[[F], F]:
@@ -159,7 +202,7 @@ def root_option(text: str) -> Callable[[F], F]:
 
 
 BACKEND = click.option(
-    "--backend", type=click.Choice(BACKENDS), default=defaults.BACKEND, show_default=True
+    "--backend", type=BackendChoice(), default=defaults.BACKEND, show_default=True
 )
 
 
@@ -216,7 +259,7 @@ def _write(output: Path | None, text: str) -> None:
 @click.option(
     "--confirm",
     "confirm_window",
-    type=click.IntRange(1, 3600),
+    type=click.IntRange(*CONFIRM_RANGE),
     default=None,
     help="Roll back after this many seconds unless 'harden confirm' runs.",
 )
@@ -252,14 +295,25 @@ def apply_cmd(
     """
     from harden.apply import apply
 
+    request = _request(
+        lambda: ApplyRequest.parse(
+            manifest,
+            backend,
+            state_dir=state_dir,
+            confirm=confirm_window,
+            force=force,
+            persist=persist,
+            root=root,
+        )
+    )
     result = apply(
-        manifest,
-        backend,
-        state_dir=state_dir,
-        confirm=confirm_window,
-        force=force,
-        persist=persist,
-        root=root,
+        request.manifest,
+        request.backend,
+        state_dir=request.state_dir,
+        confirm=request.confirm,
+        force=request.force,
+        persist=request.persist,
+        root=request.root,
     )
     _emit(fmt, result.to_json(), result.to_text())
 
@@ -295,48 +349,10 @@ def counters(fmt: str) -> None:
     verify then uses instead of assumed ones, and this host's addresses: verify
     credits the counts only to targets among them.
     """
-    from harden.apply.backends import firewall
-    from harden.apply.hostinfo import icmp_settings, local_addresses
+    from harden.apply.counters import read_counters
 
-    found: dict[str, int] = {}
-    backends = []
-    identities = []
-    problems: list[HardenError] = []
-    for name in BACKENDS:
-        try:
-            backend = firewall(name)
-            values = backend.counters()
-            identity = backend.identity() if values else None
-        except HardenError as exc:
-            # iptables missing: it holds no counters. The nftables bindings missing (on
-            # a host whose nft may well hold harden's table) is a problem to report.
-            if name == "nftables":
-                problems.append(exc)
-            continue
-        if values:
-            backends.append(name)
-            found.update(values)
-            if identity is not None:
-                identities.append(identity)
-    if problems and not found:
-        # A backend that could not be read may hold the counters: "none here" would make
-        # the witness blame the manifest (nothing counted), so say why instead (exit 4).
-        raise problems[0]
-    icmp = icmp_settings()
-    data = {
-        "schema": "harden.counters/3",
-        "backends": backends,
-        "counters": found,
-        "identity": ", ".join(identities) or None,
-        "icmp": icmp,
-        # The counts are of probes to these addresses only: verify credits them to no
-        # other target.
-        "addresses": local_addresses(),
-    }
-    lines = [f"{k} {v}" for k, v in sorted(found.items())] or ["no harden counters here"]
-    for family, values in icmp.items():
-        lines.append(f"icmp {family}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    _emit(fmt, data, "\n".join(lines))
+    result = read_counters()
+    _emit(fmt, result.to_json(), result.to_text())
 
 
 @cli.command()
@@ -418,7 +434,7 @@ def _drift(
 
     if fmt == "markdown":
         raise click.UsageError("--format markdown needs two manifests: OLD NEW", ctx=ctx)
-    from harden.core.metrics import diff_down_metrics, drift_metrics
+    from harden.outputs.metrics import diff_down_metrics, drift_metrics
 
     with _metrics_when_down(fmt, out, lambda code: diff_down_metrics(code, backend, time.time())):
         result = diff(manifest, backend)
@@ -435,7 +451,7 @@ def _exposure(ctx: click.Context, old: Path, new: Path, fmt: str, out: Path | No
     """What NEW opens and closes compared with OLD (diff OLD NEW); no firewall touched."""
     from click.core import ParameterSource
 
-    from harden.core.exposure import exposure_diff
+    from harden.policy.exposure import exposure_diff
 
     if ctx.get_parameter_source("backend") is not ParameterSource.DEFAULT:
         raise click.UsageError("--backend reads live rules: give it one MANIFEST", ctx=ctx)
@@ -484,7 +500,7 @@ def status(state_dir: Path, root: Path, fmt: str) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "junit", "prometheus", "nmap-xml"]),
+    type=click.Choice(tuple(FORMATS)),
     default="text",
     show_default=True,
     help="prometheus: node_exporter textfile-collector metrics (use -o FILE: written "
@@ -498,21 +514,21 @@ def status(state_dir: Path, root: Path, fmt: str) -> None:
 )
 @click.option(
     "--wait",
-    type=click.FloatRange(0.05, 30),
+    type=click.FloatRange(*WAIT_RANGE),
     default=defaults.WAIT,
     show_default=True,
     help="Seconds to wait for replies after each round.",
 )
 @click.option(
     "--retries",
-    type=click.IntRange(0, 10),
+    type=click.IntRange(*RETRIES_RANGE),
     default=defaults.RETRIES,
     show_default=True,
     help="Extra rounds for silent probes (packet loss).",
 )
 @click.option(
     "--icmp-ratelimit-ms",
-    type=click.IntRange(1, 60000),
+    type=click.IntRange(*RATELIMIT_RANGE),
     default=defaults.ICMP_RATELIMIT_MS,
     show_default=True,
     help="The target's net.ipv4.icmp_ratelimit; UDP sweeps wait this long without "
@@ -520,7 +536,7 @@ def status(state_dir: Path, root: Path, fmt: str) -> None:
 )
 @click.option(
     "--icmp6-ratelimit-ms",
-    type=click.IntRange(1, 60000),
+    type=click.IntRange(*RATELIMIT_RANGE),
     default=defaults.ICMP_RATELIMIT_MS,
     show_default=True,
     help="The target's net.ipv6.icmp.ratelimit.",
@@ -569,24 +585,7 @@ def status(state_dir: Path, root: Path, fmt: str) -> None:
     help="With --egress: runs 'harden sink' on the sink host, e.g. \"ssh root@SINK harden "
     "sink --from {sources}\" ({sources}: this host's source addresses).",
 )
-def verify_cmd(
-    manifest: Path | None,
-    inventory: Path | None,
-    targets: tuple[str, ...],
-    ports: str,
-    fmt: str,
-    output: Path | None,
-    wait: float,
-    retries: int,
-    icmp_ratelimit_ms: int,
-    icmp6_ratelimit_ms: int,
-    sources: tuple[str, ...],
-    seen_as: tuple[str, ...],
-    witness: str | None,
-    egress: bool = False,
-    sinks: tuple[str, ...] = (),
-    sink_command: str | None = None,
-) -> None:
+def verify_cmd(manifest: Path | None, fmt: str, output: Path | None, **option: Any) -> None:
     """Probe a server from outside and compare every port with MANIFEST.
 
     Declared ports must answer; every other port must be silent (closed: drop)
@@ -614,106 +613,78 @@ def verify_cmd(
     """  # noqa: D301 (click's \\b keeps the list's line breaks)
     from harden.verify.sweep import run_verify
 
-    if egress or sinks or sink_command:
-        _verify_egress(manifest, sinks, sink_command, ports, fmt, output, targets, inventory)
+    if option["egress"] or option["sinks"] or option["sink_command"]:
+        _verify_egress(manifest, fmt, output, option)
+    request = _request(
+        lambda: VerifyRequest.parse(
+            manifest,
+            option["targets"],
+            inventory=option["inventory"],
+            ports=option["ports"],
+            probing=Probing.parse(**{name: option[name] for name in PROBING_OPTIONS}),
+        )
+    )
     with _metrics_when_down(fmt, output, lambda code: verify_down_metrics(code, time.time())):
         report = run_verify(
-            _verify_hosts(manifest, inventory, targets, witness),
-            ports=ports,
-            wait=wait,
-            retries=retries,
-            ratelimit_ms={4: icmp_ratelimit_ms, 6: icmp6_ratelimit_ms},
-            extra_sources=tuple(_address(text, "--source") for text in sources),
-            seen_as=_seen_as(seen_as),
-            witness=witness,
+            _verify_hosts(request),
+            request.ports,
+            request.probing,
             progress=fmt == "text" and output is None and sys.stderr.isatty(),
         )
     _verify_output(report, fmt, output)
 
 
-def _verify_hosts(
-    manifest: Path | None, inventory: Path | None, targets: tuple[str, ...], witness: str | None
-) -> list[tuple[Policy, list[ipaddress.IPv4Address | ipaddress.IPv6Address]]]:
+def _request(parse: Callable[[], R]) -> R:
+    """A request from the options, its OptionError shown as click shows a bad option."""
+    try:
+        return parse()
+    except OptionConflict as exc:
+        raise click.UsageError(exc.message) from None
+    except OptionError as exc:
+        option = f"--{exc.option.replace('_', '-')}"
+        raise click.BadParameter(exc.message, param_hint=option) from None
+
+
+def _verify_hosts(request: VerifyRequest) -> list[tuple[Policy, list[Address]]]:
     """Each host's policy and addresses: one MANIFEST with --target, or an --inventory."""
     from harden.verify.inventory import load_inventory
 
-    if (manifest is None) == (inventory is None):
-        raise click.UsageError("give a MANIFEST with --target, or --inventory FILE")
-    if manifest is not None and not targets:
-        raise click.UsageError("MANIFEST needs at least one --target address")
-    if inventory is not None and targets:
-        raise click.UsageError("--target and --inventory exclude each other")
-    if inventory is not None and witness:
-        raise click.UsageError("--witness reads one host's counters: use it with a MANIFEST")
-    if manifest is not None:
-        policy = build_policy(load_manifest(manifest))
-        return [(policy, [_address(text, "--target") for text in targets])]
-    assert inventory is not None
-    return [(h.policy, list(h.targets)) for h in load_inventory(inventory)]
-
-
-def _seen_as(texts: tuple[str, ...]) -> dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """--seen-as: at most one address per family."""
-    seen: dict[int, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
-    for text in texts:
-        address = _address(text, "--seen-as")
-        if address.version in seen:
-            raise click.BadParameter("one address per family at most", param_hint="--seen-as")
-        seen[address.version] = address
-    return seen
+    if request.manifest is not None:
+        return [(build_policy(load_manifest(request.manifest)), list(request.targets))]
+    assert request.inventory is not None
+    return [(h.policy, list(h.targets)) for h in load_inventory(request.inventory)]
 
 
 def _verify_egress(
-    manifest: Path | None,
-    sinks: tuple[str, ...],
-    command: str | None,
-    ports: str,
-    fmt: str,
-    output: Path | None,
-    targets: tuple[str, ...],
-    inventory: Path | None,
+    manifest: Path | None, fmt: str, output: Path | None, option: dict[str, Any]
 ) -> NoReturn:
     """Check this host's output path against MANIFEST's egress, with a sink (--egress)."""
-    from harden.core.egress import egress_report
-    from harden.verify.egress import parse_ports, run_egress
+    from harden.verify.egress.probe import run_egress
+    from harden.verify.egress.verdict import egress_report
 
-    if manifest is None or not sinks or not command:
-        raise click.UsageError("--egress needs MANIFEST (this host's), --sink and --sink-command")
-    if targets or inventory:
-        raise click.UsageError("--egress probes --sink addresses: not --target or --inventory")
-    if ports == "declared":
-        raise click.UsageError("--egress probes 'all' ports or a list like 1-1024")
-    try:
-        port_ranges = parse_ports(ports)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--ports") from None
-    policy = build_policy(load_manifest(manifest))
-    addresses = [_address(text, "--sink") for text in sinks]
-    report = egress_report(policy, run_egress(policy, addresses, command, port_ranges))
-    _verify_output(report, fmt, output)
+    request = _request(
+        lambda: EgressRequest.parse(
+            manifest,
+            option["sinks"],
+            option["sink_command"],
+            ports=option["ports"],
+            targets=option["targets"],
+            inventory=option["inventory"],
+        )
+    )
+    policy = build_policy(load_manifest(request.manifest))
+    run = run_egress(policy, list(request.sinks), request.sink_command, request.ports)
+    _verify_output(egress_report(policy, run), fmt, output)
 
 
 def _verify_output(report: Report, fmt: str, output: Path | None) -> NoReturn:
-    text = {
-        "json": lambda: json.dumps(report.to_json(), indent=2) + "\n",
-        "junit": lambda: report.to_junit(),
-        "prometheus": lambda: verify_metrics(report),
-        "nmap-xml": lambda: nmap_xml(report, port_service_names()),
-        "text": lambda: report.to_text(),
-    }[fmt]()
+    text = write_report(report, fmt, port_service_names() if FORMATS[fmt].services else None)
     if output is not None:
         write_atomic(output, printable(text), mode=0o644)
         echo(f"{report.verdict.upper()}: report written to {output}", err=True)
     else:
         echo(text, nl=False)
     raise click.exceptions.Exit(report.exit_status)
-
-
-def _address(text: str, option: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not an IP address", param_hint=option) from None
 
 
 @cli.command()
@@ -739,7 +710,7 @@ def sink(senders: str, duration: float) -> None:
     before this host's firewall), prints a ready line, captures until standard input
     closes or --duration passes, then prints a harden.sink/1 JSON report.
     """
-    from harden.verify.sink import capture
+    from harden.verify.egress.sink import capture
 
     try:
         addresses = [ipaddress.ip_address(a.strip()) for a in senders.split(",") if a.strip()]
@@ -803,7 +774,7 @@ def lab(
         backend,
         confirm_window=confirm_window,
         progress=progress,
-        ports=ports,
+        ports=_request(lambda: PortSelection.parse(ports)),
         apply_manifest=apply_manifest,
     )
     echo(json.dumps(result.to_json(), indent=2) if fmt == "json" else result.to_text())
@@ -830,7 +801,7 @@ def init_cmd(fmt: str, output: Path | None) -> None:
     """
     import os
 
-    from harden.init import init
+    from harden.init.host import init
 
     proposal = init(os.environ)
     if output is not None:
@@ -903,7 +874,7 @@ def _write_units(
     name: str | None,
     output: Path,
 ) -> None:
-    from harden.core.units import Schedule
+    from harden.schedule import Schedule, Scheduled
 
     unit = name or f"harden-{kind}"
     metrics = (metrics or Path(f"/var/lib/prometheus/node-exporter/{unit}.prom")).absolute()
@@ -917,14 +888,15 @@ def _write_units(
         metrics.parent.mkdir(parents=True, exist_ok=True)
         # The unit rewrites the metrics as root every run: nobody else may write there.
         check_private_dir(metrics.parent, "metrics directory")
+        written = []
         for suffix, text in (("service", job.service()), ("timer", job.timer())):
             path = output / f"{unit}.{suffix}"
             write_atomic(path, text, mode=0o644)
-            echo(f"wrote {path}", err=True)
+            written.append(str(path))
     except OSError as exc:
         where = exc.filename or output
         raise EnvironmentProblem(f"cannot write {where}: {exc.strerror} (run as root?)") from None
-    echo(f"then: systemctl daemon-reload && systemctl enable --now {unit}.timer", err=True)
+    echo(Scheduled(unit, tuple(written)).to_text(), err=True)
 
 
 @schedule.command(name="verify")
@@ -944,8 +916,7 @@ def schedule_verify(
     """On the prober: re-verify MANIFEST's targets on a timer (FAIL is a metric)."""
     load_manifest(manifest)  # a bad manifest fails now, not at 3 a.m.
     check_private_file(manifest, "manifest")  # the timer reads it as root, again and again
-    for text in targets:
-        _address(text, "--target")
+    _request(lambda: VerifyRequest.parse(manifest, targets, ports=ports))
     args = ["verify", str(manifest.absolute()), *(a for t in targets for a in ("--target", t))]
     args += ["--ports", ports]
     description = f"harden verify {manifest.name} against {', '.join(targets)}"

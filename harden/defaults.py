@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harden.core.types import Backend
+from harden.types import Backend
 
 # verify (docs/design.md, "Loss, retries and lost sends")
 WAIT = 0.4  # seconds to wait for replies after a round, at most (and when no RTT is known)

@@ -57,6 +57,10 @@ class OptionError(HardenError):
         super().__init__(f"{option}: {message}")
 
 
+class OptionConflict(OptionError):
+    """Options that need or exclude each other (exit 2; the CLI adds its usage hint)."""
+
+
 class Refused(HardenError):
     """A command that does not fit harden's current state; nothing was changed (exit 2).
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from harden.core.manifest import Manifest
-from harden.core.parse import manifest_from_text
 from harden.errors import ManifestError, UnsafeOutput
+from harden.manifest.model import Manifest
+from harden.manifest.parse import manifest_from_text
 
 
 @lru_cache(maxsize=512)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harden.core.types import Address
 from harden.errors import EnvironmentProblem
+from harden.types import Address
 
 _OWNER = re.compile(r'\("((?:[^"\\]|\\.)*)",pid=(\d+)')
 

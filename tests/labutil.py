@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harden.core.policy import build_policy
-from harden.core.render import render
+from harden.backends import render
 from harden.files import parse_manifest
 from harden.lab.net import Host, LabNet
 from harden.lab.netns import Namespace, connect
+from harden.policy.model import build_policy
 
 HARDEN = [sys.executable, "-m", "harden.cli"]
 

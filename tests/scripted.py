@@ -1,6 +1,6 @@
 """A deterministic scripted target behind the Transport protocol, and a fake clock.
 
-Drives harden.verify.rounds without sockets or root. The target models what matters
+Drives harden.verify.engine.rounds without sockets or root. The target models what matters
 to the engine's rules (docs/design.md, "Why silence proves what it proves"):
 
 - per port: "open" (SYN-ACK / UDP reply), "closed" (RST to TCP, ICMP port-unreachable
@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from harden.core.classify import Reason, Reply
-from harden.core.findings import Mode
-from harden.core.plan import Target
-from harden.core.types import Address, Family, Proto
-from harden.verify.transport import OnSent, Round
+from harden.types import Address, Family, Proto
+from harden.verify.classify import Reason, Reply
+from harden.verify.engine.transport import OnSent, Round
+from harden.verify.findings import Mode
+from harden.verify.plan import Target
 
 Behaviour = Literal["open", "closed", "drop", "reject"]
 BURST = 6  # Linux XRLIM_BURST_FACTOR: the bucket holds at most six tokens

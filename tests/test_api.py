@@ -95,4 +95,4 @@ def test_verify_egress_takes_what_verify_egress_needs() -> None:
 
 def test_a_wrong_option_is_a_type_error_not_silence() -> None:
     with pytest.raises(TypeError):
-        api.verify(WEB, ["198.18.0.1"], witnes="x")  # type: ignore[call-arg]
+        api.verify(WEB, ["198.18.0.1"], witnes="x")  # type: ignore[call-overload]

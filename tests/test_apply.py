@@ -157,7 +157,7 @@ def test_failed_load_leaves_the_previous_rules_identical(
         },
     }[backend]
     code = (
-        "import json, sys\nfrom harden.apply.backends import firewall\nfrom harden.errors import "
+        "import json, sys\nfrom harden.backends import firewall\nfrom harden.errors import "
         "ApplyError\ntry:\n    firewall(sys.argv[1]).load(json.loads(sys.argv[2]))\n"
         "except ApplyError as e:\n    print('refused:', e)\n    sys.exit(3)\n"
     )

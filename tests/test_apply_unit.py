@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from harden.apply import boot
-from harden.apply.backends import firewall
 from harden.apply.guard import (
     current_namespace_name,
     lockout_reason,
@@ -21,12 +20,12 @@ from harden.apply.guard import (
     ssh_ports,
     ssh_sessions,
 )
-from harden.core.policy import build_policy
-from harden.core.render import render
-from harden.core.types import Backend
+from harden.backends import firewall, render
 from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
+from harden.policy.model import build_policy
 from harden.sockets import parse_endpoint, parse_ss
+from harden.types import Backend
 
 SSH_FROM_OPS = """version: 1
 services:

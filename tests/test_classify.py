@@ -13,7 +13,7 @@ from scapy.layers.inet6 import (
     IPv6,
 )
 
-from harden.core.classify import EchoReply, Reason, Reply, State, classify, nmap_state
+from harden.verify.classify import EchoReply, Reason, Reply, State, classify, nmap_state
 
 T4, US4 = "198.19.254.1", "198.19.254.2"
 T6, US6 = "fdff:18::1", "fdff:18::2"

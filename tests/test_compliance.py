@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 
 from harden.apply import boot
-from harden.apply.backends.iptables import IptablesFirewall, parse_save
-from harden.core.manifest import Manifest
-from harden.core.policy import build_policy
-from harden.core.render import IPT_FILES, NFT_FILE, render
-from harden.core.types import FAMILIES, Backend, Family
+from harden.backends import render
+from harden.backends.iptables.firewall import IptablesFirewall, parse_save
+from harden.backends.iptables.rules import IPT_FILES
+from harden.backends.nftables.rules import NFT_FILE
 from harden.files import parse_manifest
+from harden.manifest.model import Manifest
+from harden.policy.model import build_policy
+from harden.types import FAMILIES, Backend, Family
 
 MANIFEST = """\
 version: 1

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from harden.core.manifest import json_schema
-from harden.core.policy import build_policy
-from harden.core.ports import PortRange, merge, parse_port
-from harden.core.render import IPTABLES_MAX_RULES, multiport_chunks, render, safe_comment
+from harden.backends import render
+from harden.backends.iptables.rules import IPTABLES_MAX_RULES, multiport_chunks
+from harden.backends.templating import safe_comment
 from harden.errors import RenderError
 from harden.files import parse_manifest, service_port
+from harden.manifest.model import json_schema
+from harden.manifest.ports import PortRange, merge, parse_port
+from harden.policy.model import build_policy
 
 from .conftest import REPO
 
@@ -72,9 +74,9 @@ services:
     restricted = policy.allows[2]
     assert restricted.services == ("git", "ssh")
     # The two /25 collapse into the /24 the other service names: same group.
-    assert restricted.sources4 == (ipaddress.IPv4Network("198.18.1.0/24"),)
-    assert restricted.sources6 == (ipaddress.IPv6Network("fd00::/64"),)
-    assert policy.allows[0].sources(4) is None and policy.allows[0].sources(6) is None
+    assert restricted.sources[4] == (ipaddress.IPv4Network("198.18.1.0/24"),)
+    assert restricted.sources[6] == (ipaddress.IPv6Network("fd00::/64"),)
+    assert policy.allows[0].sources[4] is None and policy.allows[0].sources[6] is None
 
 
 def test_ipv6_off_means_no_ipv6_accepts() -> None:
@@ -127,7 +129,7 @@ def test_iptables_refuses_huge_allowlists_and_nftables_does_not() -> None:
     policy = policy_of(
         f"version: 1\nservices: [{{name: a, port: 22, proto: tcp, sources: [{nets}]}}]"
     )
-    assert len(policy.allows[0].sources4 or ()) > IPTABLES_MAX_RULES
+    assert len(policy.allows[0].sources[4] or ()) > IPTABLES_MAX_RULES
     with pytest.raises(RenderError, match="use --backend nftables"):
         render(policy, "iptables")
     assert "harden.nft" in render(policy, "nftables")

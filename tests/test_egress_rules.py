@@ -6,16 +6,19 @@ from ipaddress import ip_address
 
 import pytest
 
-from harden.core.egress import EgressRun, egress_report
-from harden.core.metrics import verify_metrics
-from harden.core.nmapxml import nmap_xml
-from harden.core.policy import Policy, build_policy
-from harden.core.ports import PortRange
-from harden.core.render import render
-from harden.core.report import Status
-from harden.core.types import Verdict
+from harden.backends import render
 from harden.errors import ManifestError
 from harden.files import parse_manifest
+from harden.manifest.ports import PortRange
+from harden.outputs.jsondoc import verify_json
+from harden.outputs.junit import verify_junit
+from harden.outputs.metrics import verify_metrics
+from harden.outputs.nmapxml import nmap_xml
+from harden.outputs.table import verify_text
+from harden.policy.model import Policy, build_policy
+from harden.types import Verdict
+from harden.verify.egress.verdict import EgressRun, egress_report
+from harden.verify.report import Status
 
 EGRESS = """\
 version: 1
@@ -170,9 +173,14 @@ def test_egress_judgement_passes_when_declared_arrive_and_the_rest_is_refused() 
         ("tcp", 10, ("50-52", "54-60")),
         ("udp", 10, ("50-52", "54-60")),
     ]
-    for text in (report.to_text(), report.to_junit(), verify_metrics(report), nmap_xml(report)):
+    for text in (
+        verify_text(report),
+        verify_junit(report),
+        verify_metrics(report),
+        nmap_xml(report),
+    ):
         assert "198.51.100.53" in text
-    assert report.to_json()["mode"] == "egress"
+    assert verify_json(report)["mode"] == "egress"
 
 
 def test_egress_judgement_names_each_kind_of_deviation() -> None:
@@ -218,7 +226,7 @@ def test_a_sink_command_that_never_gets_ready_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from harden.errors import EnvironmentProblem
-    from harden.verify import egress
+    from harden.verify.egress import probe as egress
 
     monkeypatch.setattr(egress, "READY_TIMEOUT", 0.5)
     with pytest.raises(EnvironmentProblem, match="did not print 'harden sink: capturing'"):
@@ -230,7 +238,7 @@ def test_a_sink_command_that_never_gets_ready_is_one_clear_error(
 
 
 def test_the_sink_command_gets_this_hosts_sources() -> None:
-    from harden.verify.egress import sink_command
+    from harden.verify.egress.probe import sink_command
 
     argv = sink_command(
         "ssh root@sink 'harden sink --from {sources}'",

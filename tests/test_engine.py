@@ -12,15 +12,17 @@ from ipaddress import ip_address
 import pytest
 
 from harden import defaults
-from harden.core.classify import Reason
-from harden.core.findings import Findings
-from harden.core.plan import Plan, Target, plan_probes
-from harden.core.policy import build_policy
-from harden.core.report import Report, evaluate
-from harden.core.types import Address
 from harden.errors import EnvironmentProblem
 from harden.files import parse_manifest
-from harden.verify.rounds import Options, _Run, refill, verify
+from harden.outputs.jsondoc import verify_json
+from harden.outputs.table import verify_text
+from harden.policy.model import build_policy
+from harden.types import Address
+from harden.verify.classify import Reason
+from harden.verify.engine.rounds import Options, _Run, refill, verify
+from harden.verify.findings import Findings
+from harden.verify.plan import Plan, Target, plan_probes
+from harden.verify.report import Report, evaluate
 from tests.scripted import BURST, FakeClock, Probe, ScriptedTarget, ScriptedTransport
 
 MANIFEST = """
@@ -483,8 +485,8 @@ def test_a_pass_from_outside_states_the_icmp_premises_it_rests_on() -> None:
         "no other traffic spent the target's machine-wide ICMP budget during the run "
         "(net.ipv4.icmp_msgs_per_sec)",
     ]
-    assert "PASS, assuming the target's ICMP rate limit ≤ 1000 ms" in report.to_text()
-    assert report.to_json()["assumptions"] == report.assumptions
+    assert "PASS, assuming the target's ICMP rate limit ≤ 1000 ms" in verify_text(report)
+    assert verify_json(report)["assumptions"] == report.assumptions
     # A rate limit read from the target (its witness) is no longer an assumption.
     options = Options(wait=WAIT, ratelimit_read=frozenset({4}))
     _, read, _ = run(host(), options)

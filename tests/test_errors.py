@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from harden.apply.state import State
-from harden.core.plan import parse_port_selection
 from harden.errors import ExitStatus, InternalError, OptionError, Refused
-from harden.verify.route import check_target
+from harden.verify.engine.route import check_target
+from harden.verify.options import PortSelection
 
 from .conftest import REPO
 
@@ -20,7 +20,7 @@ WEB = REPO / "rulesets" / "web-server.yaml"
 
 def test_library_errors_name_the_option_not_the_flag() -> None:
     with pytest.raises(OptionError) as caught:
-        parse_port_selection("1-2-3")
+        PortSelection.parse("1-2-3")
     assert caught.value.option == "ports" and str(caught.value).startswith("ports: ")
     from ipaddress import ip_address
 

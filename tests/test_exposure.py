@@ -21,11 +21,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from harden.core.exposure import Change, ExposureDiff, exposure, exposure_diff
-from harden.core.policy import Policy, build_policy
-from harden.core.ports import PortRange, merge
-from harden.core.types import FAMILIES, Address, Proto
 from harden.files import parse_manifest
+from harden.manifest.ports import PortRange, merge
+from harden.policy.exposure import Change, ExposureDiff, exposure, exposure_diff
+from harden.policy.model import Policy, build_policy
+from harden.types import FAMILIES, Address, Proto
 
 from .conftest import REPO
 from .test_properties import manifests
@@ -88,7 +88,7 @@ def _sample_points(old: Policy, new: Policy, seed: int) -> tuple[list[int], list
                 ports |= {p for p in (r.first - 1, r.first, r.last, r.last + 1) if 1 <= p <= 65535}
                 ports.add(rng.randint(r.first, r.last))
             for family in FAMILIES:
-                for net in allow.sources(family) or ():
+                for net in allow.sources[family] or ():
                     first, last = int(net.network_address), int(net.broadcast_address)
                     for value in (first - 1, first, rng.randint(first, last), last, last + 1):
                         if 0 <= value < 2**net.max_prefixlen:
@@ -534,7 +534,7 @@ def check_egress_exact(old: Policy, new: Policy, diff: ExposureDiff, seed: int =
             for r in out.ports:
                 ports |= {p for p in (r.first - 1, r.first, r.last, r.last + 1) if 1 <= p <= 65535}
             for family in FAMILIES:
-                for net in out.destinations(family) or ():
+                for net in out.destinations[family] or ():
                     first, last = int(net.network_address), int(net.broadcast_address)
                     for value in (first - 1, first, last, last + 1):
                         if 0 <= value < 2**net.max_prefixlen:

@@ -8,11 +8,11 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from harden.core.policy import build_policy
-from harden.core.render import render
+from harden.backends import render
 from harden.errors import ManifestError
 from harden.files import parse_manifest
 from harden.lab.net import FleetNet
+from harden.policy.model import build_policy
 from harden.verify.inventory import load_inventory
 
 from .conftest import REPO

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harden.core.policy import build_policy
-from harden.core.render import render
-from harden.core.types import BACKENDS
+from harden.backends import names, render
 from harden.files import load_manifest
+from harden.policy.model import build_policy
 
 from .conftest import REPO
 
@@ -26,7 +25,7 @@ EXAMPLES = sorted((REPO / "rulesets").glob("*.yaml"))
 def rendered(manifest: Path) -> dict[str, str]:
     policy = build_policy(load_manifest(manifest))
     files: dict[str, str] = {}
-    for backend in BACKENDS:
+    for backend in names():
         files.update(render(policy, backend))
     return files
 

@@ -59,7 +59,7 @@ time.sleep(3600)
 GUARD = """\
 import json, sys
 from harden.apply.guard import lockout_reason, ssh_ports, ssh_sessions, tcp_sockets
-from harden.core.policy import build_policy
+from harden.policy.model import build_policy
 from harden.files import parse_manifest
 sockets = tcp_sockets()
 ports = ssh_ports(sockets, set())

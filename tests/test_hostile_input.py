@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from harden.core import safeyaml as safeyaml
-from harden.core.policy import build_policy
-from harden.core.ports import show
-from harden.core.render import IPT_CHAIN_MAX, ipt_chain, render
+from harden.backends import render
+from harden.backends.iptables.rules import IPT_CHAIN_MAX, ipt_chain
 from harden.errors import ExitStatus, ManifestError
 from harden.files import MAX_BYTES, load_manifest, parse_manifest
+from harden.manifest import safeyaml
+from harden.manifest.ports import show
+from harden.policy.model import build_policy
 from harden.verify.inventory import load_inventory
 
 WEB = Path(__file__).parent.parent / "rulesets" / "web-server.yaml"
@@ -199,7 +200,7 @@ def test_chain_names_fit_iptables_with_long_and_shared_names() -> None:
     lines.append(f"  - {{name: '{'1' * 64}', port: 99, proto: tcp, sources: [198.19.0.0/24]}}")
     lines.append(f"  - {{name: {'x' * 64}, port: 98, proto: tcp, sources: [198.19.1.0/24]}}")
     policy = build_policy(parse_manifest("\n".join(lines) + "\n", "m.yaml"))
-    chains = [ipt_chain(allow) for allow in policy.allows if allow.sources4 is not None]
+    chains = [ipt_chain(allow) for allow in policy.allows if allow.sources[4] is not None]
     assert len(chains) == 302
     assert max(len(c) for c in chains) <= IPT_CHAIN_MAX
     assert len(set(chains)) == len(chains)

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from harden.core.policy import build_policy
-from harden.core.proposal import (
+from harden.files import parse_manifest
+from harden.init.host import host_files, listeners, live_ssh_ports, outgoing
+from harden.init.proposal import (
     DOCKER_NOTE,
     RESOLV_CONF,
     RESOLVED_UPSTREAMS,
@@ -40,9 +41,8 @@ from harden.core.proposal import (
     propose_egress,
     timesyncd_servers,
 )
-from harden.files import parse_manifest
-from harden.init import host_files, listeners, live_ssh_ports, outgoing
 from harden.lab.netns import Namespace, connect
+from harden.policy.model import build_policy
 from harden.sockets import parse_ss
 
 from .labutil import HARDEN

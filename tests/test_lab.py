@@ -11,6 +11,7 @@ import yaml
 
 from harden.lab.net import LabNet
 from harden.lab.scenario import run_lab, two_sided
+from harden.verify.options import PortSelection
 
 from .conftest import REPO, own_namespaces
 from .labutil import HARDEN, failing, lab_for, statuses, verify_from, write
@@ -27,7 +28,7 @@ services:
 
 @pytest.mark.parametrize(("backend", "ports"), [("nftables", "all"), ("iptables", "1-5000")])
 def test_lab_before_after(backend: str, ports: str) -> None:
-    result = run_lab(WEB, backend, ports=ports)  # type: ignore[arg-type]
+    result = run_lab(WEB, backend, ports=PortSelection.parse(ports))
     assert result.ok and result.confirmed and not result.rolled_back
     before, *after = result.steps
     assert (before.name, before.report["verdict"]) == ("before", "fail")
@@ -53,7 +54,7 @@ def test_lab_before_after(backend: str, ports: str) -> None:
 
 def test_a_broken_change_is_rolled_back(tmp_path: Path) -> None:
     broken = write(tmp_path, "broken.yaml", FORGETS_SSH)
-    result = run_lab(WEB, ports="1-1000", apply_manifest=broken, before=False)
+    result = run_lab(WEB, ports=PortSelection.parse("1-1000"), apply_manifest=broken, before=False)
     assert not result.ok and result.rolled_back and not result.confirmed
     inside = next(s for s in result.steps if s.vantage == "allowed source")
     assert ("tcp", 22, "silent") in failing(inside.report)
@@ -130,7 +131,7 @@ def test_iptables_for_ipv4_only_leaves_ipv6_open(tmp_path: Path) -> None:
 
 
 def test_reject_host_in_the_lab() -> None:
-    result = run_lab(REPO / "rulesets" / "reject-host.yaml", ports="1-3000")
+    result = run_lab(REPO / "rulesets" / "reject-host.yaml", ports=PortSelection.parse("1-3000"))
     assert result.ok, [s.report["ports"][:5] for s in result.steps]
     after = [s for s in result.steps if s.name == "after"]
     rejected = {
@@ -191,7 +192,9 @@ def test_a_change_that_lets_more_out_is_rolled_back(tmp_path: Path) -> None:
     data = yaml.safe_load(EGRESS.read_text())
     data["egress"] = {"policy": "accept"}  # no output chain: everything leaves
     loose = write(tmp_path, "loose.yaml", yaml.safe_dump(data))
-    result = run_lab(EGRESS, ports="1-1000", apply_manifest=loose, before=False)
+    result = run_lab(
+        EGRESS, ports=PortSelection.parse("1-1000"), apply_manifest=loose, before=False
+    )
     assert not result.ok and result.rolled_back and not result.confirmed
     assert [(s.name, s.passed) for s in result.steps] == [
         ("after", True),

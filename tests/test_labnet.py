@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harden.core.policy import build_policy
 from harden.files import load_manifest
 from harden.lab.net import LabNet
+from harden.policy.model import build_policy
 
 from .conftest import REPO, own_namespaces
 
@@ -19,8 +19,8 @@ def test_outside_is_a_stranger_and_allowed_is_inside_every_source() -> None:
         assert lab.allowed is not None
         restricted = [a for a in policy.allows if a.restricted]
         for allow in restricted:
-            nets4 = allow.sources(4) or ()
-            nets6 = allow.sources(6) or ()
+            nets4 = allow.sources[4] or ()
+            nets6 = allow.sources[6] or ()
             assert not any(lab.outside.v4 in n for n in nets4)
             assert lab.outside.v6 is not None and not any(lab.outside.v6 in n for n in nets6)
         # 198.18.1.10 is the only address inside both ntp's /16 and ssh's single host.

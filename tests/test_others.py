@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from harden.core.others import blocked_declared, manager_of, other_base_chains
-from harden.core.policy import build_policy
+from harden.apply.others import blocked_declared, manager_of, other_base_chains
 from harden.files import parse_manifest
+from harden.policy.model import build_policy
 
 WEB = build_policy(
     parse_manifest("version: 1\nservices:\n  - {name: web, ports: [80, 443], proto: tcp}\n")

@@ -19,17 +19,20 @@ from typing import Any
 
 import pytest
 
-from harden.core.classify import Reason, Reply
-from harden.core.findings import Findings
-from harden.core.metrics import verify_metrics
-from harden.core.nmapxml import nmap_xml
-from harden.core.plan import Target, plan_probes
-from harden.core.policy import build_policy
-from harden.core.report import Report, evaluate
-from harden.core.results import ApplyResult, Drift, StatusReport, Validation
-from harden.core.types import sent_counts
+from harden.apply.results import ApplyResult, Drift, StatusReport, Validation
 from harden.files import load_manifest, parse_manifest
 from harden.lab.scenario import LabResult, Step
+from harden.outputs.jsondoc import verify_json
+from harden.outputs.junit import verify_junit
+from harden.outputs.metrics import verify_metrics
+from harden.outputs.nmapxml import nmap_xml
+from harden.outputs.table import verify_text
+from harden.policy.model import build_policy
+from harden.types import sent_counts
+from harden.verify.classify import Reason, Reply
+from harden.verify.findings import Findings
+from harden.verify.plan import Target, plan_probes
+from harden.verify.report import Report, evaluate
 
 from .conftest import REPO
 
@@ -136,7 +139,7 @@ def absent_report() -> Report:
 
 
 def lab_result() -> LabResult:
-    before = leaky_report().to_json()
+    before: dict[str, Any] = dict(verify_json(leaky_report()))
     after = json.loads(json.dumps(before))
     after.update(verdict="pass", ports=[], notes=[])
     steps = [
@@ -206,21 +209,21 @@ CASES: dict[str, Callable[[], str]] = {
     "status-nothing.txt": lambda: StatusReport("/var/lib/harden").to_text() + "\n",
     "status-egress.json": lambda: dumps(EGRESS_STATUS.to_json()),
     "status-egress.txt": lambda: EGRESS_STATUS.to_text() + "\n",
-    "verify-leaky.json": lambda: dumps(leaky_report().to_json()),
-    "verify-leaky.junit.xml": lambda: leaky_report().to_junit(),
-    "verify-leaky.txt": lambda: leaky_report().to_text(),
-    "verify-reject.json": lambda: dumps(reject_report().to_json()),
-    "verify-reject.junit.xml": lambda: reject_report().to_junit(),
-    "verify-reject.txt": lambda: reject_report().to_text(),
-    "verify-absent.json": lambda: dumps(absent_report().to_json()),
-    "verify-absent.junit.xml": lambda: absent_report().to_junit(),
-    "verify-absent.txt": lambda: absent_report().to_text(),
+    "verify-leaky.json": lambda: dumps(verify_json(leaky_report())),
+    "verify-leaky.junit.xml": lambda: verify_junit(leaky_report()),
+    "verify-leaky.txt": lambda: verify_text(leaky_report()),
+    "verify-reject.json": lambda: dumps(verify_json(reject_report())),
+    "verify-reject.junit.xml": lambda: verify_junit(reject_report()),
+    "verify-reject.txt": lambda: verify_text(reject_report()),
+    "verify-absent.json": lambda: dumps(verify_json(absent_report())),
+    "verify-absent.junit.xml": lambda: verify_junit(absent_report()),
+    "verify-absent.txt": lambda: verify_text(absent_report()),
     "verify-leaky.prom": lambda: verify_metrics(leaky_report()),
     "verify-leaky.nmap.xml": lambda: nmap_xml(leaky_report(), table_names),
     "verify-absent.prom": lambda: verify_metrics(absent_report()),
     "verify-absent.nmap.xml": lambda: nmap_xml(absent_report()),
-    "verify-connect.json": lambda: dumps(connect_report().to_json()),
-    "verify-connect.txt": lambda: connect_report().to_text(),
+    "verify-connect.json": lambda: dumps(verify_json(connect_report())),
+    "verify-connect.txt": lambda: verify_text(connect_report()),
     "lab.json": lambda: dumps(lab_result().to_json()),
     "lab.txt": lambda: lab_result().to_text() + "\n",
 }

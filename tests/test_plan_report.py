@@ -8,16 +8,20 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from harden.core.classify import Reason, Reply
-from harden.core.findings import Findings
-from harden.core.plan import Expect, Target, parse_port_selection, plan_probes
-from harden.core.policy import build_policy
-from harden.core.ports import compress, expand
-from harden.core.report import Status, evaluate
-from harden.core.types import Address, sent_counts
-from harden.core.witness import Observed, Reading, compare
 from harden.errors import OptionError
 from harden.files import parse_manifest
+from harden.manifest.ports import compress, expand
+from harden.outputs.jsondoc import verify_json
+from harden.outputs.junit import verify_junit
+from harden.outputs.table import verify_text
+from harden.policy.model import build_policy
+from harden.types import Address, sent_counts
+from harden.verify.classify import Reason, Reply
+from harden.verify.findings import Findings
+from harden.verify.options import PortSelection
+from harden.verify.plan import Expect, Target, plan_probes
+from harden.verify.report import Status, evaluate
+from harden.verify.witness import Observed, Reading, compare
 
 MANIFEST = """
 version: 1
@@ -58,10 +62,10 @@ def test_reject_mode_and_ipv6_off() -> None:
 
 
 def test_port_selection() -> None:
-    assert parse_port_selection("declared") == "declared"
-    assert parse_port_selection("1-3, 8080") == (1, 2, 3, 8080)
+    assert PortSelection.parse("declared").plan == "declared"
+    assert PortSelection.parse("1-3, 8080").plan == (1, 2, 3, 8080)
     with pytest.raises(OptionError, match=r"^ports: "):
-        parse_port_selection("0-5")
+        PortSelection.parse("0-5")
     policy = build_policy(parse_manifest(MANIFEST))
     plan = plan_probes(policy, [STRANGER], "declared")
     assert list(plan.ports(STRANGER, "tcp")) == [22, 80, 443]
@@ -91,7 +95,7 @@ def test_pass_when_declared_open_and_rest_silent() -> None:
     udp = {53: Reply(4, "udp", 53, 41000, Reason.UDP_REPLY)}
     report = evaluate(plan, findings_for({80: syn_ack(80), 443: syn_ack(443)}, udp))
     assert report.verdict == "pass" and report.exit_status == 0
-    data = report.to_json()
+    data = verify_json(report)
     assert data["schema"] == "harden.verify/2"
     assert {(p["proto"], p["port"], p["status"]) for p in data["ports"]} == {
         ("tcp", 80, "ok"),
@@ -101,7 +105,7 @@ def test_pass_when_declared_open_and_rest_silent() -> None:
     silent = {(s["proto"], tuple(s["ranges"])) for s in data["conforming"]}
     assert silent == {("tcp", ("22", "53", "99")), ("udp", ("22", "80", "99", "443"))}
     json.dumps(data)
-    assert "PASS" in report.to_text()
+    assert "PASS" in verify_text(report)
 
 
 def test_leaks_fail_and_name_the_port() -> None:
@@ -112,7 +116,7 @@ def test_leaks_fail_and_name_the_port() -> None:
     assert report.verdict == "fail" and report.exit_status == 1
     failed = {(e.proto, e.port, e.observed) for e in report.failures}
     assert failed == {("tcp", 99, "closed"), ("udp", 22, "closed")}
-    suite = ET.fromstring(report.to_junit())
+    suite = ET.fromstring(verify_junit(report))
     failures = suite.findall(".//failure")
     assert len(failures) == 2
     assert "tcp/99" in "".join(f.text or "" for f in failures)
@@ -145,7 +149,7 @@ def test_reject_mode_needs_at_least_one_admin_prohibited() -> None:
     }
     assert {(s.proto, s.observed) for s in ok.unproven} == {("udp", "silent-unproven")}
     assert ok.verdict == "inconclusive" and ok.exit_status == 5
-    assert "INCONCLUSIVE" in ok.to_text() and 'errors="1"' in ok.to_junit()
+    assert "INCONCLUSIVE" in verify_text(ok) and 'errors="1"' in verify_junit(ok)
     # With every UDP port answered, every port is proven.
     every = {p: Reply(4, "udp", p, 41000, Reason.PROHIBITED, 13) for p in (1, 2, 3)}
     assert evaluate(plan, findings_for({2: prohibited}, every)).verdict == "pass"
@@ -175,9 +179,9 @@ def test_a_target_that_never_answered_is_inconclusive_never_pass() -> None:
     nothing.replies[(STRANGER, "udp")] = {}
     report = evaluate(plan, nothing)
     assert report.verdict == "inconclusive" and report.exit_status == 5
-    assert report.to_json()["verdict"] == "inconclusive"
-    assert "INCONCLUSIVE" in report.to_text()
-    assert 'error message="inconclusive"' in report.to_junit()
+    assert verify_json(report)["verdict"] == "inconclusive"
+    assert "INCONCLUSIVE" in verify_text(report)
+    assert 'error message="inconclusive"' in verify_junit(report)
     # A leak seen on another target is still a FAIL.
     other = Target(ip_address("198.19.254.9"), STRANGER.source)
     plan2 = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER, other], (99,))
@@ -191,7 +195,7 @@ def test_budget_spent_ports_are_unproven_not_conforming() -> None:
     plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (7, 8, 9))
     f = findings_for({}, {7: Reply(4, "udp", 7, 41000, Reason.PORT_UNREACHABLE, 3)})
     f.unproven[(STRANGER, "udp")] = "unprobed"
-    data = evaluate(plan, f).to_json()
+    data = verify_json(evaluate(plan, f))
     assert data["verdict"] == "fail"
     assert not any(s["proto"] == "udp" for s in data["conforming"])
     assert [(s["proto"], s["observed"], s["ranges"]) for s in data["unproven"]] == [
@@ -204,7 +208,7 @@ def test_declared_ports_outside_a_ports_subset_are_listed_as_skipped() -> None:
     text = MANIFEST + "  - {name: wg, port: 51820, proto: udp}\n"
     plan = plan_probes(build_policy(parse_manifest(text)), [STRANGER], tuple(range(1, 1025)))
     report = evaluate(plan, findings_for({}))
-    skipped = report.to_json()["skipped"]
+    skipped = verify_json(report)["skipped"]
     assert {"proto": "udp", "ranges": ["51820"]}.items() <= skipped[0].items()
     assert any("outside --ports" in n for n in report.notes)
 

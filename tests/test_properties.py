@@ -15,11 +15,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harden.core.policy import build_policy
-from harden.core.render import render
+from harden.backends import render
 from harden.errors import ManifestError
 from harden.files import parse_manifest
 from harden.lab.netns import Namespace
+from harden.policy.model import build_policy
 
 BLOCK = 65  # the port space cut into 1008 blocks: one entry per block, so none overlap
 NAME_CHARS = st.characters(codec="utf-8", exclude_categories=["Cs"])

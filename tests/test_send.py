@@ -9,7 +9,7 @@ import time
 import pytest
 
 from harden.errors import EnvironmentProblem
-from harden.verify.raw import IP_RECVERR, send_until_sent
+from harden.verify.engine.raw import IP_RECVERR, send_until_sent
 
 
 class Refusing:
@@ -73,7 +73,7 @@ def test_a_real_socket_reporting_an_icmp_error_on_send_still_sends() -> None:
         sink.close()
 
 
-# -- sendmmsg batches (harden/verify/batch.py) ------------------------------------------
+# -- sendmmsg batches (harden/verify/engine/batch.py) ------------------------------------------
 
 
 def _receiver() -> socket.socket:
@@ -96,7 +96,7 @@ def _drain(sink: socket.socket) -> list[bytes]:
 def test_a_batch_sends_every_slot_once() -> None:
     from ipaddress import ip_address
 
-    from harden.verify import batch
+    from harden.verify.engine import batch
 
     if not batch.available():
         pytest.skip("this C library has no sendmmsg")
@@ -113,7 +113,7 @@ def test_a_refused_slot_is_resent_and_the_rest_still_go(monkeypatch: pytest.Monk
     import ctypes
     from ipaddress import ip_address
 
-    from harden.verify import batch
+    from harden.verify.engine import batch
 
     if not batch.available():
         pytest.skip("this C library has no sendmmsg")
@@ -150,7 +150,7 @@ def test_a_borrowed_batch_goes_to_the_next_sweeps_target() -> None:
     """Batches are shared between targets: a returned one is readdressed, never stale."""
     from ipaddress import ip_address
 
-    from harden.verify import batch
+    from harden.verify.engine import batch
 
     if not batch.available():
         pytest.skip("this C library has no sendmmsg")
@@ -169,7 +169,7 @@ def test_a_borrowed_batch_goes_to_the_next_sweeps_target() -> None:
 
 
 def test_the_capture_filter_compiles_with_libpcap_and_bad_ones_say_why() -> None:
-    from harden.verify import bpf
+    from harden.verify.engine import bpf
 
     program = bpf.compile_raw("src host 198.51.100.7 or src host fd00::7")
     assert program[-1][0] == 0x06  # BPF_RET: a complete program

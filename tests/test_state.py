@@ -213,7 +213,8 @@ def test_a_state_directory_owned_by_another_user_is_refused(tmp_path: Path) -> N
 
 
 def test_a_snapshot_that_reaches_beyond_hardens_table_is_refused() -> None:
-    from harden.apply.backends import iptables, nft
+    from harden.backends.iptables import firewall as iptables
+    from harden.backends.nftables import firewall as nft
 
     nft.refuse_foreign_snapshot("")
     nft.refuse_foreign_snapshot("table inet harden {\n\tchain input {\n\t}\n}\n")

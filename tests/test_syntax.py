@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harden.core.policy import build_policy
-from harden.core.render import render
+from harden.backends import render
 from harden.files import parse_manifest
 from harden.lab.netns import Namespace
+from harden.policy.model import build_policy
 
 from .conftest import REPO
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harden.core.classify import State, nmap_state
+from harden.verify.classify import State, nmap_state
 
 from .labutil import (
     HARDEN,

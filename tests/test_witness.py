@@ -18,9 +18,9 @@ from xml.etree import ElementTree
 import pytest
 
 from harden.apply.hostinfo import icmp_settings
-from harden.core.types import Verdict, sent_counts
-from harden.core.witness import TCP_SLACK, Observed, Reading, compare, judge, parse_reading
 from harden.lab.netns import Namespace, connect
+from harden.types import Verdict, sent_counts
+from harden.verify.witness import TCP_SLACK, Observed, Reading, compare, judge, parse_reading
 
 from .conftest import REPO
 from .labutil import HARDEN, counters_command, routed, write

@@ -16,34 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harden.core.types import Backend
+from harden.backends import REGISTRY, spec
 from harden.errors import StateError
 from harden.files import write_atomic
 
 HARDEN_ETC = Path("etc/harden")
-RULE_FILES: dict[Backend, tuple[str, ...]] = {
-    "nftables": ("harden.nft",),
-    "iptables": ("harden.rules.v4", "harden.rules.v6"),
-}
 UNIT = Path("etc/systemd/system/harden.service")
 WANTS = Path("etc/systemd/system/sysinit.target.wants/harden.service")
 NFT_CONF = Path("etc/nftables.conf")
-# iptables backend: dockerd inserts its FORWARD rules ahead of harden's jump each time it
-# starts (after harden.service, at boot). This drop-in moves harden's forward check into
-# DOCKER-USER, which Docker keeps first, once dockerd is up: what apply does on a host
-# where Docker runs. Ignored by systemd where Docker is not installed.
-DOCKER_DROPIN = Path("etc/systemd/system/docker.service.d/harden.conf")
-_DOCKER_DROPIN_TEXT = """\
-# Written by harden apply --persist (iptables backend): Docker inserts its FORWARD rules
-# ahead of harden's jump when it starts; harden's forward check moves into DOCKER-USER,
-# which Docker keeps first. docs/design.md, "Idempotence and persistence".
-[Service]
-ExecStartPost=-/bin/sh -c '{tool} -n -L HARDEN-FORWARD >/dev/null 2>&1 || exit 0; \\
-  {tool} -n -L DOCKER-USER >/dev/null 2>&1 || exit 0; \\
-  {tool} -C DOCKER-USER -j HARDEN-FORWARD 2>/dev/null || \\
-  {tool} -I DOCKER-USER 1 -j HARDEN-FORWARD; \\
-  while {tool} -D FORWARD -j HARDEN-FORWARD 2>/dev/null; do :; done'
-"""
 # What earlier versions added to Debian's nftables.conf; removed on the next persist.
 OLD_INCLUDE = ("# added by harden", 'include "/etc/harden/harden.nft"')
 
@@ -54,7 +34,7 @@ Description=harden firewall ({what})
 DefaultDependencies=no
 Before=network-pre.target shutdown.target
 Wants=network-pre.target
-Conflicts=shutdown.target
+{after}Conflicts=shutdown.target
 
 [Service]
 Type=oneshot
@@ -64,91 +44,60 @@ _TAIL = """
 [Install]
 WantedBy=sysinit.target
 """
-# firewalld's iptables backend flushes every chain of the filter tables as it loads its
-# own: harden's chains load after it. firewalld runs before network-pre.target, so this
-# keeps harden there too; without firewalld the ordering is void. firewalld counts as
-# started once it holds its D-Bus name, before its rules are in: the unit also waits (up
-# to 10 s) until firewall-cmd --state says it is running.
-_AFTER: dict[Backend, str] = {"nftables": "", "iptables": "After=firewalld.service\n"}
-_WAIT_FIREWALLD = (
-    "ExecStartPre=/bin/sh -c 'systemctl -q is-active firewalld.service || exit 0; i=0;"
-    " until firewall-cmd --state >/dev/null 2>&1; do i=$((i+1)); [ $i -ge 100 ] && exit 0;"
-    " sleep 0.1; done'"
-)
 
 
-_EXEC: dict[Backend, tuple[str, ...]] = {
-    # The file declares, deletes and recreates table inet harden: one transaction that
-    # touches no other table.
-    "nftables": ("ExecStart=/usr/sbin/nft -f /etc/harden/harden.nft",),
-    "iptables": (
-        _WAIT_FIREWALLD,
-        "ExecStart=/usr/sbin/iptables-restore --noflush /etc/harden/harden.rules.v4",
-        "ExecStart=/usr/sbin/ip6tables-restore --noflush /etc/harden/harden.rules.v6",
-        "ExecStart=/bin/sh -c 'iptables -C INPUT -j HARDEN-INPUT"
-        " || iptables -I INPUT 1 -j HARDEN-INPUT'",
-        "ExecStart=/bin/sh -c 'ip6tables -C INPUT -j HARDEN-INPUT"
-        " || ip6tables -I INPUT 1 -j HARDEN-INPUT'",
-        "ExecStart=/bin/sh -c 'iptables -C FORWARD -j HARDEN-FORWARD"
-        " || iptables -I FORWARD 1 -j HARDEN-FORWARD'",
-        "ExecStart=/bin/sh -c 'ip6tables -C FORWARD -j HARDEN-FORWARD"
-        " || ip6tables -I FORWARD 1 -j HARDEN-FORWARD'",
-        # Egress: only a ruleset that restricts it has HARDEN-OUTPUT.
-        "ExecStart=/bin/sh -c 'iptables -n -L HARDEN-OUTPUT >/dev/null 2>&1 || exit 0;"
-        " iptables -C OUTPUT -j HARDEN-OUTPUT || iptables -I OUTPUT 1 -j HARDEN-OUTPUT'",
-        "ExecStart=/bin/sh -c 'ip6tables -n -L HARDEN-OUTPUT >/dev/null 2>&1 || exit 0;"
-        " ip6tables -C OUTPUT -j HARDEN-OUTPUT || ip6tables -I OUTPUT 1 -j HARDEN-OUTPUT'",
-    ),
-}
-
-
-def unit_text(backend: Backend) -> str:
+def unit_text(backend: str) -> str:
     """The harden.service unit that loads ``backend``'s boot files."""
-    what = "table inet harden" if backend == "nftables" else "iptables chains HARDEN-*"
-    head = _HEAD.format(what=what).replace(
-        "Wants=network-pre.target\n", "Wants=network-pre.target\n" + _AFTER[backend]
-    )
-    return head + "\n".join(_EXEC[backend]) + "\n" + _TAIL
+    found = spec(backend)
+    after = "".join(f"{line}\n" for line in found.boot_after)
+    head = _HEAD.format(what=found.owns, after=after)
+    return head + "\n".join(found.boot_exec) + "\n" + _TAIL
 
 
-def docker_dropin_text() -> str:
-    """The docker.service drop-in of the iptables backend (IPv4 and IPv6 lines)."""
-    head, _, line = _DOCKER_DROPIN_TEXT.partition("ExecStartPost=")
-    return head + "".join(f"ExecStartPost={line.format(tool=t)}" for t in ("iptables", "ip6tables"))
+def _rule_paths(root: Path) -> list[Path]:
+    """Every backend's rule files under ``root``."""
+    return [root / HARDEN_ETC / name for found in REGISTRY.values() for name in found.rule_files]
+
+
+def _extras(root: Path) -> list[Path]:
+    """Every backend's other boot files (drop-ins) under ``root``."""
+    return [root / name for found in REGISTRY.values() for name in found.boot_extras]
 
 
 def targets(root: Path) -> list[Path]:
     """Every regular file a persist may write or remove under ``root`` (both backends)."""
-    rules = [root / HARDEN_ETC / name for names in RULE_FILES.values() for name in names]
-    return [*rules, root / UNIT, root / NFT_CONF, root / DOCKER_DROPIN]
+    return [*_rule_paths(root), root / UNIT, root / NFT_CONF, *_extras(root)]
 
 
-def install(backend: Backend, files: dict[str, str], root: Path) -> list[Path]:
-    """Write ``backend``'s boot files, remove the other's, enable the unit; return what changed."""
-    if set(files) != set(RULE_FILES[backend]):
+def _unlink_others(paths: list[Path], keep: list[Path]) -> list[Path]:
+    """Remove the files of ``paths`` that are not in ``keep``; return those removed."""
+    removed = []
+    for path in paths:
+        if path not in keep and path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def install(backend: str, files: dict[str, str], root: Path) -> list[Path]:
+    """Write ``backend``'s boot files, remove the others', enable the unit; return what changed."""
+    found = spec(backend)
+    if set(files) != set(found.rule_files):
         raise StateError(f"not an {backend} ruleset: {sorted(files)}")
     written = []
     for name, text in sorted(files.items()):
         path = root / HARDEN_ETC / name
         write_atomic(path, text, mode=0o644)
         written.append(path)
-    for other, names in RULE_FILES.items():
-        if other != backend:
-            for name in names:
-                stale = root / HARDEN_ETC / name
-                if stale.exists():
-                    stale.unlink()
-                    written.append(stale)
+    written += _unlink_others(_rule_paths(root), written)
     unit = root / UNIT
     write_atomic(unit, unit_text(backend), mode=0o644)
     written.append(unit)
-    dropin = root / DOCKER_DROPIN
-    if backend == "iptables":
-        write_atomic(dropin, docker_dropin_text(), mode=0o644)
-        written.append(dropin)
-    elif dropin.is_file():
-        dropin.unlink()
-        written.append(dropin)
+    extras = []
+    for name, text in found.boot_extras.items():
+        write_atomic(root / name, text, mode=0o644)
+        extras.append(root / name)
+    written += extras + _unlink_others(_extras(root), extras)
     written += _drop_old_include(root)
     written.append(enable(root))
     return written
@@ -187,15 +136,14 @@ def disable(root: Path) -> None:
         link.unlink()
 
 
-def read_rules(root: Path, backend: Backend) -> dict[str, str]:
+def read_rules(root: Path, backend: str) -> dict[str, str]:
     """``backend``'s boot rule files under ``root``, by name (as render() returns them)."""
-    return {name: (root / HARDEN_ETC / name).read_text() for name in RULE_FILES[backend]}
+    return {name: (root / HARDEN_ETC / name).read_text() for name in spec(backend).rule_files}
 
 
 def present(root: Path) -> bool:
     """Whether any of harden's boot files (either backend's rules, or the unit) is under root."""
-    rules = [root / HARDEN_ETC / name for names in RULE_FILES.values() for name in names]
-    return any(path.is_file() for path in (*rules, root / UNIT))
+    return any(path.is_file() for path in (*_rule_paths(root), root / UNIT))
 
 
 def uninstall(root: Path) -> list[Path]:
@@ -205,8 +153,7 @@ def uninstall(root: Path) -> list[Path]:
     earlier versions. Nothing else is touched: other units, the rest of nftables.conf.
     """
     removed = []
-    rules = [root / HARDEN_ETC / name for names in RULE_FILES.values() for name in names]
-    for path in (*rules, root / UNIT, root / WANTS, root / DOCKER_DROPIN):
+    for path in (*_rule_paths(root), root / UNIT, root / WANTS, *_extras(root)):
         if path.is_symlink() or path.is_file():
             path.unlink()
             removed.append(path)
@@ -216,9 +163,9 @@ def uninstall(root: Path) -> list[Path]:
 def describe(root: Path) -> dict[str, Any]:
     """What loads at boot under ``root``: the backend whose files are there, and if enabled."""
     found = [
-        backend
-        for backend, names in RULE_FILES.items()
-        if all((root / HARDEN_ETC / name).is_file() for name in names)
+        name
+        for name, backend in REGISTRY.items()
+        if all((root / HARDEN_ETC / file).is_file() for file in backend.rule_files)
     ]
     unit = (root / UNIT).is_file()
     enabled = unit and (root / WANTS).is_symlink()

@@ -31,10 +31,10 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from harden.core.policy import Policy
-from harden.core.types import Address
 from harden.errors import EnvironmentProblem
+from harden.policy.model import Policy
 from harden.sockets import TcpSocket, Trusted, normalise, root_process, run_ss, trusted_owner
+from harden.types import Address
 
 Session = tuple[Address, int]  # (peer address, local port)
 

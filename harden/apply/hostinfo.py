@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from harden.core.others import EGRESS_HOOKS, HOOKS, BaseChain, blocked_declared, other_base_chains
-from harden.core.policy import Policy
+from harden.apply.others import EGRESS_HOOKS, HOOKS, BaseChain, blocked_declared, other_base_chains
 from harden.errors import HardenError
+from harden.policy.model import Policy
 
 PROC_SYS = Path("/proc/sys/net")
 DEST_UNREACH = {4: 3, 6: 1}  # the ICMP / ICMPv6 type of destination unreachable
@@ -85,7 +85,7 @@ def other_firewalls(policy: Policy | None = None) -> tuple[list[BaseChain], list
     iptables-legacy rules, which live outside nftables where ``nft`` cannot see them.
     Nothing here changes the host.
     """
-    from harden.apply.backends.nft import NftFirewall
+    from harden.backends.nftables.firewall import NftFirewall
 
     warnings: list[str] = []
     try:

@@ -18,11 +18,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal
 
 from harden import defaults
 from harden.apply import boot
-from harden.core.types import Backend
+from harden.backends import REGISTRY
 from harden.errors import (
     ApplyError,
     InternalError,
@@ -30,6 +30,7 @@ from harden.errors import (
     StateError,
     UnsafeStateDir,
 )
+from harden.types import Backend
 
 DEFAULT_STATE_DIR = defaults.STATE_DIR
 HISTORY = 20  # events kept
@@ -215,7 +216,7 @@ def _applied(data: dict[str, Any] | None) -> Applied | None:
     if data is None:
         return None
     applied = Applied(**data)
-    if applied.backend not in get_args(Backend):
+    if applied.backend not in REGISTRY:
         raise ValueError(f"unknown backend {applied.backend!r}")
     return applied
 
@@ -432,10 +433,10 @@ class StateDir:
             return None
         backends = data.get("backends") if isinstance(data, dict) else None
         if not isinstance(backends, dict) or not all(
-            k in get_args(Backend) and isinstance(v, str) for k, v in backends.items()
+            k in REGISTRY and isinstance(v, str) for k, v in backends.items()
         ):
             raise StateError(f"{self.snapshot_file} is not a snapshot harden wrote")
-        return {cast(Backend, k): v for k, v in backends.items()}
+        return {str(k): v for k, v in backends.items()}
 
     def drop_snapshot(self) -> None:
         """Forget the snapshot (after a rollback used it)."""

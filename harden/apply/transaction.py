@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from harden.apply import boot
-from harden.apply.backends import Firewall, firewall, other
 from harden.apply.guard import lockout_reason, require_namespace
 from harden.apply.hostinfo import FIREWALLD_IPTABLES, firewalld, other_firewalls
+from harden.apply.results import ApplyResult, Drift, Removed, StatusReport, Validation
 from harden.apply.state import Applied, Pending, State, StateDir
-from harden.core.policy import Policy, build_policy
-from harden.core.results import ApplyResult, Drift, Removed, StatusReport, Validation
-from harden.core.types import BACKENDS, Backend
+from harden.backends import Firewall, firewall, names, others
 from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused, Refused
 from harden.files import read_manifest, write_atomic
+from harden.policy.model import Policy, build_policy
+from harden.types import Backend
 
 WATCHDOG = "harden.apply.watchdog"
 WATCHDOG_START_SECONDS = 10.0
@@ -293,7 +293,7 @@ def remove(state_dir: Path, root: Path = Path("/")) -> Removed:
         state = states.load()
         state.ensure_settled()
         gone = []
-        for backend in BACKENDS:
+        for backend in names():
             fw = firewall(backend)
             try:
                 loaded = bool(fw.live())
@@ -318,13 +318,16 @@ def _note_others(result: ApplyResult, policy: Policy) -> ApplyResult:
 
 
 def _other_backend_rules(backend: Backend) -> dict[Backend, str]:
-    """Snapshot of harden's rules in the other backend, if any are loaded there."""
-    name = other(backend)
-    try:
-        snapshot = firewall(name).snapshot()
-    except EnvironmentProblem:
-        return {}  # that backend's tools are not installed: it cannot hold rules
-    return {name: snapshot} if snapshot else {}
+    """Snapshots of harden's rules in the other backends, where any are loaded."""
+    found = {}
+    for name in others(backend):
+        try:
+            snapshot = firewall(name).snapshot()
+        except EnvironmentProblem:
+            continue  # that backend's tools are not installed: it cannot hold rules
+        if snapshot:
+            found[name] = snapshot
+    return found
 
 
 def _put_back(snapshots: Mapping[Backend, str]) -> None:

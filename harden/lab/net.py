@@ -17,10 +17,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import TracebackType
 from typing import Self
 
-from harden.core.policy import Policy
-from harden.core.types import Address
 from harden.errors import EnvironmentProblem
 from harden.lab.netns import Namespace, connect, require_root
+from harden.policy.model import Policy
+from harden.types import Address
 
 Net = IPv4Network | IPv6Network
 
@@ -92,7 +92,7 @@ class LabNet(_Namespaces):
     _responder: subprocess.Popen[str] | None = field(init=False, default=None)
 
     def _build(self) -> None:
-        sources = [n for a in self.policy.allows for fam in (4, 6) for n in a.sources(fam) or ()]
+        sources = [n for a in self.policy.allows for fam in (4, 6) for n in a.sources[fam] or ()]
         net4 = _first_free(OUTSIDE_V4, sources)
         net6 = _first_free(OUTSIDE_V6, sources)
         server_ns, outside_ns = self._ns("srv"), self._ns("out")

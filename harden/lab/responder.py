@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from harden.core.ports import PortRange, parse_port
+from harden.manifest.ports import PortRange, parse_port
 
 MAX_SOCKETS = 4096  # stay well under the default open-file limit
 

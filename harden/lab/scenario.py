@@ -39,16 +39,18 @@ from rich.console import Console
 from rich.table import Table
 
 from harden import defaults
-from harden.core.policy import Policy, build_policy
-from harden.core.ports import PortRange, merge
-from harden.core.types import Address, Backend
 from harden.errors import EnvironmentProblem
 from harden.files import load_manifest
 from harden.lab.net import Host, LabNet
+from harden.manifest.ports import PortRange, merge
+from harden.policy.model import Policy, build_policy
 from harden.text import one_line
+from harden.types import Address, Backend
+from harden.verify.options import PortSelection
 
 # -I: the lab runs as root, and a Python that put its working directory (or PYTHONPATH)
 # on sys.path would run whatever harden/ package a user planted there.
+ALL_PORTS = PortSelection("all")
 HARDEN = [sys.executable, "-I", "-m", "harden.cli"]
 
 
@@ -162,7 +164,7 @@ def run_lab(
     confirm_window: int = defaults.LAB_CONFIRM_WINDOW,
     progress: Say = lambda message: None,
     before: bool = True,
-    ports: str = "all",
+    ports: PortSelection = ALL_PORTS,
     apply_manifest: Path | None = None,
 ) -> LabResult:
     """Build the lab, run before/apply/after, confirm or roll back, tear everything down.
@@ -213,7 +215,7 @@ def _after(
     backend: Backend,
     tmp: str,
     limits: list[str],
-    ports: str,
+    ports: PortSelection,
     progress: Say,
 ) -> list[Step]:
     """Verify the hardened server from every vantage point, with the witness."""
@@ -243,7 +245,13 @@ def _after(
 
 
 def _egress(
-    lab: LabNet, policy: Policy, manifest: Path, when: str, tmp: str, ports: str, progress: Say
+    lab: LabNet,
+    policy: Policy,
+    manifest: Path,
+    when: str,
+    tmp: str,
+    ports: PortSelection,
+    progress: Say,
 ) -> list[Step]:
     """The egress proof from the server itself, the outside host as the sink.
 
@@ -272,14 +280,14 @@ def _egress(
     return [step]
 
 
-def egress_ports(policy: Policy, ports: str) -> str:
+def egress_ports(policy: Policy, ports: PortSelection) -> str:
     """The lab's ``--ports`` for the egress proof.
 
     'all' and lists like 1-1024 as given; 'declared' (which egress does not know) becomes
     1-1024 plus every declared egress port: a bounded sweep that still covers them.
     """
-    if ports != "declared":
-        return ports
+    if ports.kind != "declared":
+        return str(ports)
     declared = [rng for out in policy.outbound for rng in out.ports]
     return ",".join(str(rng) for rng in merge([PortRange(1, 1024), *declared]))
 
@@ -382,9 +390,9 @@ def _verify(
     vantage: str = "outside",
     *,
     limits: list[str],
-    ports: str = "all",
+    ports: PortSelection = ALL_PORTS,
 ) -> Step:
-    targets = [*limits, "--ports", ports, "--target", str(lab.server.v4)]
+    targets = [*limits, "--ports", str(ports), "--target", str(lab.server.v4)]
     for address in host.extra:
         targets += ["--source", str(address)]
     if host.v6 is not None and lab.server.v6 is not None:

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harden.core.parse import field_path
-from harden.core.policy import Policy, build_policy
-from harden.core.ports import show
-from harden.core.safeyaml import load_yaml
-from harden.core.types import Address
 from harden.errors import ManifestError
 from harden.files import load_manifest, read_text
+from harden.manifest.parse import field_path
+from harden.manifest.ports import show
+from harden.manifest.safeyaml import load_yaml
+from harden.policy.model import Policy, build_policy
 from harden.text import one_line
+from harden.types import Address
 
 
 class _Host(BaseModel):

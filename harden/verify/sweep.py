@@ -8,20 +8,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from harden import defaults
-from harden.core.findings import Findings
-from harden.core.plan import Target, merge_plans, parse_port_selection, plan_probes
-from harden.core.policy import Policy
-from harden.core.report import Report, evaluate
-from harden.core.types import Address
-from harden.core.witness import Reading, compare, parse_reading
 from harden.errors import EnvironmentProblem, OptionError
+from harden.policy.model import Policy
 from harden.text import one_line
-from harden.verify.connect import ConnectTransport
-from harden.verify.raw import RawTransport, raw_available
-from harden.verify.rounds import Options, Progress, no_progress, verify
-from harden.verify.route import Neighbours, Route, link_probe, neighbour_confirmed, route_to
-from harden.verify.transport import Transport
+from harden.types import Address
+from harden.verify.engine.connect import ConnectTransport
+from harden.verify.engine.raw import RawTransport, raw_available
+from harden.verify.engine.rounds import Options, Progress, no_progress, verify
+from harden.verify.engine.route import Neighbours, Route, link_probe, neighbour_confirmed, route_to
+from harden.verify.engine.transport import Transport
+from harden.verify.findings import Findings
+from harden.verify.options import PortSelection, Probing
+from harden.verify.plan import Target, merge_plans, plan_probes
+from harden.verify.report import Report, evaluate
+from harden.verify.witness import Reading, compare, parse_reading
 
 
 def resolve_targets(
@@ -44,19 +44,15 @@ def resolve_targets(
 
 def run_verify(
     hosts: list[tuple[Policy, list[Address]]],
+    ports: PortSelection,
+    probing: Probing,
     *,
-    ports: str = "all",
-    wait: float = defaults.WAIT,
-    retries: int = defaults.RETRIES,
-    ratelimit_ms: dict[int, int] | None = None,
-    extra_sources: tuple[Address, ...] = (),
-    seen_as: dict[int, Address] | None = None,
-    witness: str | None = None,
     progress: bool = False,
 ) -> Report:
     """Probe each host's addresses against its policy, all at once; one evaluated report."""
-    selection = parse_port_selection(ports)
-    resolved = [resolve_targets(addresses, seen_as) for _, addresses in hosts]
+    selection = ports.plan
+    witness, extra_sources = probing.witness, probing.sources
+    resolved = [resolve_targets(addresses, dict(probing.seen_as)) for _, addresses in hosts]
     routes: dict[Target, Route] = {t: r for pairs in resolved for t, r in pairs}
     started = time.time()
     # The capture first: the UDP schedule counts from its start, so planning, the
@@ -67,7 +63,9 @@ def run_verify(
     # the only link-layer evidence: read them before the first probe goes out.
     neighbours = Neighbours({}) if raw else Neighbours.now()
     transport: Transport = (
-        RawTransport(list(routes.values()), extra_sources) if raw else ConnectTransport(wait)
+        RawTransport(list(routes.values()), extra_sources)
+        if raw
+        else ConnectTransport(probing.wait)
     )
     try:
         plan = merge_plans(
@@ -77,7 +75,7 @@ def run_verify(
             ]
         )
         before = read_witness(witness) if witness else None
-        options = _options(wait, retries, ratelimit_ms, extra_sources, before)
+        options = _options(probing, before)
         with _progress_bar(progress) as callback:
             findings = verify(plan, list(routes), transport, options, callback)
     finally:
@@ -97,24 +95,18 @@ def run_verify(
     return report
 
 
-def _options(
-    wait: float,
-    retries: int,
-    ratelimit_ms: dict[int, int] | None,
-    extra_sources: tuple[Address, ...],
-    before: Reading | None,
-) -> Options:
+def _options(probing: Probing, before: Reading | None) -> Options:
     """The engine's options: the ICMP rate limits from the witness reading where it has them."""
-    limits = ratelimit_ms or {4: defaults.ICMP_RATELIMIT_MS, 6: defaults.ICMP_RATELIMIT_MS}
+    limits = probing.ratelimit_ms
     read = frozenset(before.icmp) if before else frozenset()
     return Options(
-        wait=wait,
-        retries=retries,
+        wait=probing.wait,
+        retries=probing.retries,
         # The target's own ICMP settings, where its witness reported them.
         ratelimit_ms={
             f: before.icmp[f].interval_ms if before and f in read else limits[f] for f in (4, 6)
         },
-        extra_sources=extra_sources,
+        extra_sources=probing.sources,
         ratelimit_read=read,
     )
 

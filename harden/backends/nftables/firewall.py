@@ -1,0 +1,211 @@
+"""nftables through the official libnftables bindings (Debian's python3-nftables)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harden.apply import boot
+from harden.backends.nftables.rules import NFT_FILE, render
+from harden.errors import ApplyError, EnvironmentProblem, StateError
+from harden.policy.model import Policy
+from harden.text import one_line
+from harden.types import Backend
+
+TABLE = "inet harden"
+
+
+class NftFirewall:
+    """Loads, snapshots and restores ``table inet harden``; never touches another table."""
+
+    name: Backend = "nftables"
+    atomic: bool = True
+
+    def __init__(self) -> None:
+        try:
+            import nftables
+        except ImportError as exc:
+            raise EnvironmentProblem(
+                "the nftables Python bindings are missing (Debian package python3-nftables; "
+                "a virtualenv needs --system-site-packages)"
+            ) from exc
+        self._nft = nftables.Nftables()
+        self._nft.set_json_output(False)
+
+    def _run(
+        self, text: str, *, dry: bool = False, stateless: bool = False
+    ) -> tuple[int, str, str]:
+        self._nft.set_dry_run(dry)
+        self._nft.set_stateless_output(stateless)
+        try:
+            rc, out, err = self._nft.cmd(text)
+        finally:
+            self._nft.set_dry_run(False)
+        return int(rc), str(out), str(err)
+
+    def render(self, policy: Policy) -> dict[str, str]:
+        """``harden.nft``: one ``table inet harden`` transaction."""
+        return render(policy)
+
+    def check(self, files: dict[str, str]) -> str:
+        """Dry-run the whole transaction in the kernel (nft -c); the canonical form."""
+        rc, _, err = self._run(files[NFT_FILE], dry=True)
+        if rc != 0:
+            raise ApplyError(
+                f"the kernel refused the ruleset (nothing changed): {one_line(err, 400)}"
+            )
+        return self._canonical(files)
+
+    def snapshot(self) -> str:
+        """The live table with its counters, or "" if harden has no table."""
+        rc, out, _ = self._run(f"list table {TABLE}")
+        return out if rc == 0 else ""
+
+    def load(self, files: dict[str, str]) -> None:
+        """Load the rendered file: declare, delete and recreate the table in one transaction."""
+        rc, _, err = self._run(files[NFT_FILE])
+        if rc != 0:
+            raise ApplyError(f"loading the ruleset failed (nothing changed): {one_line(err, 400)}")
+
+    def restore(self, snapshot: str) -> None:
+        """Reload a snapshot atomically, or delete harden's table if there was none."""
+        refuse_foreign_snapshot(snapshot)
+        text = f"table {TABLE}\ndelete table {TABLE}\n"
+        if snapshot:
+            text += snapshot
+        rc, _, err = self._run(text)
+        if rc != 0:
+            raise ApplyError(f"restoring the snapshot failed: {one_line(err, 400)}")
+
+    def live(self) -> str:
+        """The live table without counter values or dynamic set contents ("" if absent).
+
+        A ``limit:`` meter fills with the addresses that connect: state the kernel keeps,
+        not rules. Listed as they are, every SSH login would be drift, and the re-apply
+        that drift invites would wipe the meters and hand a brute-forcer a fresh burst.
+        """
+        rc, out, _ = self._run(f"list table {TABLE}", stateless=True)
+        return without_dynamic_elements(out) if rc == 0 else ""
+
+    def _canonical(self, files: dict[str, str]) -> str:  # empty meters: as live() lists them
+        """Load the ruleset into a throwaway network namespace and list it back."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / NFT_FILE
+            path.write_text(files[NFT_FILE])
+            proc = subprocess.run(
+                [
+                    "unshare",
+                    "--net",
+                    "sh",
+                    "-c",
+                    f'nft -f "$1" && nft -s list table {TABLE}',
+                    "sh",
+                    str(path),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        if proc.returncode != 0:
+            raise ApplyError(f"the kernel refused the ruleset: {one_line(proc.stderr, 400)}")
+        return proc.stdout
+
+    def counters(self) -> dict[str, int]:
+        """Packets per named counter of ``table inet harden`` ({} without the table)."""
+        self._nft.set_json_output(True)
+        try:
+            rc, out, _ = self._run(f"list counters table {TABLE}")
+        finally:
+            self._nft.set_json_output(False)
+        if rc != 0:
+            return {}
+        found = {}
+        for item in json.loads(out).get("nftables", []):
+            counter = item.get("counter")
+            if counter and counter.get("table") == "harden":
+                found[str(counter["name"])] = int(counter["packets"])
+        return found
+
+    def ruleset(self) -> dict[str, Any]:
+        """The whole ruleset as libnftables JSON (every table, read only)."""
+        self._nft.set_json_output(True)
+        try:
+            rc, out, err = self._run("list ruleset")
+        finally:
+            self._nft.set_json_output(False)
+        if rc != 0:
+            raise EnvironmentProblem(f"cannot list the ruleset: {one_line(err, 300)}")
+        data: dict[str, Any] = json.loads(out or "{}")
+        return data
+
+    def identity(self) -> str | None:
+        """``inet harden handle N``: the kernel numbers each new table afresh."""
+        self._nft.set_json_output(True)
+        self._nft.set_handle_output(True)
+        try:
+            rc, out, _ = self._run("list tables inet")
+        finally:
+            self._nft.set_json_output(False)
+            self._nft.set_handle_output(False)
+        if rc != 0:
+            return None
+        for item in json.loads(out).get("nftables", []):
+            table = item.get("table")
+            if table and table.get("name") == "harden":
+                return f"inet harden handle {table.get('handle')}"
+        return None
+
+    def persist_targets(self, root: Path) -> list[Path]:
+        """The files persist() may write or remove under ``root`` (harden/apply/boot.py)."""
+        return boot.targets(root)
+
+    def persist(self, files: dict[str, str], root: Path) -> list[Path]:
+        """/etc/harden/harden.nft, loaded by harden.service (enabled), nothing else."""
+        return boot.install("nftables", files, root)
+
+
+def refuse_foreign_snapshot(snapshot: str) -> None:
+    """Refuse a snapshot that holds anything but ``table inet harden`` (StateError).
+
+    A snapshot is loaded as root: one that flushed the ruleset or touched another table
+    would do so too. ``nft list table`` output has the table's lines at column 0 and
+    everything inside indented.
+    """
+    top = [line for line in snapshot.splitlines() if line and not line[0].isspace()]
+    if top and (top[0] != f"table {TABLE} {{" or top[1:] != ["}"]):
+        raise StateError(f"the nftables snapshot holds more than table {TABLE}: refused")
+
+
+def without_dynamic_elements(listing: str) -> str:
+    """``nft list table`` output with the elements of dynamic sets (meters) left out."""
+    out: list[str] = []
+    block: list[str] | None = None
+    for line in listing.splitlines(keepends=True):
+        stripped = line.strip()
+        if block is None:
+            if stripped.startswith("set ") and stripped.endswith("{"):
+                block = [line]
+            else:
+                out.append(line)
+            continue
+        block.append(line)
+        if stripped == "}" and len(line) - len(line.lstrip("\t")) == 1:  # the set's own end
+            dynamic = any(b.strip().startswith("flags") and "dynamic" in b for b in block)
+            out.extend(_drop_elements(block) if dynamic else block)
+            block = None
+    return "".join(out + (block or []))
+
+
+def _drop_elements(block: list[str]) -> list[str]:
+    kept, skipping = [], False
+    for line in block:
+        if line.strip().startswith("elements = {"):
+            skipping = True
+        if not skipping:
+            kept.append(line)
+        elif line.rstrip().endswith("}"):
+            skipping = False
+    return kept

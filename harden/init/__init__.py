@@ -1,0 +1,1 @@
+"""``harden init``: a manifest proposed from what this host serves (never applied)."""

@@ -1,0 +1,1 @@
+"""The probe engine: transports, the capture, and the round engine that drives them."""
