@@ -96,3 +96,27 @@ def test_verify_egress_takes_what_verify_egress_needs() -> None:
 def test_a_wrong_option_is_a_type_error_not_silence() -> None:
     with pytest.raises(TypeError):
         api.verify(WEB, ["198.18.0.1"], witnes="x")  # type: ignore[call-overload]
+
+
+def test_bad_options_are_option_errors_never_value_errors() -> None:
+    """The API parses options as the CLI does: one OptionError naming the option."""
+    from harden.errors import OptionError
+
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("target", lambda: api.verify(WEB, ["not-an-address"])),
+        ("source", lambda: api.verify(WEB, ["198.18.0.1"], sources=("300.1.1.1",))),
+        ("seen_as", lambda: api.verify(WEB, ["198.18.0.1"], seen_as=("x",))),
+        ("ports", lambda: api.verify(WEB, ["198.18.0.1"], ports="0-5")),
+        ("wait", lambda: api.verify(WEB, ["198.18.0.1"], wait=-1)),
+        ("format", lambda: api.verify(WEB, ["198.18.0.1"], format="pdf")),
+        ("sink", lambda: api.verify_egress(WEB, ["nowhere"], "true")),
+        ("ports", lambda: api.verify_egress(WEB, ["198.18.0.1"], "true", ports="declared")),
+        ("ports", lambda: api.verify_egress(WEB, ["198.18.0.1"], "true", ports="80-70")),
+        ("backend", lambda: api.render(WEB, "pf")),
+        ("confirm", lambda: api.apply(WEB, confirm=0)),
+        ("ports", lambda: api.lab(WEB, ports="x")),
+    ]
+    for option, call in cases:
+        with pytest.raises(OptionError) as caught:
+            call()
+        assert caught.value.option == option, (option, caught.value)

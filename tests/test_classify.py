@@ -13,7 +13,7 @@ from scapy.layers.inet6 import (
     IPv6,
 )
 
-from harden.verify.classify import EchoReply, Reason, Reply, State, classify, nmap_state
+from harden.verify.classify import EchoReply, PortState, Reason, Reply, classify, nmap_state
 
 T4, US4 = "198.19.254.1", "198.19.254.2"
 T6, US6 = "fdff:18::1", "fdff:18::2"
@@ -26,18 +26,18 @@ def c(packet: object, target: str = T4) -> Reply | EchoReply | None:
 def test_syn_ack_is_open_and_carries_the_ack() -> None:
     reply = c(IP(src=T4, dst=US4) / TCP(sport=443, dport=40000, flags="SA", ack=1001))
     assert reply == Reply(4, "tcp", 443, 40000, Reason.SYN_ACK, ack=1001)
-    assert reply.state is State.OPEN and reply.detail == "syn-ack"
+    assert reply.state is PortState.OPEN and reply.detail == "syn-ack"
 
 
 def test_rst_is_closed() -> None:
     reply = c(IP(src=T4, dst=US4) / TCP(sport=8, dport=40000, flags="RA", ack=7))
-    assert isinstance(reply, Reply) and reply.state is State.CLOSED and reply.port == 8
+    assert isinstance(reply, Reply) and reply.state is PortState.CLOSED and reply.port == 8
 
 
 def test_udp_reply_is_open() -> None:
     reply = c(IP(src=T4, dst=US4) / UDP(sport=53, dport=41000) / b"x")
     assert isinstance(reply, Reply) and (reply.state, reply.port, reply.sport) == (
-        State.OPEN,
+        PortState.OPEN,
         53,
         41000,
     )
@@ -50,14 +50,14 @@ def quoted(proto: object, code: int) -> bytes:
 @pytest.mark.parametrize(
     ("code", "reason", "state", "detail"),
     [
-        (3, Reason.PORT_UNREACHABLE, State.CLOSED, "icmp port-unreachable"),
-        (13, Reason.PROHIBITED, State.REJECTED, "icmp admin-prohibited"),
-        (10, Reason.PROHIBITED, State.REJECTED, "icmp host-prohibited"),
-        (1, Reason.UNREACHABLE, State.REJECTED, "icmp host-unreachable"),
+        (3, Reason.PORT_UNREACHABLE, PortState.CLOSED, "icmp port-unreachable"),
+        (13, Reason.PROHIBITED, PortState.REJECTED, "icmp admin-prohibited"),
+        (10, Reason.PROHIBITED, PortState.REJECTED, "icmp host-prohibited"),
+        (1, Reason.UNREACHABLE, PortState.REJECTED, "icmp host-unreachable"),
     ],
 )
 def test_icmp_unreachable_names_the_quoted_udp_port(
-    code: int, reason: Reason, state: State, detail: str
+    code: int, reason: Reason, state: PortState, detail: str
 ) -> None:
     reply = classify(quoted(UDPerror(sport=41000, dport=161), code), ip_address(T4))
     assert reply == Reply(4, "udp", 161, 41000, reason, code)
@@ -66,11 +66,11 @@ def test_icmp_unreachable_names_the_quoted_udp_port(
 
 def test_port_unreachable_for_tcp_is_a_reject_rule_not_a_stack_answer() -> None:
     reply = classify(quoted(TCPerror(sport=40000, dport=25, flags="S"), 3), ip_address(T4))
-    assert isinstance(reply, Reply) and reply.state is State.REJECTED and reply.proto == "tcp"
+    assert isinstance(reply, Reply) and reply.state is PortState.REJECTED and reply.proto == "tcp"
 
 
 def test_icmpv6_errors() -> None:
-    for code, state in ((4, State.CLOSED), (1, State.REJECTED)):
+    for code, state in ((4, PortState.CLOSED), (1, PortState.REJECTED)):
         packet = (
             IPv6(src=T6, dst=US6)
             / ICMPv6DestUnreach(code=code)
@@ -92,7 +92,7 @@ def test_icmpv6_errors() -> None:
 
 def test_v6_syn_ack_and_echo() -> None:
     reply = c(IPv6(src=T6, dst=US6) / TCP(sport=22, dport=40000, flags="SA", ack=5), T6)
-    assert isinstance(reply, Reply) and reply.state is State.OPEN and reply.family == 6
+    assert isinstance(reply, Reply) and reply.state is PortState.OPEN and reply.family == 6
     assert c(IPv6(src=T6, dst=US6) / ICMPv6EchoReply(id=77), T6) == EchoReply(6, 77)
     assert c(IP(src=T4, dst=US4) / ICMP(type=0, id=9), T4) == EchoReply(4, 9)
 
@@ -145,9 +145,9 @@ def test_other_sources_and_junk_are_ignored() -> None:
 
 
 def test_nmap_states() -> None:
-    assert nmap_state("tcp", State.OPEN) == "open"
-    assert nmap_state("tcp", State.CLOSED) == "closed"
-    assert nmap_state("tcp", State.REJECTED) == "filtered"
-    assert nmap_state("tcp", State.SILENT) == "filtered"
-    assert nmap_state("udp", State.SILENT) == "open|filtered"
-    assert nmap_state("udp", State.CLOSED) == "closed"
+    assert nmap_state("tcp", PortState.OPEN) == "open"
+    assert nmap_state("tcp", PortState.CLOSED) == "closed"
+    assert nmap_state("tcp", PortState.REJECTED) == "filtered"
+    assert nmap_state("tcp", PortState.SILENT) == "filtered"
+    assert nmap_state("udp", PortState.SILENT) == "open|filtered"
+    assert nmap_state("udp", PortState.CLOSED) == "closed"

@@ -500,7 +500,7 @@ def test_a_rate_limit_too_slow_to_wait_for_leaves_udp_silence_unproven() -> None
     clock = FakeClock()
     options = Options(wait=WAIT, ratelimit_ms={4: 100_000, 6: 100_000})
     findings, report, _ = run(target, options, clock)
-    assert findings.unproven == {
+    assert {k: str(v) for k, v in findings.unproven.items()} == {
         (TARGET, "udp"): "silent, ICMP rate limit of 100000 ms too slow to wait for"
     }
     assert report.verdict == "inconclusive" and report.exit_status == 5

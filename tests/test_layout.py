@@ -236,3 +236,41 @@ def test_functions_stay_small() -> None:
         and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
     )
     assert long == []
+
+
+def _code_tokens(path: Path) -> list[tuple[int, str]]:
+    """A module's tokens outside comments and docstrings, with their line."""
+    import io
+    import tokenize
+
+    source = path.read_text()
+    docstrings = {
+        node.body[0].value.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (tok.start[0], tok.string)
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        if tok.type != tokenize.COMMENT
+        and not (tok.type == tokenize.STRING and tok.start[0] in docstrings)
+    ]
+
+
+def test_backend_facts_stay_in_the_backends() -> None:
+    """Outside harden/backends, "iptables" is in the code of at most 4 modules (issue 34).
+
+    Those left speak of other firewalls (firewalld's FirewallBackend=iptables, rules in
+    iptables-legacy) or of the manifest's limits, not of harden's own iptables backend.
+    """
+    found = sorted(
+        str(path.relative_to(REPO))
+        for path in (REPO / "harden").rglob("*.py")
+        if "backends" not in path.parts
+        and any("iptables" in text.lower() for _, text in _code_tokens(path))
+    )
+    assert len(found) <= 4, found
+    assert "harden/apply/boot.py" not in found and "harden/cli.py" not in found

@@ -30,7 +30,7 @@ from harden.outputs.table import verify_text
 from harden.policy.model import build_policy
 from harden.types import sent_counts
 from harden.verify.classify import Reason, Reply
-from harden.verify.findings import Findings
+from harden.verify.findings import Findings, Observed
 from harden.verify.plan import Target, plan_probes
 from harden.verify.report import Report, evaluate
 
@@ -87,7 +87,7 @@ def leaky_report() -> Report:
         }
         findings.echo[t.address] = True
         findings.alive[t.address] = "tcp/22 answered syn-ack"
-        findings.unproven[(t, "udp")] = "unprobed"
+        findings.unproven[(t, "udp")] = Observed.UNPROBED
     findings.sent = sent_counts(
         {"4/tcp/allowed": 4, "4/tcp/silent": 6, "6/tcp/allowed": 4, "6/tcp/silent": 6}
     )

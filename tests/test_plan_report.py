@@ -17,11 +17,11 @@ from harden.outputs.table import verify_text
 from harden.policy.model import build_policy
 from harden.types import Address, sent_counts
 from harden.verify.classify import Reason, Reply
-from harden.verify.findings import Findings
+from harden.verify.findings import Findings, Observed
 from harden.verify.options import PortSelection
 from harden.verify.plan import Expect, Target, plan_probes
 from harden.verify.report import Status, evaluate
-from harden.verify.witness import Observed, Reading, compare
+from harden.verify.witness import Reading, WitnessRun, compare
 
 MANIFEST = """
 version: 1
@@ -194,7 +194,7 @@ def test_a_target_that_never_answered_is_inconclusive_never_pass() -> None:
 def test_budget_spent_ports_are_unproven_not_conforming() -> None:
     plan = plan_probes(build_policy(parse_manifest(MANIFEST)), [STRANGER], (7, 8, 9))
     f = findings_for({}, {7: Reply(4, "udp", 7, 41000, Reason.PORT_UNREACHABLE, 3)})
-    f.unproven[(STRANGER, "udp")] = "unprobed"
+    f.unproven[(STRANGER, "udp")] = Observed.UNPROBED
     data = verify_json(evaluate(plan, f))
     assert data["verdict"] == "fail"
     assert not any(s["proto"] == "udp" for s in data["conforming"])
@@ -216,10 +216,10 @@ def test_declared_ports_outside_a_ports_subset_are_listed_as_skipped() -> None:
 # -- the verdict rule and the witness ------------------------------------------------------
 
 
-def witnessed(**counts: int) -> Observed:
+def witnessed(**counts: int) -> WitnessRun:
     """What the witness on the host at T counted."""
     names = [f"witness_{k}_{p}_v4" for k in ("in", "closed", "passed") for p in ("tcp", "udp")]
-    return Observed({name: counts.get(name, 0) for name in names}, addresses=frozenset({T}))
+    return WitnessRun({name: counts.get(name, 0) for name in names}, addresses=frozenset({T}))
 
 
 def send(findings: Findings, counts: dict[str, int], to: Address = T) -> None:
@@ -305,7 +305,8 @@ def test_a_reject_from_another_address_is_neither_a_leak_nor_a_proof() -> None:
     assert [(e.port, e.observed) for e in report.failures] == [(100, "closed")]
     assert "from 198.19.254.254" in report.failures[0].detail
     [filtered] = [s for s in report.unproven if s.proto == "udp"]
-    assert filtered.ranges == ("99",) and filtered.observed.startswith("rejected by 198.19.254.254")
+    assert filtered.ranges == ("99",)
+    assert str(filtered.observed).startswith("rejected by 198.19.254.254")
     only_filtered = evaluate(plan, findings_for({}, {99: udp[99]}))
     assert only_filtered.verdict == "inconclusive"
 
@@ -356,6 +357,6 @@ def test_a_witness_vouches_only_for_its_own_hosts_addresses() -> None:
         if e.target == str(T) and e.status in (Status.FAIL, Status.INCONCLUSIVE)
     ]
     # A witness that names no addresses (an older harden on the target) vouches for none.
-    findings.witness = Observed(findings.witness.counted)
+    findings.witness = WitnessRun(findings.witness.counted)
     report = evaluate(plan, findings)
     assert report.alive == {} and any("older than this one" in n for n in report.notes)

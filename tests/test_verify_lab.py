@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harden.verify.classify import State, nmap_state
+from harden.verify.classify import PortState, nmap_state
 
 from .labutil import (
     HARDEN,
@@ -210,12 +210,12 @@ def test_states_agree_with_nmap(tmp_path: Path) -> None:
         assert ours == {port: state for (proto, port), state in seen.items() if proto == "udp"}
 
 
-def _states(report: dict[str, object], proto: str) -> dict[int, State]:
-    """Per-port State from a JSON report (entries and conforming ranges)."""
-    out: dict[int, State] = {}
+def _states(report: dict[str, object], proto: str) -> dict[int, PortState]:
+    """Per-port PortState from a JSON report (entries and conforming ranges)."""
+    out: dict[int, PortState] = {}
     for entry in report["ports"]:  # type: ignore[attr-defined]
         if entry["proto"] == proto and entry["port"] and entry["family"] == "ipv4":
-            out[entry["port"]] = State(entry["observed"].replace("open|filtered", "silent"))
+            out[entry["port"]] = PortState(entry["observed"].replace("open|filtered", "silent"))
     # Unproven silence (rate-limited, unprobed) is still silence on the wire, as nmap sees it.
     spans = [*report["conforming"], *report["unproven"]]  # type: ignore[misc]
     for span in spans:
@@ -225,9 +225,9 @@ def _states(report: dict[str, object], proto: str) -> dict[int, State]:
                 for port in range(int(first), int(last or first) + 1):
                     observed = span["observed"]
                     out[port] = (
-                        State(observed)
-                        if observed in State.__members__.values()
-                        else (State.SILENT)
+                        PortState(observed)
+                        if observed in PortState.__members__.values()
+                        else (PortState.SILENT)
                     )
     return out
 

@@ -20,7 +20,7 @@ import pytest
 from harden.apply.hostinfo import icmp_settings
 from harden.lab.netns import Namespace, connect
 from harden.types import Verdict, sent_counts
-from harden.verify.witness import TCP_SLACK, Observed, Reading, compare, judge, parse_reading
+from harden.verify.witness import TCP_SLACK, Reading, WitnessRun, compare, judge, parse_reading
 
 from .conftest import REPO
 from .labutil import HARDEN, counters_command, routed, write
@@ -31,10 +31,10 @@ NsFactory = Callable[[str], Namespace]
 # -- pure -------------------------------------------------------------------------------
 
 
-def counted(**values: int) -> Observed:
+def counted(**values: int) -> WitnessRun:
     base = {f"witness_{k}_{p}_v4": 0 for k in ("in", "closed") for p in ("tcp", "udp")}
     base.update(values)
-    return Observed(base)
+    return WitnessRun(base)
 
 
 def test_every_probe_arrived_and_was_dropped_or_declared() -> None:

@@ -95,7 +95,7 @@ def _span(s: Span) -> SpanJson:
         "family": f"ipv{s.family}",
         "proto": s.proto,
         "expected": s.expected,
-        "observed": s.observed,
+        "observed": str(s.observed),
         "count": s.count,
         "ranges": list(s.ranges),
     }

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from harden import __version__
 from harden.manifest.ports import expand, parse_port
-from harden.verify.classify import NMAP, State
+from harden.verify.classify import NMAP, PortState
 from harden.verify.report import Report
 
 # nmap's order of port states (portlist.h): extraports come most ports first, then in it.
@@ -37,11 +37,11 @@ def nmap_state(proto: str, observed: str) -> tuple[str, str]:
 
     An observation that is no reply state (silent, or silent with a reason) is silence.
     """
-    state = State(observed) if observed in _REPLIES else State.SILENT
+    state = PortState(observed) if observed in _REPLIES else PortState.SILENT
     return NMAP[("tcp" if proto == "tcp" else "udp", state)]
 
 
-_REPLIES = {State.OPEN.value, State.CLOSED.value, State.REJECTED.value}
+_REPLIES = {PortState.OPEN.value, PortState.CLOSED.value, PortState.REJECTED.value}
 
 
 ServiceName = Callable[[str, int], str | None]  # (proto, port) -> a table's name, or None
@@ -69,7 +69,7 @@ def nmap_xml(report: Report, service_name: ServiceName | None = None) -> str:
         ports: dict[tuple[str, int], tuple[str, str]] = {}
         for span in [*report.spans, *report.unproven]:
             if span.target == target:
-                state = nmap_state(span.proto, span.observed)
+                state = nmap_state(span.proto, str(span.observed))
                 for port in expand(parse_port(text) for text in span.ranges):
                     ports[(span.proto, port)] = state
         declared: dict[tuple[str, int], str] = {}

@@ -7,6 +7,7 @@ import io
 from rich.console import Console
 from rich.table import Table
 
+from harden.verify.plan import Expect
 from harden.verify.report import Report, Status
 
 
@@ -50,7 +51,7 @@ def _text_table(report: Report) -> Table:
         "detail",
     ):
         table.add_column(column, overflow="fold")
-    shown = [e for e in report.entries if e.status is not Status.OK or e.expected == "allowed"]
+    shown = [e for e in report.entries if e.status is not Status.OK or e.expected is Expect.ALLOWED]
     for e in shown[:200]:
         table.add_row(
             e.target,

@@ -227,7 +227,6 @@ def build_policy(manifest: Manifest) -> Policy:
         else:
             allow = _allow(key_name, proto, members, PerFamily(src[0], src[1] if v6 else ()))
         allows.append(replace(allow, limit=limit, log=log))
-    probers = manifest.verify.probers if manifest.verify is not None else ()
     return Policy(
         host=manifest.host,
         closed=manifest.policy.closed,
@@ -235,10 +234,7 @@ def build_policy(manifest: Manifest) -> Policy:
         ipv6=v6,
         log_dropped=manifest.policy.log_dropped,
         allows=tuple(allows),
-        probers=PerFamily(
-            tuple(collapse_addresses(n for n in probers if isinstance(n, IPv4Network))),
-            tuple(collapse_addresses(n for n in probers if isinstance(n, IPv6Network))),
-        ),
+        probers=_probers(manifest),
         trusted=manifest.policy.trusted_interfaces,
         dhcpv6=manifest.policy.dhcpv6,
         forward=manifest.forward.policy,
@@ -254,6 +250,15 @@ def build_policy(manifest: Manifest) -> Policy:
         ),
         egress_dhcp=manifest.egress.dhcp,
         dhcp_servers=tuple(sorted(set(manifest.egress.dhcp_servers))),
+    )
+
+
+def _probers(manifest: Manifest) -> PerFamily[Nets]:
+    """The verifier's networks, per family (their probes are counted, never accepted)."""
+    probers = manifest.verify.probers if manifest.verify is not None else ()
+    return PerFamily(
+        tuple(collapse_addresses(n for n in probers if isinstance(n, IPv4Network))),
+        tuple(collapse_addresses(n for n in probers if isinstance(n, IPv6Network))),
     )
 
 

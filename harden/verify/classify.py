@@ -15,7 +15,7 @@ from enum import StrEnum
 from harden.types import Address, Family, Proto
 
 
-class State(StrEnum):
+class PortState(StrEnum):
     """What a probe drew from the target."""
 
     OPEN = "open"  # SYN-ACK, or a UDP reply
@@ -54,11 +54,11 @@ class Reply:
     responder: Address | None = None
 
     @property
-    def state(self) -> State:
+    def state(self) -> PortState:
         """The port state this reply shows."""
         if self.reason is Reason.PORT_UNREACHABLE and self.proto == "tcp":
-            return State.REJECTED  # no kernel answers TCP with port-unreachable: a rule did
-        return _STATE.get(self.reason, State.REJECTED)
+            return PortState.REJECTED  # no kernel answers TCP with port-unreachable: a rule did
+        return _STATE.get(self.reason, PortState.REJECTED)
 
     @property
     def is_icmp_error(self) -> bool:
@@ -80,14 +80,14 @@ class Reply:
 
 
 _STATE = {
-    Reason.SYN_ACK: State.OPEN,
-    Reason.CONNECTED: State.OPEN,
-    Reason.UDP_REPLY: State.OPEN,
-    Reason.RST: State.CLOSED,
-    Reason.REFUSED: State.CLOSED,
+    Reason.SYN_ACK: PortState.OPEN,
+    Reason.CONNECTED: PortState.OPEN,
+    Reason.UDP_REPLY: PortState.OPEN,
+    Reason.RST: PortState.CLOSED,
+    Reason.REFUSED: PortState.CLOSED,
     # Port-unreachable to UDP is the kernel's own answer: the datagram reached the UDP
     # layer. To TCP no kernel sends it; only a reject rule does (Reply.state).
-    Reason.PORT_UNREACHABLE: State.CLOSED,
+    Reason.PORT_UNREACHABLE: PortState.CLOSED,
 }
 _ICMP_REASONS = frozenset(
     {Reason.PORT_UNREACHABLE, Reason.PROHIBITED, Reason.UNREACHABLE, Reason.UNREACHABLE_UNSEEN}
@@ -238,18 +238,18 @@ def _transport(
 
 # The state and reason nmap (-sS / -sU) gives the same reply: the one map harden has,
 # cross-checked against nmap on the lab (tests/test_verify_lab.py).
-NMAP: dict[tuple[Proto, State], tuple[str, str]] = {
-    ("tcp", State.OPEN): ("open", "syn-ack"),
-    ("tcp", State.CLOSED): ("closed", "reset"),
-    ("tcp", State.REJECTED): ("filtered", "admin-prohibited"),
-    ("tcp", State.SILENT): ("filtered", "no-response"),
-    ("udp", State.OPEN): ("open", "udp-response"),
-    ("udp", State.CLOSED): ("closed", "port-unreach"),
-    ("udp", State.REJECTED): ("filtered", "admin-prohibited"),
-    ("udp", State.SILENT): ("open|filtered", "no-response"),
+NMAP: dict[tuple[Proto, PortState], tuple[str, str]] = {
+    ("tcp", PortState.OPEN): ("open", "syn-ack"),
+    ("tcp", PortState.CLOSED): ("closed", "reset"),
+    ("tcp", PortState.REJECTED): ("filtered", "admin-prohibited"),
+    ("tcp", PortState.SILENT): ("filtered", "no-response"),
+    ("udp", PortState.OPEN): ("open", "udp-response"),
+    ("udp", PortState.CLOSED): ("closed", "port-unreach"),
+    ("udp", PortState.REJECTED): ("filtered", "admin-prohibited"),
+    ("udp", PortState.SILENT): ("open|filtered", "no-response"),
 }
 
 
-def nmap_state(proto: Proto, state: State) -> str:
+def nmap_state(proto: Proto, state: PortState) -> str:
     """The port state nmap (-sS / -sU) reports for the same observation."""
     return NMAP[(proto, state)][0]

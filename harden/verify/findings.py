@@ -3,14 +3,63 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from harden.types import Address, Proto, Sent
 from harden.verify.classify import Reply
 from harden.verify.plan import Target
-from harden.verify.witness import Observed
+from harden.verify.witness import WitnessRun
 
 Mode = Literal["raw", "connect"]
+
+
+class Observed(StrEnum):
+    """What a row observed: a reply state, or what showed (or did not) about a group."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    REJECTED = "rejected"
+    SILENT = "silent"
+    OPEN_FILTERED = "open|filtered"  # UDP silence to an allowed port: nmap's word for it
+    SILENT_WITNESSED = "silent, counted by the witness"
+    SILENT_UNPROVEN = "silent-unproven"
+    SILENT_NO_HOST = "silent, no host seen"
+    NOT_PROBED = "not probed"
+    NOTHING = "nothing"
+    ECHO_REPLY = "echo-reply"
+    ACCEPTED = "accepted"  # witness: probes to closed ports that something accepted
+    NOT_COUNTED = "not counted"
+    BLOCKED_ON_HOST = "blocked on the host"
+    UNPROBED = "unprobed"  # the target's ICMP budget ran out before these were probed
+    # Egress.
+    ARRIVED = "arrived"
+    REFUSED = "refused"
+    LOST = "lost"
+    SENT = "sent"
+    REFUSED_NOT_ARRIVED = "refused here, absent at the sink"
+
+
+@dataclass(frozen=True)
+class RejectedBy:
+    """A reject that came from another address than the probed one (neither leak nor proof)."""
+
+    responder: str
+
+    def __str__(self) -> str:
+        """As reports print it."""
+        return f"rejected by {self.responder}, the target or a filter before it"
+
+
+@dataclass(frozen=True)
+class TooSlow:
+    """Silent UDP ports the quiet rule could not wait out: the target's limit is too slow."""
+
+    ms: int
+
+    def __str__(self) -> str:
+        """As reports print it."""
+        return f"silent, ICMP rate limit of {self.ms} ms too slow to wait for"
 
 
 @dataclass
@@ -25,7 +74,7 @@ class Findings:
     notes: list[str] = field(default_factory=list)
     # Silent ports here are not proven silent, and why: the target's ICMP budget ran
     # out ("unprobed"), or its rate limit is too slow to wait for.
-    unproven: dict[tuple[Target, Proto], str] = field(default_factory=dict)
+    unproven: dict[tuple[Target, Proto], Observed | TooSlow] = field(default_factory=dict)
     # Premises the silence of (target, protocol) rests on, unless the witness checks it
     # (docs/design.md, "The verdict rule").
     premises: dict[tuple[Target, Proto], list[str]] = field(default_factory=dict)
@@ -34,7 +83,7 @@ class Findings:
     alive: dict[Address, str] = field(default_factory=dict)
     link_only: set[Address] = field(default_factory=set)
     # What the target's witness counters saw over the run (verify --witness), if asked.
-    witness: Observed | None = None
+    witness: WitnessRun | None = None
     seconds: float = 0.0
     mode: Mode = "raw"
     # Where the time went: "send", "reply_wait", "quiet_wait" (seconds, summed).

@@ -26,6 +26,13 @@ class Expect(StrEnum):
     ALLOWED = "allowed"
     SILENT = "silent"
     REJECTED = "rejected"
+    # What the report's rows about more than one port expected.
+    ALLOWED_OR_SILENT = "allowed or silent"  # declared ports --ports left out
+    ARRIVED_AND_DROPPED = "arrived and dropped"  # the witness's count of closed-port probes
+    A_HOST = "a host"  # a target that showed it exists
+    ECHO_REPLY = "echo-reply"  # a declared ping
+    BLOCKED = "blocked"  # egress: refused by this host, absent at the sink
+    HEARD = "heard"  # egress: the sink heard this host at all
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Literal
 
 from harden.errors import ExitStatus
 from harden.manifest.ports import PortRange, compress, expand, merge
 from harden.types import PROTOS, Address, Family, Proto, Sent, Verdict
-from harden.verify.classify import REJECT_REASONS, Reason, Reply, State
-from harden.verify.findings import Findings
+from harden.verify.classify import REJECT_REASONS, PortState, Reason, Reply
+from harden.verify.findings import Findings, Observed, RejectedBy, TooSlow
 from harden.verify.plan import Expect, Plan, Target
-from harden.verify.witness import Judgement, Observed, judge
+from harden.verify.witness import Judgement, WitnessRun, judge
 
 SCHEMA = "harden.verify/2"
 
@@ -30,30 +31,34 @@ class Status(StrEnum):
     INCONCLUSIVE = "inconclusive"  # nothing showed a host is there: no verdict possible
 
 
-@dataclass(frozen=True)
+# What a row is about: a port protocol, a host (ip), ping (icmp), or every protocol (*).
+RowProto = Literal["tcp", "udp", "icmp", "ip", "*"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class Entry:
     """One port's expectation and observation (declared ports and deviations)."""
 
     target: str
-    family: int
-    proto: str
+    family: Family
+    proto: RowProto
     port: int | None  # None: a whole group (e.g. "no admin-prohibited seen at all")
-    expected: str
-    observed: str
+    expected: Expect
+    observed: Observed
     status: Status
     detail: str
     service: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Span:
-    """Conforming ports of one target/protocol, as ranges."""
+    """Ports of one target/protocol that came out the same, as ranges."""
 
     target: str
-    family: int
-    proto: str
-    expected: str
-    observed: str
+    family: Family
+    proto: RowProto
+    expected: Expect
+    observed: Observed | RejectedBy | TooSlow
     ranges: tuple[str, ...]
     count: int
 
@@ -185,13 +190,13 @@ def evaluate(plan: Plan, findings: Findings) -> Report:
     for target, proto, ports in plan.skipped:
         report.skipped.append(
             Span(
-                str(target.address),
-                target.family,
-                proto,
-                "allowed or silent",
-                "not probed",
-                tuple(map(str, compress(ports))),
-                len(ports),
+                target=str(target.address),
+                family=target.family,
+                proto=proto,
+                expected=Expect.ALLOWED_OR_SILENT,
+                observed=Observed.NOT_PROBED,
+                ranges=tuple(map(str, compress(ports))),
+                count=len(ports),
             )
         )
     if report.skipped:
@@ -227,7 +232,7 @@ def _sent_to(findings: Findings, targets: list[Target]) -> dict[Sent, int]:
     return out
 
 
-def _uncovered(report: Report, witness: Observed, targets: list[Target]) -> None:
+def _uncovered(report: Report, witness: WitnessRun, targets: list[Target]) -> None:
     """Say which targets the witness does not vouch for, and why."""
     if not targets:
         return
@@ -273,18 +278,17 @@ def _witness(report: Report, judgements: list[Judgement], targets: list[Target])
         if judgement.blocked_declared:
             _blocked(report, judgement, family_targets)
             continue
-        status = Status.FAIL if judgement.verdict is Verdict.FAIL else Status.INCONCLUSIVE
-        observed = "accepted" if judgement.verdict is Verdict.FAIL else "not counted"
+        failed = judgement.verdict is Verdict.FAIL
         report.entries.append(
             Entry(
-                str(family_targets[0].address),
-                judgement.family,
-                judgement.proto,
-                None,
-                "arrived and dropped",
-                observed,
-                status,
-                f"witness: {judgement.detail}",
+                target=str(family_targets[0].address),
+                family=judgement.family,
+                proto=judgement.proto,
+                port=None,
+                expected=Expect.ARRIVED_AND_DROPPED,
+                observed=Observed.ACCEPTED if failed else Observed.NOT_COUNTED,
+                status=Status.FAIL if failed else Status.INCONCLUSIVE,
+                detail=f"witness: {judgement.detail}",
             )
         )
 
@@ -301,15 +305,15 @@ def _blocked(report: Report, judgement: Judgement, family_targets: list[Target])
         for i, e in enumerate(report.entries)
         if e.target in addresses
         and e.proto == judgement.proto
-        and e.expected == Expect.ALLOWED.value
-        and e.observed in ("silent", "open|filtered")
+        and e.expected is Expect.ALLOWED
+        and e.observed in (Observed.SILENT, Observed.OPEN_FILTERED)
     ]
     detail = f"witness: {judgement.detail}"
     for i in silent:
         e = report.entries[i]
         report.entries[i] = replace(
             e,
-            observed="blocked on the host",
+            observed=Observed.BLOCKED_ON_HOST,
             status=Status.FAIL,
             detail=f"declared {e.proto}/{e.port} is blocked by another firewall on the host "
             f"({detail})",
@@ -317,14 +321,14 @@ def _blocked(report: Report, judgement: Judgement, family_targets: list[Target])
     if not silent:
         report.entries.append(
             Entry(
-                str(family_targets[0].address),
-                judgement.family,
-                judgement.proto,
-                None,
-                "allowed",
-                "blocked on the host",
-                Status.FAIL,
-                detail,
+                target=str(family_targets[0].address),
+                family=judgement.family,
+                proto=judgement.proto,
+                port=None,
+                expected=Expect.ALLOWED,
+                observed=Observed.BLOCKED_ON_HOST,
+                status=Status.FAIL,
+                detail=detail,
             )
         )
 
@@ -336,16 +340,16 @@ def _alive(report: Report, alive: dict[Address, str], target: Target) -> None:
         return
     report.entries.append(
         Entry(
-            str(target.address),
-            target.family,
-            "ip",
-            None,
-            "a host",
-            "nothing",
-            Status.INCONCLUSIVE,
-            "no reply of any kind during the run, not even at the link layer: there may be no "
-            "host at this address, or something upstream drops everything; silence proves "
-            "nothing here",
+            target=str(target.address),
+            family=target.family,
+            proto="ip",
+            port=None,
+            expected=Expect.A_HOST,
+            observed=Observed.NOTHING,
+            status=Status.INCONCLUSIVE,
+            detail="no reply of any kind during the run, not even at the link layer: there may "
+            "be no host at this address, or something upstream drops everything; silence "
+            "proves nothing here",
         )
     )
 
@@ -358,14 +362,14 @@ def _echo(report: Report, plan: Plan, findings: Findings, target: Target) -> Non
     if expected != answered:
         report.entries.append(
             Entry(
-                str(target.address),
-                target.family,
-                "icmp",
-                None,
-                "echo-reply" if expected else "silent",
-                "echo-reply" if answered else "silent",
-                Status.FAIL,
-                "ping is declared but went unanswered"
+                target=str(target.address),
+                family=target.family,
+                proto="icmp",
+                port=None,
+                expected=Expect.ECHO_REPLY if expected else Expect.SILENT,
+                observed=Observed.ECHO_REPLY if answered else Observed.SILENT,
+                status=Status.FAIL,
+                detail="ping is declared but went unanswered"
                 if expected
                 else "ping answered but not declared",
             )
@@ -418,19 +422,21 @@ def _ports(
     if Expect.REJECTED in expect.kinds() and not judged.rejected_seen:
         report.entries.append(
             Entry(
-                str(target.address),
-                target.family,
-                proto,
-                None,
-                "rejected",
-                "silent",
-                Status.FAIL,
-                "closed: reject, but no closed port answered admin-prohibited (is reject active?)",
+                target=str(target.address),
+                family=target.family,
+                proto=proto,
+                port=None,
+                expected=Expect.REJECTED,
+                observed=Observed.SILENT,
+                status=Status.FAIL,
+                detail="closed: reject, but no closed port answered admin-prohibited "
+                "(is reject active?)",
             )
         )
 
 
-Buckets = dict[tuple[str, str], list[PortRange]]  # (expected, observed) -> port ranges
+# (expected, observed) -> port ranges
+Buckets = dict[tuple[Expect, Observed | RejectedBy | TooSlow], list[PortRange]]
 
 
 @dataclass
@@ -445,7 +451,7 @@ class _Judged:
     proto: Proto
     services: dict[int, str]
     witnessed: bool
-    unproven_as: str | None
+    unproven_as: Observed | TooSlow | None
     alive: bool
     entries: list[Entry] = field(default_factory=list)
     conforming: Buckets = field(default_factory=dict)
@@ -461,61 +467,61 @@ class _Judged:
             # inbound_ifaddr) or a filter in front of it; its probe may never have
             # reached the host, so neither a leak nor a proof (docs/design.md).
             assert reply is not None and reply.responder is not None
-            observed = f"rejected by {reply.responder}, the target or a filter before it"
-            self.unproven.setdefault((exp.value, observed), []).extend(ranges)
+            elsewhere = RejectedBy(str(reply.responder))
+            self.unproven.setdefault((exp, elsewhere), []).extend(ranges)
             return
         status, observed, detail = _judge(self.proto, exp, reply)
         if exp is Expect.REJECTED and status is Status.OK:
             self.rejected_seen = True
         bucket = None if exp is Expect.ALLOWED else self._bucket(status, observed, reply)
         if bucket is not None:
-            bucket[0].setdefault((exp.value, bucket[1]), []).extend(ranges)
+            bucket[0].setdefault((exp, bucket[1]), []).extend(ranges)
             return
         self.entries.extend(
             Entry(
-                str(self.target.address),
-                self.target.family,
-                self.proto,
-                port,
-                exp.value,
-                observed,
-                status,
-                detail,
-                self.services.get(port, ""),
+                target=str(self.target.address),
+                family=self.target.family,
+                proto=self.proto,
+                port=port,
+                expected=exp,
+                observed=observed,
+                status=status,
+                detail=detail,
+                service=self.services.get(port, ""),
             )
             for port in expand(ranges)
         )
 
     def _bucket(
-        self, status: Status, observed: str, reply: Reply | None
-    ) -> tuple[Buckets, str] | None:
+        self, status: Status, observed: Observed, reply: Reply | None
+    ) -> tuple[Buckets, Observed | TooSlow] | None:
         """Where closed ports with this outcome go in bulk, and as what (None: one by one)."""
         if status is Status.UNPROVEN:
             if self.witnessed:
-                return self.conforming, "silent, counted by the witness"
-            return self.unproven, "silent-unproven"
+                return self.conforming, Observed.SILENT_WITNESSED
+            return self.unproven, Observed.SILENT_UNPROVEN
         if status is not Status.OK:
             return None
         if self.unproven_as and not reply:
             return self.unproven, self.unproven_as
         if not self.alive:
-            return self.unproven, "silent, no host seen"
+            return self.unproven, Observed.SILENT_NO_HOST
         return self.conforming, observed
 
     def spans(self, buckets: Buckets) -> list[Span]:
         """The buckets as spans of merged ranges."""
         out = []
-        for (exp_value, observed), ranges in buckets.items():
+        for (expected, observed), ranges in buckets.items():
             merged = merge(ranges)
             out.append(
                 Span(
-                    str(self.target.address),
-                    self.target.family,
-                    self.proto,
-                    exp_value,
-                    observed,
-                    tuple(map(str, merged)),
-                    sum(len(r) for r in merged),
+                    target=str(self.target.address),
+                    family=self.target.family,
+                    proto=self.proto,
+                    expected=expected,
+                    observed=observed,
+                    ranges=tuple(map(str, merged)),
+                    count=sum(len(r) for r in merged),
                 )
             )
         return out
@@ -540,36 +546,53 @@ def _gaps(rng: PortRange, answered: list[int]) -> list[PortRange]:
     return out
 
 
-def _judge(proto: str, exp: Expect, reply: Reply | None) -> tuple[Status, str, str]:
-    state = reply.state if reply else State.SILENT
+def _judge(proto: str, exp: Expect, reply: Reply | None) -> tuple[Status, Observed, str]:
+    seen = Observed  # short: one verdict per line
+    state = reply.state if reply else PortState.SILENT
     detail = reply.detail if reply else "no reply after retries"
     if exp is Expect.ALLOWED:
-        if state is State.OPEN:
-            return Status.OK, "open", detail
-        if state is State.CLOSED:
-            return Status.WARN, "closed", f"{detail}: allowed, but nothing listens"
-        if state is State.SILENT and proto == "udp":
-            return Status.WARN, "open|filtered", "no UDP reply: allowed or filtered, cannot tell"
-        if state is State.SILENT:
-            return Status.FAIL, "silent", "declared port unreachable (no reply after retries)"
-        return Status.FAIL, "rejected", f"declared port rejected ({detail})"
+        if state is PortState.OPEN:
+            return Status.OK, seen.OPEN, detail
+        if state is PortState.CLOSED:
+            return Status.WARN, seen.CLOSED, f"{detail}: allowed, but nothing listens"
+        if state is PortState.SILENT and proto == "udp":
+            return (
+                Status.WARN,
+                seen.OPEN_FILTERED,
+                "no UDP reply: allowed or filtered, cannot tell",
+            )
+        if state is PortState.SILENT:
+            return (
+                Status.FAIL,
+                seen.SILENT,
+                "declared port unreachable (no reply after retries)",
+            )
+        return Status.FAIL, seen.REJECTED, f"declared port rejected ({detail})"
     if exp is Expect.SILENT:
-        if state is State.SILENT:
-            return Status.OK, "silent", ""
-        if state is State.OPEN:
-            return Status.FAIL, "open", f"undeclared port is open ({detail})"
-        if state is State.CLOSED:
-            return Status.FAIL, "closed", f"leak: {detail} reveals the host (expected silence)"
-        return Status.FAIL, "rejected", f"{detail}: expected silence"
+        if state is PortState.SILENT:
+            return Status.OK, seen.SILENT, ""
+        if state is PortState.OPEN:
+            return Status.FAIL, seen.OPEN, f"undeclared port is open ({detail})"
+        if state is PortState.CLOSED:
+            return (
+                Status.FAIL,
+                seen.CLOSED,
+                f"leak: {detail} reveals the host (expected silence)",
+            )
+        return Status.FAIL, seen.REJECTED, f"{detail}: expected silence"
     # Expect.REJECTED
     if reply is not None and reply.reason in REJECT_REASONS:
-        return Status.OK, "rejected", detail  # admin-prohibited, or connect mode's unseen code
-    if state is State.SILENT and proto == "tcp":
+        return (
+            Status.OK,
+            seen.REJECTED,
+            detail,
+        )  # admin-prohibited, or connect mode's unseen code
+    if state is PortState.SILENT and proto == "tcp":
         # The reject replies are rate-limited, but a TCP port that let the SYN through
         # would answer with an RST or a SYN-ACK, which are not: silence proves it closed.
-        return Status.OK, "silent", ""
-    if state is State.SILENT:
-        return Status.UNPROVEN, "silent", "ICMP rate limiting throttles reject replies"
-    if state is State.REJECTED:
-        return Status.FAIL, "rejected", f"{detail}: expected admin-prohibited"
-    return Status.FAIL, state.value, f"leak: {detail} (expected admin-prohibited)"
+        return Status.OK, seen.SILENT, ""
+    if state is PortState.SILENT:
+        return Status.UNPROVEN, seen.SILENT, "ICMP rate limiting throttles reject replies"
+    if state is PortState.REJECTED:
+        return Status.FAIL, seen.REJECTED, f"{detail}: expected admin-prohibited"
+    return Status.FAIL, Observed(state.value), f"leak: {detail} (expected admin-prohibited)"

@@ -104,7 +104,7 @@ def parse_reading(data: Any) -> Reading:
 
 
 @dataclass(frozen=True)
-class Observed:
+class WitnessRun:
     """What the witness saw over one verification."""
 
     counted: dict[str, int]  # counter increase, name -> packets
@@ -119,7 +119,7 @@ class Observed:
         return self.addresses is not None and target in self.addresses
 
 
-def compare(before: Reading, after: Reading) -> Observed:
+def compare(before: Reading, after: Reading) -> WitnessRun:
     """The counters' increase over the run; untrusted if they went back or the table changed."""
     counted = {name: after.counters[name] - before.counters.get(name, 0) for name in after.counters}
     untrusted = None
@@ -139,7 +139,7 @@ def compare(before: Reading, after: Reading) -> Observed:
     addresses = after.addresses if before.addresses == after.addresses else None
     if before.addresses != after.addresses and untrusted is None:
         untrusted = "the target's addresses changed during the run"
-    return Observed(counted, after.icmp or before.icmp, untrusted, addresses)
+    return WitnessRun(counted, after.icmp or before.icmp, untrusted, addresses)
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ class Judgement:
     blocked_declared: int = 0
 
 
-def judge(sent: Mapping[Sent, int], observed: Observed) -> list[Judgement]:
+def judge(sent: Mapping[Sent, int], observed: WitnessRun) -> list[Judgement]:
     """Compare the probes sent, by kind, with what the target counted."""
     out = []
     counted = observed.counted

@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harden.manifest.ports import PortRange, compress, expand
-from harden.policy.model import Policy
+from harden.policy.model import Policy, family_of
 from harden.types import PROTOS, Address, Proto, Sent
+from harden.verify.findings import Observed
+from harden.verify.plan import Expect
 from harden.verify.report import Entry, Report, Span, Status
 
 Key = tuple[Address, Proto]
@@ -68,13 +70,13 @@ def _judge(report: Report, policy: Policy, run: EgressRun, sink: Address, proto:
         ranges = compress(conforming)
         report.spans.append(
             Span(
-                str(sink),
-                sink.version,
-                proto,
-                "blocked",
-                "refused here, absent at the sink",
-                tuple(str(r) for r in ranges),
-                len(conforming),
+                target=str(sink),
+                family=family_of(sink),
+                proto=proto,
+                expected=Expect.BLOCKED,
+                observed=Observed.REFUSED_NOT_ARRIVED,
+                ranges=tuple(str(r) for r in ranges),
+                count=len(conforming),
             )
         )
 
@@ -85,24 +87,44 @@ def _allowed(
     labels = [o.label for o in policy.outbound if o.admits(sink, proto, port)]
     service = ", ".join(labels) if labels else "egress policy accept"
     if port in arrived:
-        status, observed, detail = Status.OK, "arrived", "left this host and arrived at the sink"
+        status, observed = Status.OK, Observed.ARRIVED
+        detail = "left this host and arrived at the sink"
     elif port in refused:
-        status, observed = Status.FAIL, "refused"
+        status, observed = Status.FAIL, Observed.REFUSED
         detail = "declared, but this host refused to send it (another firewall's output rule?)"
     else:
-        status, observed = Status.FAIL, "lost"
+        status, observed = Status.FAIL, Observed.LOST
         detail = "left this host but never arrived at the sink (a filter on the way, or loss)"
-    return Entry(str(sink), sink.version, proto, port, "allowed", observed, status, detail, service)
+    return Entry(
+        target=str(sink),
+        family=family_of(sink),
+        proto=proto,
+        port=port,
+        expected=Expect.ALLOWED,
+        observed=observed,
+        status=status,
+        detail=detail,
+        service=service,
+    )
 
 
 def _leak(sink: Address, proto: Proto, port: int, refused_here: bool) -> Entry:
     if refused_here:
-        observed = "arrived"
+        observed = Observed.ARRIVED
         detail = "refused here, yet it arrived at the sink: another sender uses our address?"
     else:
-        observed = "sent"
+        observed = Observed.SENT
         detail = "leak: this host let it out (expected refused by harden's egress rules)"
-    return Entry(str(sink), sink.version, proto, port, "blocked", observed, Status.FAIL, detail)
+    return Entry(
+        target=str(sink),
+        family=family_of(sink),
+        proto=proto,
+        port=port,
+        expected=Expect.BLOCKED,
+        observed=observed,
+        status=Status.FAIL,
+        detail=detail,
+    )
 
 
 def _sink_heard(report: Report, policy: Policy, run: EgressRun, sink: Address) -> None:
@@ -117,14 +139,15 @@ def _sink_heard(report: Report, policy: Policy, run: EgressRun, sink: Address) -
         return
     report.entries.append(
         Entry(
-            str(sink),
-            sink.version,
-            "*",
-            None,
-            "heard",
-            "nothing",
-            Status.INCONCLUSIVE,
-            f"the sink captured nothing from this host, not even its control packet: absence "
-            f"at {sink} proves nothing (wrong address, or a filter drops ICMP errors on the way)",
+            target=str(sink),
+            family=family_of(sink),
+            proto="*",
+            port=None,
+            expected=Expect.HEARD,
+            observed=Observed.NOTHING,
+            status=Status.INCONCLUSIVE,
+            detail="the sink captured nothing from this host, not even its control packet: "
+            f"absence at {sink} proves nothing (wrong address, or a filter drops ICMP errors "
+            "on the way)",
         )
     )

@@ -30,7 +30,7 @@ from harden.errors import EnvironmentProblem
 from harden.types import Address, Proto, Sent
 from harden.verify.classify import Reason, Reply
 from harden.verify.engine.transport import Clock, Round, SystemClock, Transport
-from harden.verify.findings import Findings
+from harden.verify.findings import Findings, Observed, TooSlow
 from harden.verify.plan import Expect, Plan, PortMap, Target
 
 # phase description, units done (or None to start a phase with a total)
@@ -335,7 +335,7 @@ class _Run:
         key: tuple[Target, Proto] = (target, "udp")
         ms = self.options.ratelimit_ms[target.family]
         if st.unprovable:
-            self.findings.unproven[key] = f"silent, ICMP rate limit of {ms} ms too slow to wait for"
+            self.findings.unproven[key] = TooSlow(ms)
             self.findings.notes.append(
                 f"{label} udp: the target's ICMP rate limit is {ms} ms, too slow for the quiet "
                 f"rule within {self.options.max_quiet_wait:g} s: its silent UDP ports are "
@@ -343,7 +343,7 @@ class _Run:
             )
             return
         if st.errored and not st.settled:
-            self.findings.unproven[key] = "unprobed"
+            self.findings.unproven[key] = Observed.UNPROBED
             self.findings.notes.append(
                 f"{label} udp: {n} port(s) answered with ICMP; the target rate-limits ICMP "
                 f"errors (about one per {st.interval:g} s to each source), so more ports may "
