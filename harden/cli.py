@@ -35,7 +35,7 @@ from harden.manifest.model import json_schema
 from harden.outputs import FORMATS
 from harden.outputs import write as write_report
 from harden.outputs.metrics import verify_down_metrics
-from harden.policy.model import Policy, build_policy
+from harden.policy.model import Policy, build_policy, family_of
 from harden.request import CONFIRM_RANGE, ApplyRequest, EgressRequest, VerifyRequest
 from harden.text import one_line, printable
 from harden.types import Address, Backend
@@ -325,6 +325,93 @@ def confirm(state_dir: Path) -> None:
     from harden.apply import confirm as do_confirm
 
     echo(do_confirm(state_dir))
+
+
+@cli.command()
+@click.option(
+    "--manifest",
+    type=MANIFEST,
+    help="Compare with this manifest: exit 1 on a static leak or a declared service "
+    "blocked, 5 if only cells the model cannot decide stand in the way.",
+)
+@click.option(
+    "--hook",
+    "hooks",
+    type=click.Choice(["input", "output"]),
+    multiple=True,
+    help="The hooks to analyse (repeatable; default: both).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+)
+def analyze(manifest: Path | None, hooks: tuple[str, ...], fmt: str) -> None:
+    """Read this host's whole live ruleset and show what a new packet meets.
+
+    Every table nftables holds (ufw's, firewalld's, Docker's, kube-proxy's and
+    harden's alike), every base chain in hook and priority order: one row per set of
+    packets (protocol, destination port, source port, peer address, interface) that
+    every rule treats alike and that is not a plain drop, with the rules that decide.
+    A rule keyed on what a probe never sends (a source port, a uid) shows here. An
+    expression the model cannot read leaves its rows unknown, with the reason; never a
+    guess. Run on the host, as root. See docs/design.md, "Reading the live ruleset".
+    """
+    from harden.analysis.collect import analyze as run
+
+    policy = build_policy(load_manifest(manifest)) if manifest is not None else None
+    result = run(hooks or ("input", "output"), policy, str(manifest) if manifest else None)
+    if fmt == "markdown":
+        echo(result.to_markdown(), nl=False)
+    else:
+        _emit(fmt, result.to_json(), result.to_text())
+    raise click.exceptions.Exit(result.exit_status)
+
+
+@cli.command()
+@click.argument("what", metavar="PROTO/PORT")
+@click.option("--from", "source", metavar="ADDR", help="input: the packet's source address.")
+@click.option("--to", "destination", metavar="ADDR", help="output: its destination address.")
+@click.option("--sport", type=int, default=40000, show_default=True, help="Its source port.")
+@click.option(
+    "--iface",
+    default="eth0",
+    show_default=True,
+    help="The interface it arrives on (input) or leaves by (output).",
+)
+@click.option("--hook", type=click.Choice(["input", "output"]), default="input", show_default=True)
+@FORMAT
+def explain(
+    what: str,
+    source: str | None,
+    destination: str | None,
+    sport: int,
+    iface: str,
+    hook: str,
+    fmt: str,
+) -> None:
+    """Show one new packet's way through the live ruleset: why is this port open or closed.
+
+    Every base chain on its hooks in priority order, the rules that decided (table,
+    chain, handle, text) and the verdict: accept, drop, reject, or unknown with the
+    reason. Run on the host, as root. See docs/design.md, "Reading the live ruleset".
+    """
+    from harden.analysis.collect import explain as run
+    from harden.analysis.engine import Packet
+    from harden.request import ExplainRequest
+
+    request = _request(
+        lambda: ExplainRequest.parse(
+            what, source=source, destination=destination, sport=sport, iface=iface, hook=hook
+        )
+    )
+    packet = Packet(
+        hook, family_of(request.peer), request.proto, request.port, sport, request.peer, iface
+    )
+    result = run(packet)
+    _emit(fmt, result.to_json(), result.to_text())
 
 
 @cli.command()

@@ -15,9 +15,9 @@ from pathlib import Path
 from harden import defaults
 from harden.backends import names as backend_names
 from harden.errors import OptionConflict, OptionError
-from harden.manifest.ports import PortRange
-from harden.types import Address
-from harden.verify.options import PortSelection, Probing, addresses, within
+from harden.manifest.ports import PortRange, check_port
+from harden.types import Address, Proto
+from harden.verify.options import PortSelection, Probing, address, addresses, within
 
 CONFIRM_RANGE = (1, 3600)  # apply --confirm, seconds
 
@@ -162,3 +162,42 @@ class DiffRequest:
     ) -> DiffRequest:
         """The request, or OptionError naming the bad option."""
         return cls(Path(manifest), Path(new) if new is not None else None, backend(backend_name))
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """``harden explain PROTO/PORT``: one new packet, arriving (input) or sent (output)."""
+
+    hook: str
+    proto: Proto
+    port: int
+    peer: Address
+    sport: int
+    iface: str
+
+    @classmethod
+    def parse(
+        cls,
+        what: str,
+        *,
+        source: str | None = None,
+        destination: str | None = None,
+        sport: int = 40000,
+        iface: str = "eth0",
+        hook: str = "input",
+    ) -> ExplainRequest:
+        """The packet, or OptionError naming the bad option."""
+        proto, _, port_text = what.partition("/")
+        if proto not in ("tcp", "udp") or not port_text:
+            raise OptionError("what", f"{what!r} is not PROTO/PORT (tcp/22, udp/53)")
+        try:
+            port = check_port(int(port_text)) if port_text.isdigit() else -1
+        except ValueError as exc:
+            raise OptionError("what", str(exc)) from None
+        if port < 0:
+            raise OptionError("what", f"{port_text!r} is not a port number")
+        within(sport, (1, 65535), "sport")
+        peer_text, option = (source, "from") if hook == "input" else (destination, "to")
+        if peer_text is None:
+            raise OptionConflict(option, f"--hook {hook} needs --{option} ADDRESS")
+        return cls(hook, proto, port, address(peer_text, option), sport, iface)  # type: ignore[arg-type]

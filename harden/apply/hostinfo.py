@@ -99,13 +99,18 @@ def other_firewalls(policy: Policy | None = None) -> tuple[list[BaseChain], list
     found = firewalld()
     if found is not None and found["backend"] == "iptables":
         warnings.append(FIREWALLD_IPTABLES)
-    legacy = _legacy_rules()
+    legacy = legacy_rules()
     if legacy:
-        warnings.append(
-            f"iptables-legacy holds {legacy} rule(s) that nft cannot see; they filter "
-            "too (iptables-legacy-save lists them)"
-        )
+        warnings.append(legacy_note(legacy))
     return chains, warnings
+
+
+def legacy_note(rules: int) -> str:
+    """What to say of rules in iptables-legacy: nft (and so harden's reading) cannot see them."""
+    return (
+        f"iptables-legacy holds {rules} rule(s) that nft cannot see; they filter too "
+        "(iptables-legacy-save lists them)"
+    )
 
 
 def firewalld(root: Path = Path("/")) -> dict[str, Any] | None:
@@ -137,7 +142,7 @@ FIREWALLD_IPTABLES = (
 )
 
 
-def _legacy_rules() -> int:
+def legacy_rules() -> int:
     """How many rules iptables-legacy and ip6tables-legacy hold (0 if not installed)."""
     count = 0
     for tool in ("iptables-legacy-save", "ip6tables-legacy-save"):
@@ -186,3 +191,20 @@ def _package_version(package: str) -> str:
         timeout=10,
     )
     return proc.stdout.strip() if proc.returncode == 0 and proc.stdout else "not installed"
+
+
+def nft_saves() -> dict[str, str]:
+    """``iptables-nft-save`` and ``ip6tables-nft-save`` output, by nft family (ip, ip6).
+
+    They print the options of the x_tables extensions nft shows by name only. A tool that
+    is missing or fails leaves its family out: its extensions stay undecoded.
+    """
+    found = {}
+    for tool, family in (("iptables-nft-save", "ip"), ("ip6tables-nft-save", "ip6")):
+        try:
+            proc = subprocess.run([tool], capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if proc.returncode == 0:
+            found[family] = proc.stdout
+    return found

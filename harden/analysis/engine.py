@@ -1,0 +1,463 @@
+"""Follow a new packet through every table's base chains; the exposure matrix of a hook.
+
+Pure. ``decide`` walks one packet (``harden explain``); ``matrix`` cuts (protocol,
+destination port, source port, peer address, interface) into cells inside which every
+rule answers the same way, decides one packet per cell, and merges the cells back into
+rows (``harden analyze``). An expression the model does not know makes its rule a "may
+match": both ways are followed, and a cell whose outcomes differ is unknown, with the
+reason, unless they differ only by a key a sender chooses (uid, gid, cgroup): then any
+accept among them is an exposure. docs/design.md, "Reading the live ruleset".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from ipaddress import ip_address, ip_network
+from typing import Any, Literal
+
+from harden.analysis import xt
+from harden.analysis.model import Chain, Rule, Ruleset
+from harden.analysis.xt import Facts
+from harden.types import Address, Family, Proto
+
+Verdict = Literal["accept", "drop", "reject", "unknown"]
+# The hooks a packet passes before it is delivered (input) or sent (output).
+PATH = {"input": ("prerouting", "input"), "output": ("output", "postrouting")}
+MAX_PATHS = 256  # past this many may-match branches a cell is unknown, not slow
+MAX_DEPTH = 16  # jumps deeper than the kernel allows are a loop in our reading
+
+# IP protocol names nft prints (its numbers for the rest).
+_PROTO_NUMBERS = {
+    "icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "dccp": 33, "gre": 47, "esp": 50, "ah": 51,
+    "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132, "udplite": 136,
+}  # fmt: skip
+# Keys a sender picks for itself: a rule keyed on them exposes its accept to whoever
+# has that uid, gid or cgroup (an existential, not an unknown).
+KEYED = {"skuid", "skgid", "cgroup"}
+
+
+@dataclass(frozen=True)
+class Packet:
+    """A new connection's first packet (ct state new, no mark, a unicast local address)."""
+
+    hook: str  # input: arriving at this host; output: sent by it
+    family: Family
+    proto: Proto
+    dport: int
+    sport: int
+    peer: Address  # input: the source address; output: the destination
+    iface: str  # input: the interface it arrives on; output: the one it leaves by
+
+
+@dataclass(frozen=True)
+class Maybe:
+    """Why a rule may or may not match (the model cannot tell, or a sender chooses)."""
+
+    reason: str
+    keyed: bool = False
+
+
+@dataclass(frozen=True)
+class Path:
+    """One way through the chains: where it ended, the rules that decided, what was assumed."""
+
+    verdict: str | None  # None: fell through (a base chain's policy decides)
+    rules: tuple[Rule, ...] = ()
+    maybes: tuple[Maybe, ...] = ()
+
+    def then(self, other: Path) -> Path:
+        """The path continued by ``other``."""
+        return Path(other.verdict, self.rules + other.rules, self.maybes + other.maybes)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A packet's verdict, the rules that gave it, and why it is not certain (if so)."""
+
+    verdict: Verdict
+    rules: tuple[Rule, ...]
+    unknown: tuple[str, ...] = ()
+    keyed: tuple[str, ...] = ()
+    paths: tuple[Path, ...] = ()
+
+
+def decide(ruleset: Ruleset, packet: Packet) -> Decision:
+    """Every base chain the packet passes, in hook then priority order; one decision."""
+    live = [Path(None)]
+    done: list[Path] = []
+    for hook in PATH[packet.hook]:
+        for chain in ruleset.base_chains(hook, packet.family):
+            after: list[Path] = []
+            for path in live:
+                for step in _base(ruleset, chain, packet):
+                    joined = path.then(step)
+                    (after if step.verdict == "accept" else done).append(joined)
+            live = after
+    done += [replace(p, verdict="accept") for p in live]
+    return _conclude(done)
+
+
+def _conclude(paths: list[Path]) -> Decision:
+    verdicts = {p.verdict for p in paths}
+    maybes = {m for p in paths for m in p.maybes}
+    unknown = tuple(sorted({m.reason for m in maybes if not m.keyed}))
+    keyed = tuple(sorted({m.reason for m in maybes if m.keyed}))
+    if len(verdicts) == 1:
+        (verdict,) = verdicts
+        return Decision(_verdict(verdict), paths[0].rules, (), (), tuple(paths))
+    if "unknown" not in verdicts and not unknown and "accept" in verdicts:
+        accepted = next(p for p in paths if p.verdict == "accept")
+        return Decision("accept", accepted.rules, (), keyed, tuple(paths))
+    rules = tuple(dict.fromkeys(r for p in paths for r in p.rules))
+    return Decision(
+        "unknown",
+        rules,
+        unknown or ("verdicts differ by " + ", ".join(keyed),),
+        keyed,
+        tuple(paths),
+    )
+
+
+def _verdict(text: str | None) -> Verdict:
+    return text if text in ("accept", "drop", "reject") else "unknown"  # type: ignore[return-value]
+
+
+def _base(ruleset: Ruleset, chain: Chain, packet: Packet) -> list[Path]:
+    """A base chain's ways out: its rules' verdicts, else its policy."""
+    out = []
+    for path in _chain(ruleset, chain, packet, 0):
+        if path.verdict in (None, "return"):
+            policy = Rule(chain.family, chain.table, chain.name, 0, (f"policy {chain.policy}",))
+            path = Path(chain.policy, (*path.rules, policy), path.maybes)
+        out.append(path)
+    return out
+
+
+def _chain(ruleset: Ruleset, chain: Chain, packet: Packet, depth: int) -> list[Path]:
+    """Every way through one chain: a verdict, ``return``, or None (its end)."""
+    if depth > MAX_DEPTH:
+        return [Path("unknown", (), (Maybe(f"jumps deeper than {MAX_DEPTH}"),))]
+    live = [Path(None)]
+    done: list[Path] = []
+    for rule in chain.rules:
+        after: list[Path] = []
+        for path in live:
+            for step in _rule(ruleset, chain, rule, packet, depth):
+                joined = path.then(step)
+                (done if step.verdict is not None else after).append(joined)
+        live = after
+        if len(live) + len(done) > MAX_PATHS:
+            return [Path("unknown", (), (Maybe(f"more than {MAX_PATHS} ways through"),))]
+    return done + live
+
+
+def _rule(ruleset: Ruleset, chain: Chain, rule: Rule, packet: Packet, depth: int) -> list[Path]:
+    """One rule's ways: no match (verdict None), or each verdict its statements may reach."""
+    matching = [Path(None)]  # the ways on which every statement so far matched
+    out: list[Path] = []
+    for statement in rule.expr:
+        found = _statement(ruleset, chain, rule, statement, packet, depth)
+        if found is None or found is True:
+            continue  # counter, log, comment; or a match that holds
+        if found is False:
+            return out + [Path(None, (), p.maybes) for p in matching]
+        if isinstance(found, Maybe):
+            out += [Path(None, (), (*p.maybes, found)) for p in matching]  # the no-match way
+            matching = [Path(None, p.rules, (*p.maybes, found)) for p in matching]
+            continue
+        going_on: list[Path] = []
+        for path in matching:
+            for step in found:
+                joined = path.then(step)
+                (going_on if step.verdict is None else out).append(joined)
+        matching = going_on
+    return out + matching
+
+
+def _statement(
+    ruleset: Ruleset, chain: Chain, rule: Rule, statement: Any, packet: Packet, depth: int
+) -> bool | Maybe | list[Path] | None:
+    """A match's truth, or the paths a verdict statement opens, or None (no effect)."""
+    if not isinstance(statement, dict) or len(statement) != 1:
+        return Maybe(f"statement {statement!r}")
+    ((name, body),) = statement.items()
+    if name == "match":
+        return _match(ruleset, rule, body, packet)
+    if name in ("accept", "drop", "reject"):
+        return [Path(name, (rule,))]
+    if name == "return":
+        return [Path("return", (rule,))]
+    if name in ("jump", "goto"):
+        return _jump(ruleset, chain, rule, name, body["target"], packet, depth)
+    if name == "vmap":
+        return _vmap(ruleset, chain, rule, body, packet, depth)
+    if name in ("counter", "log", "comment", "notrack", "mangle", "set", "meter", "ct count"):
+        return None if name not in ("ct count",) else Maybe("ct count")
+    if name == "limit":
+        return Maybe("limit: over the rate, the rule does not match")
+    if name == "xt":
+        return _xt(rule, statement, body, packet)
+    if name in ("queue",):
+        return [Path("unknown", (rule,), (Maybe("queue: a userspace program decides"),))]
+    if name in ("dnat", "redirect", "tproxy"):
+        # The packet goes on with another destination: what this hook's later chains
+        # see is not what was sent.
+        return [Path("unknown", (rule,), (Maybe(f"{name}: the destination changes here"),))]
+    return Maybe(f"statement {name}")
+
+
+def _xt(
+    rule: Rule, statement: Any, body: dict[str, Any], packet: Packet
+) -> bool | Maybe | list[Path] | None:
+    """An iptables extension, decoded from iptables-nft-save when it was read."""
+    kind, name = body.get("type", "match"), body.get("name", "?")
+    extension = _extension(rule, statement, name)
+    if extension is None:
+        # nft prints an x_tables extension's name, not its options.
+        return Maybe(f"xt {kind} {name} (not decoded: its options could not be read)")
+    facts = Facts(packet.hook, packet.proto, packet.dport, packet.sport, packet.peer)
+    found = xt.test(extension, facts)
+    if isinstance(found, bool):
+        return found
+    if found in ("accept", "drop", "reject"):
+        return [Path(found, (rule,))]
+    if found == xt.NO_EFFECT:
+        return None
+    if found.startswith("keyed: "):
+        return Maybe(f"xt {found.removeprefix('keyed: ')}", keyed=True)
+    if kind == "target":
+        return [Path("unknown", (rule,), (Maybe(found),))]
+    return Maybe(found)
+
+
+def _extension(rule: Rule, statement: Any, name: str) -> xt.Extension | None:
+    """The decoded extension behind the rule's xt ``statement`` (by name, in order)."""
+    if rule.xt is None:
+        return None
+    before = 0
+    for e in rule.expr:
+        if e is statement:
+            break
+        if isinstance(e, dict) and "xt" in e and e["xt"].get("name") == name:
+            before += 1
+    same = [x for x in rule.xt if x.name == name]
+    return same[before] if before < len(same) else None
+
+
+def _jump(
+    ruleset: Ruleset, chain: Chain, rule: Rule, kind: str, target: str, packet: Packet, depth: int
+) -> list[Path]:
+    called = ruleset.chains.get((chain.family, chain.table, target))
+    if called is None:
+        return [Path("unknown", (rule,), (Maybe(f"{kind} to a missing chain {target}"),))]
+    out = []
+    for path in _chain(ruleset, called, packet, depth + 1):
+        if path.verdict in (None, "return"):
+            # Back from a jump: the next rule; back from a goto: this chain returns.
+            verdict = None if kind == "jump" else "return"
+            out.append(Path(verdict, path.rules, path.maybes))
+        else:
+            out.append(Path(path.verdict, (rule, *path.rules), path.maybes))
+    return out
+
+
+def _vmap(
+    ruleset: Ruleset, chain: Chain, rule: Rule, body: dict[str, Any], packet: Packet, depth: int
+) -> list[Path]:
+    key = _value(body["key"], packet)
+    if key is _ABSENT:
+        return [Path(None)]  # a tcp map for a udp packet: no element can match
+    data = body["data"]
+    if isinstance(data, str) and data.startswith("@"):
+        elements = ruleset.maps.get((rule.family, rule.table, data[1:]))
+    else:
+        elements = tuple(data.get("set", ())) if isinstance(data, dict) else None
+    if elements is None or isinstance(key, Maybe):
+        reason = key if isinstance(key, Maybe) else Maybe("a verdict map that changes")
+        return [Path(None, (), (reason,)), Path("unknown", (rule,), (reason,))]
+    for element in elements:
+        if not (isinstance(element, list) and len(element) == 2):
+            return [Path("unknown", (rule,), (Maybe("a verdict map element"),))]
+        hit = _compare("==", key, element[0], ruleset, rule)
+        if hit is True:
+            result = _statement(ruleset, chain, rule, element[1], packet, depth)
+            return result if isinstance(result, list) else [Path(None)]
+        if isinstance(hit, Maybe):
+            return [Path(None, (), (hit,)), Path("unknown", (rule,), (hit,))]
+    return [Path(None)]
+
+
+def _match(ruleset: Ruleset, rule: Rule, body: dict[str, Any], packet: Packet) -> bool | Maybe:
+    value = _value(body["left"], packet)
+    if value is _ABSENT:
+        return False  # a tcp match on a udp packet, an ip match on IPv6: no match
+    if isinstance(value, Maybe):
+        return value
+    return _compare(body["op"], value, body["right"], ruleset, rule)
+
+
+_ABSENT = object()
+
+
+class _Local:
+    """The host's own end of the packet: one of its unicast addresses, which one unknown."""
+
+
+LOCAL = _Local()
+
+
+def _value(left: Any, packet: Packet) -> Any:
+    """The packet's value of a match's left side; _ABSENT (cannot apply) or a Maybe."""
+    if not isinstance(left, dict) or len(left) != 1:
+        return Maybe(f"expression {left!r}")
+    ((kind, body),) = left.items()
+    if kind == "payload":
+        return _payload(body, packet)
+    if kind == "meta":
+        return _meta(body.get("key", ""), packet)
+    if kind == "ct":
+        key = body.get("key")
+        if key == "state":
+            return frozenset({"new"})
+        if key == "direction":
+            return "original"
+        if key == "status":
+            return frozenset()  # a new connection: not yet confirmed, seen replied or NATed
+        return Maybe(f"ct {key}")
+    if kind == "fib":
+        if (
+            body.get("result") == "type"
+            and "daddr" in body.get("flags", ())
+            and packet.hook == "input"
+        ):
+            return "local"
+        return Maybe("fib lookup")
+    return Maybe(f"{kind} expression")
+
+
+def _payload(body: dict[str, Any], packet: Packet) -> Any:
+    protocol, field = body.get("protocol"), body.get("field")
+    if protocol in ("tcp", "udp", "th"):
+        if protocol != "th" and protocol != packet.proto:
+            return _ABSENT
+        if field == "dport":
+            return packet.dport
+        if field == "sport":
+            return packet.sport
+        return Maybe(f"{protocol} {field}")
+    if protocol in ("ip", "ip6"):
+        if (protocol == "ip") != (packet.family == 4):
+            return _ABSENT
+        if field in ("protocol", "nexthdr"):
+            return _PROTO_NUMBERS[packet.proto]
+        own = "saddr" if packet.hook == "input" else "daddr"
+        if field == own:
+            return packet.peer
+        if field in ("saddr", "daddr"):
+            return LOCAL  # one of this host's unicast addresses
+        return Maybe(f"{protocol} {field}")
+    if protocol in _PROTO_NUMBERS:
+        return _ABSENT  # another transport protocol's header: a tcp or udp packet has none
+    return Maybe(f"{protocol} {field}")
+
+
+def _meta(key: str, packet: Packet) -> Any:
+    if key == "l4proto":
+        return _PROTO_NUMBERS[packet.proto]
+    if key == "nfproto":
+        return "ipv4" if packet.family == 4 else "ipv6"
+    if key == "protocol":
+        return "ip" if packet.family == 4 else "ip6"
+    if key in (("iifname", "iif") if packet.hook == "input" else ("oifname", "oif")):
+        return packet.iface  # nft names the interface of iif/oif matches too
+    if key == "mark":
+        return 0
+    if key == "pkttype":
+        return "host"
+    if key in KEYED:
+        return Maybe(f"meta {key}", keyed=True)
+    return Maybe(f"meta {key}")
+
+
+def _compare(op: str, value: Any, right: Any, ruleset: Ruleset, rule: Rule) -> bool | Maybe:
+    elements = _elements(right, ruleset, rule)
+    if isinstance(elements, Maybe):
+        return elements
+    if value is LOCAL:
+        # A unicast address is never a multicast one; any other comparison needs to know
+        # which of the host's addresses the packet is for.
+        if op in ("==", "!=") and elements and all(_multicast(e) for e in elements):
+            return op == "!="
+        return Maybe("this host's own address (which one is not modelled)")
+    if op in ("==", "in", "!="):
+        hits = [_equal(value, e) for e in elements]
+        found: bool | Maybe = (
+            True if True in hits else next((h for h in hits if isinstance(h, Maybe)), False)
+        )
+        if op == "!=" and isinstance(found, bool):
+            return not found
+        return found
+    if op in ("<", ">", "<=", ">=") and isinstance(value, int) and len(elements) == 1:
+        limit = elements[0]
+        if isinstance(limit, int):
+            return {
+                "<": value < limit,
+                ">": value > limit,
+                "<=": value <= limit,
+                ">=": value >= limit,
+            }[op]
+    return Maybe(f"comparison {op}")
+
+
+def _multicast(element: Any) -> bool:
+    try:
+        if isinstance(element, dict) and "prefix" in element:
+            prefix = element["prefix"]
+            return ip_network(f"{prefix['addr']}/{prefix['len']}", strict=False).is_multicast
+        return isinstance(element, str) and ip_address(element).is_multicast
+    except ValueError:
+        return False
+
+
+def _elements(right: Any, ruleset: Ruleset, rule: Rule) -> list[Any] | Maybe:
+    if isinstance(right, str) and right.startswith("@"):
+        found = ruleset.sets.get((rule.family, rule.table, right[1:]))
+        if found is None:
+            return Maybe(f"set {right}: it changes (dynamic or timeout) or is missing")
+        return list(found)
+    if isinstance(right, dict) and "set" in right:
+        return list(right["set"])
+    if isinstance(right, list):
+        return list(right)
+    return [right]
+
+
+def _equal(value: Any, element: Any) -> bool | Maybe:
+    if isinstance(value, frozenset):
+        return element in value if isinstance(element, str) else Maybe("ct state element")
+    if isinstance(element, dict):
+        if "range" in element:
+            low, high = element["range"]
+            if isinstance(value, int):
+                return bool(low <= value <= high)
+            if not isinstance(value, str):
+                return bool(ip_address(low) <= value <= ip_address(high))
+        if "prefix" in element and not isinstance(value, int | str):
+            prefix = element["prefix"]
+            net = ip_network(f"{prefix['addr']}/{prefix['len']}", strict=False)
+            return bool(value.version == net.version and value in net)
+        return Maybe(f"element {element!r}")
+    if isinstance(value, int):
+        if isinstance(element, str):
+            if element not in _PROTO_NUMBERS:
+                return Maybe(f"protocol {element}")
+            return _PROTO_NUMBERS[element] == value
+        return bool(value == element)
+    if isinstance(value, str):
+        if isinstance(element, str) and element.endswith("*") and not element.endswith("\\*"):
+            return value.startswith(element[:-1])
+        return value == str(element).replace("\\*", "*")
+    try:
+        return bool(value == ip_address(str(element)))
+    except ValueError:
+        return Maybe(f"element {element!r}")

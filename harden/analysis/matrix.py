@@ -1,0 +1,329 @@
+"""The exposure matrix of a hook: cells inside which every rule answers alike, merged to rows.
+
+Pure. Each dimension (destination port, source port, peer address, interface) is cut at
+every constant a rule of the hook's chains names, and at the manifest's own when it is
+compared; one packet decides each cell for the whole cell, since no rule can tell two of
+its packets apart. docs/design.md, "Reading the live ruleset".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_network, summarize_address_range
+from itertools import product
+from typing import Any
+
+from harden.analysis.engine import PATH, Decision, Packet, decide
+from harden.analysis.model import Rule, Ruleset
+from harden.manifest.ports import PortRange, merge
+from harden.types import FAMILIES, PROTOS, Address, Family, Network, Proto
+
+Interval = tuple[int, int]  # inclusive
+OTHER = "*"  # an interface no rule names
+_TOP = {4: 2**32 - 1, 6: 2**128 - 1}
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """Where a dimension's answers may change: extra cut points from a manifest."""
+
+    ports: frozenset[int] = frozenset()
+    nets: frozenset[Network] = frozenset()
+    ifaces: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Row:
+    """Packets that all get the same decision (and, compared, the same expectation)."""
+
+    hook: str
+    family: Family
+    proto: Proto
+    dports: tuple[PortRange, ...]
+    sports: tuple[PortRange, ...]
+    peers: tuple[Network, ...]
+    ifaces: tuple[str, ...]
+    decision: Decision
+    expected: bool | None = None  # with a manifest: whether it allows these packets
+
+    @property
+    def verdict(self) -> str:
+        """accept, drop, reject or unknown."""
+        return self.decision.verdict
+
+    def to_json(self) -> dict[str, Any]:
+        """One row of ``harden.analysis/1``."""
+        peer = "sources" if self.hook == "input" else "destinations"
+        iface = "iifname" if self.hook == "input" else "oifname"
+        full = (PortRange(1, 65535),)
+        out: dict[str, Any] = {
+            "hook": self.hook,
+            "family": f"ipv{self.family}",
+            "proto": self.proto,
+            "dports": _ports(self.dports),
+            "sports": "any" if self.sports == full else _ports(self.sports),
+            peer: "any" if _any(self.peers, self.family) else [str(n) for n in self.peers],
+            iface: "any" if self.ifaces == (OTHER,) else list(self.ifaces),
+            "verdict": self.verdict,
+            "rules": [r.to_json() for r in self.decision.rules],
+            "managers": sorted({manager(r) for r in self.decision.rules}),
+        }
+        if self.decision.unknown:
+            out["unknown"] = list(self.decision.unknown)
+        if self.decision.keyed:
+            out["keyed_on"] = list(self.decision.keyed)
+        if self.expected is not None:
+            out["declared"] = self.expected
+        return out
+
+
+def manager(rule: Rule) -> str:
+    """Which tool owns a rule, by its table and chain names."""
+    name = f"{rule.table} {rule.chain}".lower()
+    for marker, owner in (
+        ("harden", "harden"), ("ufw", "ufw"), ("firewalld", "firewalld"),
+        ("docker", "Docker"), ("kube", "kube-proxy"), ("libvirt", "libvirt"),
+    ):  # fmt: skip
+        if marker in name:
+            return owner
+    return "unknown"
+
+
+def matrix(
+    ruleset: Ruleset,
+    hook: str,
+    cuts: Cuts = Cuts(),
+    expect: Callable[[Packet], bool | None] | None = None,
+) -> list[Row]:
+    """Every cell of ``hook`` decided, merged into rows (all of them, drops included)."""
+    rows: list[Row] = []
+    for family in FAMILIES:
+        chains = [c for h in PATH[hook] for c in ruleset.base_chains(h, family)]
+        constants = _constants(ruleset, chains, hook, family)
+        peers = _intervals(_address_cuts(constants["peer"], cuts.nets, family), _TOP[family])
+        ifaces = [*sorted(_iface_names([*constants["iface"], *cuts.ifaces])), OTHER]
+        for proto in PROTOS:
+            dports = _intervals(_port_cuts(constants[f"{proto} dport"], cuts.ports), 65535, 1)
+            sports = _intervals(_port_cuts(constants[f"{proto} sport"], frozenset()), 65535, 1)
+            cells = []
+            for d, s, p, i in product(dports, sports, peers, ifaces):
+                packet = Packet(hook, family, proto, d[0], s[0], _address(p[0], family), _iface(i))
+                if hook == "input" and packet.peer.is_loopback:
+                    continue  # only loopback carries these, and it is not analysed
+                decision = decide(ruleset, packet)
+                expected = expect(packet) if expect is not None else None
+                cells.append(((d, s, p, i), decision, expected))
+            rows += _merge(hook, family, proto, cells)
+    return rows
+
+
+def _merge(hook: str, family: Family, proto: Proto, cells: list[Any]) -> list[Row]:
+    """Cells with the same outcome, merged along each dimension in turn."""
+    groups: dict[Any, list[Any]] = {}
+    for (d, s, p, i), decision, expected in cells:
+        outcome = (_key(decision), expected)
+        groups.setdefault((outcome, s, p, i), []).append((d, decision))
+    by_ports: dict[Any, list[Any]] = {}
+    for (outcome, s, p, i), found in groups.items():
+        dports = tuple(merge(PortRange(lo, hi) for (lo, hi), _ in found))
+        by_ports.setdefault((outcome, dports, s, i), []).append((p, found[0][1]))
+    rows = []
+    for (outcome, dports, s, i), found in by_ports.items():
+        nets = tuple(n for lo, hi in _joined([p for p, _ in found]) for n in _nets(lo, hi, family))
+        rows.append(
+            Row(hook, family, proto, dports, (PortRange(*s),), nets, (i,), found[0][1], outcome[1])
+        )
+    return _merge_along(rows)
+
+
+def _merge_along(rows: list[Row]) -> list[Row]:
+    """Rows that differ only by source port, then only by interface, become one."""
+    merged: dict[Any, Row] = {}
+    for row in rows:
+        key = (_key(row.decision), row.expected, row.dports, row.peers, row.ifaces)
+        if key in merged:
+            old = merged[key]
+            merged[key] = Row(
+                row.hook, row.family, row.proto, row.dports, merge((*old.sports, *row.sports)),
+                row.peers, row.ifaces, old.decision, row.expected,
+            )  # fmt: skip
+        else:
+            merged[key] = row
+    out: dict[Any, Row] = {}
+    for row in merged.values():
+        by_iface = (_key(row.decision), row.expected, row.dports, row.peers, row.sports)
+        if by_iface in out:
+            old = out[by_iface]
+            out[by_iface] = Row(
+                row.hook, row.family, row.proto, row.dports, row.sports, row.peers,
+                tuple(sorted({*old.ifaces, *row.ifaces})), old.decision, row.expected,
+            )  # fmt: skip
+        else:
+            out[by_iface] = row
+    return list(out.values())
+
+
+def _key(decision: Decision) -> Any:
+    rules = tuple(decision.rules)
+    return (decision.verdict, rules, decision.unknown, decision.keyed)
+
+
+DIMENSIONS = ("tcp dport", "tcp sport", "udp dport", "udp sport", "peer", "iface")
+
+
+def _constants(
+    ruleset: Ruleset, chains: list[Any], hook: str, family: Family
+) -> dict[str, list[Any]]:
+    """Every constant the rules reachable from ``chains`` compare a dimension with."""
+    found: dict[str, list[Any]] = {k: [] for k in DIMENSIONS}
+    seen: set[Any] = set()
+    todo = list(chains)
+    peer = "saddr" if hook == "input" else "daddr"
+    iface = "iifname" if hook == "input" else "oifname"
+    while todo:
+        chain = todo.pop()
+        if (chain.family, chain.table, chain.name) in seen:
+            continue
+        seen.add((chain.family, chain.table, chain.name))
+        for rule in chain.rules:
+            for left, right in _comparisons(rule.expr):
+                dim = _dimension(left, peer, iface)
+                for d in dim:
+                    found[d] += _flat(right, ruleset, rule)
+            for target in _targets(rule.expr):
+                called = ruleset.chains.get((chain.family, chain.table, target))
+                if called is not None:
+                    todo.append(called)
+    return found
+
+
+def _comparisons(expr: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+    for e in expr:
+        if isinstance(e, dict) and "match" in e:
+            yield e["match"]["left"], e["match"]["right"]
+        elif isinstance(e, dict) and "vmap" in e:
+            data = e["vmap"]["data"]
+            keys = [el[0] for el in data.get("set", ())] if isinstance(data, dict) else []
+            yield e["vmap"]["key"], {"set": keys}
+
+
+def _targets(expr: Iterable[Any]) -> Iterator[str]:
+    for e in expr:
+        if isinstance(e, dict):
+            for kind in ("jump", "goto"):
+                if kind in e:
+                    yield e[kind]["target"]
+            if "vmap" in e and isinstance(e["vmap"]["data"], dict):
+                for _, verdict in e["vmap"]["data"].get("set", ()):
+                    yield from _targets([verdict])
+
+
+def _dimension(left: Any, peer: str, iface: str) -> list[str]:
+    if not isinstance(left, dict):
+        return []
+    payload = left.get("payload")
+    if isinstance(payload, dict):
+        proto, field_ = payload.get("protocol"), payload.get("field")
+        if field_ in ("dport", "sport"):
+            protos = ("tcp", "udp") if proto == "th" else (proto,)
+            return [f"{p} {field_}" for p in protos if p in ("tcp", "udp")]
+        if proto in ("ip", "ip6") and field_ == peer:
+            return ["peer"]
+    meta = left.get("meta")
+    if isinstance(meta, dict) and meta.get("key") == iface:
+        return ["iface"]
+    return []
+
+
+def _flat(right: Any, ruleset: Ruleset, rule: Rule) -> list[Any]:
+    return list(_walk(right, ruleset, rule))
+
+
+def _walk(right: Any, ruleset: Ruleset, rule: Rule) -> Iterator[Any]:
+    if isinstance(right, str) and right.startswith("@"):
+        yield from ruleset.sets.get((rule.family, rule.table, right[1:])) or ()
+        yield from (k for k, _ in ruleset.maps.get((rule.family, rule.table, right[1:])) or ())
+    elif isinstance(right, dict) and "set" in right:
+        for element in right["set"]:
+            yield from _walk(element, ruleset, rule)
+    elif isinstance(right, list):
+        for element in right:
+            yield from _walk(element, ruleset, rule)
+    else:
+        yield right
+
+
+def _port_cuts(values: list[Any], extra: frozenset[int]) -> set[int]:
+    cuts = set()
+    for v in values:
+        if isinstance(v, int):
+            cuts |= {v, v + 1}
+        elif isinstance(v, dict) and "range" in v and all(isinstance(x, int) for x in v["range"]):
+            cuts |= {v["range"][0], v["range"][1] + 1}
+    return cuts | {p for port in extra for p in (port, port + 1)}
+
+
+def _address_cuts(values: list[Any], nets: frozenset[Network], family: Family) -> set[int]:
+    cuts = set()
+    for v in values:
+        net = _net(v)
+        if net is not None and net.version == family:
+            cuts |= {int(net.network_address), int(net.broadcast_address) + 1}
+    for net in nets:
+        if net.version == family:
+            cuts |= {int(net.network_address), int(net.broadcast_address) + 1}
+    return cuts
+
+
+def _net(value: Any) -> Network | None:
+    try:
+        if isinstance(value, dict) and "prefix" in value:
+            return ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}", strict=False)
+        if isinstance(value, str):
+            return ip_network(value, strict=False)
+    except ValueError:
+        return None
+    return None
+
+
+def _joined(intervals: list[Interval]) -> list[Interval]:
+    """Adjacent or overlapping intervals as one."""
+    out: list[Interval] = []
+    for lo, hi in sorted(intervals):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _intervals(cuts: set[int], top: int, bottom: int = 0) -> list[Interval]:
+    points = sorted({bottom, *(c for c in cuts if bottom < c <= top)})
+    return [(lo, hi - 1) for lo, hi in zip(points, [*points[1:], top + 1], strict=True)]
+
+
+def _iface_names(values: list[Any]) -> set[str]:
+    return {v for v in values if isinstance(v, str) and v != "lo"}
+
+
+def _iface(name: str) -> str:
+    if name == OTHER:
+        return "harden-other0"  # a name no rule's pattern names (cut at every name given)
+    return name[:-1] + "0" if name.endswith("*") and not name.endswith("\\*") else name
+
+
+def _address(value: int, family: Family) -> Address:
+    return IPv4Address(value) if family == 4 else IPv6Address(value)
+
+
+def _nets(lo: int, hi: int, family: Family) -> list[Network]:
+    return list(summarize_address_range(_address(lo, family), _address(hi, family)))
+
+
+def _any(nets: tuple[Network, ...], family: Family) -> bool:
+    return len(nets) == 1 and nets[0].prefixlen == 0
+
+
+def _ports(ranges: tuple[PortRange, ...]) -> str:
+    return ",".join(str(r) for r in ranges)

@@ -1,0 +1,200 @@
+"""The live ruleset as data: tables, base chains, rules and sets from ``nft -j list ruleset``.
+
+Pure: ``parse`` takes the JSON the kernel printed and returns a ``Ruleset``; the engine
+(harden.analysis.engine) follows packets through it. docs/design.md, "Reading the live
+ruleset", says what is modelled and what stays unknown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from harden.analysis.xt import ChainKey, Extension, SavedRule
+from harden.errors import EnvironmentProblem
+
+# Families whose base chains an IPv4 or IPv6 packet passes on the hooks analysed.
+FAMILY_TABLES = {4: ("ip", "inet"), 6: ("ip6", "inet")}
+HOOKS = ("input", "output", "forward")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: where it is, its expressions (nft JSON), and a short text for people."""
+
+    family: str
+    table: str
+    chain: str
+    handle: int  # 0: the chain's policy
+    expr: tuple[Any, ...] = field(compare=False, hash=False)
+    comment: str = field(default="", compare=False, hash=False)
+    # Its iptables extensions with their options (from iptables-nft-save), if read.
+    xt: tuple[Extension, ...] | None = field(default=None, compare=False, hash=False)
+
+    @property
+    def text(self) -> str:
+        """The rule in a compact, readable form (its extensions as iptables writes them)."""
+        return describe(self.expr, self.xt)
+
+    def to_json(self) -> dict[str, Any]:
+        """Where the rule is and what it says."""
+        return {
+            "table": f"{self.family} {self.table}",
+            "chain": self.chain,
+            "handle": self.handle,
+            "rule": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A chain; a base chain has a hook, a priority and a policy."""
+
+    family: str
+    table: str
+    name: str
+    hook: str | None = None
+    prio: int = 0
+    policy: str = "accept"
+    type: str = "filter"
+    rules: tuple[Rule, ...] = ()
+
+
+SetKey = tuple[str, str, str]  # (family, table, name)
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """Every chain and named set of the ruleset; ``None`` elements: a set that changes."""
+
+    chains: Mapping[SetKey, Chain] = field(default_factory=dict)
+    sets: Mapping[SetKey, tuple[Any, ...] | None] = field(default_factory=dict)
+    maps: Mapping[SetKey, tuple[Any, ...] | None] = field(default_factory=dict)
+
+    def base_chains(self, hook: str, family: int) -> list[Chain]:
+        """The base chains a packet of ``family`` passes on ``hook``, in priority order."""
+        tables = FAMILY_TABLES[family]
+        found = [c for c in self.chains.values() if c.hook == hook and c.family in tables]
+        return sorted(found, key=lambda c: (c.prio, c.family, c.table, c.name))
+
+
+def parse(
+    document: Mapping[str, Any], saved: Mapping[ChainKey, list[SavedRule]] | None = None
+) -> Ruleset:
+    """The ruleset of ``nft -j list ruleset`` (EnvironmentProblem if it is not one).
+
+    ``saved``: the chains of ``iptables-nft-save``, whose rules give the options of the
+    extensions nft shows by name only; a chain whose rules do not line up gets none.
+    """
+    items = document.get("nftables")
+    if not isinstance(items, list):
+        raise EnvironmentProblem("nft -j list ruleset printed no 'nftables' list")
+    heads: dict[SetKey, dict[str, Any]] = {}
+    rules: dict[SetKey, list[Rule]] = {}
+    sets: dict[SetKey, tuple[Any, ...] | None] = {}
+    maps: dict[SetKey, tuple[Any, ...] | None] = {}
+    for item in items:
+        if "chain" in item:
+            c = item["chain"]
+            heads[(c["family"], c["table"], c["name"])] = c
+        elif "rule" in item:
+            r = item["rule"]
+            key = (r["family"], r["table"], r["chain"])
+            rule = Rule(
+                r["family"], r["table"], r["chain"], int(r.get("handle", 0)),
+                tuple(r.get("expr", ())), str(r.get("comment", "")),
+            )  # fmt: skip
+            rules.setdefault(key, []).append(rule)
+        elif "set" in item or "map" in item:
+            kind = "set" if "set" in item else "map"
+            s = item[kind]
+            dynamic = bool({"dynamic", "timeout"} & set(s.get("flags", ())))
+            elements = None if dynamic else tuple(_element(e) for e in s.get("elem", ()))
+            (sets if kind == "set" else maps)[(s["family"], s["table"], s["name"])] = elements
+    chains = {
+        key: Chain(
+            family=key[0],
+            table=key[1],
+            name=key[2],
+            hook=head.get("hook"),
+            prio=int(head.get("prio", 0)),
+            policy=str(head.get("policy", "accept")),
+            type=str(head.get("type", "filter")),
+            rules=_with_xt(tuple(rules.get(key, ())), (saved or {}).get(key)),
+        )
+        for key, head in heads.items()
+    }
+    return Ruleset(chains, sets, maps)
+
+
+def _with_xt(rules: tuple[Rule, ...], saved: list[SavedRule] | None) -> tuple[Rule, ...]:
+    """Each rule with its decoded extensions, when the save text has the same rules."""
+    if saved is None or len(saved) != len(rules):
+        return rules
+    return tuple(replace(r, xt=s.extensions) for r, s in zip(rules, saved, strict=True))
+
+
+def _element(element: Any) -> Any:
+    """A set element without its counters or timeouts: ``{"elem": {"val": x}}`` is x."""
+    if isinstance(element, dict) and "elem" in element:
+        return element["elem"].get("val")
+    return element
+
+
+def describe(expr: tuple[Any, ...], xt: tuple[Extension, ...] | None = None) -> str:
+    """A rule's expressions as one line of text: the parts people read, nft's JSON for others."""
+    parts = []
+    extensions = list(xt or ())
+    for e in expr:
+        if isinstance(e, dict) and "xt" in e and extensions:
+            parts.append(_xt_text(extensions.pop(0)))
+            continue
+        if isinstance(e, str):
+            parts.append(e)
+            continue
+        if not isinstance(e, dict) or len(e) != 1:
+            parts.append(json.dumps(e, separators=(",", ":")))
+            continue
+        ((name, body),) = e.items()
+        if name == "match":
+            parts.append(f"{_side(body['left'])} {body['op']} {_side(body['right'])}")
+        elif name in ("accept", "drop", "return", "continue") and body is None:
+            parts.append(name)
+        elif name in ("jump", "goto"):
+            parts.append(f"{name} {body['target']}")
+        elif name == "counter":
+            parts.append("counter")
+        else:
+            parts.append(f"{name} {json.dumps(body, separators=(',', ':'))}")
+    return " ".join(parts)
+
+
+def _xt_text(extension: Extension) -> str:
+    """``-m addrtype --dst-type LOCAL``, ``-j REJECT``: as iptables-save prints it."""
+    flag = "-m" if extension.kind == "match" else "-j"
+    words = [flag, extension.name]
+    for option, values, negated in extension.options:
+        words += [*(["!"] if negated else []), option, *values]
+    return " ".join(words)
+
+
+def _side(value: Any) -> str:
+    if isinstance(value, dict) and len(value) == 1:
+        ((name, body),) = value.items()
+        if name == "payload" and isinstance(body, dict) and "field" in body:
+            return f"{body.get('protocol', '')} {body['field']}".strip()
+        if name in ("meta", "ct") and isinstance(body, dict):
+            return f"{name} {body.get('key', '')}"
+        if name == "prefix":
+            return f"{body['addr']}/{body['len']}"
+        if name == "range":
+            return f"{body[0]}-{body[1]}"
+        if name == "set":
+            return "{ " + ", ".join(_side(v) for v in body) + " }"
+    if isinstance(value, list):
+        return "{ " + ", ".join(_side(v) for v in value) + " }"
+    return (
+        json.dumps(value, separators=(",", ":")) if not isinstance(value, str | int) else str(value)
+    )

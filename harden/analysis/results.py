@@ -1,0 +1,244 @@
+"""What ``harden analyze`` and ``harden explain`` report, and the manifest's expectations (pure).
+
+``Analysis`` holds the matrix rows of the hooks analysed and, with a manifest, what the
+live ruleset gives beyond it (static leaks) or withholds from it (declared services
+blocked). docs/design.md, "Reading the live ruleset".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_network
+from typing import Any
+
+from harden.analysis.engine import Decision, Packet
+from harden.analysis.matrix import Cuts, Row
+from harden.errors import ExitStatus
+from harden.policy.model import Policy
+from harden.types import Network
+
+SCHEMA = "harden.analysis/1"
+
+
+def manifest_cuts(policy: Policy, hook: str) -> Cuts:
+    """The manifest's own constants: its rows line up with the live rules' cells."""
+    if hook == "input":
+        ports = {p for a in policy.allows for r in a.ports for p in (r.first, r.last)}
+        nets = {n for a in policy.allows for f in (4, 6) for n in a.sources[f] or ()}
+        return Cuts(frozenset(ports), frozenset(nets), frozenset(policy.trusted))
+    ports = {p for o in policy.outbound for r in o.ports for p in (r.first, r.last)}
+    nets = {n for o in policy.outbound for f in (4, 6) for n in o.destinations[f] or ()}
+    return Cuts(frozenset(ports), frozenset(nets), frozenset(policy.trusted))
+
+
+def expectation(policy: Policy, hook: str) -> Callable[[Packet], bool | None]:
+    """Whether the manifest allows a packet (input: accepts it; output: lets it out).
+
+    None for a packet no interface but loopback carries (from 127.0.0.0/8 or ::1 on the
+    wire): no sender can make one, so it is no exposure, and harden drops it anyway.
+    """
+
+    def trusted(iface: str) -> bool:
+        return any(
+            iface.startswith(t[:-1]) if t.endswith("*") else iface == t for t in policy.trusted
+        )
+
+    if hook == "input":
+        return lambda p: (
+            None
+            if p.peer.is_loopback
+            else trusted(p.iface) or policy.accepts(p.peer, p.proto, p.dport)
+        )
+    return lambda p: trusted(p.iface) or policy.sends(p.peer, p.proto, p.dport)
+
+
+@dataclass
+class Analysis:
+    """The exposure matrix of the hooks analysed, compared with a manifest if one was given."""
+
+    hooks: tuple[str, ...]
+    rows: list[Row]
+    manifest: str | None = None
+    # Reasons every row is uncertain (rules nft cannot show, such as iptables-legacy).
+    unknown: list[str] = field(default_factory=list)
+
+    @property
+    def shown(self) -> list[Row]:
+        """The rows that are not a plain drop."""
+        return [r for r in self.rows if r.verdict != "drop" or r.expected]
+
+    @property
+    def leaks(self) -> list[Row]:
+        """Accepted, but the manifest declares nothing there."""
+        return [r for r in self.rows if r.expected is False and r.verdict == "accept"]
+
+    @property
+    def blocked(self) -> list[Row]:
+        """Declared, but a rule drops or rejects it."""
+        return [r for r in self.rows if r.expected and r.verdict in ("drop", "reject")]
+
+    @property
+    def uncertain(self) -> list[Row]:
+        """Cells the model cannot decide."""
+        return [r for r in self.rows if r.verdict == "unknown"]
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """Without a manifest 0; with one: 1 a leak or a blocked service, 5 only unknowns."""
+        if self.manifest is None:
+            return ExitStatus.OK
+        if self.unknown:
+            return ExitStatus.INCONCLUSIVE  # rules it could not read may change any row
+        if self.leaks or self.blocked:
+            return ExitStatus.FAILED
+        if self.uncertain or self.unknown:
+            return ExitStatus.INCONCLUSIVE
+        return ExitStatus.OK
+
+    def to_json(self) -> dict[str, Any]:
+        """Schema ``harden.analysis/1``: the rows that are not a plain drop."""
+        out: dict[str, Any] = {
+            "schema": SCHEMA,
+            "hooks": list(self.hooks),
+            "rows": [r.to_json() for r in self.shown],
+            "unknown": list(self.unknown),
+        }
+        if self.manifest is not None:
+            out["manifest"] = self.manifest
+            out["leaks"] = [r.to_json() for r in self.leaks]
+            out["blocked"] = [r.to_json() for r in self.blocked]
+        return out
+
+    def to_text(self) -> str:
+        """One line per row that is not a plain drop, then the findings against the manifest."""
+        lines = [_line(r) for r in self.shown] or ["every new packet is dropped"]
+        lines += [f"unknown: {reason}" for reason in self.unknown]
+        if self.manifest is not None:
+            lines += [f"LEAK: {_line(r)}" for r in self.leaks]
+            lines += [
+                f"BLOCKED: declared {_what(r)} is {r.verdict}ped by {_by(r)}" for r in self.blocked
+            ]
+            verdict = {0: "matches", 1: "does not match", 5: "cannot be decided against"}[
+                int(self.exit_status)
+            ]
+            lines.append(f"the live ruleset {verdict} {self.manifest}")
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        """The rows as a markdown table (for a pull request or a ticket)."""
+        head = "| hook | family | proto | dports | sports | peers | interface | verdict | rules |"
+        lines = [head, "|" + "---|" * 9]
+        for r in self.shown:
+            j = r.to_json()
+            peers = j.get("sources", j.get("destinations"))
+            iface = j.get("iifname", j.get("oifname"))
+            rules = "; ".join(f"{x['table']} {x['chain']} #{x['handle']}" for x in j["rules"])
+            lines.append(
+                f"| {r.hook} | {j['family']} | {r.proto} | {j['dports']} | {j['sports']} | "
+                f"{_short(peers)} | {_short(iface)} | {r.verdict} | {rules} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else ", ".join(value)
+
+
+def _peers(row: Row) -> str:
+    """The row's addresses, or "any except ..." when that is shorter."""
+    if not row.peers:
+        return "none"
+    space = ip_network("0.0.0.0/0" if row.family == 4 else "::/0")
+    rest: list[Network] = [space]
+    for net in row.peers:
+        rest = [piece for r in rest for piece in _minus(r, net)]
+    if not rest:
+        return "any"
+    if len(rest) < len(row.peers):
+        return "any except " + ", ".join(str(n) for n in sorted(rest, key=_order))
+    return ", ".join(map(str, row.peers))
+
+
+def _order(net: Network) -> tuple[int, int]:
+    return int(net.network_address), net.prefixlen
+
+
+def _minus(whole: Network, part: Network) -> list[Network]:
+    if not whole.overlaps(part):
+        return [whole]
+    if part.supernet_of(whole):  # type: ignore[arg-type]
+        return []
+    return list(whole.address_exclude(part))  # type: ignore[arg-type]
+
+
+def _what(row: Row) -> str:
+    return f"{row.proto}/{','.join(str(p) for p in row.dports)} ({row.hook}, ipv{row.family})"
+
+
+def _by(row: Row) -> str:
+    last = row.decision.rules[-1] if row.decision.rules else None
+    if last is None:
+        return "an unknown rule"
+    what = "the policy of" if last.handle == 0 else f"rule {last.handle} of"
+    return f"{what} {last.family} {last.table} {last.chain}"
+
+
+def _line(row: Row) -> str:
+    j = row.to_json()
+    iface = j.get("iifname", j.get("oifname"))
+    where = "from" if row.hook == "input" else "to"
+    text = (
+        f"{row.hook} ipv{row.family} {row.proto} dport {j['dports']} sport {j['sports']} "
+        f"{where} {_peers(row)} via {_short(iface)}: {row.verdict.upper()}"
+    )
+    if j["rules"]:
+        text += " by " + "; ".join(
+            f"{x['table']} {x['chain']} #{x['handle']} ({x['rule']})" for x in j["rules"]
+        )
+    if row.decision.keyed:
+        text += f" [keyed on {', '.join(row.decision.keyed)}]"
+    if row.decision.unknown:
+        text += f" [unknown: {', '.join(row.decision.unknown)}]"
+    return text
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One packet's path through the base chains (``harden explain``)."""
+
+    packet: Packet
+    decision: Decision
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"verdict", "packet", "path": [rules], "unknown", "keyed_on"}``."""
+        p = self.packet
+        return {
+            "verdict": self.decision.verdict,
+            "packet": {
+                "hook": p.hook, "family": f"ipv{p.family}", "proto": p.proto, "dport": p.dport,
+                "sport": p.sport, "peer": str(p.peer), "iface": p.iface,
+            },
+            "path": [r.to_json() for r in self.decision.rules],
+            "unknown": list(self.decision.unknown),
+            "keyed_on": list(self.decision.keyed),
+        }  # fmt: skip
+
+    def to_text(self) -> str:
+        """The rules that decided, in order, then the verdict."""
+        lines = [
+            f"  {r.family} {r.table} {r.chain} #{r.handle}: {r.text}" for r in self.decision.rules
+        ]
+        lines += [f"  unknown: {u}" for u in self.decision.unknown]
+        lines += [f"  keyed on: {k}" for k in self.decision.keyed]
+        p = self.packet
+        where = f"from {p.peer}" if p.hook == "input" else f"to {p.peer}"
+        verdict = self.decision.verdict.upper()
+        lines.append(f"{p.proto}/{p.dport} {where} (sport {p.sport}, {p.iface}): {verdict}")
+        return "\n".join(lines)
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """JSON as the CLI prints it."""
+    return json.dumps(data, indent=2) + "\n"

@@ -1,0 +1,260 @@
+"""The analysis engine on nft JSON (no root): each construct it follows, and what it refuses
+to guess. The same constructs against the real kernel are in tests/test_analyze.py."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+from typing import Any
+
+import pytest
+
+from harden.analysis.engine import Packet, decide
+from harden.analysis.matrix import Cuts, matrix
+from harden.analysis.model import parse
+from harden.analysis.results import Analysis, expectation, manifest_cuts
+from harden.errors import EnvironmentProblem
+from harden.manifest.parse import manifest_from_text
+from harden.policy.model import build_policy
+
+
+def payload(proto: str, field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+def match(left: dict[str, Any], right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def ruleset(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *items]}
+
+
+def chain(family: str, table: str, name: str, **base: Any) -> dict[str, Any]:
+    return {"chain": {"family": family, "table": table, "name": name, **base}}
+
+
+def rule(family: str, table: str, name: str, handle: int, *expr: Any) -> dict[str, Any]:
+    return {
+        "rule": {
+            "family": family,
+            "table": table,
+            "chain": name,
+            "handle": handle,
+            "expr": list(expr),
+        }
+    }
+
+
+INPUT = {"type": "filter", "hook": "input", "prio": 0, "policy": "drop"}
+ACCEPT: dict[str, Any] = {"accept": None}
+DROP: dict[str, Any] = {"drop": None}
+
+
+def packet(
+    dport: int,
+    *,
+    proto: str = "tcp",
+    sport: int = 40000,
+    peer: str = "203.0.113.9",
+    iface: str = "eth0",
+    hook: str = "input",
+) -> Packet:
+    address = ip_address(peer)
+    family = 4 if address.version == 4 else 6
+    return Packet(hook, family, proto, dport, sport, address, iface)  # type: ignore[arg-type]
+
+
+HOST = ruleset(
+    chain("inet", "h", "input", **INPUT),
+    chain("inet", "h", "sub"),
+    {
+        "set": {
+            "family": "inet",
+            "table": "h",
+            "name": "ssh",
+            "type": "ipv4_addr",
+            "flags": ["interval"],
+            "elem": [{"prefix": {"addr": "198.18.1.0", "len": 24}}],
+        }
+    },
+    {
+        "set": {
+            "family": "inet",
+            "table": "h",
+            "name": "seen",
+            "type": "ipv4_addr",
+            "flags": ["dynamic"],
+        }
+    },
+    rule(
+        "inet",
+        "h",
+        "input",
+        1,
+        match({"ct": {"key": "state"}}, ["established", "related"], "in"),
+        ACCEPT,
+    ),
+    rule(
+        "inet",
+        "h",
+        "input",
+        2,
+        match(payload("tcp", "dport"), 22),
+        match(payload("ip", "saddr"), "@ssh"),
+        ACCEPT,
+    ),
+    rule("inet", "h", "input", 3, match(payload("tcp", "sport"), 53), ACCEPT),
+    rule(
+        "inet",
+        "h",
+        "input",
+        4,
+        {"vmap": {"key": payload("tcp", "dport"), "data": {"set": [[80, ACCEPT], [81, DROP]]}}},
+    ),
+    rule(
+        "inet",
+        "h",
+        "input",
+        5,
+        match(payload("tcp", "dport"), {"range": [100, 200]}),
+        {"jump": {"target": "sub"}},
+    ),
+    rule("inet", "h", "input", 6, match(payload("udp", "dport"), {"set": [53, 123]}), ACCEPT),
+    rule(
+        "inet",
+        "h",
+        "input",
+        7,
+        match(payload("udp", "dport"), 5353),
+        match(payload("ip", "saddr"), "@seen"),
+        ACCEPT,
+    ),
+    rule(
+        "inet",
+        "h",
+        "input",
+        8,
+        match(payload("tcp", "dport"), 8080),
+        {"limit": {"rate": 1, "per": "second"}},
+        ACCEPT,
+    ),
+    rule(
+        "inet",
+        "h",
+        "sub",
+        9,
+        match(payload("ip", "saddr"), {"prefix": {"addr": "10.0.0.0", "len": 8}}, "!="),
+        {"return": None},
+    ),
+    rule("inet", "h", "sub", 10, ACCEPT),
+    chain("ip", "other", "in", type="filter", hook="input", prio=10, policy="accept"),
+    rule("ip", "other", "in", 11, match(payload("udp", "dport"), 123), DROP),
+)
+
+
+@pytest.mark.parametrize(
+    ("probe", "verdict", "handles"),
+    [
+        (packet(22, peer="198.18.1.7"), "accept", [2, 0]),  # a named set of prefixes
+        (packet(22), "drop", [0]),  # not from the set: the chain's policy
+        (packet(8000, sport=53), "accept", [3, 0]),  # keyed on the source port
+        (packet(80), "accept", [4, 0]),  # a verdict map
+        (packet(81), "drop", [4]),
+        (packet(150, peer="10.1.2.3"), "accept", [5, 10, 0]),  # jump, no return
+        (packet(150), "drop", [9, 0]),  # jump, return, then the policy
+        (packet(53, proto="udp"), "accept", [6, 0]),  # an anonymous set
+        (packet(123, proto="udp"), "drop", [6, 11]),  # accept ends one base chain only
+        (packet(123, proto="udp", peer="2001:db8::1"), "accept", [6]),  # ip tables skip IPv6
+    ],
+)
+def test_a_packet_follows_every_base_chain_in_priority_order(
+    probe: Packet, verdict: str, handles: list[int]
+) -> None:
+    decision = decide(parse(HOST), probe)
+    assert decision.verdict == verdict
+    assert [r.handle for r in decision.rules] == handles
+    assert decision.unknown == ()
+
+
+def test_what_the_model_cannot_read_is_unknown_with_the_reason() -> None:
+    rs = parse(HOST)
+    limited = decide(rs, packet(8080))
+    assert limited.verdict == "unknown" and any("limit" in u for u in limited.unknown)
+    dynamic = decide(rs, packet(5353, proto="udp"))
+    assert dynamic.verdict == "unknown" and any("@seen" in u for u in dynamic.unknown)
+
+
+def test_a_key_the_sender_chooses_exposes_its_accept() -> None:
+    """meta skuid 65534 accept in output: some sender is nobody, so the cell is an accept."""
+    rs = parse(
+        ruleset(
+            chain("inet", "h", "output", type="filter", hook="output", prio=0, policy="drop"),
+            rule("inet", "h", "output", 1, match({"meta": {"key": "skuid"}}, 65534), ACCEPT),
+            rule("inet", "h", "output", 2, match(payload("udp", "dport"), 53), ACCEPT),
+        )
+    )
+    nobody = decide(rs, packet(443, hook="output"))
+    assert nobody.verdict == "accept" and nobody.keyed == ("meta skuid",)
+    assert decide(rs, packet(53, proto="udp", hook="output")).keyed == ()
+
+
+def test_a_dnat_on_the_way_leaves_the_cell_unknown() -> None:
+    rs = parse(
+        ruleset(
+            chain("ip", "nat", "pre", type="nat", hook="prerouting", prio=-100, policy="accept"),
+            rule(
+                "ip",
+                "nat",
+                "pre",
+                1,
+                match(payload("tcp", "dport"), 8080),
+                {"dnat": {"addr": "10.0.0.2", "port": 80}},
+            ),
+        )
+    )
+    assert decide(rs, packet(8080)).verdict == "unknown"
+    assert decide(rs, packet(8081)).verdict == "accept"  # no base chain drops it
+
+
+def test_the_matrix_cuts_at_every_constant_and_merges_alike_cells() -> None:
+    rows = matrix(parse(HOST), "input")
+    plain = [
+        r
+        for r in rows
+        if (r.family, r.proto) == (4, "tcp") and r.sports[0].first != 53 and len(r.peers) == 1
+    ]
+    four_tcp = {r.to_json()["dports"]: r.verdict for r in plain if r.peers[0].prefixlen == 0}
+    assert four_tcp["80"] == "accept" and four_tcp["8080"] == "unknown"
+    sport53 = [r for r in rows if r.family == 4 and r.proto == "tcp" and str(r.sports[0]) == "53"]
+    assert sport53 and all(r.verdict == "accept" for r in sport53)
+
+
+def test_compared_with_a_manifest_leaks_and_blocked_services_are_found() -> None:
+    manifest = manifest_from_text(
+        "version: 1\nservices:\n"
+        "  - {name: ssh, port: 22, proto: tcp, sources: [198.18.1.0/24]}\n"
+        "  - {name: web, port: 80, proto: tcp}\n"
+        "  - {name: ntp, port: 123, proto: udp}\n",
+        "m.yaml",
+    )
+    policy = build_policy(manifest)
+    rs = parse(HOST)
+    rows = matrix(rs, "input", manifest_cuts(policy, "input"), expectation(policy, "input"))
+    result = Analysis(("input",), rows, "m.yaml")
+    assert int(result.exit_status) == 1
+    assert any(str(r.sports[0]) == "53" for r in result.leaks)  # the source-port accept
+    [blocked] = [r for r in result.blocked if r.family == 4]
+    assert blocked.proto == "udp" and blocked.to_json()["dports"] == "123"
+    assert "is dropped by rule 11 of ip other in" in result.to_text()
+
+
+def test_an_empty_ruleset_accepts_everything_and_a_reading_error_is_no_empty_ruleset() -> None:
+    rows = matrix(parse(ruleset()), "input", Cuts())
+    assert {(r.family, r.proto, r.verdict) for r in rows} == {
+        (4, "tcp", "accept"),
+        (4, "udp", "accept"),
+        (6, "tcp", "accept"),
+        (6, "udp", "accept"),
+    }
+    with pytest.raises(EnvironmentProblem):
+        parse({"error": "no permission"})

@@ -1,0 +1,231 @@
+"""harden analyze and explain against real kernels: the three cases a sweep cannot see.
+
+Each namespace gets harden's real ruleset (harden apply), then what an operator or
+another tool adds: a source-port accept inside harden's own table, a uid-keyed accept in
+its output chain, another table whose rule or policy drops a declared port.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harden.lab.netns import Namespace, connect
+
+from .conftest import REPO
+from .labutil import HARDEN
+
+pytestmark = pytest.mark.netns
+
+WEB = REPO / "rulesets" / "web-server.yaml"
+EGRESS = REPO / "rulesets" / "egress-host.yaml"
+NsFactory = Callable[[str], Namespace]
+
+
+def harden(ns: Namespace, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return ns.run([*HARDEN, *map(str, args)], check=False, timeout=120)
+
+
+def applied(netns: NsFactory, manifest: Path, tmp_path: Path) -> Namespace:
+    ns = netns("an")
+    proc = harden(ns, "apply", manifest, "--state-dir", tmp_path / "state", "--no-persist")
+    assert proc.returncode == 0, proc.stderr
+    return ns
+
+
+def analyze(ns: Namespace, *args: str | Path) -> tuple[int, dict[str, Any]]:
+    proc = harden(ns, "analyze", "--format", "json", *args)
+    assert proc.returncode in (0, 1, 5), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def handle(ns: Namespace, family_table: str, chain: str, needle: str) -> int:
+    """The handle nft gave the rule whose text contains ``needle``."""
+    listing = ns.run(["nft", "-a", "list", "chain", *family_table.split(), chain]).stdout
+    line = next(line for line in listing.splitlines() if needle in line)
+    return int(line.rsplit("# handle ", 1)[1])
+
+
+def test_the_applied_manifest_is_exactly_what_the_live_rules_give(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    ns = applied(netns, WEB, tmp_path)
+    code, data = analyze(ns, "--manifest", WEB)
+    assert (code, data["leaks"], data["blocked"]) == (0, [], [])
+    assert data["schema"] == "harden.analysis/1"
+    accepted = {(r["family"], r["proto"], r["dports"]) for r in data["rows"]}
+    assert ("ipv4", "tcp", "80,443") in accepted and ("ipv6", "tcp", "80,443") in accepted
+
+
+def test_a_source_port_accept_in_hardens_own_table_is_a_static_leak(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """tcp sport 53 accept: any port answers whoever connects from port 53; a sweep from a
+    random high source port never sees it."""
+    ns = applied(netns, WEB, tmp_path)
+    ns.run(["nft", "insert rule inet harden input tcp sport 53 accept"])
+    rule = handle(ns, "inet harden", "input", "tcp sport 53 accept")
+    code, data = analyze(ns, "--manifest", WEB)
+    assert code == 1
+    leaks = [r for r in data["leaks"] if r["sports"] == "53"]
+    assert {r["family"] for r in leaks} == {"ipv4", "ipv6"}
+    assert all(r["verdict"] == "accept" and r["dports"].startswith("1-") for r in leaks)
+    assert all(r["rules"][0]["handle"] == rule for r in leaks)
+    text = harden(ns, "analyze", "--manifest", WEB).stdout
+    assert "LEAK: input ipv4 tcp dport " in text and f"#{rule} (tcp sport == 53 accept)" in text
+
+
+def test_a_uid_keyed_accept_in_the_output_chain_is_a_static_leak(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """meta skuid 65534 accept: user nobody reaches any destination; verify --egress, whose
+    probes are root's, passes."""
+    ns = applied(netns, EGRESS, tmp_path)
+    code, data = analyze(ns, "--manifest", EGRESS)
+    assert (code, data["leaks"]) == (0, [])
+    ns.run(["nft", "insert rule inet harden output meta skuid 65534 accept"])
+    code, data = analyze(ns, "--manifest", EGRESS)
+    assert code == 1
+    leaks = [r for r in data["leaks"] if r["hook"] == "output"]
+    assert leaks and all("meta skuid" in r["keyed_on"] for r in leaks)
+    assert {(r["family"], r["proto"]) for r in leaks} >= {("ipv4", "tcp"), ("ipv6", "udp")}
+    assert any(r["dports"] == "1-65535" for r in leaks)
+
+
+def test_another_tables_rule_or_policy_dropping_a_declared_port_is_named(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    ns = applied(netns, WEB, tmp_path)
+    ns.run(
+        [
+            "nft",
+            "add table ip other; add chain ip other in "
+            "{ type filter hook input priority 10; policy accept; }; "
+            "add rule ip other in tcp dport 443 drop",
+        ]
+    )
+    rule = handle(ns, "ip other", "in", "tcp dport 443 drop")
+    code, data = analyze(ns, "--manifest", WEB)
+    assert code == 1
+    [blocked] = data["blocked"]
+    assert (blocked["family"], blocked["proto"], blocked["dports"]) == ("ipv4", "tcp", "443")
+    assert blocked["rules"][-1] == {
+        "table": "ip other", "chain": "in", "handle": rule, "rule": "tcp dport == 443 drop"
+    }  # fmt: skip
+    text = harden(ns, "analyze", "--manifest", WEB).stdout
+    assert (
+        f"BLOCKED: declared tcp/443 (input, ipv4) is dropped by rule {rule} of ip other in" in text
+    )
+    # A default-deny policy with no allow for the declared ports (ufw's "default deny").
+    ns.run(["nft", "delete table ip other"])
+    ns.run(
+        [
+            "nft",
+            "add table ip6 strict; add chain ip6 strict in "
+            "{ type filter hook input priority 10; policy drop; }; "
+            "add rule ip6 strict in tcp dport 22 accept",
+        ]
+    )
+    code, data = analyze(ns, "--manifest", WEB)
+    assert code == 1
+    blocked = {(r["family"], r["proto"], r["dports"]) for r in data["blocked"]}
+    assert ("ipv6", "tcp", "80,443") in blocked and ("ipv4", "tcp", "80,443") not in blocked
+    text = harden(ns, "analyze", "--manifest", WEB).stdout
+    assert "is dropped by the policy of ip6 strict in" in text
+
+
+def test_explain_gives_the_path_of_an_accepted_and_a_dropped_packet(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    ns = applied(netns, WEB, tmp_path)
+    proc = harden(ns, "explain", "tcp/443", "--from", "203.0.113.9", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["verdict"] == "accept"
+    assert data["path"][0]["table"] == "inet harden"
+    assert data["path"][0]["rule"] == "tcp dport == @tcp_ports accept"
+    proc = harden(ns, "explain", "tcp/8080", "--from", "2001:db8::9", "--format", "json")
+    data = json.loads(proc.stdout)
+    assert data["verdict"] == "drop" and data["packet"]["family"] == "ipv6"
+    assert data["path"][-1]["table"] == "inet harden"
+    text = harden(ns, "explain", "udp/53", "--from", "203.0.113.9").stdout
+    assert text.rstrip().endswith("udp/53 from 203.0.113.9 (sport 40000, eth0): DROP")
+
+
+def test_a_rule_the_model_cannot_read_leaves_its_cells_unknown_never_guessed(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    ns = applied(netns, WEB, tmp_path)
+    ns.run(["nft", "insert rule inet harden input tcp dport 8080 limit rate 1/second accept"])
+    code, data = analyze(ns, "--manifest", WEB)
+    assert code == 5
+    [row] = [r for r in data["rows"] if r["dports"] == "8080" and r["family"] == "ipv4"]
+    assert row["verdict"] == "unknown" and any("limit" in u for u in row["unknown"])
+
+
+def test_bad_explain_input_is_one_line_and_exit_2(netns: NsFactory) -> None:
+    ns = netns("an")
+    for args, needle in (
+        (["tcp-22", "--from", "198.18.0.1"], "PROTO/PORT"),
+        (["tcp/0", "--from", "198.18.0.1"], "port"),
+        (["tcp/22"], "--from"),
+        (["tcp/22", "--from", "nowhere"], "not an IP address"),
+    ):
+        proc = harden(ns, "explain", *args)
+        assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+
+
+def test_ufws_stock_dhcp_rule_is_shown_and_the_kernel_agrees(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """ufw's before.rules accept udp/68 from source port 67, from any address: a sweep
+    from a random source port never sees it. analyze shows the row (its rules decoded from
+    iptables-nft-save), and a packet from port 67 does arrive, one from another port not."""
+    if shutil.which("ufw") is None:
+        pytest.skip("ufw is not installed (make install adds it)")
+    host, outside = netns("uf"), netns("uo")
+    connect(host, outside, ["198.18.63.1/24"], ["198.18.63.2/24"])
+    etc = tmp_path / "ufw"
+    shutil.copytree("/etc/ufw", etc, symlinks=True)
+    host.run(["unshare", "-m", "sh", "-c", f"mount --bind {etc} /etc/ufw && ufw --force enable"])
+    code, data = analyze(host, "--hook", "input")
+    assert code == 0
+    key = ("ipv4", "udp", "68")
+    [dhcp] = [r for r in data["rows"] if (r["family"], r["proto"], r["dports"]) == key]
+    assert (dhcp["sports"], dhcp["sources"], dhcp["verdict"]) == ("67", "any", "accept")
+    assert "ufw" in dhcp["managers"]
+    assert "udp sport == 67 udp dport == 68" in dhcp["rules"][-1]["rule"]
+    assert all("xt" not in r.get("unknown", "") for r in data["rows"] if r["family"] == "ipv4")
+    assert arrives(host, outside, sport=67) and not arrives(host, outside, sport=40067)
+
+
+def arrives(host: Namespace, outside: Namespace, *, sport: int) -> bool:
+    """Whether a datagram from ``sport`` to udp/68 reaches a socket on the host."""
+    listen = (
+        "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "s.bind(('198.18.63.1', 68)); s.settimeout(3)\n"
+        "try: s.recv(64); print('got')\nexcept OSError: print('none')"
+    )
+    send = (
+        "import socket, sys, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.bind(('198.18.63.2', {sport}))\n"
+        "for _ in range(5): s.sendto(b'x', ('198.18.63.1', 68)); time.sleep(0.2)"
+    )
+    with subprocess.Popen(
+        ["ip", "netns", "exec", host.name, sys.executable, "-c", listen],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as receiver:
+        time.sleep(0.5)
+        outside.run([sys.executable, "-c", send])
+        out, _ = receiver.communicate(timeout=10)
+    return out.strip() == "got"
