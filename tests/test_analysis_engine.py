@@ -12,6 +12,7 @@ from harden.analysis.engine import Packet, decide
 from harden.analysis.matrix import Cuts, matrix
 from harden.analysis.model import parse
 from harden.analysis.results import Analysis, expectation, manifest_cuts
+from harden.analysis.xt import parse_save
 from harden.errors import EnvironmentProblem
 from harden.manifest.parse import manifest_from_text
 from harden.policy.model import build_policy
@@ -221,9 +222,10 @@ def test_the_matrix_cuts_at_every_constant_and_merges_alike_cells() -> None:
     plain = [
         r
         for r in rows
-        if (r.family, r.proto) == (4, "tcp") and r.sports[0].first != 53 and len(r.peers) == 1
-    ]
-    four_tcp = {r.to_json()["dports"]: r.verdict for r in plain if r.peers[0].prefixlen == 0}
+        if (r.family, r.proto) == (4, "tcp") and r.sports[0].first != 53
+        and r.to_json()["sources"] == "any"
+    ]  # fmt: skip
+    four_tcp = {r.to_json()["dports"]: r.verdict for r in plain}
     assert four_tcp["80"] == "accept" and four_tcp["8080"] == "unknown"
     sport53 = [r for r in rows if r.family == 4 and r.proto == "tcp" and str(r.sports[0]) == "53"]
     assert sport53 and all(r.verdict == "accept" for r in sport53)
@@ -258,3 +260,168 @@ def test_an_empty_ruleset_accepts_everything_and_a_reading_error_is_no_empty_rul
     }
     with pytest.raises(EnvironmentProblem):
         parse({"error": "no permission"})
+
+
+# The cases a review of the engine found, each a test.
+
+POLICY_DROP = {"type": "filter", "hook": "input", "prio": 0, "policy": "drop"}
+
+
+def rows_for(rs: dict[str, Any], hook: str = "input") -> list[Any]:
+    return [r for r in matrix(parse(rs), hook) if r.family == 4 and r.proto == "tcp"]
+
+
+def test_named_verdict_maps_cut_the_matrix_and_lead_to_their_chains() -> None:
+    rs = ruleset(
+        chain("inet", "h", "input", **POLICY_DROP),
+        chain("inet", "h", "t"),
+        {"map": {"family": "inet", "table": "h", "name": "m", "type": "inet_service",
+                 "map": "verdict", "elem": [[22, ACCEPT], [2222, {"jump": {"target": "t"}}]]}},
+        rule("inet", "h", "input", 1, {"vmap": {"key": payload("tcp", "dport"), "data": "@m"}}),
+        rule("inet", "h", "t", 2, match(payload("ip", "saddr"), "198.51.100.1"), ACCEPT),
+    )  # fmt: skip
+    accepted = {(r.to_json()["dports"], str(r.to_json()["sources"])) for r in rows_for(rs)
+                if r.verdict == "accept"}  # fmt: skip
+    assert ("22", "any") in accepted and ("2222", "['198.51.100.1/32']") in accepted
+
+
+def test_xt_multiport_iprange_address_ranges_and_iif_cut_the_matrix() -> None:
+    saved = parse_save(
+        "*filter\n-A INPUT -p tcp -m multiport --dports 80,443 -j ACCEPT\n"
+        "-A INPUT -m iprange --src-range 198.51.100.10-198.51.100.20 -j ACCEPT\n",
+        "ip",
+    )
+    doc = ruleset(
+        chain("ip", "filter", "INPUT", **POLICY_DROP),
+        rule("ip", "filter", "INPUT", 1, match({"meta": {"key": "l4proto"}}, 6),
+             {"xt": {"type": "match", "name": "multiport"}}, ACCEPT),
+        rule("ip", "filter", "INPUT", 2, {"xt": {"type": "match", "name": "iprange"}}, ACCEPT),
+        chain("inet", "h", "input", **POLICY_DROP | {"prio": 10, "policy": "accept"}),
+    )  # fmt: skip
+    rows = [r for r in matrix(parse(doc, saved), "input") if r.family == 4 and r.proto == "tcp"]
+    accepted = {
+        r.to_json()["dports"]: r.to_json()["sources"] for r in rows if r.verdict == "accept"
+    }
+    assert "198.51.100.10/31" in accepted["1-79,81-442,444-65535"]
+    assert accepted["80,443"] == "any"
+    ranged = ruleset(
+        chain("inet", "h", "input", **POLICY_DROP),
+        {"set": {"family": "inet", "table": "h", "name": "s", "type": "ipv4_addr",
+                 "flags": ["interval"], "elem": [{"range": ["198.51.100.10", "198.51.100.20"]}]}},
+        rule("inet", "h", "input", 1, match(payload("ip", "saddr"), "@s"), ACCEPT),
+        rule("inet", "h", "input", 2, match({"meta": {"key": "iif"}}, "eth1"), ACCEPT),
+    )  # fmt: skip
+    accepted_rows = [r for r in rows_for(ranged) if r.verdict == "accept"]
+    assert any("198.51.100.10/31" in str(r.to_json()["sources"]) for r in accepted_rows)
+    assert any(r.ifaces == ("eth1",) for r in accepted_rows)  # meta iif is a dimension too
+    assert {r.verdict for r in rows_for(ranged) if r.ifaces == ("*",)} == {"drop"}
+
+
+def test_a_wildcard_interface_cell_is_not_tested_with_an_exact_name() -> None:
+    rs = ruleset(
+        chain("inet", "h", "input", **POLICY_DROP),
+        rule("inet", "h", "input", 1, match({"meta": {"key": "iifname"}}, "eth0"), DROP),
+        rule("inet", "h", "input", 2, match({"meta": {"key": "iifname"}}, "eth*"), ACCEPT),
+    )
+    verdicts = {iface: r.verdict for r in rows_for(rs) for iface in r.ifaces}
+    assert verdicts == {"eth*": "accept", "eth0": "drop", "*": "drop"}
+
+
+def test_loopback_sources_are_cut_out_not_the_cells_after_them() -> None:
+    rs = ruleset(
+        chain("inet", "h", "input", **POLICY_DROP),
+        rule("inet", "h", "input", 1, match(payload("ip", "saddr"), "127.0.0.1"), ACCEPT),
+        rule("inet", "h", "input", 2, match(payload("tcp", "dport"), 22), ACCEPT),
+    )
+    [ssh] = [r for r in rows_for(rs) if r.verdict == "accept"]
+    sources = [str(n) for n in ssh.peers]
+    assert "128.0.0.0/1" in sources and not any(s.startswith("127.") for s in sources)
+
+
+def test_marks_and_notrack_on_the_way_make_later_matches_unknown() -> None:
+    marked = ruleset(
+        chain("inet", "h", "pre", type="filter", hook="prerouting", prio=-150, policy="accept"),
+        rule("inet", "h", "pre", 1, match(payload("tcp", "dport"), 8080),
+             {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}),
+        chain("inet", "h", "input", **POLICY_DROP),
+        rule("inet", "h", "input", 2, match({"meta": {"key": "mark"}}, 1), ACCEPT),
+    )  # fmt: skip
+    assert decide(parse(marked), packet(8080)).verdict == "unknown"
+    untracked = ruleset(
+        chain("inet", "h", "raw", type="filter", hook="prerouting", prio=-300, policy="accept"),
+        rule("inet", "h", "raw", 1, match(payload("udp", "dport"), 53), {"notrack": None}),
+        chain("inet", "h", "input", **POLICY_DROP),
+        rule("inet", "h", "input", 2, match({"ct": {"key": "state"}}, "new", "in"),
+             match(payload("udp", "dport"), 53), ACCEPT),
+    )  # fmt: skip
+    assert decide(parse(untracked), packet(53, proto="udp")).verdict == "unknown"
+
+
+def test_a_one_word_flags_field_still_marks_a_set_that_changes() -> None:
+    rs = ruleset(
+        chain("inet", "h", "input", **POLICY_DROP),
+        {"set": {"family": "inet", "table": "h", "name": "s", "type": "ipv4_addr",
+                 "flags": "dynamic", "elem": ["203.0.113.9"]}},
+        rule("inet", "h", "input", 1, match(payload("ip", "saddr"), "@s"), ACCEPT),
+    )  # fmt: skip
+    assert decide(parse(rs), packet(22)).verdict == "unknown"
+
+
+def test_a_netdev_ingress_chain_drops_before_everything_on_its_device() -> None:
+    rs = ruleset(
+        chain("netdev", "n", "in", type="filter", hook="ingress", prio=0, policy="drop",
+              dev="eth0"),
+    )  # fmt: skip
+    assert decide(parse(rs), packet(22, iface="eth0")).verdict == "drop"
+    assert decide(parse(rs), packet(22, iface="eth1")).verdict == "accept"
+    cells = {r.ifaces: r.verdict for r in rows_for(rs)}
+    assert cells == {("eth0",): "drop", ("*",): "accept"}
+
+
+def test_a_uid_on_input_never_matches_and_contradictory_uid_tests_are_no_exposure() -> None:
+    inbound = ruleset(
+        chain("inet", "h", "input", **POLICY_DROP),
+        rule("inet", "h", "input", 1, match({"meta": {"key": "skuid"}}, 1000), ACCEPT),
+    )
+    assert decide(parse(inbound), packet(22)).verdict == "drop"
+    out = {"type": "filter", "hook": "output", "prio": 0, "policy": "drop"}
+    contradiction = ruleset(
+        chain("inet", "h", "output", **out),
+        rule("inet", "h", "output", 1, match({"meta": {"key": "skuid"}}, 1000), DROP),
+        rule("inet", "h", "output", 2, match({"meta": {"key": "skuid"}}, 1000), ACCEPT),
+    )
+    assert decide(parse(contradiction), packet(443, hook="output")).verdict == "drop"
+
+
+def test_nat_rules_without_a_verdict_do_not_blur_a_keyed_accept() -> None:
+    out = {"type": "filter", "hook": "output", "prio": 0, "policy": "drop"}
+    rs = ruleset(
+        chain("inet", "h", "output", **out),
+        rule("inet", "h", "output", 1, match({"meta": {"key": "skuid"}}, 1000), ACCEPT),
+        chain("ip", "nat", "post", type="nat", hook="postrouting", prio=100, policy="accept"),
+        *(
+            rule("ip", "nat", "post", 10 + n,
+                 match({"meta": {"key": "oifname"}}, f"docker{n}", "!="),
+                 match(payload("ip", "saddr"), {"prefix": {"addr": f"172.{n}.0.0", "len": 16}}),
+                 {"masquerade": None})
+            for n in range(8)
+        ),
+    )  # fmt: skip
+    decision = decide(parse(rs), packet(443, hook="output", peer="198.51.100.1"))
+    assert decision.verdict == "accept" and decision.keyed == ("meta skuid",)
+
+
+def test_every_way_unknown_keeps_its_reasons() -> None:
+    rs = ruleset(
+        chain("ip", "nat", "pre", type="nat", hook="prerouting", prio=-100, policy="accept"),
+        rule("ip", "nat", "pre", 1, {"dnat": {"addr": "10.0.0.2"}}),
+    )
+    decision = decide(parse(rs), packet(80))
+    assert decision.verdict == "unknown" and any("dnat" in u for u in decision.unknown)
+
+
+def test_a_value_less_native_option_does_not_swallow_the_target() -> None:
+    [saved] = parse_save("*filter\n-A INPUT -f -j LOG --log-prefix x\n", "ip")[
+        ("ip", "filter", "INPUT")
+    ]
+    assert [e.name for e in saved.extensions] == ["LOG"]

@@ -27,7 +27,13 @@ def live_ruleset() -> tuple[Ruleset, list[str]]:
     if legacy:
         unknown.append(legacy_note(legacy) + ": every row may differ")
     document = NftFirewall().ruleset()
-    return parse(document, _saved(document)), unknown
+    ruleset = parse(document, _saved(document))
+    bridged = sorted(
+        {f"bridge {c.table}" for c in ruleset.chains.values() if c.family == "bridge" and c.hook}
+    )
+    if bridged:
+        unknown.append(f"bridge-family chains ({', '.join(bridged)}) are not modelled")
+    return ruleset, unknown
 
 
 def _saved(document: dict[str, Any]) -> dict[ChainKey, list[SavedRule]] | None:

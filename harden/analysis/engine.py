@@ -11,7 +11,8 @@ accept among them is an exposure. docs/design.md, "Reading the live ruleset".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import dataclass, field, replace
 from ipaddress import ip_address, ip_network
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from harden.types import Address, Family, Proto
 
 Verdict = Literal["accept", "drop", "reject", "unknown"]
 # The hooks a packet passes before it is delivered (input) or sent (output).
-PATH = {"input": ("prerouting", "input"), "output": ("output", "postrouting")}
+PATH = {"input": ("ingress", "prerouting", "input"), "output": ("output", "postrouting", "egress")}
 MAX_PATHS = 256  # past this many may-match branches a cell is unknown, not slow
 MAX_DEPTH = 16  # jumps deeper than the kernel allows are a loop in our reading
 
@@ -55,6 +56,9 @@ class Maybe:
 
     reason: str
     keyed: bool = False
+    # A keyed equality test (key, value), and whether this way assumed it held.
+    test: tuple[str, str] | None = field(default=None, compare=False)
+    holds: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ def decide(ruleset: Ruleset, packet: Packet) -> Decision:
     live = [Path(None)]
     done: list[Path] = []
     for hook in PATH[packet.hook]:
-        for chain in ruleset.base_chains(hook, packet.family):
+        for chain in chains_on(ruleset, hook, packet.family, packet.iface):
             after: list[Path] = []
             for path in live:
                 for step in _base(ruleset, chain, packet):
@@ -97,14 +101,26 @@ def decide(ruleset: Ruleset, packet: Packet) -> Decision:
     return _conclude(done)
 
 
+def chains_on(ruleset: Ruleset, hook: str, family: Family, iface: str | None) -> list[Chain]:
+    """The base chains a packet passes on ``hook``: a device chain only on its devices.
+
+    ``iface`` None: every chain on the hook (for collecting constants).
+    """
+    found = ruleset.base_chains(hook, family) + ruleset.device_chains(hook)
+    found = [c for c in found if iface is None or not c.device or iface in c.device]
+    return sorted(found, key=lambda c: (c.prio, c.family, c.table, c.name))
+
+
 def _conclude(paths: list[Path]) -> Decision:
+    paths = [p for p in paths if _consistent(p)] or paths
     verdicts = {p.verdict for p in paths}
     maybes = {m for p in paths for m in p.maybes}
     unknown = tuple(sorted({m.reason for m in maybes if not m.keyed}))
     keyed = tuple(sorted({m.reason for m in maybes if m.keyed}))
     if len(verdicts) == 1:
         (verdict,) = verdicts
-        return Decision(_verdict(verdict), paths[0].rules, (), (), tuple(paths))
+        why = unknown if verdict not in ("accept", "drop", "reject") else ()
+        return Decision(_verdict(verdict), paths[0].rules, why, (), tuple(paths))
     if "unknown" not in verdicts and not unknown and "accept" in verdicts:
         accepted = next(p for p in paths if p.verdict == "accept")
         return Decision("accept", accepted.rules, (), keyed, tuple(paths))
@@ -115,6 +131,19 @@ def _conclude(paths: list[Path]) -> Decision:
         unknown or ("verdicts differ by " + ", ".join(keyed),),
         keyed,
         tuple(paths),
+    )
+
+
+def _consistent(path: Path) -> bool:
+    """Whether one sender can meet every keyed test the path assumed (same key, one value)."""
+    held: dict[str, set[str]] = {}
+    failed: dict[str, set[str]] = {}
+    for m in path.maybes:
+        if m.keyed and m.test is not None:
+            key, value = m.test
+            (held if m.holds else failed).setdefault(key, set()).add(value)
+    return all(
+        len(values) <= 1 and not values & failed.get(key, set()) for key, values in held.items()
     )
 
 
@@ -153,6 +182,8 @@ def _chain(ruleset: Ruleset, chain: Chain, packet: Packet, depth: int) -> list[P
 
 def _rule(ruleset: Ruleset, chain: Chain, rule: Rule, packet: Packet, depth: int) -> list[Path]:
     """One rule's ways: no match (verdict None), or each verdict its statements may reach."""
+    if not any(_decides(statement) for statement in rule.expr):
+        return [Path(None)]  # counters, logs, marks: whatever it matches, nothing changes
     matching = [Path(None)]  # the ways on which every statement so far matched
     out: list[Path] = []
     for statement in rule.expr:
@@ -162,7 +193,8 @@ def _rule(ruleset: Ruleset, chain: Chain, rule: Rule, packet: Packet, depth: int
         if found is False:
             return out + [Path(None, (), p.maybes) for p in matching]
         if isinstance(found, Maybe):
-            out += [Path(None, (), (*p.maybes, found)) for p in matching]  # the no-match way
+            failing = replace(found, holds=False)
+            out += [Path(None, (), (*p.maybes, failing)) for p in matching]  # no match
             matching = [Path(None, p.rules, (*p.maybes, found)) for p in matching]
             continue
         going_on: list[Path] = []
@@ -174,6 +206,24 @@ def _rule(ruleset: Ruleset, chain: Chain, rule: Rule, packet: Packet, depth: int
     return out + matching
 
 
+# Statements that can end or redirect a rule's chain. snat and masquerade end theirs with
+# an accept, but a NAT chain filters nothing: a rule with only those decides no verdict.
+_DECIDING = {
+    "accept", "drop", "reject", "return", "jump", "goto", "vmap", "queue", "dnat",
+    "redirect", "tproxy", "xt",
+}  # fmt: skip
+
+
+def _decides(statement: Any) -> bool:
+    """Whether a statement can end or redirect the rule's chain (or an xt target may)."""
+    if not isinstance(statement, dict):
+        return True
+    name = next(iter(statement), "")
+    if name == "xt":
+        return bool(statement["xt"].get("type") == "target")
+    return name in _DECIDING
+
+
 def _statement(
     ruleset: Ruleset, chain: Chain, rule: Rule, statement: Any, packet: Packet, depth: int
 ) -> bool | Maybe | list[Path] | None:
@@ -183,6 +233,8 @@ def _statement(
     ((name, body),) = statement.items()
     if name == "match":
         return _match(ruleset, rule, body, packet)
+    if name == "mangle" and isinstance(body, dict):
+        return None
     if name in ("accept", "drop", "reject"):
         return [Path(name, (rule,))]
     if name == "return":
@@ -199,6 +251,8 @@ def _statement(
         return _xt(rule, statement, body, packet)
     if name in ("queue",):
         return [Path("unknown", (rule,), (Maybe("queue: a userspace program decides"),))]
+    if name in ("snat", "masquerade"):
+        return [Path("accept", (rule,))]  # NAT statements end the rule with an accept
     if name in ("dnat", "redirect", "tproxy"):
         # The packet goes on with another destination: what this hook's later chains
         # see is not what was sent.
@@ -264,7 +318,7 @@ def _jump(
 def _vmap(
     ruleset: Ruleset, chain: Chain, rule: Rule, body: dict[str, Any], packet: Packet, depth: int
 ) -> list[Path]:
-    key = _value(body["key"], packet)
+    key = _value(body["key"], packet, ruleset)
     if key is _ABSENT:
         return [Path(None)]  # a tcp map for a udp packet: no element can match
     data = body["data"]
@@ -288,10 +342,12 @@ def _vmap(
 
 
 def _match(ruleset: Ruleset, rule: Rule, body: dict[str, Any], packet: Packet) -> bool | Maybe:
-    value = _value(body["left"], packet)
+    value = _value(body["left"], packet, ruleset)
     if value is _ABSENT:
         return False  # a tcp match on a udp packet, an ip match on IPv6: no match
     if isinstance(value, Maybe):
+        if value.keyed and body["op"] == "==":
+            return replace(value, test=(value.reason, json.dumps(body["right"], sort_keys=True)))
         return value
     return _compare(body["op"], value, body["right"], ruleset, rule)
 
@@ -306,7 +362,7 @@ class _Local:
 LOCAL = _Local()
 
 
-def _value(left: Any, packet: Packet) -> Any:
+def _value(left: Any, packet: Packet, ruleset: Ruleset) -> Any:
     """The packet's value of a match's left side; _ABSENT (cannot apply) or a Maybe."""
     if not isinstance(left, dict) or len(left) != 1:
         return Maybe(f"expression {left!r}")
@@ -314,10 +370,15 @@ def _value(left: Any, packet: Packet) -> Any:
     if kind == "payload":
         return _payload(body, packet)
     if kind == "meta":
-        return _meta(body.get("key", ""), packet)
+        key = body.get("key", "")
+        if key == "mark" and ruleset.sets_marks:
+            return Maybe("meta mark: a rule sets marks on the way")
+        return _meta(key, packet)
     if kind == "ct":
         key = body.get("key")
         if key == "state":
+            if ruleset.untracks:
+                return Maybe("ct state: a rule turns connection tracking off")
             return frozenset({"new"})
         if key == "direction":
             return "original"
@@ -375,6 +436,8 @@ def _meta(key: str, packet: Packet) -> Any:
     if key == "pkttype":
         return "host"
     if key in KEYED:
+        if packet.hook == "input":
+            return _ABSENT  # no socket yet: the kernel ends the rule, whatever the operator
         return Maybe(f"meta {key}", keyed=True)
     return Maybe(f"meta {key}")
 

@@ -8,19 +8,21 @@ its packets apart. docs/design.md, "Reading the live ruleset".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_network, summarize_address_range
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network, summarize_address_range
 from itertools import product
 from typing import Any
 
-from harden.analysis.engine import PATH, Decision, Packet, decide
+from harden.analysis.engine import PATH, Decision, Packet, chains_on, decide
 from harden.analysis.model import Rule, Ruleset
 from harden.manifest.ports import PortRange, merge
 from harden.types import FAMILIES, PROTOS, Address, Family, Network, Proto
 
 Interval = tuple[int, int]  # inclusive
 OTHER = "*"  # an interface no rule names
+# Addresses only loopback carries: cut there, so no other cell is tested with one of them.
+_LOOPBACK = frozenset({ip_network("127.0.0.0/8"), ip_network("::1/128")})
 _TOP = {4: 2**32 - 1, 6: 2**128 - 1}
 
 
@@ -63,7 +65,9 @@ class Row:
             "proto": self.proto,
             "dports": _ports(self.dports),
             "sports": "any" if self.sports == full else _ports(self.sports),
-            peer: "any" if _any(self.peers, self.family) else [str(n) for n in self.peers],
+            peer: "any"
+            if any_peer(self.peers, self.family, self.hook)
+            else [str(n) for n in self.peers],
             iface: "any" if self.ifaces == (OTHER,) else list(self.ifaces),
             "verdict": self.verdict,
             "rules": [r.to_json() for r in self.decision.rules],
@@ -99,9 +103,11 @@ def matrix(
     """Every cell of ``hook`` decided, merged into rows (all of them, drops included)."""
     rows: list[Row] = []
     for family in FAMILIES:
-        chains = [c for h in PATH[hook] for c in ruleset.base_chains(h, family)]
+        chains = [c for h in PATH[hook] for c in chains_on(ruleset, h, family, None)]
         constants = _constants(ruleset, chains, hook, family)
-        peers = _intervals(_address_cuts(constants["peer"], cuts.nets, family), _TOP[family])
+        constants["iface"] += [d for c in chains for d in c.device]
+        nets = cuts.nets | (_LOOPBACK if hook == "input" else frozenset())
+        peers = _intervals(_address_cuts(constants["peer"], nets, family), _TOP[family])
         ifaces = [*sorted(_iface_names([*constants["iface"], *cuts.ifaces])), OTHER]
         for proto in PROTOS:
             dports = _intervals(_port_cuts(constants[f"{proto} dport"], cuts.ports), 65535, 1)
@@ -110,7 +116,7 @@ def matrix(
             for d, s, p, i in product(dports, sports, peers, ifaces):
                 packet = Packet(hook, family, proto, d[0], s[0], _address(p[0], family), _iface(i))
                 if hook == "input" and packet.peer.is_loopback:
-                    continue  # only loopback carries these, and it is not analysed
+                    continue  # a whole loopback cell (cut there): not analysed
                 decision = decide(ruleset, packet)
                 expected = expect(packet) if expect is not None else None
                 cells.append(((d, s, p, i), decision, expected))
@@ -187,36 +193,70 @@ def _constants(
             continue
         seen.add((chain.family, chain.table, chain.name))
         for rule in chain.rules:
-            for left, right in _comparisons(rule.expr):
+            for left, right in _comparisons(rule, ruleset):
                 dim = _dimension(left, peer, iface)
                 for d in dim:
                     found[d] += _flat(right, ruleset, rule)
-            for target in _targets(rule.expr):
+            _xt_constants(rule, hook, found)
+            for target in _targets(rule, ruleset):
                 called = ruleset.chains.get((chain.family, chain.table, target))
                 if called is not None:
                     todo.append(called)
     return found
 
 
-def _comparisons(expr: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-    for e in expr:
+def _map_elements(data: Any, ruleset: Ruleset, rule: Rule) -> list[Any]:
+    """A verdict map's [key, verdict] pairs, anonymous or named."""
+    if isinstance(data, str) and data.startswith("@"):
+        return list(ruleset.maps.get((rule.family, rule.table, data[1:])) or ())
+    return list(data.get("set", ())) if isinstance(data, dict) else []
+
+
+def _comparisons(rule: Rule, ruleset: Ruleset) -> Iterator[tuple[Any, Any]]:
+    for e in rule.expr:
         if isinstance(e, dict) and "match" in e:
             yield e["match"]["left"], e["match"]["right"]
         elif isinstance(e, dict) and "vmap" in e:
-            data = e["vmap"]["data"]
-            keys = [el[0] for el in data.get("set", ())] if isinstance(data, dict) else []
-            yield e["vmap"]["key"], {"set": keys}
+            pairs = _map_elements(e["vmap"]["data"], ruleset, rule)
+            yield e["vmap"]["key"], {"set": [p[0] for p in pairs if isinstance(p, list)]}
 
 
-def _targets(expr: Iterable[Any]) -> Iterator[str]:
-    for e in expr:
+def _targets(rule: Rule, ruleset: Ruleset) -> Iterator[str]:
+    for e in rule.expr:
         if isinstance(e, dict):
             for kind in ("jump", "goto"):
                 if kind in e:
                     yield e[kind]["target"]
-            if "vmap" in e and isinstance(e["vmap"]["data"], dict):
-                for _, verdict in e["vmap"]["data"].get("set", ()):
-                    yield from _targets([verdict])
+            if "vmap" in e:
+                for pair in _map_elements(e["vmap"]["data"], ruleset, rule):
+                    verdict = pair[1] if isinstance(pair, list) and len(pair) == 2 else {}
+                    for kind in ("jump", "goto"):
+                        if isinstance(verdict, dict) and kind in verdict:
+                            yield verdict[kind]["target"]
+
+
+def _xt_constants(rule: Rule, hook: str, found: dict[str, list[Any]]) -> None:
+    """The ports and addresses a decoded iptables extension compares with."""
+    for extension in rule.xt or ():
+        for option, values, _ in extension.options:
+            if extension.name == "multiport":
+                dims = {"--dports": ["dport"], "--destination-ports": ["dport"],
+                        "--sports": ["sport"], "--source-ports": ["sport"],
+                        "--ports": ["dport", "sport"]}.get(option, [])  # fmt: skip
+                ranges = [
+                    {"range": [int(lo), int(hi or lo)]}
+                    for value in values
+                    for part in value.split(",")
+                    for lo, _, hi in [part.partition(":")]
+                ]
+                for dim in dims:
+                    for proto in ("tcp", "udp"):
+                        found[f"{proto} {dim}"] += ranges
+            elif extension.name == "iprange" and values:
+                side = "--src-range" if hook == "input" else "--dst-range"
+                if option == side:
+                    low, _, high = values[0].partition("-")
+                    found["peer"].append({"range": [low, high or low]})
 
 
 def _dimension(left: Any, peer: str, iface: str) -> list[str]:
@@ -231,7 +271,7 @@ def _dimension(left: Any, peer: str, iface: str) -> list[str]:
         if proto in ("ip", "ip6") and field_ == peer:
             return ["peer"]
     meta = left.get("meta")
-    if isinstance(meta, dict) and meta.get("key") == iface:
+    if isinstance(meta, dict) and meta.get("key") in (iface, iface.removesuffix("name")):
         return ["iface"]
     return []
 
@@ -267,6 +307,14 @@ def _port_cuts(values: list[Any], extra: frozenset[int]) -> set[int]:
 def _address_cuts(values: list[Any], nets: frozenset[Network], family: Family) -> set[int]:
     cuts = set()
     for v in values:
+        if isinstance(v, dict) and "range" in v:
+            try:
+                low, high = (ip_address(str(a)) for a in v["range"])
+            except ValueError:
+                continue
+            if low.version == family:
+                cuts |= {int(low), int(high) + 1}
+            continue
         net = _net(v)
         if net is not None and net.version == family:
             cuts |= {int(net.network_address), int(net.broadcast_address) + 1}
@@ -310,7 +358,10 @@ def _iface_names(values: list[Any]) -> set[str]:
 def _iface(name: str) -> str:
     if name == OTHER:
         return "harden-other0"  # a name no rule's pattern names (cut at every name given)
-    return name[:-1] + "0" if name.endswith("*") and not name.endswith("\\*") else name
+    if name.endswith("*") and not name.endswith("\\*"):
+        # Under the prefix, but no name given exactly and no longer prefix.
+        return name[:-1] + "harden-x0"
+    return name
 
 
 def _address(value: int, family: Family) -> Address:
@@ -321,8 +372,12 @@ def _nets(lo: int, hi: int, family: Family) -> list[Network]:
     return list(summarize_address_range(_address(lo, family), _address(hi, family)))
 
 
-def _any(nets: tuple[Network, ...], family: Family) -> bool:
-    return len(nets) == 1 and nets[0].prefixlen == 0
+def any_peer(nets: tuple[Network, ...], family: Family, hook: str = "output") -> bool:
+    """Every address, or (input) every address but the loopback ones no cell holds."""
+    total = sum(n.num_addresses for n in nets)
+    if hook == "input":
+        total += sum(n.num_addresses for n in _LOOPBACK if n.version == family)
+    return total == _TOP[family] + 1
 
 
 def _ports(ranges: tuple[PortRange, ...]) -> str:

@@ -56,6 +56,7 @@ class Chain:
     table: str
     name: str
     hook: str | None = None
+    device: tuple[str, ...] = ()  # a netdev chain's interfaces
     prio: int = 0
     policy: str = "accept"
     type: str = "filter"
@@ -72,12 +73,21 @@ class Ruleset:
     chains: Mapping[SetKey, Chain] = field(default_factory=dict)
     sets: Mapping[SetKey, tuple[Any, ...] | None] = field(default_factory=dict)
     maps: Mapping[SetKey, tuple[Any, ...] | None] = field(default_factory=dict)
+    # Some rule sets a packet mark, or turns connection tracking off: a later match on
+    # the mark or the ct state then depends on the path, which is not modelled.
+    sets_marks: bool = False
+    untracks: bool = False
 
     def base_chains(self, hook: str, family: int) -> list[Chain]:
         """The base chains a packet of ``family`` passes on ``hook``, in priority order."""
         tables = FAMILY_TABLES[family]
         found = [c for c in self.chains.values() if c.hook == hook and c.family in tables]
         return sorted(found, key=lambda c: (c.prio, c.family, c.table, c.name))
+
+    def device_chains(self, hook: str) -> list[Chain]:
+        """Netdev chains on ``hook`` (ingress, egress): every family passes them first."""
+        found = [c for c in self.chains.values() if c.hook == hook and c.family == "netdev"]
+        return sorted(found, key=lambda c: (c.prio, c.table, c.name))
 
 
 def parse(
@@ -110,7 +120,9 @@ def parse(
         elif "set" in item or "map" in item:
             kind = "set" if "set" in item else "map"
             s = item[kind]
-            dynamic = bool({"dynamic", "timeout"} & set(s.get("flags", ())))
+            flags = s.get("flags", ())
+            flags = [flags] if isinstance(flags, str) else list(flags)
+            dynamic = bool({"dynamic", "timeout"} & set(flags)) or "timeout" in s
             elements = None if dynamic else tuple(_element(e) for e in s.get("elem", ()))
             (sets if kind == "set" else maps)[(s["family"], s["table"], s["name"])] = elements
     chains = {
@@ -120,13 +132,22 @@ def parse(
             name=key[2],
             hook=head.get("hook"),
             prio=int(head.get("prio", 0)),
+            device=_devices(head),
             policy=str(head.get("policy", "accept")),
             type=str(head.get("type", "filter")),
             rules=_with_xt(tuple(rules.get(key, ())), (saved or {}).get(key)),
         )
         for key, head in heads.items()
     }
-    return Ruleset(chains, sets, maps)
+    text = json.dumps(document)
+    marks = '"mark"' in text and ('"mangle"' in text or '"MARK"' in text or "CONNMARK" in text)
+    untracks = '"notrack"' in text or '"NOTRACK"' in text or '"CT"' in text
+    return Ruleset(chains, sets, maps, marks, untracks)
+
+
+def _devices(head: Mapping[str, Any]) -> tuple[str, ...]:
+    found = head.get("dev", head.get("device", ()))
+    return (found,) if isinstance(found, str) else tuple(found)
 
 
 def _with_xt(rules: tuple[Rule, ...], saved: list[SavedRule] | None) -> tuple[Rule, ...]:

@@ -14,7 +14,7 @@ from ipaddress import ip_network
 from typing import Any
 
 from harden.analysis.engine import Decision, Packet
-from harden.analysis.matrix import Cuts, Row
+from harden.analysis.matrix import Cuts, Row, any_peer
 from harden.errors import ExitStatus
 from harden.policy.model import Policy
 from harden.types import Network
@@ -150,6 +150,8 @@ def _peers(row: Row) -> str:
     """The row's addresses, or "any except ..." when that is shorter."""
     if not row.peers:
         return "none"
+    if any_peer(row.peers, row.family, row.hook):
+        return "any"
     space = ip_network("0.0.0.0/0" if row.family == 4 else "::/0")
     rest: list[Network] = [space]
     for net in row.peers:

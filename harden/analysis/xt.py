@@ -82,7 +82,7 @@ def _rule(words: list[str]) -> SavedRule:
             if current is not None:
                 extensions.append(Extension(current[0], current[1], tuple(options)))
                 current, options = None, []
-            i += 1
+            i += 0 if word in ("-f", "--fragment") else 1  # -f takes no value
             negated = False
         i += 1
     if current is not None:
