@@ -20,7 +20,7 @@ from harden.outputs import FORMATS
 from harden.outputs import write as write_report
 from harden.outputs.jsondoc import verify_json
 from harden.policy.model import build_policy
-from harden.request import ApplyRequest, DiffRequest, EgressRequest, VerifyRequest
+from harden.request import ApplyRequest, DiffRequest, EgressRequest, VerifyRequest, apply_request
 from harden.request import backend as request_backend
 from harden.types import Backend
 from harden.verify.options import PortSelection, Probing
@@ -83,15 +83,7 @@ def apply(
         persist=persist,
         root=root,
     )
-    result = _apply.apply(
-        request.manifest,
-        request.backend,
-        state_dir=request.state_dir,
-        confirm=request.confirm,
-        force=request.force,
-        persist=request.persist,
-        root=request.root,
-    )
+    result = apply_request(request)
     return result.to_json()
 
 

@@ -36,7 +36,13 @@ from harden.outputs import FORMATS
 from harden.outputs import write as write_report
 from harden.outputs.metrics import verify_down_metrics
 from harden.policy.model import Policy, build_policy, family_of
-from harden.request import CONFIRM_RANGE, ApplyRequest, EgressRequest, VerifyRequest
+from harden.request import (
+    CONFIRM_RANGE,
+    ApplyRequest,
+    EgressRequest,
+    VerifyRequest,
+    apply_request,
+)
 from harden.text import one_line, printable
 from harden.types import Address, Backend
 from harden.verify.options import (
@@ -293,8 +299,6 @@ def apply_cmd(
     restores the snapshot after N seconds unless 'harden confirm' runs. Applying an
     unchanged manifest changes nothing and says so (JSON: "changed": false).
     """
-    from harden.apply import apply
-
     request = _request(
         lambda: ApplyRequest.parse(
             manifest,
@@ -306,15 +310,7 @@ def apply_cmd(
             root=root,
         )
     )
-    result = apply(
-        request.manifest,
-        request.backend,
-        state_dir=request.state_dir,
-        confirm=request.confirm,
-        force=request.force,
-        persist=request.persist,
-        root=request.root,
-    )
+    result = apply_request(request)
     _emit(fmt, result.to_json(), result.to_text())
 
 

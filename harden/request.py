@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harden import defaults
+from harden.apply.results import ApplyResult
 from harden.backends import names as backend_names
 from harden.errors import OptionConflict, OptionError
 from harden.manifest.ports import PortRange, check_port
@@ -143,6 +144,21 @@ class ApplyRequest:
             persist,
             Path(root),
         )
+
+
+def apply_request(request: ApplyRequest) -> ApplyResult:
+    """Carry out an apply request (harden.apply.apply with its options)."""
+    from harden.apply import apply
+
+    return apply(
+        request.manifest,
+        request.backend,
+        state_dir=request.state_dir,
+        confirm=request.confirm,
+        force=request.force,
+        persist=request.persist,
+        root=request.root,
+    )
 
 
 @dataclass(frozen=True)
