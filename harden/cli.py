@@ -358,7 +358,13 @@ def analyze(manifest: Path | None, hooks: tuple[str, ...], fmt: str) -> None:
     from harden.analysis.collect import analyze as run
 
     policy = build_policy(load_manifest(manifest)) if manifest is not None else None
-    result = run(hooks or ("input", "output"), policy, str(manifest) if manifest else None)
+    # A line per family and protocol on a terminal: a large allowlist takes a while.
+    say = (
+        (lambda what, cells: echo(f"» {what}: {cells} cells", err=True))
+        if sys.stderr.isatty()
+        else (lambda what, cells: None)
+    )
+    result = run(hooks or ("input", "output"), policy, str(manifest) if manifest else None, say)
     if fmt == "markdown":
         echo(result.to_markdown(), nl=False)
     else:

@@ -8,6 +8,7 @@ uncertain: a source that cannot be read is never taken for an empty one.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from harden.analysis.engine import Packet, decide
@@ -46,15 +47,21 @@ def _saved(document: dict[str, Any]) -> dict[ChainKey, list[SavedRule]] | None:
     return saved
 
 
-def analyze(hooks: tuple[str, ...], policy: Policy | None, manifest: str | None) -> Analysis:
+def analyze(
+    hooks: tuple[str, ...],
+    policy: Policy | None,
+    manifest: str | None,
+    progress: Callable[[str, int], None] = lambda what, cells: None,
+) -> Analysis:
     """The exposure matrix of ``hooks``, compared with ``policy`` if given."""
     ruleset, unknown = live_ruleset()
     rows = []
     for hook in hooks:
         if policy is None:
-            rows += matrix(ruleset, hook)
+            rows += matrix(ruleset, hook, progress=progress)
         else:
-            rows += matrix(ruleset, hook, manifest_cuts(policy, hook), expectation(policy, hook))
+            cuts, expect = manifest_cuts(policy, hook), expectation(policy, hook)
+            rows += matrix(ruleset, hook, cuts, expect, progress)
     return Analysis(hooks, rows, manifest, unknown)
 
 

@@ -99,8 +99,13 @@ def matrix(
     hook: str,
     cuts: Cuts = Cuts(),
     expect: Callable[[Packet], bool | None] | None = None,
+    progress: Callable[[str, int], None] = lambda what, cells: None,
 ) -> list[Row]:
-    """Every cell of ``hook`` decided, merged into rows (all of them, drops included)."""
+    """Every cell of ``hook`` decided, merged into rows (all of them, drops included).
+
+    ``progress`` hears of each (family, protocol) before its cells are decided, with their
+    number: a large allowlist makes many.
+    """
     rows: list[Row] = []
     for family in FAMILIES:
         chains = [c for h in PATH[hook] for c in chains_on(ruleset, h, family, None)]
@@ -113,6 +118,9 @@ def matrix(
             dports = _intervals(_port_cuts(constants[f"{proto} dport"], cuts.ports), 65535, 1)
             sports = _intervals(_port_cuts(constants[f"{proto} sport"], frozenset()), 65535, 1)
             cells = []
+            progress(
+                f"{hook} ipv{family} {proto}", len(dports) * len(sports) * len(peers) * len(ifaces)
+            )
             for d, s, p, i in product(dports, sports, peers, ifaces):
                 packet = Packet(hook, family, proto, d[0], s[0], _address(p[0], family), _iface(i))
                 if hook == "input" and packet.peer.is_loopback:
