@@ -7,8 +7,8 @@ uncertain: a source that cannot be read is never taken for an empty one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from harden.analysis.engine import Packet, decide
@@ -39,7 +39,8 @@ def live_ruleset() -> tuple[Ruleset, list[str]]:
 
 def _saved(document: dict[str, Any]) -> dict[ChainKey, list[SavedRule]] | None:
     """The extensions' options, when nft shows an extension it cannot print in full."""
-    if '"xt"' not in json.dumps(document):
+    rules = (item["rule"] for item in document.get("nftables", ()) if "rule" in item)
+    if not any(isinstance(e, dict) and "xt" in e for r in rules for e in r.get("expr", ())):
         return None
     saved: dict[ChainKey, list[SavedRule]] = {}
     for family, text in nft_saves().items():
@@ -70,5 +71,5 @@ def explain(packet: Packet) -> Explanation:
     ruleset, unknown = live_ruleset()
     decision = decide(ruleset, packet)
     if unknown and decision.verdict != "unknown":
-        decision = type(decision)("unknown", decision.rules, tuple(unknown), decision.keyed)
+        decision = replace(decision, verdict="unknown", unknown=tuple(unknown))
     return Explanation(packet, decision)

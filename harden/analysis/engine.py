@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from ipaddress import ip_address, ip_network
 from typing import Any, Literal
 
 from harden.analysis import xt
-from harden.analysis.model import Chain, Rule, Ruleset
+from harden.analysis.model import Chain, Rule, Ruleset, address, network
 from harden.analysis.xt import Facts
 from harden.types import Address, Family, Proto
 
@@ -453,10 +452,14 @@ def _compare(op: str, value: Any, right: Any, ruleset: Ruleset, rule: Rule) -> b
             return op == "!="
         return Maybe("this host's own address (which one is not modelled)")
     if op in ("==", "in", "!="):
-        hits = [_equal(value, e) for e in elements]
-        found: bool | Maybe = (
-            True if True in hits else next((h for h in hits if isinstance(h, Maybe)), False)
-        )
+        found: bool | Maybe = False
+        for element in elements:
+            hit = _equal(value, element)
+            if hit is True:
+                found = True
+                break
+            if isinstance(hit, Maybe) and found is False:
+                found = hit
         if op == "!=" and isinstance(found, bool):
             return not found
         return found
@@ -473,13 +476,8 @@ def _compare(op: str, value: Any, right: Any, ruleset: Ruleset, rule: Rule) -> b
 
 
 def _multicast(element: Any) -> bool:
-    try:
-        if isinstance(element, dict) and "prefix" in element:
-            prefix = element["prefix"]
-            return ip_network(f"{prefix['addr']}/{prefix['len']}", strict=False).is_multicast
-        return isinstance(element, str) and ip_address(element).is_multicast
-    except ValueError:
-        return False
+    net = network(element)
+    return net is not None and net.is_multicast
 
 
 def _elements(right: Any, ruleset: Ruleset, rule: Rule) -> list[Any] | Maybe:
@@ -503,12 +501,13 @@ def _equal(value: Any, element: Any) -> bool | Maybe:
             low, high = element["range"]
             if isinstance(value, int):
                 return bool(low <= value <= high)
-            if not isinstance(value, str):
-                return bool(ip_address(low) <= value <= ip_address(high))
+            first, last = address(str(low)), address(str(high))
+            if not isinstance(value, str) and first is not None and last is not None:
+                return bool(value.version == first.version and first <= value <= last)
         if "prefix" in element and not isinstance(value, int | str):
-            prefix = element["prefix"]
-            net = ip_network(f"{prefix['addr']}/{prefix['len']}", strict=False)
-            return bool(value.version == net.version and value in net)
+            net = network(element)
+            if net is not None:
+                return value.version == net.version and value in net
         return Maybe(f"element {element!r}")
     if isinstance(value, int):
         if isinstance(element, str):
@@ -520,7 +519,5 @@ def _equal(value: Any, element: Any) -> bool | Maybe:
         if isinstance(element, str) and element.endswith("*") and not element.endswith("\\*"):
             return value.startswith(element[:-1])
         return value == str(element).replace("\\*", "*")
-    try:
-        return bool(value == ip_address(str(element)))
-    except ValueError:
-        return Maybe(f"element {element!r}")
+    found = address(str(element))
+    return value == found if found is not None else Maybe(f"element {element!r}")

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network, summarize_address_range
+from ipaddress import IPv4Address, IPv6Address, ip_network, summarize_address_range
 from itertools import product
 from typing import Any
 
 from harden.analysis.engine import PATH, Decision, Packet, chains_on, decide
-from harden.analysis.model import Rule, Ruleset
+from harden.analysis.model import Rule, Ruleset, address, network
 from harden.manifest.ports import PortRange, merge
 from harden.types import FAMILIES, PROTOS, Address, Family, Network, Proto
 
 Interval = tuple[int, int]  # inclusive
 OTHER = "*"  # an interface no rule names
 # Addresses only loopback carries: cut there, so no other cell is tested with one of them.
-_LOOPBACK = frozenset({ip_network("127.0.0.0/8"), ip_network("::1/128")})
+LOOPBACK = frozenset({ip_network("127.0.0.0/8"), ip_network("::1/128")})
 _TOP = {4: 2**32 - 1, 6: 2**128 - 1}
 
 
@@ -111,7 +111,7 @@ def matrix(
         chains = [c for h in PATH[hook] for c in chains_on(ruleset, h, family, None)]
         constants = _constants(ruleset, chains, hook, family)
         constants["iface"] += [d for c in chains for d in c.device]
-        nets = cuts.nets | (_LOOPBACK if hook == "input" else frozenset())
+        nets = cuts.nets | (LOOPBACK if hook == "input" else frozenset())
         peers = _intervals(_address_cuts(constants["peer"], nets, family), _TOP[family])
         ifaces = [*sorted(_iface_names([*constants["iface"], *cuts.ifaces])), OTHER]
         for proto in PROTOS:
@@ -316,31 +316,19 @@ def _address_cuts(values: list[Any], nets: frozenset[Network], family: Family) -
     cuts = set()
     for v in values:
         if isinstance(v, dict) and "range" in v:
-            try:
-                low, high = (ip_address(str(a)) for a in v["range"])
-            except ValueError:
+            low, high = (address(str(a)) for a in v["range"])
+            if low is None or high is None:
                 continue
             if low.version == family:
                 cuts |= {int(low), int(high) + 1}
             continue
-        net = _net(v)
+        net = network(v)
         if net is not None and net.version == family:
             cuts |= {int(net.network_address), int(net.broadcast_address) + 1}
     for net in nets:
         if net.version == family:
             cuts |= {int(net.network_address), int(net.broadcast_address) + 1}
     return cuts
-
-
-def _net(value: Any) -> Network | None:
-    try:
-        if isinstance(value, dict) and "prefix" in value:
-            return ip_network(f"{value['prefix']['addr']}/{value['prefix']['len']}", strict=False)
-        if isinstance(value, str):
-            return ip_network(value, strict=False)
-    except ValueError:
-        return None
-    return None
 
 
 def _joined(intervals: list[Interval]) -> list[Interval]:
@@ -384,7 +372,7 @@ def any_peer(nets: tuple[Network, ...], family: Family, hook: str = "output") ->
     """Every address, or (input) every address but the loopback ones no cell holds."""
     total = sum(n.num_addresses for n in nets)
     if hook == "input":
-        total += sum(n.num_addresses for n in _LOOPBACK if n.version == family)
+        total += sum(n.num_addresses for n in LOOPBACK if n.version == family)
     return total == _TOP[family] + 1
 
 

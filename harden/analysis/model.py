@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from ipaddress import ip_address, ip_network
 from typing import Any
 
 from harden.analysis.xt import ChainKey, Extension, SavedRule
 from harden.errors import EnvironmentProblem
+from harden.types import Address, Network
 
 # Families whose base chains an IPv4 or IPv6 packet passes on the hooks analysed.
 FAMILY_TABLES = {4: ("ip", "inet"), 6: ("ip6", "inet")}
@@ -155,6 +158,30 @@ def _with_xt(rules: tuple[Rule, ...], saved: list[SavedRule] | None) -> tuple[Ru
     if saved is None or len(saved) != len(rules):
         return rules
     return tuple(replace(r, xt=s.extensions) for r, s in zip(rules, saved, strict=True))
+
+
+@lru_cache(maxsize=65536)
+def address(text: str) -> Address | None:
+    """An address as nft prints it, parsed once however often the engine asks (or None)."""
+    try:
+        return ip_address(text)
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=65536)
+def _network(text: str) -> Network | None:
+    try:
+        return ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def network(value: Any) -> Network | None:
+    """The network of an nft prefix (``{"prefix": {"addr", "len"}}``) or address text."""
+    if isinstance(value, dict) and isinstance(value.get("prefix"), dict):
+        return _network(f"{value['prefix']['addr']}/{value['prefix']['len']}")
+    return _network(value) if isinstance(value, str) else None
 
 
 def _element(element: Any) -> Any:

@@ -7,14 +7,13 @@ blocked). docs/design.md, "Reading the live ruleset".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Any
 
 from harden.analysis.engine import Decision, Packet
-from harden.analysis.matrix import Cuts, Row, any_peer
+from harden.analysis.matrix import LOOPBACK, Cuts, Row, any_peer
 from harden.errors import ExitStatus
 from harden.policy.model import Policy
 from harden.types import Network
@@ -154,10 +153,10 @@ def _peers(row: Row) -> str:
         return "any"
     space = ip_network("0.0.0.0/0" if row.family == 4 else "::/0")
     rest: list[Network] = [space]
-    for net in row.peers:
+    # On input, loopback addresses are in no cell: "any" never needs to except them.
+    taken = (*row.peers, *(LOOPBACK if row.hook == "input" else ()))
+    for net in taken:
         rest = [piece for r in rest for piece in _minus(r, net)]
-    if not rest:
-        return "any"
     if len(rest) < len(row.peers):
         return "any except " + ", ".join(str(n) for n in sorted(rest, key=_order))
     return ", ".join(map(str, row.peers))
@@ -239,8 +238,3 @@ class Explanation:
         verdict = self.decision.verdict.upper()
         lines.append(f"{p.proto}/{p.dport} {where} (sport {p.sport}, {p.iface}): {verdict}")
         return "\n".join(lines)
-
-
-def dumps(data: dict[str, Any]) -> str:
-    """JSON as the CLI prints it."""
-    return json.dumps(data, indent=2) + "\n"
