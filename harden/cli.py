@@ -435,8 +435,9 @@ def counters(fmt: str) -> None:
     connections as they arrive, those harden's closed path dropped, and those every
     firewall let through. Both backends are read. Also printed: an identity of
     harden's table (a re-apply changes it), this host's ICMP error limits, which
-    verify then uses instead of assumed ones, and this host's addresses: verify
-    credits the counts only to targets among them.
+    verify then uses instead of assumed ones, this host's addresses: verify
+    credits the counts only to targets among them, and (JSON) the live ruleset, which
+    verify judges against its manifest as 'harden analyze --manifest' would.
     """
     from harden.apply.counters import read_counters
 
@@ -649,7 +650,9 @@ def status(state_dir: Path, root: Path, fmt: str) -> None:
     metavar="CMD",
     help="A shell command that prints the target's 'harden counters --format json' (e.g. "
     '"ssh root@HOST harden counters --format json"): run before and after the sweep, it '
-    "shows whether the probes arrived and were dropped by harden (needs verify.probers).",
+    "shows whether the probes arrived and were dropped by harden (needs verify.probers); "
+    "the live ruleset it reports is judged against MANIFEST, and the probes a sweep cannot "
+    "send (source-port keyed accepts) are sent.",
 )
 @click.option(
     "--inventory",

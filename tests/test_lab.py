@@ -196,11 +196,18 @@ def test_a_change_that_lets_more_out_is_rolled_back(tmp_path: Path) -> None:
         EGRESS, ports=PortSelection.parse("1-1000"), apply_manifest=loose, before=False
     )
     assert not result.ok and result.rolled_back and not result.confirmed
+    # The after steps' witness reports the live ruleset: its output hook, judged against
+    # the egress policy verified, accepts what that policy does not (the analysis); the
+    # egress step sees the same from both ends.
     assert [(s.name, s.passed) for s in result.steps] == [
-        ("after", True),
-        ("after", True),
+        ("after", False),
+        ("after", False),
         ("egress after", False),
     ]
+    for step in result.steps[:2]:
+        failed = [p for p in step.report["ports"] if p["status"] == "fail"]
+        assert failed and all(p["detail"].startswith("analysis: not declared") for p in failed)
+        assert all(" output ipv" in p["detail"] for p in failed)
     [egress] = [s for s in result.steps if s.name == "egress after"]
     leaks = {(p["proto"], p["observed"]) for p in egress.report["ports"] if p["status"] == "fail"}
     assert leaks == {("tcp", "sent"), ("udp", "sent")}

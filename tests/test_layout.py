@@ -29,6 +29,7 @@ PURE_GLOBS = (
     "harden/verify/findings.py",
     "harden/verify/report.py",
     "harden/verify/witness.py",
+    "harden/verify/static.py",
     "harden/verify/egress/verdict.py",
     "harden/apply/results.py",
     "harden/apply/others.py",
@@ -38,6 +39,7 @@ PURE_GLOBS = (
     "harden/analysis/matrix.py",
     "harden/analysis/results.py",
     "harden/analysis/xt.py",
+    "harden/analysis/crosscheck.py",
 )
 PURE = sorted({path for pattern in PURE_GLOBS for path in REPO.glob(pattern)})
 

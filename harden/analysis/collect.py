@@ -9,43 +9,37 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from harden.analysis.engine import Packet, decide
 from harden.analysis.matrix import matrix
-from harden.analysis.model import Ruleset, parse
+from harden.analysis.model import Ruleset, Snapshot, from_snapshot
 from harden.analysis.results import Analysis, Explanation, expectation, manifest_cuts
-from harden.analysis.xt import ChainKey, SavedRule, parse_save
 from harden.apply.hostinfo import legacy_note, legacy_rules, nft_saves
 from harden.backends.nftables.firewall import NftFirewall
 from harden.policy.model import Policy
 
 
-def live_ruleset() -> tuple[Ruleset, list[str]]:
-    """The ruleset of this network namespace, and why any of it cannot be read."""
+def snapshot() -> Snapshot:
+    """What the model reads of this network namespace, as JSON (see ``Snapshot``).
+
+    ``harden counters`` carries it to ``verify --witness``, which analyses it against its
+    own manifest.
+    """
     unknown = []
     legacy = legacy_rules()
     if legacy:
         unknown.append(legacy_note(legacy) + ": every row may differ")
     document = NftFirewall().ruleset()
-    ruleset = parse(document, _saved(document))
-    bridged = sorted(
-        {f"bridge {c.table}" for c in ruleset.chains.values() if c.family == "bridge" and c.hook}
-    )
-    if bridged:
-        unknown.append(f"bridge-family chains ({', '.join(bridged)}) are not modelled")
-    return ruleset, unknown
+    items = document.get("nftables", [])
+    rules = (item["rule"] for item in items if "rule" in item)
+    # The extensions' options, when nft shows an extension it cannot print in full.
+    xt = any(isinstance(e, dict) and "xt" in e for r in rules for e in r.get("expr", ()))
+    return {"nftables": items, "saves": nft_saves() if xt else {}, "unknown": unknown}
 
 
-def _saved(document: dict[str, Any]) -> dict[ChainKey, list[SavedRule]] | None:
-    """The extensions' options, when nft shows an extension it cannot print in full."""
-    rules = (item["rule"] for item in document.get("nftables", ()) if "rule" in item)
-    if not any(isinstance(e, dict) and "xt" in e for r in rules for e in r.get("expr", ())):
-        return None
-    saved: dict[ChainKey, list[SavedRule]] = {}
-    for family, text in nft_saves().items():
-        saved.update(parse_save(text, family))
-    return saved
+def live_ruleset() -> tuple[Ruleset, list[str]]:
+    """The ruleset of this network namespace, and why any of it cannot be read."""
+    return from_snapshot(snapshot())
 
 
 def analyze(

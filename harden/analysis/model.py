@@ -14,13 +14,17 @@ from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from typing import Any
 
-from harden.analysis.xt import ChainKey, Extension, SavedRule
+from harden.analysis.xt import ChainKey, Extension, SavedRule, parse_save
 from harden.errors import EnvironmentProblem
 from harden.types import Address, Network
 
 # Families whose base chains an IPv4 or IPv6 packet passes on the hooks analysed.
 FAMILY_TABLES = {4: ("ip", "inet"), 6: ("ip6", "inet")}
 HOOKS = ("input", "output", "forward")
+# What the model reads of a host, as JSON: "nftables", the items of ``nft -j list
+# ruleset``; "saves", ``iptables-nft-save`` output by nft family (ip, ip6), when nft shows
+# extensions by name only; "unknown", why any of it cannot be read.
+Snapshot = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,29 @@ def parse(
     marks = '"mark"' in text and ('"mangle"' in text or '"MARK"' in text or "CONNMARK" in text)
     untracks = '"notrack"' in text or '"NOTRACK"' in text or '"CT"' in text
     return Ruleset(chains, sets, maps, marks, untracks)
+
+
+def from_snapshot(data: Mapping[str, Any]) -> tuple[Ruleset, list[str]]:
+    """The ruleset of a snapshot, and why any of it cannot be read.
+
+    EnvironmentProblem if ``data`` is not a snapshot (it may come from another host).
+    """
+    try:
+        saved: dict[ChainKey, list[SavedRule]] | None = None
+        if data.get("saves"):
+            saved = {}
+            for family, text in data["saves"].items():
+                saved.update(parse_save(str(text), str(family)))
+        ruleset = parse({"nftables": data["nftables"]}, saved)
+        unknown = [str(reason) for reason in data.get("unknown", ())]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EnvironmentProblem(f"not a ruleset snapshot ({type(exc).__name__}: {exc})") from None
+    bridged = sorted(
+        {f"bridge {c.table}" for c in ruleset.chains.values() if c.family == "bridge" and c.hook}
+    )
+    if bridged:
+        unknown.append(f"bridge-family chains ({', '.join(bridged)}) are not modelled")
+    return ruleset, unknown
 
 
 def _devices(head: Mapping[str, Any]) -> tuple[str, ...]:

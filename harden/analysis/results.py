@@ -112,10 +112,10 @@ class Analysis:
 
     def to_text(self) -> str:
         """One line per row that is not a plain drop, then the findings against the manifest."""
-        lines = [_line(r) for r in self.shown] or ["every new packet is dropped"]
+        lines = [row_text(r) for r in self.shown] or ["every new packet is dropped"]
         lines += [f"unknown: {reason}" for reason in self.unknown]
         if self.manifest is not None:
-            lines += [f"LEAK: {_line(r)}" for r in self.leaks]
+            lines += [f"LEAK: {row_text(r)}" for r in self.leaks]
             lines += [
                 f"BLOCKED: declared {_what(r)} is {r.verdict}ped by {_by(r)}" for r in self.blocked
             ]
@@ -186,7 +186,8 @@ def _by(row: Row) -> str:
     return f"{what} {last.family} {last.table} {last.chain}"
 
 
-def _line(row: Row) -> str:
+def row_text(row: Row) -> str:
+    """One row as a line: what it holds, its verdict, the rules that decided it."""
     j = row.to_json()
     iface = j.get("iifname", j.get("oifname"))
     where = "from" if row.hook == "input" else "to"

@@ -6,6 +6,9 @@ see").
 
 from __future__ import annotations
 
+from typing import Any
+
+from harden.analysis.collect import snapshot
 from harden.apply.hostinfo import icmp_settings, local_addresses
 from harden.apply.results import Counters
 from harden.backends import firewall, names, spec
@@ -47,4 +50,13 @@ def read_counters() -> Counters:
         # The counts are of probes to these addresses only: verify credits them to no
         # other target.
         addresses=local_addresses(),
+        ruleset=_snapshot(),
     )
+
+
+def _snapshot() -> dict[str, Any]:
+    """The live ruleset for verify's analysis; why not, if it cannot be read."""
+    try:
+        return snapshot()
+    except HardenError as exc:
+        return {"unknown": [f"the target's ruleset could not be read: {exc}"]}

@@ -454,16 +454,20 @@ class Counters:
     identity: str | None
     icmp: dict[str, Any]
     addresses: list[str]
+    # The live ruleset as the analysis reads it (harden.analysis.model.Snapshot): verify
+    # --witness judges it against its own manifest.
+    ruleset: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """Schema ``harden.counters/3``."""
+        """Schema ``harden.counters/4`` (/3 plus ``ruleset``)."""
         return {
-            "schema": "harden.counters/3",
+            "schema": "harden.counters/4",
             "backends": list(self.backends),
             "counters": self.counters,
             "identity": self.identity,
             "icmp": self.icmp,
             "addresses": self.addresses,
+            "ruleset": self.ruleset,
         }
 
     def to_text(self) -> str:

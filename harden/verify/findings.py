@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from harden.analysis.crosscheck import StaticCheck, Targeted
 from harden.types import Address, Proto, Sent
 from harden.verify.classify import Reply
 from harden.verify.plan import Target
@@ -31,6 +32,9 @@ class Observed(StrEnum):
     ACCEPTED = "accepted"  # witness: probes to closed ports that something accepted
     NOT_COUNTED = "not counted"
     BLOCKED_ON_HOST = "blocked on the host"
+    # The target's live ruleset, read by its witness (harden.analysis.crosscheck).
+    ACCEPTED_BY_RULES = "accepted by the live rules"
+    DROPPED_BY_RULES = "dropped by the live rules"
     UNPROBED = "unprobed"  # the target's ICMP budget ran out before these were probed
     # Egress.
     ARRIVED = "arrived"
@@ -84,6 +88,10 @@ class Findings:
     link_only: set[Address] = field(default_factory=set)
     # What the target's witness counters saw over the run (verify --witness), if asked.
     witness: WitnessRun | None = None
+    # The target's live ruleset judged against the manifest (with a witness that reports
+    # it), and the targeted probes it called for with what each got (None: no answer).
+    static: StaticCheck | None = None
+    targeted: list[tuple[Targeted, str | None]] = field(default_factory=list)
     seconds: float = 0.0
     mode: Mode = "raw"
     # Where the time went: "send", "reply_wait", "quiet_wait" (seconds, summed).

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from harden.analysis.crosscheck import static_check
 from harden.errors import EnvironmentProblem, OptionError
 from harden.policy.model import Policy
 from harden.text import one_line
@@ -16,11 +17,13 @@ from harden.verify.engine.connect import ConnectTransport
 from harden.verify.engine.raw import RawTransport, raw_available
 from harden.verify.engine.rounds import Options, Progress, no_progress, verify
 from harden.verify.engine.route import Neighbours, Route, link_probe, neighbour_confirmed, route_to
+from harden.verify.engine.targeted import send_targeted
 from harden.verify.engine.transport import Transport
 from harden.verify.findings import Findings
 from harden.verify.options import PortSelection, Probing
 from harden.verify.plan import Target, merge_plans, plan_probes
 from harden.verify.report import Report, evaluate
+from harden.verify.static import judge_static
 from harden.verify.witness import Reading, compare, parse_reading
 
 
@@ -83,6 +86,7 @@ def run_verify(
     if witness:
         assert before is not None
         findings.witness = compare(before, read_witness(witness))
+        _cross_check(findings, hosts[0][0], before, list(routes), raw, probing.wait)
     _link_evidence(findings, routes, neighbours)
     for target in routes:
         if target.seen_as is not None:
@@ -91,8 +95,42 @@ def run_verify(
                 f"(--seen-as), not for this host's {target.source}"
             )
     report = evaluate(plan, findings)
+    if findings.static is not None and findings.witness is not None:
+        covered = [t for t in routes if findings.witness.covers(t.address)]
+        judge_static(report, findings.static, covered, findings.targeted)
     report.started = started
     return report
+
+
+def _cross_check(
+    findings: Findings,
+    policy: Policy,
+    before: Reading,
+    targets: list[Target],
+    raw: bool,
+    wait: float,
+) -> None:
+    """Judge the target's ruleset, read before the sweep, and send the probes it calls for.
+
+    docs/design.md, "The model beside the probes".
+    """
+    if before.ruleset is None:
+        findings.notes.append(
+            "analysis: the target's harden does not report its ruleset (older than this one): "
+            "every port is left to the probes"
+        )
+        return
+    findings.static = static_check(policy, before.ruleset)
+    own = [t for t in targets if before.addresses is not None and t.address in before.addresses]
+    sources = {t.family: t.seen_as or t.source for t in reversed(own)}
+    probes = findings.static.targeted(sources)
+    if probes and not raw:
+        findings.notes.append(
+            f"analysis: {len(probes)} targeted probe(s) from the source ports accepts are keyed "
+            "on need raw sockets (root): not sent"
+        )
+    elif probes:
+        findings.targeted = send_targeted(probes, {t.family: t for t in reversed(own)}, wait)
 
 
 def _options(probing: Probing, before: Reading | None) -> Options:

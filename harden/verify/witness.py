@@ -42,7 +42,7 @@ from harden.types import FAMILIES, PROTOS, Address, Family, Proto, Sent, Verdict
 # The witness command's own connection (an SSH login from the prober to the target to
 # read the counters) is a new TCP connection to a declared port: tolerated.
 TCP_SLACK = 2
-SCHEMAS = ("harden.counters/1", "harden.counters/2", "harden.counters/3")
+SCHEMAS = ("harden.counters/1", "harden.counters/2", "harden.counters/3", "harden.counters/4")
 # Probes that may go missing on the way before a shortfall makes the witness inconclusive:
 # a fixed allowance (this run measures no loss rate), in percent of those sent, at least 2.
 LOSS_ALLOWANCE_PERCENT = 2
@@ -76,6 +76,8 @@ class Reading:
     icmp: dict[Family, IcmpSettings] = field(default_factory=dict)
     # The counting host's own addresses (None: not reported, harden.counters/2 and older).
     addresses: frozenset[Address] | None = None
+    # The live ruleset, as harden.analysis reads it (None: not reported, /3 and older).
+    ruleset: dict[str, Any] | None = None
 
 
 def parse_reading(data: Any) -> Reading:
@@ -97,10 +99,13 @@ def parse_reading(data: Any) -> Reading:
         identity = data.get("identity")
         listed = data.get("addresses")
         addresses = None if listed is None else frozenset(ip_address(a) for a in listed)
+        ruleset = data.get("ruleset")
+        if ruleset is not None and not isinstance(ruleset, dict):
+            raise TypeError("ruleset is not an object")
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"malformed counters output ({exc})") from None
     shown = None if identity is None else printable(str(identity))
-    return Reading(counters, shown, icmp, addresses)
+    return Reading(counters, shown, icmp, addresses, ruleset)
 
 
 @dataclass(frozen=True)
