@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from itertools import product
 from typing import Any, Literal
 
 from harden.analysis import xt
@@ -89,15 +90,50 @@ def decide(ruleset: Ruleset, packet: Packet) -> Decision:
     live = [Path(None)]
     done: list[Path] = []
     for hook in PATH[packet.hook]:
-        for chain in chains_on(ruleset, hook, packet.family, packet.iface):
+        chains = chains_on(ruleset, hook, packet.family, packet.iface)
+        for group in _same_priority(chains):
+            ways = [_base(ruleset, chain, packet) for chain in group]
             after: list[Path] = []
             for path in live:
-                for step in _base(ruleset, chain, packet):
-                    joined = path.then(step)
-                    (after if step.verdict == "accept" else done).append(joined)
+                for steps in product(*ways):
+                    joined = _in_turn(path, steps, group, hook)
+                    (after if joined.verdict == "accept" else done).append(joined)
             live = after
     done += [replace(p, verdict="accept") for p in live]
     return _conclude(done)
+
+
+def _same_priority(chains: list[Chain]) -> list[list[Chain]]:
+    """Sorted chains grouped by priority: the kernel's order within a group is not listed."""
+    groups: list[list[Chain]] = []
+    for chain in chains:
+        if groups and groups[-1][0].prio == chain.prio:
+            groups[-1].append(chain)
+        else:
+            groups.append([chain])
+    return groups
+
+
+def _in_turn(path: Path, steps: tuple[Path, ...], group: list[Chain], hook: str) -> Path:
+    """``path`` through base chains of one priority, whose order the listing does not give.
+
+    The kernel runs the one registered last first. An accept ends only its own chain, so
+    the order matters only when two chains end the packet differently (drop and reject):
+    then the outcome is unknown, never the listing's guess.
+    """
+    ended = {s.verdict for s in steps if s.verdict != "accept"}
+    for step in steps:
+        path = path.then(step)
+        if step.verdict != "accept":
+            break
+    if len(ended) > 1:
+        names = ", ".join(f"{c.family} {c.table} {c.name}" for c in group)
+        why = (
+            f"base chains {names} share priority {group[0].prio} on {hook} and end the packet "
+            "differently; the kernel runs the one registered last first, which no listing shows"
+        )
+        return Path("unknown", path.rules, (*path.maybes, Maybe(why)))
+    return path
 
 
 def chains_on(ruleset: Ruleset, hook: str, family: Family, iface: str | None) -> list[Chain]:
