@@ -125,6 +125,7 @@ bench: install
 	$(PY) -m bench.fleet
 	$(PY) -m bench.reload
 	$(PY) -m bench.egress
+	$(PY) -m bench.analyze
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from harden.analysis import xt
 from harden.analysis.engine import Packet, decide
 from harden.analysis.matrix import Cuts, matrix
-from harden.analysis.model import parse
+from harden.analysis.model import from_snapshot, parse
 from harden.analysis.results import Analysis, expectation, manifest_cuts
 from harden.analysis.xt import parse_save
 from harden.errors import EnvironmentProblem
@@ -64,6 +65,8 @@ def packet(
     family = 4 if address.version == 4 else 6
     return Packet(hook, family, proto, dport, sport, address, iface)  # type: ignore[arg-type]
 
+
+FACTS = xt.Facts("input", "tcp", 8080, 40000, ip_address("203.0.113.9"))
 
 HOST = ruleset(
     chain("inet", "h", "input", **INPUT),
@@ -417,7 +420,98 @@ def test_every_way_unknown_keeps_its_reasons() -> None:
         rule("ip", "nat", "pre", 1, {"dnat": {"addr": "10.0.0.2"}}),
     )
     decision = decide(parse(rs), packet(80))
-    assert decision.verdict == "unknown" and any("dnat" in u for u in decision.unknown)
+    assert decision.verdict == "unknown" and any("DNAT" in u for u in decision.unknown)
+
+
+# A Docker-style host: 8080 published to a container (10.0.0.2:80 behind br0), 9090
+# redirected to a local 22, forward dropping all but the container's port 80.
+NAT = {"type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}
+FWD = {"type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}
+DOCKERISH = ruleset(
+    chain("ip", "nat", "pre", **NAT),
+    rule("ip", "nat", "pre", 1, match(payload("tcp", "dport"), 8080),
+         {"dnat": {"addr": "10.0.0.2", "port": 80}}),
+    rule("ip", "nat", "pre", 2, match(payload("tcp", "dport"), 8081),
+         {"dnat": {"addr": "10.9.9.9", "port": 80}}),
+    rule("ip", "nat", "pre", 3, match(payload("tcp", "dport"), 9090), {"redirect": {"port": 22}}),
+    chain("ip", "filter", "fwd", **FWD),
+    rule("ip", "filter", "fwd", 4, match(payload("ip", "daddr"), "10.0.0.2"),
+         match({"meta": {"key": "oifname"}}, "br0"), match(payload("tcp", "dport"), 80), ACCEPT),
+    chain("ip", "filter", "in", **INPUT),
+    rule("ip", "filter", "in", 5, match(payload("tcp", "dport"), 22), ACCEPT),
+)  # fmt: skip
+
+
+def snapshot_of(document: dict[str, Any]) -> Any:
+    routes = [{"dst": "10.0.0.0/24", "dev": "br0"}, {"dst": "203.0.113.0/24", "dev": "eth0"}]
+    return from_snapshot(
+        {"nftables": document["nftables"], "addresses": ["203.0.113.1"], "routes": routes}
+    )[0]
+
+
+def test_a_dnat_is_judged_by_the_port_it_was_sent_to_through_forward() -> None:
+    rs = snapshot_of(DOCKERISH)
+    published = decide(rs, packet(8080))
+    assert published.verdict == "accept"
+    assert [r.handle for r in published.rules] == [1, 4]  # the dnat, then forward's accept
+    # The same forward rule does not hold for a port that was not translated there.
+    assert decide(rs, packet(80)).verdict == "drop"
+    # No route to the new destination in the main table: not a guess.
+    lost = decide(rs, packet(8081))
+    assert lost.verdict == "unknown" and "no route" in lost.unknown[0]
+    # A redirect stays on this host: input judges the port it became (22).
+    assert decide(rs, packet(9090)).verdict == "accept"
+    rows = [r for r in matrix(rs, "input") if (r.family, r.proto) == (4, "tcp")]
+
+    def row(port: int) -> str:
+        [found] = [r.verdict for r in rows if any(port in p for p in r.dports)]
+        return found
+
+    assert [row(p) for p in (80, 8080, 8081, 8082, 9090)] == [
+        "drop", "accept", "unknown", "drop", "accept"
+    ]  # fmt: skip
+    # Without the addresses and routes (an old snapshot): where it goes is unknown.
+    assert decide(parse(DOCKERISH), packet(8080)).verdict == "unknown"
+
+
+def test_hardens_translated_chain_reads_the_original_port() -> None:
+    """ct status dnat + ct original proto-dst: what harden's own forward chain matches."""
+    original = {"ct": {"key": "proto-dst", "dir": "original"}}
+    rs = ruleset(
+        chain("ip", "nat", "pre", **NAT),
+        rule("ip", "nat", "pre", 1, {"dnat": {"addr": "10.0.0.2", "port": 80}}),
+        chain("inet", "harden", "forward", **FWD),
+        rule("inet", "harden", "forward", 2, match({"ct": {"key": "status"}}, "dnat", "in"),
+             match(original, 8443), ACCEPT),
+    )  # fmt: skip
+    assert decide(snapshot_of(rs), packet(8443)).verdict == "accept"
+    assert decide(snapshot_of(rs), packet(8444)).verdict == "drop"
+    rows = matrix(snapshot_of(rs), "input")
+    accepted = [r for r in rows if (r.family, r.proto, r.verdict) == (4, "tcp", "accept")]
+    assert [(r.dports[0].first, r.dports[0].last) for r in accepted] == [(8443, 8443)]
+
+
+def test_iptables_dnat_and_conntrack_options_are_decoded() -> None:
+    save = (
+        "*nat\n-A DOCKER ! -i docker0 -p tcp -m tcp --dport 8080 -j DNAT "
+        "--to-destination 172.17.0.2:80\n-A PRE -p tcp -j REDIRECT --to-ports 22\n"
+        "-A V6 -j DNAT --to-destination [fd00::2]:80\n-A R -j DNAT --to-destination "
+        "10.0.0.1-10.0.0.9\nCOMMIT\n*filter\n-A F -m conntrack --ctstate DNAT "
+        "--ctorigdstport 8443 --ctdir ORIGINAL -j ACCEPT\nCOMMIT\n"
+    )
+    saved = parse_save(save, "ip")
+    [dnat] = saved[("ip", "nat", "DOCKER")][0].extensions[-1:]
+    assert xt.test(dnat, FACTS) == xt.Nat(ip_address("172.17.0.2"), 80)
+    [redirect] = saved[("ip", "nat", "PRE")][0].extensions
+    assert xt.test(redirect, FACTS) == xt.Nat(None, 22)
+    [v6] = saved[("ip", "nat", "V6")][0].extensions
+    assert xt.test(v6, FACTS) == xt.Nat(ip_address("fd00::2"), 80)
+    [spread] = saved[("ip", "nat", "R")][0].extensions
+    assert "range" in str(xt.test(spread, FACTS))
+    [ct, _] = saved[("ip", "filter", "F")][0].extensions
+    translated = xt.Facts("input", "tcp", 80, 40000, ip_address("203.0.113.9"), True, 8443)
+    assert xt.test(ct, translated) is True
+    assert xt.test(ct, FACTS) is False  # not translated: neither NEW-only nor DNAT holds
 
 
 def test_a_value_less_native_option_does_not_swallow_the_target() -> None:

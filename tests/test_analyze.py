@@ -21,6 +21,7 @@ import pytest
 from harden.lab.netns import Namespace, connect
 
 from .conftest import REPO
+from .dockerlab import docker_lab
 from .labutil import HARDEN
 
 pytestmark = pytest.mark.netns
@@ -229,3 +230,48 @@ def arrives(host: Namespace, outside: Namespace, *, sport: int) -> bool:
         outside.run([sys.executable, "-c", send])
         out, _ = receiver.communicate(timeout=10)
     return out.strip() == "got"
+
+
+def test_a_published_docker_port_is_judged_through_forward_and_the_kernel_agrees(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """Docker's DNAT sends tcp/8080 and tcp/8443 to containers: the model follows them
+    through forward (judged by the port they were sent to). Docker alone accepts both;
+    with harden's docker-host.yaml only the declared 8443 stays open. A connection from
+    outside agrees each time."""
+    with docker_lab(netns, tmp_path, "198.19.61.1", "198.19.61.2") as (d, outside):
+        d.publish(8080)
+        d.publish(8443)
+        code, data = analyze(d.ns, "--hook", "input")
+        assert code == 0
+        assert verdict(data, "8080") == verdict(data, "8443") == "accept"
+        [row] = [r for r in data["rows"] if r["dports"] == "8080" and r["iifname"] == "any"]
+        assert "Docker" in row["managers"]
+        assert any("-j DNAT --to-destination 198.19.77." in r["rule"] for r in row["rules"])
+        assert reaches(outside, 8080) and reaches(outside, 8443)
+        state: list[str | Path] = ["--state-dir", tmp_path / "state", "--no-persist"]
+        proc = harden(d.ns, "apply", REPO / "rulesets" / "docker-host.yaml", *state)
+        assert proc.returncode == 0, proc.stderr
+        code, data = analyze(d.ns, "--hook", "input")
+        assert (verdict(data, "8080"), verdict(data, "8443")) == ("drop", "accept")
+        assert not reaches(outside, 8080) and reaches(outside, 8443)
+
+
+def verdict(data: dict[str, Any], port: str) -> str:
+    """The verdict of IPv4 tcp/``port`` from any address on any other interface."""
+    plain = ("ipv4", "tcp", "any", "any")
+    for r in data["rows"]:
+        if (r["family"], r["proto"], r["iifname"], r["sources"]) == plain and port in r[
+            "dports"
+        ].split(","):
+            return str(r["verdict"])
+    return "drop"  # analyze shows no plain drop
+
+
+def reaches(outside: Namespace, port: int) -> bool:
+    code = (
+        "import socket, sys\n"
+        "try: socket.create_connection(('198.19.61.1', int(sys.argv[1])), timeout=3).close()\n"
+        "except OSError: sys.exit(1)"
+    )
+    return outside.run([sys.executable, "-c", code, str(port)], check=False).returncode == 0

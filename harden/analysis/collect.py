@@ -14,7 +14,7 @@ from harden.analysis.engine import Packet, decide
 from harden.analysis.matrix import matrix
 from harden.analysis.model import Ruleset, Snapshot, from_snapshot
 from harden.analysis.results import Analysis, Explanation, expectation, manifest_cuts
-from harden.apply.hostinfo import legacy_note, legacy_rules, nft_saves
+from harden.apply.hostinfo import legacy_note, legacy_rules, local_addresses, main_routes, nft_saves
 from harden.backends.nftables.firewall import NftFirewall
 from harden.policy.model import Policy
 
@@ -34,7 +34,13 @@ def snapshot() -> Snapshot:
     rules = (item["rule"] for item in items if "rule" in item)
     # The extensions' options, when nft shows an extension it cannot print in full.
     xt = any(isinstance(e, dict) and "xt" in e for r in rules for e in r.get("expr", ()))
-    return {"nftables": items, "saves": nft_saves() if xt else {}, "unknown": unknown}
+    return {
+        "nftables": items,
+        "saves": nft_saves() if xt else {},
+        "addresses": local_addresses(),
+        "routes": main_routes(),
+        "unknown": unknown,
+    }
 
 
 def live_ruleset() -> tuple[Ruleset, list[str]]:

@@ -48,6 +48,11 @@ class Packet:
     sport: int
     peer: Address  # input: the source address; output: the destination
     iface: str  # input: the interface it arrives on; output: the one it leaves by
+    # After a DNAT in prerouting: the new destination (None: one of this host's own), the
+    # device the route to it leaves by, and the port the packet was sent to.
+    daddr: Address | None = None
+    oif: str | None = None
+    original_dport: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,10 +73,12 @@ class Path:
     verdict: str | None  # None: fell through (a base chain's policy decides)
     rules: tuple[Rule, ...] = ()
     maybes: tuple[Maybe, ...] = ()
+    # verdict "dnat": the new destination (None: this host) and port (None: unchanged).
+    nat: tuple[Address | None, int | None] | None = None
 
     def then(self, other: Path) -> Path:
         """The path continued by ``other``."""
-        return Path(other.verdict, self.rules + other.rules, self.maybes + other.maybes)
+        return Path(other.verdict, self.rules + other.rules, self.maybes + other.maybes, other.nat)
 
 
 @dataclass(frozen=True)
@@ -87,20 +94,72 @@ class Decision:
 
 def decide(ruleset: Ruleset, packet: Packet) -> Decision:
     """Every base chain the packet passes, in hook then priority order; one decision."""
-    live = [Path(None)]
+    steps = _steps(ruleset, packet, PATH[packet.hook])
+    return _conclude(_walk(ruleset, packet, steps, Path(None)))
+
+
+Step = tuple[str, list[Chain]]  # a hook, and its base chains of one priority
+
+
+def _steps(ruleset: Ruleset, packet: Packet, hooks: tuple[str, ...]) -> list[Step]:
+    return [
+        (hook, group)
+        for hook in hooks
+        for group in _same_priority(chains_on(ruleset, hook, packet.family, packet.iface))
+    ]
+
+
+def _walk(ruleset: Ruleset, packet: Packet, steps: list[Step], start: Path) -> list[Path]:
+    """Every way ``packet`` ends after ``steps``, continuing ``start``."""
+    live = [start]
     done: list[Path] = []
-    for hook in PATH[packet.hook]:
-        chains = chains_on(ruleset, hook, packet.family, packet.iface)
-        for group in _same_priority(chains):
-            ways = [_base(ruleset, chain, packet) for chain in group]
-            after: list[Path] = []
-            for path in live:
-                for steps in product(*ways):
-                    joined = _in_turn(path, steps, group, hook)
-                    (after if joined.verdict == "accept" else done).append(joined)
-            live = after
-    done += [replace(p, verdict="accept") for p in live]
-    return _conclude(done)
+    for k, (hook, group) in enumerate(steps):
+        ways = [_base(ruleset, chain, packet) for chain in group]
+        after: list[Path] = []
+        for path in live:
+            for combo in product(*ways):
+                joined = _in_turn(path, combo, group, hook)
+                if joined.verdict == "accept":
+                    after.append(joined)
+                elif joined.verdict == "dnat":
+                    rest = [step for step in steps[k + 1 :] if step[0] == hook]
+                    done += _translated(ruleset, packet, joined, hook, rest)
+                else:
+                    done.append(joined)
+        live = after
+    return done + [replace(p, verdict="accept") for p in live]
+
+
+def _translated(
+    ruleset: Ruleset, packet: Packet, path: Path, hook: str, rest: list[Step]
+) -> list[Path]:
+    """The way on of a packet a DNAT sent elsewhere: judged by the port it was sent to.
+
+    To this host (redirect, or a DNAT to one of its addresses): on through input; to
+    another (a container, a VM): through forward and postrouting, out of the device its
+    route leaves by. docs/design.md, "Translated traffic: Docker, Kubernetes, port forwards".
+    """
+    assert path.nat is not None
+    addr, port = path.nat
+    go_on = replace(path, verdict=None, nat=None)
+    if hook != "prerouting" or packet.original_dport is not None:
+        return [replace(go_on, verdict="accept")]  # one NAT binding: later ones do nothing
+    if ruleset.local is None or ruleset.routes is None:
+        why = Maybe("a DNAT: where it sends the packet (addresses, routes) was not read")
+        return [Path("unknown", path.rules, (*path.maybes, why))]
+    local = addr is None or addr in ruleset.local
+    oif = None if local or addr is None else ruleset.route(addr)
+    if not local and oif is None:
+        return [Path("unknown", path.rules, (*path.maybes, Maybe(f"a DNAT to {addr}: no route")))]
+    moved = replace(
+        packet,
+        daddr=None if local else addr,
+        oif=oif,
+        dport=port or packet.dport,
+        original_dport=packet.dport,
+    )
+    hooks = ("input",) if local else ("forward", "postrouting")
+    return _walk(ruleset, moved, rest + _steps(ruleset, moved, hooks), go_on)
 
 
 def _same_priority(chains: list[Chain]) -> list[list[Chain]]:
@@ -126,7 +185,7 @@ def _in_turn(path: Path, steps: tuple[Path, ...], group: list[Chain], hook: str)
         path = path.then(step)
         if step.verdict != "accept":
             break
-    if len(ended) > 1:
+    if len(ended) > 1 or (len(steps) > 1 and "dnat" in ended):
         names = ", ".join(f"{c.family} {c.table} {c.name}" for c in group)
         why = (
             f"base chains {names} share priority {group[0].prio} on {hook} and end the packet "
@@ -288,11 +347,27 @@ def _statement(
         return [Path("unknown", (rule,), (Maybe("queue: a userspace program decides"),))]
     if name in ("snat", "masquerade"):
         return [Path("accept", (rule,))]  # NAT statements end the rule with an accept
+    if name in ("dnat", "redirect") and packet.hook == "input":
+        return _nat(rule, name, body)
     if name in ("dnat", "redirect", "tproxy"):
         # The packet goes on with another destination: what this hook's later chains
         # see is not what was sent.
         return [Path("unknown", (rule,), (Maybe(f"{name}: the destination changes here"),))]
     return Maybe(f"statement {name}")
+
+
+def _nat(rule: Rule, name: str, body: Any) -> list[Path]:
+    """A dnat or redirect statement: the new destination, or unknown if it is not one."""
+    body = body if isinstance(body, dict) else {}
+    port = body.get("port")
+    if port is not None and not isinstance(port, int):
+        return [Path("unknown", (rule,), (Maybe(f"{name} to a port map or range"),))]
+    if name == "redirect":
+        return [Path("dnat", (rule,), nat=(None, port))]
+    target = address(str(body.get("addr"))) if isinstance(body.get("addr"), str) else None
+    if target is None:
+        return [Path("unknown", (rule,), (Maybe("dnat to an address map or range"),))]
+    return [Path("dnat", (rule,), nat=(target, port))]
 
 
 def _xt(
@@ -304,7 +379,10 @@ def _xt(
     if extension is None:
         # nft prints an x_tables extension's name, not its options.
         return Maybe(f"xt {kind} {name} (not decoded: its options could not be read)")
-    facts = Facts(packet.hook, packet.proto, packet.dport, packet.sport, packet.peer)
+    facts = Facts(
+        packet.hook, packet.proto, packet.dport, packet.sport, packet.peer,
+        away=packet.daddr is not None, original_dport=packet.original_dport,
+    )  # fmt: skip
     found = xt.test(extension, facts)
     if isinstance(found, bool):
         return found
@@ -312,6 +390,10 @@ def _xt(
         return [Path(found, (rule,))]
     if found == xt.NO_EFFECT:
         return None
+    if isinstance(found, xt.Nat):
+        if packet.hook != "input":
+            return [Path("unknown", (rule,), (Maybe(f"xt target {name} on output"),))]
+        return [Path("dnat", (rule,), nat=(found.addr, found.port))]
     if found.startswith("keyed: "):
         return Maybe(f"xt {found.removeprefix('keyed: ')}", keyed=True)
     if kind == "target":
@@ -346,7 +428,7 @@ def _jump(
             verdict = None if kind == "jump" else "return"
             out.append(Path(verdict, path.rules, path.maybes))
         else:
-            out.append(Path(path.verdict, (rule, *path.rules), path.maybes))
+            out.append(Path(path.verdict, (rule, *path.rules), path.maybes, path.nat))
     return out
 
 
@@ -396,6 +478,14 @@ class _Local:
 
 LOCAL = _Local()
 
+# What ``ct original ...`` gives for a new packet (translated or not).
+_ORIGINAL: dict[str, Any] = {
+    "proto-dst": lambda p: p.original_dport if p.original_dport is not None else p.dport,
+    "proto-src": lambda p: p.sport,
+    "saddr": lambda p: p.peer if p.hook == "input" else LOCAL,
+    "daddr": lambda p: LOCAL if p.hook == "input" else p.peer,
+}
+
 
 def _value(left: Any, packet: Packet, ruleset: Ruleset) -> Any:
     """The packet's value of a match's left side; _ABSENT (cannot apply) or a Maybe."""
@@ -418,7 +508,10 @@ def _value(left: Any, packet: Packet, ruleset: Ruleset) -> Any:
         if key == "direction":
             return "original"
         if key == "status":
-            return frozenset()  # a new connection: not yet confirmed, seen replied or NATed
+            # A new connection: not yet confirmed or seen replied; NATed if a DNAT was.
+            return frozenset({"dnat"} if packet.original_dport is not None else ())
+        if body.get("dir") == "original" and key in _ORIGINAL:
+            return _ORIGINAL[key](packet)
         return Maybe(f"ct {key}")
     if kind == "fib":
         if (
@@ -426,7 +519,7 @@ def _value(left: Any, packet: Packet, ruleset: Ruleset) -> Any:
             and "daddr" in body.get("flags", ())
             and packet.hook == "input"
         ):
-            return "local"
+            return "local" if packet.daddr is None else "unicast"
         return Maybe("fib lookup")
     return Maybe(f"{kind} expression")
 
@@ -450,7 +543,8 @@ def _payload(body: dict[str, Any], packet: Packet) -> Any:
         if field == own:
             return packet.peer
         if field in ("saddr", "daddr"):
-            return LOCAL  # one of this host's unicast addresses
+            # One of this host's unicast addresses, unless a DNAT sent the packet on.
+            return packet.daddr if packet.daddr is not None else LOCAL
         return Maybe(f"{protocol} {field}")
     if protocol in _PROTO_NUMBERS:
         return _ABSENT  # another transport protocol's header: a tcp or udp packet has none
@@ -466,6 +560,9 @@ def _meta(key: str, packet: Packet) -> Any:
         return "ip" if packet.family == 4 else "ip6"
     if key in (("iifname", "iif") if packet.hook == "input" else ("oifname", "oif")):
         return packet.iface  # nft names the interface of iif/oif matches too
+    if key in ("oifname", "oif") and packet.hook == "input":
+        # Arriving: no output device, so the match fails, unless a DNAT sent it on.
+        return packet.oif if packet.oif is not None else _ABSENT
     if key == "mark":
         return 0
     if key == "pkttype":

@@ -20,6 +20,7 @@ from harden.manifest.ports import PortRange, merge
 from harden.types import FAMILIES, PROTOS, Address, Family, Network, Proto
 
 Interval = tuple[int, int]  # inclusive
+FORWARD = ("forward", "postrouting")  # where a DNAT to another host sends a packet
 OTHER = "*"  # an interface no rule names
 # Addresses only loopback carries: cut there, so no other cell is tested with one of them.
 LOOPBACK = frozenset({ip_network("127.0.0.0/8"), ip_network("::1/128")})
@@ -109,6 +110,9 @@ def matrix(
     rows: list[Row] = []
     for family in FAMILIES:
         chains = [c for h in PATH[hook] for c in chains_on(ruleset, h, family, None)]
+        if hook == "input" and ruleset.translates:
+            # A DNAT sends some packets on through forward: its rules cut the cells too.
+            chains += [c for h in FORWARD for c in chains_on(ruleset, h, family, None)]
         constants = _constants(ruleset, chains, hook, family)
         constants["iface"] += [d for c in chains for d in c.device]
         nets = cuts.nets | (LOOPBACK if hook == "input" else frozenset())
@@ -260,6 +264,10 @@ def _xt_constants(rule: Rule, hook: str, found: dict[str, list[Any]]) -> None:
                 for dim in dims:
                     for proto in ("tcp", "udp"):
                         found[f"{proto} {dim}"] += ranges
+            elif extension.name == "conntrack" and option == "--ctorigdstport" and values:
+                low, _, high = values[0].partition(":")
+                for proto in ("tcp", "udp"):
+                    found[f"{proto} dport"].append({"range": [int(low), int(high or low)]})
             elif extension.name == "iprange" and values:
                 side = "--src-range" if hook == "input" else "--dst-range"
                 if option == side:
@@ -278,6 +286,9 @@ def _dimension(left: Any, peer: str, iface: str) -> list[str]:
             return [f"{p} {field_}" for p in protos if p in ("tcp", "udp")]
         if proto in ("ip", "ip6") and field_ == peer:
             return ["peer"]
+    ct = left.get("ct")
+    if isinstance(ct, dict) and ct.get("key") == "proto-dst":
+        return ["tcp dport", "udp dport"]  # ct original proto-dst: the port it was sent to
     meta = left.get("meta")
     if isinstance(meta, dict) and meta.get("key") in (iface, iface.removesuffix("name")):
         return ["iface"]

@@ -23,7 +23,8 @@ FAMILY_TABLES = {4: ("ip", "inet"), 6: ("ip6", "inet")}
 HOOKS = ("input", "output", "forward")
 # What the model reads of a host, as JSON: "nftables", the items of ``nft -j list
 # ruleset``; "saves", ``iptables-nft-save`` output by nft family (ip, ip6), when nft shows
-# extensions by name only; "unknown", why any of it cannot be read.
+# extensions by name only; "addresses" and "routes" ({"dst", "dev"}, the main table),
+# where a translated packet goes; "unknown", why any of it cannot be read.
 Snapshot = dict[str, Any]
 
 
@@ -84,6 +85,19 @@ class Ruleset:
     # the mark or the ct state then depends on the path, which is not modelled.
     sets_marks: bool = False
     untracks: bool = False
+    # Some rule changes a destination (dnat, redirect): the packet may go on to forward.
+    translates: bool = False
+    # This host's addresses and main routing table ((network, device), longest prefix
+    # first), from the snapshot: where a translated packet goes. None: not read.
+    local: frozenset[Address] | None = None
+    routes: tuple[tuple[Network, str], ...] | None = None
+
+    def route(self, destination: Address) -> str | None:
+        """The device the main table sends ``destination`` out of (None: no route known)."""
+        for net, dev in self.routes or ():
+            if destination.version == net.version and destination in net:
+                return dev
+        return None
 
     def base_chains(self, hook: str, family: int) -> list[Chain]:
         """The base chains a packet of ``family`` passes on ``hook``, in priority order."""
@@ -149,7 +163,8 @@ def parse(
     text = json.dumps(document)
     marks = '"mark"' in text and ('"mangle"' in text or '"MARK"' in text or "CONNMARK" in text)
     untracks = '"notrack"' in text or '"NOTRACK"' in text or '"CT"' in text
-    return Ruleset(chains, sets, maps, marks, untracks)
+    translates = any(f'"{word}"' in text for word in ("dnat", "redirect", "DNAT", "REDIRECT"))
+    return Ruleset(chains, sets, maps, marks, untracks, translates)
 
 
 def from_snapshot(data: Mapping[str, Any]) -> tuple[Ruleset, list[str]]:
@@ -165,6 +180,13 @@ def from_snapshot(data: Mapping[str, Any]) -> tuple[Ruleset, list[str]]:
                 saved.update(parse_save(str(text), str(family)))
         ruleset = parse({"nftables": data["nftables"]}, saved)
         unknown = [str(reason) for reason in data.get("unknown", ())]
+        if "addresses" in data and "routes" in data:
+            local = frozenset(ip_address(str(a)) for a in data["addresses"])
+            routes = sorted(
+                ((ip_network(str(r["dst"]), strict=False), str(r["dev"])) for r in data["routes"]),
+                key=lambda route: -route[0].prefixlen,
+            )
+            ruleset = replace(ruleset, local=local, routes=tuple(routes))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise EnvironmentProblem(f"not a ruleset snapshot ({type(exc).__name__}: {exc})") from None
     bridged = sorted(
@@ -224,8 +246,13 @@ def describe(expr: tuple[Any, ...], xt: tuple[Extension, ...] | None = None) -> 
     extensions = list(xt or ())
     for e in expr:
         if isinstance(e, dict) and "xt" in e and extensions:
-            parts.append(_xt_text(extensions.pop(0)))
-            continue
+            # By name: iptables-nft writes some matches (-m tcp) as native expressions.
+            name = e["xt"].get("name") if isinstance(e["xt"], dict) else None
+            found = next((x for x in extensions if x.name == name), None)
+            if found is not None:
+                extensions.remove(found)
+                parts.append(_xt_text(found))
+                continue
         if isinstance(e, str):
             parts.append(e)
             continue

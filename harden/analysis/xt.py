@@ -104,9 +104,19 @@ class Facts:
     dport: int
     sport: int
     peer: Any  # an IPv4Address or IPv6Address
+    away: bool = False  # a DNAT sent it to another host: its destination is not LOCAL
+    original_dport: int | None = None  # after a DNAT: the port it was sent to
 
 
-def test(extension: Extension, facts: Facts) -> bool | str:
+@dataclass(frozen=True)
+class Nat:
+    """A DNAT or REDIRECT target: the new destination (None: this host), port (None: same)."""
+
+    addr: Any
+    port: int | None
+
+
+def test(extension: Extension, facts: Facts) -> bool | str | Nat:
     """A match's truth for the packet, or a target's effect, or why it stays unknown.
 
     Returns True/False for a match; "accept", "drop", "reject" or NO_EFFECT for a target;
@@ -116,7 +126,7 @@ def test(extension: Extension, facts: Facts) -> bool | str:
         return _target(extension)
     name = extension.name
     if name in ("conntrack", "state"):
-        return _ctstate(extension)
+        return _ctstate(extension, facts)
     if name == "addrtype":
         return _addrtype(extension, facts)
     if name == "multiport":
@@ -146,10 +156,12 @@ _NO_EFFECT = {
 }  # fmt: skip
 
 
-def _target(extension: Extension) -> bool | str:
+def _target(extension: Extension) -> bool | str | Nat:
     name = extension.name
     if name in _NO_EFFECT:
         return NO_EFFECT
+    if name in ("DNAT", "REDIRECT"):
+        return _nat(extension)
     if name == "REJECT":
         return "reject"
     if name in ("ACCEPT", "DROP"):
@@ -157,13 +169,45 @@ def _target(extension: Extension) -> bool | str:
     return f"xt target {name} ({NOT_DECODED})"
 
 
-def _ctstate(extension: Extension) -> bool | str:
-    found = extension.option("--ctstate", "--state")
-    others = [o for o, _, _ in extension.options if o not in ("--ctstate", "--state")]
-    if found is None or others:
-        return f"xt match conntrack {' '.join(others) or ''} ({NOT_DECODED})".replace("  ", " ")
-    states = {s for value in found[0] for s in value.split(",")}
-    return _negate("NEW" in states, found)
+def _ctstate(extension: Extension, facts: Facts) -> bool | str:
+    """conntrack: the state (NEW, and DNAT once translated), the original port, the direction."""
+    result = True
+    for option, values, negated in extension.options:
+        if option in ("--ctstate", "--state"):
+            states = {s for value in values for s in value.split(",")}
+            holds = "NEW" in states or ("DNAT" in states and facts.original_dport is not None)
+        elif option == "--ctorigdstport" and values:
+            low, _, high = values[0].partition(":")
+            port = facts.original_dport if facts.original_dport is not None else facts.dport
+            holds = int(low) <= port <= int(high or low)
+        elif option == "--ctdir" and values:
+            holds = values[0] == "ORIGINAL"
+        else:
+            return f"xt match conntrack {option} ({NOT_DECODED})"
+        result = result and (holds != negated)
+    return result
+
+
+def _nat(extension: Extension) -> Nat | str:
+    """``--to-destination ADDR[:PORT]`` or ``--to-ports PORT``; a range stays unknown."""
+    found = extension.option("--to-destination", "--to-ports")
+    if found is None or len(found[0]) != 1:
+        return f"xt target {extension.name} ({NOT_DECODED})"
+    value = found[0][0]
+    if extension.name == "REDIRECT":
+        return Nat(None, int(value)) if value.isdigit() else f"xt target REDIRECT {value}"
+    if value.startswith("["):  # [2001:db8::1]:80
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+    else:
+        host, _, port = value.partition(":") if value.count(":") == 1 else (value, "", "")
+    try:
+        addr = ip_address(host)
+    except ValueError:
+        return f"xt target DNAT {value} (a range)"
+    if port and not port.isdigit():
+        return f"xt target DNAT {value} (a port range)"
+    return Nat(addr, int(port) if port else None)
 
 
 def _addrtype(extension: Extension, facts: Facts) -> bool | str:
@@ -172,9 +216,9 @@ def _addrtype(extension: Extension, facts: Facts) -> bool | str:
         if option not in ("--dst-type", "--src-type"):
             return f"xt match addrtype {option} ({NOT_DECODED})"
         types = {t for value in values for t in value.split(",")}
-        local = (option == "--dst-type") == (facts.hook == "input")
+        local = (option == "--dst-type") == (facts.hook == "input") and not facts.away
         # The local end of a new packet is one of this host's unicast addresses (LOCAL);
-        # the other end a unicast peer (UNICAST).
+        # the other end a unicast peer (UNICAST), and so is a DNAT's new destination.
         holds = ("LOCAL" in types) if local else ("UNICAST" in types)
         result = result and (holds != negated)
     return result

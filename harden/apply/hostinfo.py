@@ -78,6 +78,29 @@ def local_addresses() -> list[str]:
     return sorted(found)
 
 
+def main_routes() -> list[dict[str, str]]:
+    """The main routing table of both families, as ``{"dst", "dev"}``.
+
+    The analysis reads it to know where a destination-NATed packet is sent; "default" is
+    written 0.0.0.0/0 or ::/0.
+    """
+    out = []
+    for flag, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+        try:
+            proc = subprocess.run(
+                ["ip", "-j", flag, "route", "show", "table", "main"],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            routes = json.loads(proc.stdout or "[]")
+        except (OSError, subprocess.CalledProcessError, ValueError) as exc:
+            raise HardenError(f"cannot read this host's routes (ip -j route): {exc}") from None
+        for route in routes:
+            if "dev" in route and route.get("type", "unicast") == "unicast":
+                dst = str(route.get("dst", "default"))
+                out.append({"dst": default if dst == "default" else dst, "dev": str(route["dev"])})
+    return out
+
+
 def other_firewalls(policy: Policy | None = None) -> tuple[list[BaseChain], list[str]]:
     """The base chains of other firewalls on harden's hooks, and warnings about them.
 
