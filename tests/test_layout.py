@@ -40,6 +40,7 @@ PURE_GLOBS = (
     "harden/analysis/results.py",
     "harden/analysis/xt.py",
     "harden/analysis/crosscheck.py",
+    "harden/analysis/index.py",
 )
 PURE = sorted({path for pattern in PURE_GLOBS for path in REPO.glob(pattern)})
 

@@ -159,7 +159,10 @@ def _translated(
         original_dport=packet.dport,
     )
     hooks = ("input",) if local else ("forward", "postrouting")
-    return _walk(ruleset, moved, rest + _steps(ruleset, moved, hooks), go_on)
+    # A view left out rules by the packet's port: the translated packet needs them all.
+    whole = ruleset.full or ruleset
+    rest = [(h, [whole.chains[(c.family, c.table, c.name)] for c in group]) for h, group in rest]
+    return _walk(whole, moved, rest + _steps(whole, moved, hooks), go_on)
 
 
 def _same_priority(chains: list[Chain]) -> list[list[Chain]]:

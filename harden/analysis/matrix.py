@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_network, summarize_address_ra
 from itertools import product
 from typing import Any
 
+from harden.analysis import index
 from harden.analysis.engine import PATH, Decision, Packet, chains_on, decide
 from harden.analysis.model import Rule, Ruleset, address, network
 from harden.manifest.ports import PortRange, merge
@@ -121,19 +122,91 @@ def matrix(
         for proto in PROTOS:
             dports = _intervals(_port_cuts(constants[f"{proto} dport"], cuts.ports), 65535, 1)
             sports = _intervals(_port_cuts(constants[f"{proto} sport"], frozenset()), 65535, 1)
-            cells = []
             progress(
                 f"{hook} ipv{family} {proto}", len(dports) * len(sports) * len(peers) * len(ifaces)
             )
-            for d, s, p, i in product(dports, sports, peers, ifaces):
-                packet = Packet(hook, family, proto, d[0], s[0], _address(p[0], family), _iface(i))
-                if hook == "input" and packet.peer.is_loopback:
-                    continue  # a whole loopback cell (cut there): not analysed
-                decision = decide(ruleset, packet)
-                expected = expect(packet) if expect is not None else None
-                cells.append(((d, s, p, i), decision, expected))
+            dims = (dports, sports, peers, ifaces)
+            cells = _cells(ruleset, _reachable(ruleset, chains), hook, family, proto, dims, expect)
             rows += _merge(hook, family, proto, cells)
     return rows
+
+
+def _reachable(ruleset: Ruleset, chains: list[Any]) -> list[Rule]:
+    """The rules of ``chains`` and of every chain they jump or go to."""
+    seen: set[Any] = set()
+    todo, out = list(chains), []
+    while todo:
+        chain = todo.pop()
+        if (chain.family, chain.table, chain.name) in seen:
+            continue
+        seen.add((chain.family, chain.table, chain.name))
+        out += chain.rules
+        for rule in chain.rules:
+            for target in _targets(rule, ruleset):
+                called = ruleset.chains.get((chain.family, chain.table, target))
+                if called is not None:
+                    todo.append(called)
+    return out
+
+
+def _cells(
+    ruleset: Ruleset,
+    rules: list[Rule],
+    hook: str,
+    family: Family,
+    proto: Proto,
+    dims: tuple[list[Interval], list[Interval], list[Interval], list[str]],
+    expect: Callable[[Packet], bool | None] | None,
+) -> list[Any]:
+    """Every cell decided, each walk over only the rules that can match it.
+
+    Cells that keep the same rules (and agree on what those read) are decided once
+    (harden.analysis.index).
+    """
+    dports, sports, peers, ifaces = dims
+    found = index.build(rules, ruleset, hook, family, proto)
+    by_dport, by_peer = index.covering(found.dport, dports), index.covering(found.peer, peers)
+    on_dport = {k for k, v in found.dport.items() if v is not None}
+    on_peer = {k for k, v in found.peer.items() if v is not None}
+    tell_dport, tell_peer = found.opaque_dport, found.opaque_peer
+    # Port cells held by the same rules share a view; any two cells whose views keep the
+    # same indexed rules (the rest are in every view) share their decisions.
+    dclass = _classes(by_dport)
+    by_class: dict[int, tuple[Ruleset, frozenset[int], frozenset[int]]] = {}
+    views: dict[frozenset[int], Ruleset] = {}
+    decided: dict[Any, Decision] = {}
+    cells = []
+    for di, d in enumerate(dports):
+        if dclass[di] not in by_class:
+            view_d = index.restrict(ruleset, on_dport, by_dport[di])
+            indexed = index.kept(view_d, on_dport | on_peer)
+            by_class[dclass[di]] = (view_d, indexed - on_peer, indexed & on_peer)
+        view_d, fixed, on_p = by_class[dclass[di]]
+        for pi, p in enumerate(peers):
+            peer = _address(p[0], family)
+            if hook == "input" and peer.is_loopback:
+                continue  # a whole loopback cell (cut there): not analysed
+            kept = fixed | (on_p & by_peer[pi])
+            if kept not in views:
+                views[kept] = index.restrict(view_d, on_peer, by_peer[pi])
+            for s, i in product(sports, ifaces):
+                key = (kept, d if tell_dport else None, p if tell_peer else None, s, i)
+                packet = None
+                if key not in decided:
+                    packet = Packet(hook, family, proto, d[0], s[0], peer, _iface(i))
+                    decided[key] = decide(views[kept], packet)
+                expected = None
+                if expect is not None:
+                    packet = packet or Packet(hook, family, proto, d[0], s[0], peer, _iface(i))
+                    expected = expect(packet)
+                cells.append(((d, s, p, i), decided[key], expected))
+    return cells
+
+
+def _classes(covering: list[set[int]]) -> list[int]:
+    """Each cell's class: cells covered by the same rules get the same number."""
+    seen: dict[frozenset[int], int] = {}
+    return [seen.setdefault(frozenset(rules), len(seen)) for rules in covering]
 
 
 def _merge(hook: str, family: Family, proto: Proto, cells: list[Any]) -> list[Row]:

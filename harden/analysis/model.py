@@ -91,6 +91,9 @@ class Ruleset:
     # first), from the snapshot: where a translated packet goes. None: not read.
     local: frozenset[Address] | None = None
     routes: tuple[tuple[Network, str], ...] | None = None
+    # A view with the rules no packet of a cell can match taken out (harden.analysis.index):
+    # the whole ruleset, for a packet a DNAT changed on the way.
+    full: Ruleset | None = None
 
     def route(self, destination: Address) -> str | None:
         """The device the main table sends ``destination`` out of (None: no route known)."""

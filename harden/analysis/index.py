@@ -1,0 +1,233 @@
+"""Which rules can match a cell: the matrix walks only those, once per kind of cell (pure).
+
+A large allowlist makes a hundred thousand cells and thousands of rules, and most rules
+compare the destination port or the peer address with a constant: ``tcp dport 443
+accept``, ``ip saddr 10.1.0.0/24 tcp dport 22 accept``. Such a rule's match holds for a
+whole cell or for none of it, since the cells are cut at every constant (matrix.py). So
+for each destination-port cell and each peer cell the rules that cannot match are left
+out of the chains (the kernel would pass them by), and two cells that keep the same rules
+and agree on everything else a kept rule reads are decided once. A rule that reads the
+port or the peer in a way not listed here (a verdict map, an iptables multiport, a set
+that changes) is kept in every cell, and the cells are then told apart by that value.
+docs/design.md, "Why the model is sound".
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from harden.analysis.model import Rule, Ruleset, address, network
+from harden.types import Family, Proto
+
+Interval = tuple[int, int]  # inclusive
+OPAQUE = None  # a rule that reads the dimension some way this index does not
+
+
+@dataclass(frozen=True)
+class Index:
+    """Per rule (by ``id``): the destination ports and peers its matches admit."""
+
+    dport: dict[int, list[Interval] | None]
+    peer: dict[int, list[Interval] | None]
+
+    @property
+    def opaque_dport(self) -> bool:
+        """Whether a rule reads the destination port in a way not indexed."""
+        return any(v is OPAQUE for v in self.dport.values())
+
+    @property
+    def opaque_peer(self) -> bool:
+        """Whether a rule reads the peer address in a way not indexed."""
+        return any(v is OPAQUE for v in self.peer.values())
+
+
+def build(
+    rules: Iterable[Rule], ruleset: Ruleset, hook: str, family: Family, proto: Proto
+) -> Index:
+    """The index of ``rules`` for packets of ``family`` and ``proto`` on ``hook``."""
+    dport: dict[int, list[Interval] | None] = {}
+    peer: dict[int, list[Interval] | None] = {}
+    side = "saddr" if hook == "input" else "daddr"
+    for rule in rules:
+        for dim, found in (
+            (dport, _dport(rule, ruleset, proto)),
+            (peer, _peer(rule, ruleset, family, side)),
+        ):
+            if found is not _UNUSED:
+                dim[id(rule)] = found
+    return Index(dport, peer)
+
+
+_UNUSED: Any = object()  # the rule does not read the dimension at all
+
+
+def _dport(rule: Rule, ruleset: Ruleset, proto: Proto) -> list[Interval] | None:
+    """The ports the rule's destination-port matches admit (OPAQUE, or _UNUSED)."""
+    found: list[Interval] | None = _UNUSED
+    for e in rule.expr:
+        text = repr(e)
+        if "dport" not in text and "proto-dst" not in text:
+            continue
+        left = e.get("match", {}).get("left") if isinstance(e, dict) else None
+        payload = left.get("payload") if isinstance(left, dict) else None
+        ct = left.get("ct") if isinstance(left, dict) else None
+        if isinstance(payload, dict) and payload.get("field") == "dport":
+            if payload.get("protocol") not in (proto, "th"):
+                return []  # a tcp match on a udp packet: the rule never matches
+        elif not (isinstance(ct, dict) and ct.get("key") == "proto-dst"):
+            return OPAQUE  # a verdict map, or anything else on the port
+        admitted = _admitted(e["match"], ruleset, rule, _port_interval, (1, 65535))
+        if admitted is OPAQUE:
+            return OPAQUE
+        found = admitted if found is _UNUSED or found is None else _intersect(found, admitted)
+    if any(x.name in ("multiport", "tcp", "udp") for x in rule.xt or ()):
+        return OPAQUE
+    return found
+
+
+def _peer(rule: Rule, ruleset: Ruleset, family: Family, side: str) -> list[Interval] | None:
+    """The peer addresses the rule's address matches admit (OPAQUE, or _UNUSED)."""
+    found: list[Interval] | None = _UNUSED
+    top = 2**32 - 1 if family == 4 else 2**128 - 1
+    for e in rule.expr:
+        text = repr(e)
+        if side not in text:
+            continue
+        left = e.get("match", {}).get("left") if isinstance(e, dict) else None
+        payload = left.get("payload") if isinstance(left, dict) else None
+        if not (isinstance(payload, dict) and payload.get("field") == side):
+            return OPAQUE
+        if payload.get("protocol") != ("ip" if family == 4 else "ip6"):
+            return []  # an IPv4 match on an IPv6 packet
+        admitted = _admitted(e["match"], ruleset, rule, _address_interval, (0, top))
+        if admitted is OPAQUE:
+            return OPAQUE
+        found = admitted if found is _UNUSED or found is None else _intersect(found, admitted)
+    if any(x.name == "iprange" for x in rule.xt or ()):
+        return OPAQUE
+    return found
+
+
+def _admitted(
+    body: dict[str, Any], ruleset: Ruleset, rule: Rule, interval: Any, space: Interval
+) -> list[Interval] | None:
+    """What one match admits: its elements' intervals (``!=``: the rest of ``space``)."""
+    op, right = body.get("op"), body.get("right")
+    if op not in ("==", "!=", "in"):
+        return None  # OPAQUE
+    elements: list[Any] = []
+    for element in _elements(right, ruleset, rule):
+        if element is OPAQUE:
+            return None  # OPAQUE: a set that changes
+        elements.append(element)
+    out = []
+    for element in elements:
+        found = interval(element)
+        if found is None:
+            return OPAQUE
+        out.append(found)
+    union = _union(out)
+    return _complement(union, space) if op == "!=" else union
+
+
+def _elements(right: Any, ruleset: Ruleset, rule: Rule) -> Iterable[Any]:
+    if isinstance(right, str) and right.startswith("@"):
+        elements = ruleset.sets.get((rule.family, rule.table, right[1:]))
+        yield from (OPAQUE,) if elements is None else elements
+    elif isinstance(right, dict) and "set" in right:
+        for element in right["set"]:
+            yield from _elements(element, ruleset, rule)
+    else:
+        yield right
+
+
+def _port_interval(element: Any) -> Interval | None:
+    if isinstance(element, int):
+        return (element, element)
+    if isinstance(element, dict) and "range" in element:
+        low, high = element["range"]
+        if isinstance(low, int) and isinstance(high, int):
+            return (low, high)
+    return None
+
+
+def _address_interval(element: Any) -> Interval | None:
+    if isinstance(element, dict) and "range" in element:
+        low, high = (address(str(a)) for a in element["range"])
+        return None if low is None or high is None else (int(low), int(high))
+    net = network(element)
+    if net is None:
+        return None
+    return (int(net.network_address), int(net.broadcast_address))
+
+
+def _union(intervals: list[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    for low, high in sorted(intervals):
+        if out and low <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], high))
+        else:
+            out.append((low, high))
+    return out
+
+
+def _complement(intervals: list[Interval], space: Interval) -> list[Interval]:
+    out, at = [], space[0]
+    for low, high in intervals:
+        if low > at:
+            out.append((at, low - 1))
+        at = max(at, high + 1)
+    if at <= space[1]:
+        out.append((at, space[1]))
+    return out
+
+
+def _intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    out = []
+    for low, high in a:
+        for low2, high2 in b:
+            if max(low, low2) <= min(high, high2):
+                out.append((max(low, low2), min(high, high2)))
+    return _union(out)
+
+
+def covering(admits: dict[int, list[Interval] | None], cells: list[Interval]) -> list[set[int]]:
+    """For each cell, the indexed rules whose intervals hold it (whole cells only).
+
+    A rule whose interval ends inside a cell (a constant the cuts missed) is made OPAQUE
+    in ``admits`` instead: it is then kept everywhere, never wrongly left out.
+    """
+    starts = [low for low, _ in cells]
+    out: list[set[int]] = [set() for _ in cells]
+    for key, intervals in list(admits.items()):
+        if intervals is OPAQUE:
+            continue
+        spans = []
+        for low, high in intervals:
+            first, last = bisect_right(starts, low) - 1, bisect_right(starts, high) - 1
+            if first < 0 or cells[first][0] != low or cells[last][1] != high:
+                admits[key] = OPAQUE
+                break
+            spans.append((first, last))
+        else:
+            for first, last in spans:
+                for k in range(first, last + 1):
+                    out[k].add(key)
+    return out
+
+
+def restrict(ruleset: Ruleset, indexed: set[int], holding: set[int]) -> Ruleset:
+    """``ruleset`` without the ``indexed`` rules (by id) that are not ``holding`` the cell."""
+    chains = {}
+    for key, chain in ruleset.chains.items():
+        rules = tuple(r for r in chain.rules if id(r) not in indexed or id(r) in holding)
+        chains[key] = chain if len(rules) == len(chain.rules) else replace(chain, rules=rules)
+    return replace(ruleset, chains=chains, full=ruleset.full or ruleset)
+
+
+def kept(ruleset: Ruleset, indexed: set[int]) -> frozenset[int]:
+    """The indexed rules (by id) a view keeps: views that keep the same decide alike."""
+    return frozenset(id(r) for c in ruleset.chains.values() for r in c.rules if id(r) in indexed)
