@@ -45,17 +45,29 @@ class Index:
 
 
 def build(
-    rules: Iterable[Rule], ruleset: Ruleset, hook: str, family: Family, proto: Proto
+    rules: Iterable[Rule],
+    ruleset: Ruleset,
+    hook: str,
+    family: Family,
+    proto: Proto,
+    memo: dict[Any, Any] | None = None,
 ) -> Index:
-    """The index of ``rules`` for packets of ``family`` and ``proto`` on ``hook``."""
+    """The index of ``rules`` for packets of ``family`` and ``proto`` on ``hook``.
+
+    ``memo``: what was read of each rule for another family or protocol of the same
+    ruleset (a rule's ports do not depend on the family, nor its peers on the protocol).
+    """
+    memo = {} if memo is None else memo
     dport: dict[int, list[Interval] | None] = {}
     peer: dict[int, list[Interval] | None] = {}
     side = "saddr" if hook == "input" else "daddr"
     for rule in rules:
-        for dim, found in (
-            (dport, _dport(rule, ruleset, proto)),
-            (peer, _peer(rule, ruleset, family, side)),
-        ):
+        ports_key, peers_key = (id(rule), proto), (id(rule), family, side)
+        if ports_key not in memo:
+            memo[ports_key] = _dport(rule, ruleset, proto)
+        if peers_key not in memo:
+            memo[peers_key] = _peer(rule, ruleset, family, side)
+        for dim, found in ((dport, memo[ports_key]), (peer, memo[peers_key])):
             if found is not _UNUSED:
                 dim[id(rule)] = found
     return Index(dport, peer)
@@ -68,8 +80,7 @@ def _dport(rule: Rule, ruleset: Ruleset, proto: Proto) -> list[Interval] | None:
     """The ports the rule's destination-port matches admit (OPAQUE, or _UNUSED)."""
     found: list[Interval] | None = _UNUSED
     for e in rule.expr:
-        text = repr(e)
-        if "dport" not in text and "proto-dst" not in text:
+        if not _reads(e, ("dport", "proto-dst")):
             continue
         left = e.get("match", {}).get("left") if isinstance(e, dict) else None
         payload = left.get("payload") if isinstance(left, dict) else None
@@ -93,8 +104,7 @@ def _peer(rule: Rule, ruleset: Ruleset, family: Family, side: str) -> list[Inter
     found: list[Interval] | None = _UNUSED
     top = 2**32 - 1 if family == 4 else 2**128 - 1
     for e in rule.expr:
-        text = repr(e)
-        if side not in text:
+        if not _reads(e, (side,)):
             continue
         left = e.get("match", {}).get("left") if isinstance(e, dict) else None
         payload = left.get("payload") if isinstance(left, dict) else None
@@ -109,6 +119,25 @@ def _peer(rule: Rule, ruleset: Ruleset, family: Family, side: str) -> list[Inter
     if any(x.name == "iprange" for x in rule.xt or ()):
         return OPAQUE
     return found
+
+
+# Statements that read no field of the packet.
+_BLIND = {"counter", "accept", "drop", "reject", "return", "jump", "goto", "log", "comment", "xt"}
+
+
+def _reads(e: Any, fields: tuple[str, ...]) -> bool:
+    """Whether an expression may read one of ``fields`` (by its text, when not plain)."""
+    if isinstance(e, dict) and len(e) == 1:
+        ((name, body),) = e.items()
+        if name in _BLIND:
+            return False
+        left = body.get("left") if name == "match" and isinstance(body, dict) else None
+        if isinstance(left, dict) and len(left) == 1:
+            ((kind, what),) = left.items()
+            if kind in ("payload", "ct", "meta") and isinstance(what, dict):
+                return any(what.get("field", what.get("key")) == f for f in fields)
+    text = repr(e)
+    return any(f in text for f in fields)
 
 
 def _admitted(
@@ -219,8 +248,46 @@ def covering(admits: dict[int, list[Interval] | None], cells: list[Interval]) ->
     return out
 
 
+class Restrictor:
+    """Views of one ruleset that keep, of the ``indexed`` rules, only those holding a cell.
+
+    Built once: each chain's other rules by position, and where each indexed rule sits,
+    so a view costs what it keeps, not the size of the ruleset.
+    """
+
+    def __init__(self, ruleset: Ruleset, indexed: set[int]) -> None:
+        self.ruleset = ruleset
+        self.where: dict[int, tuple[Any, int]] = {}
+        self.others: dict[Any, list[int]] = {}
+        for key, chain in ruleset.chains.items():
+            positions = []
+            for n, rule in enumerate(chain.rules):
+                if id(rule) in indexed:
+                    self.where[id(rule)] = (key, n)
+                else:
+                    positions.append(n)
+            if len(positions) < len(chain.rules):
+                self.others[key] = positions
+
+    def view(self, holding: set[int]) -> Ruleset:
+        """The ruleset without the indexed rules that do not hold the cell."""
+        kept: dict[Any, list[int]] = {key: list(p) for key, p in self.others.items()}
+        for rule in holding:
+            found = self.where.get(rule)
+            if found is not None:
+                kept[found[0]].append(found[1])
+        chains = dict(self.ruleset.chains)
+        for key, positions in kept.items():
+            rules = chains[key].rules
+            chains[key] = replace(chains[key], rules=tuple(rules[n] for n in sorted(positions)))
+        return replace(self.ruleset, chains=chains, full=self.ruleset.full or self.ruleset)
+
+
 def restrict(ruleset: Ruleset, indexed: set[int], holding: set[int]) -> Ruleset:
-    """``ruleset`` without the ``indexed`` rules (by id) that are not ``holding`` the cell."""
+    """``ruleset`` without the ``indexed`` rules (by id) that are not ``holding`` the cell.
+
+    For a small ruleset (a view already narrowed); a large one is narrowed by a Restrictor.
+    """
     chains = {}
     for key, chain in ruleset.chains.items():
         rules = tuple(r for r in chain.rules if id(r) not in indexed or id(r) in holding)

@@ -109,6 +109,7 @@ def matrix(
     number: a large allowlist makes many.
     """
     rows: list[Row] = []
+    memo: dict[Any, Any] = {}  # what the index read of each rule, for every family and protocol
     for family in FAMILIES:
         chains = [c for h in PATH[hook] for c in chains_on(ruleset, h, family, None)]
         if hook == "input" and ruleset.translates:
@@ -126,7 +127,8 @@ def matrix(
                 f"{hook} ipv{family} {proto}", len(dports) * len(sports) * len(peers) * len(ifaces)
             )
             dims = (dports, sports, peers, ifaces)
-            cells = _cells(ruleset, _reachable(ruleset, chains), hook, family, proto, dims, expect)
+            rules = _reachable(ruleset, chains)
+            cells = _cells(ruleset, rules, (hook, family, proto), dims, expect, memo)
             rows += _merge(hook, family, proto, cells)
     return rows
 
@@ -152,11 +154,10 @@ def _reachable(ruleset: Ruleset, chains: list[Any]) -> list[Rule]:
 def _cells(
     ruleset: Ruleset,
     rules: list[Rule],
-    hook: str,
-    family: Family,
-    proto: Proto,
+    kind: tuple[str, Family, Proto],
     dims: tuple[list[Interval], list[Interval], list[Interval], list[str]],
     expect: Callable[[Packet], bool | None] | None,
+    memo: dict[Any, Any],
 ) -> list[Any]:
     """Every cell decided, each walk over only the rules that can match it.
 
@@ -164,7 +165,8 @@ def _cells(
     (harden.analysis.index).
     """
     dports, sports, peers, ifaces = dims
-    found = index.build(rules, ruleset, hook, family, proto)
+    hook, family, proto = kind
+    found = index.build(rules, ruleset, hook, family, proto, memo)
     by_dport, by_peer = index.covering(found.dport, dports), index.covering(found.peer, peers)
     on_dport = {k for k, v in found.dport.items() if v is not None}
     on_peer = {k for k, v in found.peer.items() if v is not None}
@@ -176,9 +178,10 @@ def _cells(
     views: dict[frozenset[int], Ruleset] = {}
     decided: dict[Any, Decision] = {}
     cells = []
+    whole = index.Restrictor(ruleset, on_dport)
     for di, d in enumerate(dports):
         if dclass[di] not in by_class:
-            view_d = index.restrict(ruleset, on_dport, by_dport[di])
+            view_d = whole.view(by_dport[di])
             indexed = index.kept(view_d, on_dport | on_peer)
             by_class[dclass[di]] = (view_d, indexed - on_peer, indexed & on_peer)
         view_d, fixed, on_p = by_class[dclass[di]]

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from ipaddress import ip_network
 from typing import Any
 
 from harden.analysis.engine import Decision, Packet
 from harden.analysis.matrix import LOOPBACK, Cuts, Row, any_peer
 from harden.errors import ExitStatus
+from harden.manifest.ports import PortRange
 from harden.policy.model import Policy
-from harden.types import Network
+from harden.types import Address, Network, Proto
 
 SCHEMA = "harden.analysis/1"
 
@@ -39,16 +41,22 @@ def expectation(policy: Policy, hook: str) -> Callable[[Packet], bool | None]:
     wire): no sender can make one, so it is no exposure, and harden drops it anyway.
     """
 
+    @lru_cache(maxsize=1024)
     def trusted(iface: str) -> bool:
         return any(
             iface.startswith(t[:-1]) if t.endswith("*") else iface == t for t in policy.trusted
         )
 
+    @lru_cache(maxsize=65536)
+    def ports(peer: Address, proto: Proto) -> tuple[PortRange, ...]:
+        # What policy.accepts reads, once per peer: a matrix asks of every port cell.
+        return tuple(rng for rng, _ in policy.allowed_from(peer, proto))
+
     if hook == "input":
         return lambda p: (
             None
             if p.peer.is_loopback
-            else trusted(p.iface) or policy.accepts(p.peer, p.proto, p.dport)
+            else trusted(p.iface) or any(p.dport in r for r in ports(p.peer, p.proto))
         )
     return lambda p: trusted(p.iface) or policy.sends(p.peer, p.proto, p.dport)
 
