@@ -506,6 +506,10 @@ def diff_cmd(
 ) -> None:
     """Compare the live rules with what MANIFEST renders: exit 0 same, 1 drift.
 
+    The whole live ruleset (every table) is judged too, as 'harden analyze --manifest'
+    judges it: an accept the manifest does not declare is drift (LEAK), whatever it is
+    keyed on; a declared port some rule drops is said (BLOCKED).
+
     With two manifests, 'harden diff OLD NEW' touches no firewall: it prints what
     NEW opens, widens, narrows and closes compared with OLD (per protocol, port,
     address family and source) and the policy changes that alter exposure; exit 0

@@ -275,3 +275,39 @@ def reaches(outside: Namespace, port: int) -> bool:
         "except OSError: sys.exit(1)"
     )
     return outside.run([sys.executable, "-c", code, str(port)], check=False).returncode == 0
+
+
+def test_diff_says_what_the_whole_live_ruleset_exposes_and_blocks(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """harden diff beside its text diff: another table dropping a declared port is said
+    (not drift: harden's rules are as rendered); a source-port accept slipped into
+    harden's table is drift, and the analysis says what it exposes."""
+    ns = applied(netns, WEB, tmp_path)
+    proc = harden(ns, "diff", WEB)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "no drift"), proc.stderr
+    ns.run(
+        [
+            "nft",
+            "add table ip other; add chain ip other in "
+            "{ type filter hook input priority 10; policy accept; }; "
+            "add rule ip other in tcp dport 443 drop",
+        ]
+    )
+    proc = harden(ns, "diff", WEB)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "no drift"
+    assert any(
+        line.startswith("BLOCKED (any table): input ipv4 tcp dport 443") and "ip other in #" in line
+        for line in lines
+    ), lines
+    ns.run(["nft", "insert rule inet harden input tcp sport 53 accept"])
+    proc = harden(ns, "diff", WEB)
+    assert proc.returncode == 1
+    assert "+" in proc.stdout or "-" in proc.stdout  # the text diff of harden's table
+    assert "LEAK (any table): input ipv4 tcp dport 1-" in proc.stdout
+    data = json.loads(harden(ns, "diff", WEB, "--format", "json").stdout)
+    assert data["drift"] is True and "sport 53" in data["diff"]
+    assert all("sport 53" in line for line in data["exposure"]["leaks"])
+    assert data["exposure"]["leaks"] and data["exposure"]["blocked"]

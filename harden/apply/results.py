@@ -268,14 +268,29 @@ class Drift:
 
     drift: bool
     diff: str
+    # The whole live ruleset against the manifest (harden.analysis, any table): lines for
+    # what it accepts beyond the manifest ("leaks", drift too), declared ports some rule
+    # drops ("blocked", said), and why it could not all be judged ("unknown").
+    exposure: dict[str, list[str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """``diff --format json``."""
-        return {"drift": self.drift, "diff": self.diff}
+        out: dict[str, Any] = {"drift": self.drift, "diff": self.diff}
+        if self.exposure is not None:
+            out["exposure"] = self.exposure
+        return out
 
     def to_text(self) -> str:
-        """The unified diff, or ``no drift``."""
-        return self.diff.rstrip("\n") if self.drift else "no drift"
+        """The unified diff, or ``no drift``; then what the whole ruleset exposes beyond it."""
+        if not self.drift:
+            lines = ["no drift"]
+        else:
+            lines = [self.diff.rstrip("\n") if self.diff else "no drift in harden's rules"]
+        found = self.exposure or {}
+        lines += [f"LEAK (any table): {line}" for line in found.get("leaks", ())]
+        lines += [f"BLOCKED (any table): {line}" for line in found.get("blocked", ())]
+        lines += [f"not judged: {line}" for line in found.get("unknown", ())]
+        return "\n".join(lines)
 
     @property
     def exit_status(self) -> ExitStatus:

@@ -554,8 +554,9 @@ def diff(manifest_path: Path, backend: Backend) -> Drift:
     prepared = prepare(manifest_path, fw)
     want, have = fw.check(prepared.files), fw.live()
     leftover = _other_backend_rules(backend)
+    exposure = _exposure(prepared.policy)
     if want == have and not leftover:
-        return Drift(False, "")
+        return Drift(bool(exposure["leaks"]), "", exposure)
     text = "".join(
         difflib.unified_diff(
             have.splitlines(True), want.splitlines(True), "live", f"{manifest_path} ({backend})"
@@ -565,7 +566,24 @@ def diff(manifest_path: Path, backend: Backend) -> Drift:
         text = "(harden's rules are absent)\n"
     for name in leftover:
         text += f"(harden's {name} rules are also loaded: applying removes them)\n"
-    return Drift(True, text)
+    return Drift(True, text, exposure)
+
+
+def _exposure(policy: Policy) -> dict[str, list[str]]:
+    """The whole live ruleset judged against ``policy``, as verify --witness judges it."""
+    from harden.analysis.collect import snapshot
+    from harden.analysis.crosscheck import static_check
+    from harden.analysis.results import row_text
+
+    try:
+        check = static_check(policy, snapshot())
+    except HardenError as exc:
+        return {"leaks": [], "blocked": [], "unknown": [f"the live ruleset: {exc}"]}
+    return {
+        "leaks": [row_text(r) for r in check.leaks],
+        "blocked": [row_text(r) for r in check.blocked],
+        "unknown": [*check.unknown, *(row_text(r) for r in check.uncertain)],
+    }
 
 
 def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
