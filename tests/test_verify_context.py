@@ -311,8 +311,12 @@ def test_reject_mode_with_a_udp_leak_never_passes(
         prober, manifest, "--target", f"198.18.{n}.1", "--witness", counters_command(server)
     )
     assert (code, report.get("verdict")) == (1, "fail"), (stderr, report.get("notes"))
-    [entry] = [p for p in report["ports"] if p["status"] == "fail"]
+    # Twice: the counters saw probes let through, and the ruleset it reports accepts 5001.
+    failed = [p for p in report["ports"] if p["status"] == "fail"]
+    [entry] = [p for p in failed if p["detail"].startswith("witness:")]
     assert entry["proto"] == "udp" and "let through by every firewall" in entry["detail"]
+    [static] = [p for p in failed if p["detail"].startswith("analysis:")]
+    assert (static["proto"], static["port"]) == ("udp", 5001)
 
 
 # -- 5. the target's ICMP rate limit above the assumed one -------------------------------------
@@ -437,7 +441,12 @@ def test_counters_reset_during_the_run_are_inconclusive(
     )
     script.chmod(0o755)
     code, report, stderr = verify(prober, manifest, *target, "--witness", str(script))
-    assert (code, report.get("verdict")) == (5, "inconclusive"), (stderr, report.get("ports"))
+    # The counters prove nothing now; the ruleset, read with the first reading, still
+    # accepts udp/5001: that alone fails the run.
+    assert (code, report.get("verdict")) == (1, "fail"), (stderr, report.get("ports"))
+    failed = [p for p in report["ports"] if p["status"] == "fail"]
+    assert [(p["proto"], p["port"]) for p in failed] == [("udp", 5001)]
+    assert failed[0]["detail"].startswith("analysis: not declared, yet accepted")
     details = [p["detail"] for p in report["ports"] if p["status"] == "inconclusive"]
     expected = "changed during the run" if how == "reapply" else "went back during the run"
     assert details and all(expected in d for d in details), details
@@ -509,7 +518,12 @@ def test_a_declared_port_blocked_by_another_firewall_fails(
         prober, manifest, "--target", target, "--witness", counters_command(server)
     )
     assert (code, report.get("verdict")) == (1, "fail"), (stderr, report.get("notes"))
-    [blocked] = [p for p in report["ports"] if p["status"] == "fail"]
+    failed = [p for p in report["ports"] if p["status"] == "fail"]
+    # The ruleset the witness reports names the rule that drops it, too.
+    [static] = [p for p in failed if p["detail"].startswith("analysis:")]
+    assert static["detail"].startswith("analysis: declared, yet dropped: input ipv4 udp dport 53")
+    assert "ip filter INPUT #" in static["detail"]
+    [blocked] = [p for p in failed if p is not static]
     assert (blocked["proto"], blocked["port"], blocked["observed"]) == (
         "udp",
         53,
