@@ -519,3 +519,35 @@ def test_a_value_less_native_option_does_not_swallow_the_target() -> None:
         ("ip", "filter", "INPUT")
     ]
     assert [e.name for e in saved.extensions] == ["LOG"]
+
+
+def test_the_hosts_own_addresses_decide_its_end_of_the_packet() -> None:
+    """kube-proxy's ClusterIP rules name an address the host does not hold: with the
+    host's addresses read, such a rule never matches; a rule that tells two of its
+    addresses apart stays unknown; without them, every such rule is unknown."""
+    cluster_ip = match(payload("ip", "daddr"), "198.18.245.10")
+    rs = ruleset(
+        chain("ip", "filter", "in", **INPUT),
+        rule("ip", "filter", "in", 1, cluster_ip, match(payload("tcp", "dport"), 80), ACCEPT),
+        rule("ip", "filter", "in", 2, match(payload("ip", "daddr"), "203.0.113.1"),
+             match(payload("tcp", "dport"), 81), ACCEPT),
+    )  # fmt: skip
+    two = {"nftables": rs["nftables"], "addresses": ["203.0.113.1", "198.51.100.1", "127.0.0.1"]}
+    known = from_snapshot({**two, "routes": []})[0]
+    assert decide(known, packet(80)).verdict == "drop"
+    told_apart = decide(known, packet(81))
+    assert told_apart.verdict == "unknown" and "tells its addresses apart" in told_apart.unknown[0]
+    assert decide(parse(rs), packet(80)).verdict == "unknown"
+
+
+def test_iptables_tcp_and_udp_matches_are_decoded() -> None:
+    save = (
+        "*filter\n-A IN -p tcp -m tcp --dport 80:90 --tcp-flags FIN,SYN,RST,ACK SYN -j ACCEPT\n"
+        "-A IN -p tcp -m tcp ! --syn -j DROP\n-A IN -p udp -m udp --sport 67 -j ACCEPT\nCOMMIT\n"
+    )
+    first, not_syn, udp = (r.extensions[0] for r in parse_save(save, "ip")[("ip", "filter", "IN")])
+    assert xt.test(first, xt.Facts("input", "tcp", 85, 40000, ip_address("203.0.113.9"))) is True
+    assert xt.test(first, xt.Facts("input", "tcp", 91, 40000, ip_address("203.0.113.9"))) is False
+    assert xt.test(not_syn, FACTS) is False  # a new connection's first segment is a SYN
+    assert xt.test(udp, xt.Facts("input", "udp", 68, 67, ip_address("203.0.113.9"))) is True
+    assert xt.test(udp, FACTS) is False  # a udp match on a tcp packet

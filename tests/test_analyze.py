@@ -22,6 +22,7 @@ from harden.lab.netns import Namespace, connect
 
 from .conftest import REPO
 from .dockerlab import docker_lab
+from .kubelab import kube_node
 from .labutil import HARDEN
 
 pytestmark = pytest.mark.netns
@@ -268,13 +269,15 @@ def verdict(data: dict[str, Any], port: str) -> str:
     return "drop"  # analyze shows no plain drop
 
 
-def reaches(outside: Namespace, port: int) -> bool:
+def reaches(outside: Namespace, port: int, host: str = "198.19.61.1") -> bool:
+    """Whether a TCP connection from ``outside`` to ``host``:``port`` is accepted."""
     code = (
         "import socket, sys\n"
-        "try: socket.create_connection(('198.19.61.1', int(sys.argv[1])), timeout=3).close()\n"
+        "try: socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n"
         "except OSError: sys.exit(1)"
     )
-    return outside.run([sys.executable, "-c", code, str(port)], check=False).returncode == 0
+    proc = outside.run([sys.executable, "-c", code, host, str(port)], check=False)
+    return proc.returncode == 0
 
 
 def test_diff_says_what_the_whole_live_ruleset_exposes_and_blocks(
@@ -311,3 +314,22 @@ def test_diff_says_what_the_whole_live_ruleset_exposes_and_blocks(
     assert data["drift"] is True and "sport 53" in data["diff"]
     assert all("sport 53" in line for line in data["exposure"]["leaks"])
     assert data["exposure"]["leaks"] and data["exposure"]["blocked"]
+
+
+def test_kube_proxys_nodeport_and_a_hostport_are_followed_and_every_rule_read(
+    netns: NsFactory,
+) -> None:
+    """kube-proxy's iptables rules for a NodePort (30080) and the CNI portmap's hostPort
+    (8443), both DNATed to a pod: every rule is read (no unknown row), both ports are
+    accepted through forward, and a connection from outside agrees."""
+    node, pod_ns, outside = netns("kn"), netns("kp"), netns("ko")
+    connect(node, outside, ["198.19.62.1/24"], ["198.19.62.2/24"])
+    with kube_node(node, pod_ns, host_port=8443):
+        code, data = analyze(node, "--hook", "input")
+        assert code == 0
+        assert [r for r in data["rows"] if r["verdict"] == "unknown"] == []
+        for port in (30080, 8443):
+            [row] = [r for r in data["rows"] if r["dports"] == str(port)]
+            assert row["verdict"] == "accept" and row["sources"] == "any", row
+            assert any("DNAT --to-destination 198.18.244.2:8080" in r["rule"] for r in row["rules"])
+            assert reaches(outside, port, "198.19.62.1")

@@ -481,6 +481,27 @@ class _Local:
 
 LOCAL = _Local()
 
+@dataclass(frozen=True)
+class _Own:
+    """The host's own end of the packet, when its addresses are known: one of these."""
+
+    addresses: tuple[Address, ...]
+
+
+def _own(ruleset: Ruleset, packet: Packet) -> Any:
+    """The host's end of ``packet``: its addresses of the family, or LOCAL if not read.
+
+    Not the loopback ones: a packet from outside is for the host's real addresses
+    (route_localnet, which would let one reach 127.0.0.1, is not read).
+    """
+    if ruleset.local is None:
+        return LOCAL
+    found = tuple(
+        sorted(a for a in ruleset.local if a.version == packet.family and not a.is_loopback)
+    )
+    return _Own(found) if found else LOCAL
+
+
 # What ``ct original ...`` gives for a new packet (translated or not).
 _ORIGINAL: dict[str, Any] = {
     "proto-dst": lambda p: p.original_dport if p.original_dport is not None else p.dport,
@@ -496,7 +517,8 @@ def _value(left: Any, packet: Packet, ruleset: Ruleset) -> Any:
         return Maybe(f"expression {left!r}")
     ((kind, body),) = left.items()
     if kind == "payload":
-        return _payload(body, packet)
+        found = _payload(body, packet)
+        return _own(ruleset, packet) if found is LOCAL else found
     if kind == "meta":
         key = body.get("key", "")
         if key == "mark" and ruleset.sets_marks:
@@ -581,6 +603,12 @@ def _compare(op: str, value: Any, right: Any, ruleset: Ruleset, rule: Rule) -> b
     elements = _elements(right, ruleset, rule)
     if isinstance(elements, Maybe):
         return elements
+    if isinstance(value, _Own):
+        # The same answer for every one of the host's addresses, or it depends on which.
+        answers = {_compare(op, a, right, ruleset, rule) for a in value.addresses}
+        if len(answers) == 1:
+            return answers.pop()
+        return Maybe("this host's own address (the rule tells its addresses apart)")
     if value is LOCAL:
         # A unicast address is never a multicast one; any other comparison needs to know
         # which of the host's addresses the packet is for.

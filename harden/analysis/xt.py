@@ -140,6 +140,8 @@ def test(extension: Extension, facts: Facts) -> bool | str | Nat:
         return False  # a header a plain new TCP or UDP packet does not carry
     if name == "iprange":
         return _iprange(extension, facts)
+    if name in ("tcp", "udp"):
+        return _ports_match(extension, facts)
     if name == "owner":
         return "keyed: owner"
     return f"xt match {name} ({NOT_DECODED})"
@@ -246,6 +248,28 @@ def _multiport(extension: Extension, facts: Facts) -> bool | str:
             return f"xt match multiport {option} ({NOT_DECODED})"
         hit = any(lo <= p <= hi for p in ports for lo, hi in _ports(values))
         result = result and (hit != negated)
+    return result
+
+
+def _ports_match(extension: Extension, facts: Facts) -> bool | str:
+    """``-m tcp`` / ``-m udp``: ports, and the flags of a new connection's first segment."""
+    if extension.name != facts.proto:
+        return False  # the protocol's own match on another protocol's packet
+    result = True
+    for option, values, negated in extension.options:
+        if option in ("--dport", "--destination-port", "--sport", "--source-port") and values:
+            port = facts.dport if option in ("--dport", "--destination-port") else facts.sport
+            low, _, high = values[0].partition(":")
+            holds = int(low or 0) <= port <= int(high or low or 65535)
+        elif option == "--syn":
+            holds = True  # a new connection's first segment: SYN, without ACK, RST or FIN
+        elif option == "--tcp-flags" and len(values) == 2:
+            mask, comp = (set(v.split(",")) for v in values)
+            mask = {"SYN", "ACK", "FIN", "RST", "URG", "PSH"} if "ALL" in mask else mask
+            holds = mask & {"SYN"} == comp - {"NONE"}
+        else:
+            return f"xt match {extension.name} {option} ({NOT_DECODED})"
+        result = result and (holds != negated)
     return result
 
 
