@@ -182,8 +182,9 @@ def test_a_packet_follows_every_base_chain_in_priority_order(
 
 def test_what_the_model_cannot_read_is_unknown_with_the_reason() -> None:
     rs = parse(HOST)
+    # A rate limit is not unknown but a key the sender chooses (a slow one passes).
     limited = decide(rs, packet(8080))
-    assert limited.verdict == "unknown" and any("limit" in u for u in limited.unknown)
+    assert limited.verdict == "accept" and any("limit" in k for k in limited.keyed)
     dynamic = decide(rs, packet(5353, proto="udp"))
     assert dynamic.verdict == "unknown" and any("@seen" in u for u in dynamic.unknown)
 
@@ -229,7 +230,7 @@ def test_the_matrix_cuts_at_every_constant_and_merges_alike_cells() -> None:
         and r.to_json()["sources"] == "any"
     ]  # fmt: skip
     four_tcp = {r.to_json()["dports"]: r.verdict for r in plain}
-    assert four_tcp["80"] == "accept" and four_tcp["8080"] == "unknown"
+    assert four_tcp["80"] == "accept" and four_tcp["8080"] == "accept"  # under its limit
     sport53 = [r for r in rows if r.family == 4 and r.proto == "tcp" and str(r.sports[0]) == "53"]
     assert sport53 and all(r.verdict == "accept" for r in sport53)
 
@@ -551,3 +552,29 @@ def test_iptables_tcp_and_udp_matches_are_decoded() -> None:
     assert xt.test(not_syn, FACTS) is False  # a new connection's first segment is a SYN
     assert xt.test(udp, xt.Facts("input", "udp", 68, 67, ip_address("203.0.113.9"))) is True
     assert xt.test(udp, FACTS) is False  # a udp match on a tcp packet
+
+
+def test_a_rate_limit_is_a_key_the_sender_chooses() -> None:
+    """ssh with a meter (update @m { ip saddr limit rate over 6/minute } drop): a slow
+    sender passes it, so the cell is an accept, said to be keyed on the limit."""
+    meter = {
+        "set": {
+            "op": "update",
+            "set": "@m",
+            "elem": payload("ip", "saddr"),
+            "stmt": [{"limit": {"rate": 6, "per": "minute", "inv": True}}],
+        }
+    }
+    ssh = match(payload("tcp", "dport"), 22)
+    rs = parse(ruleset(
+        chain("ip", "filter", "in", **INPUT),
+        rule("ip", "filter", "in", 1, ssh, meter, DROP),
+        rule("ip", "filter", "in", 2, ssh, ACCEPT),
+        rule("ip", "filter", "in", 3, match(payload("tcp", "dport"), 23),
+             {"limit": {"rate": 1, "per": "second"}}, DROP),
+    ))  # fmt: skip
+    limited = decide(rs, packet(22))
+    assert limited.verdict == "accept" and limited.keyed and "limit" in limited.keyed[0]
+    assert [r.handle for r in limited.rules] == [2]
+    # A drop under a limit elsewhere: the policy drops the rest anyway.
+    assert decide(rs, packet(23)).verdict == "drop"

@@ -66,6 +66,11 @@ class Maybe:
     holds: bool = field(default=True, compare=False)
 
 
+# A rate limit is a key the sender chooses too: slow enough, a packet is under it; fast
+# enough, over it. So both ways are open, and an accept on either is an exposure.
+RATE = Maybe("limit: the rate a sender chooses", keyed=True)
+
+
 @dataclass(frozen=True)
 class Path:
     """One way through the chains: where it ended, the rules that decided, what was assumed."""
@@ -340,10 +345,12 @@ def _statement(
         return _jump(ruleset, chain, rule, name, body["target"], packet, depth)
     if name == "vmap":
         return _vmap(ruleset, chain, rule, body, packet, depth)
-    if name in ("counter", "log", "comment", "notrack", "mangle", "set", "meter", "ct count"):
-        return None if name not in ("ct count",) else Maybe("ct count")
-    if name == "limit":
-        return Maybe("limit: over the rate, the rule does not match")
+    if name == "limit" or (name in ("set", "meter") and "limit" in repr(body)):
+        return RATE  # a meter's limit: over the rate, the rule matches
+    if name == "ct count":
+        return Maybe("ct count: how many connections a sender holds", keyed=True)
+    if name in ("counter", "log", "comment", "notrack", "mangle", "set", "meter"):
+        return None
     if name == "xt":
         return _xt(rule, statement, body, packet)
     if name in ("queue",):
@@ -480,6 +487,7 @@ class _Local:
 
 
 LOCAL = _Local()
+
 
 @dataclass(frozen=True)
 class _Own:

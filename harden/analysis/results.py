@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from ipaddress import ip_network
+from ipaddress import ip_address, ip_network
 from typing import Any
 
 from harden.analysis.engine import Decision, Packet
@@ -56,9 +56,35 @@ def expectation(policy: Policy, hook: str) -> Callable[[Packet], bool | None]:
         return lambda p: (
             None
             if p.peer.is_loopback
-            else trusted(p.iface) or any(p.dport in r for r in ports(p.peer, p.proto))
+            else trusted(p.iface)
+            or any(p.dport in r for r in ports(p.peer, p.proto))
+            or _dhcp_in(policy, p)
         )
-    return lambda p: trusted(p.iface) or policy.sends(p.peer, p.proto, p.dport)
+    return lambda p: (
+        trusted(p.iface) or policy.sends(p.peer, p.proto, p.dport) or _dhcp_out(policy, p)
+    )
+
+
+LINK_LOCAL = ip_network("fe80::/10")
+BROADCAST = ip_address("255.255.255.255")
+
+
+def _dhcp_in(policy: Policy, p: Packet) -> bool:
+    """DHCPv6 replies (policy.dhcpv6): udp 547 -> 546 from a link-local address."""
+    return (
+        policy.dhcpv6
+        and (p.family, p.proto, p.sport, p.dport) == (6, "udp", 547, 546)
+        and p.peer in LINK_LOCAL
+    )
+
+
+def _dhcp_out(policy: Policy, p: Packet) -> bool:
+    """The DHCP client's own requests (egress.dhcp; DHCPv6 with it or policy.dhcpv6)."""
+    if (p.proto, p.sport, p.dport) == ("udp", 68, 67) and p.family == 4:
+        return policy.egress_dhcp and (p.peer == BROADCAST or p.peer in policy.dhcp_servers)
+    if (p.proto, p.sport, p.dport) == ("udp", 546, 547) and p.family == 6:
+        return policy.ipv6 and (policy.egress_dhcp or policy.dhcpv6)
+    return False
 
 
 @dataclass

@@ -144,6 +144,8 @@ def test(extension: Extension, facts: Facts) -> bool | str | Nat:
         return _ports_match(extension, facts)
     if name == "owner":
         return "keyed: owner"
+    if name in ("limit", "hashlimit", "recent", "connlimit"):
+        return f"keyed: {name} (the rate a sender chooses)"  # ufw's "limit" is recent
     return f"xt match {name} ({NOT_DECODED})"
 
 
