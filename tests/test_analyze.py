@@ -38,7 +38,9 @@ def harden(ns: Namespace, *args: str | Path) -> subprocess.CompletedProcess[str]
 
 def applied(netns: NsFactory, manifest: Path, tmp_path: Path) -> Namespace:
     ns = netns("an")
-    proc = harden(ns, "apply", manifest, "--state-dir", tmp_path / "state", "--no-persist")
+    proc = harden(
+        ns, "apply", manifest, "--state-dir", tmp_path / "state", "--no-persist", "--root", tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     return ns
 
@@ -256,6 +258,7 @@ def test_a_published_docker_port_is_judged_through_forward_and_the_kernel_agrees
         assert any("-j DNAT --to-destination 198.19.77." in r["rule"] for r in row["rules"])
         assert reaches(outside, 8080) and reaches(outside, 8443)
         state: list[str | Path] = ["--state-dir", tmp_path / "state", "--no-persist"]
+        state += ["--root", tmp_path]  # boot files: never the machine's own
         proc = harden(d.ns, "apply", REPO / "rulesets" / "docker-host.yaml", *state)
         assert proc.returncode == 0, proc.stderr
         code, data = analyze(d.ns, "--hook", "input")
@@ -368,6 +371,7 @@ def test_hardens_own_rules_are_exactly_the_manifest_with_every_feature(
     manifest.write_text(EVERY_FEATURE)
     ns = netns("ev")
     state: list[str | Path] = ["--state-dir", tmp_path / "s", "--no-persist", "--backend", backend]
+    state += ["--root", tmp_path]
     proc = harden(ns, "apply", manifest, *state)
     assert proc.returncode == 0, proc.stderr
     code, data = analyze(ns, "--manifest", manifest)
@@ -375,3 +379,22 @@ def test_hardens_own_rules_are_exactly_the_manifest_with_every_feature(
     [ssh] = [r for r in data["rows"] if r["dports"] == "22" and r["family"] == "ipv4"]
     assert ssh["verdict"] == "accept" and ssh["sources"] == ["198.18.1.0/24"]
     assert any("limit" in k or "hashlimit" in k for k in ssh["keyed_on"]), ssh
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+@pytest.mark.parametrize(
+    "manifest", sorted((REPO / "rulesets").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_shipped_ruleset_applied_is_exactly_its_manifest(
+    netns: NsFactory, tmp_path: Path, manifest: Path, backend: str
+) -> None:
+    """No false leak, nothing blocked, nothing unknown: what verify --witness and diff
+    judge every host by."""
+    ns = netns("rs")
+    args: list[str | Path] = ["--state-dir", tmp_path / "s", "--no-persist", "--force"]
+    args += ["--root", tmp_path]
+    proc = harden(ns, "apply", manifest, *args, "--backend", backend)
+    assert proc.returncode == 0, proc.stderr
+    code, data = analyze(ns, "--manifest", manifest)
+    assert (code, data["leaks"], data["blocked"], data["unknown"]) == (0, [], [], [])
+    assert not [r for r in data["rows"] if r["verdict"] == "unknown"]

@@ -49,6 +49,7 @@ def lab(
         f"{extra}verify:\n  probers: [198.18.{n}.0/24]\n",
     )
     apply = [*HARDEN, "apply", str(manifest), "--state-dir", str(tmp_path / "s"), "--no-persist"]
+    apply += ["--root", str(tmp_path)]  # boot files: never the machine's own
     assert server.run(apply).returncode == 0
     return prober, server, f"198.18.{n}.1", manifest
 
