@@ -288,17 +288,23 @@ def _rule(ruleset: Ruleset, chain: Chain, rule: Rule, packet: Packet, depth: int
         return [Path(None)]  # counters, logs, marks: whatever it matches, nothing changes
     matching = [Path(None)]  # the ways on which every statement so far matched
     out: list[Path] = []
+    decided = False  # whether a statement with ways of its own (a verdict) has run
     for statement in rule.expr:
         found = _statement(ruleset, chain, rule, statement, packet, depth)
         if found is None or found is True:
             continue  # counter, log, comment; or a match that holds
         if found is False:
+            if not decided:
+                # Whatever the earlier may-matches did, the rule does not match: its
+                # assumptions do not matter (and would only split the ways).
+                return [Path(None)]
             return out + [Path(None, (), p.maybes) for p in matching]
         if isinstance(found, Maybe):
             failing = replace(found, holds=False)
             out += [Path(None, (), (*p.maybes, failing)) for p in matching]  # no match
             matching = [Path(None, p.rules, (*p.maybes, found)) for p in matching]
             continue
+        decided = True
         going_on: list[Path] = []
         for path in matching:
             for step in found:

@@ -88,15 +88,26 @@ def _dport(rule: Rule, ruleset: Ruleset, proto: Proto) -> list[Interval] | None:
         if isinstance(payload, dict) and payload.get("field") == "dport":
             if payload.get("protocol") not in (proto, "th"):
                 return []  # a tcp match on a udp packet: the rule never matches
-        elif not (isinstance(ct, dict) and ct.get("key") == "proto-dst"):
-            return OPAQUE  # a verdict map, or anything else on the port
+        elif not (
+            isinstance(ct, dict) and (ct.get("key"), ct.get("dir")) == ("proto-dst", "original")
+        ):
+            return OPAQUE  # a verdict map, a reply-direction port, anything else on the port
         admitted = _admitted(e["match"], ruleset, rule, _port_interval, (1, 65535))
         if admitted is OPAQUE:
             return OPAQUE
         found = admitted if found is _UNUSED or found is None else _intersect(found, admitted)
-    if any(x.name in ("multiport", "tcp", "udp") for x in rule.xt or ()):
+    if any(_xt_reads_port(x) for x in rule.xt or ()):
         return OPAQUE
     return found
+
+
+def _xt_reads_port(extension: Any) -> bool:
+    """An iptables extension that compares the destination port (decoded or not)."""
+    if extension.name in ("multiport", "tcp", "udp"):
+        return True
+    return extension.name == "conntrack" and any(
+        option.startswith("--ctorig") for option, _, _ in extension.options
+    )
 
 
 def _peer(rule: Rule, ruleset: Ruleset, family: Family, side: str) -> list[Interval] | None:

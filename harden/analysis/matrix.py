@@ -340,6 +340,11 @@ def _xt_constants(rule: Rule, hook: str, found: dict[str, list[Any]]) -> None:
                 for dim in dims:
                     for proto in ("tcp", "udp"):
                         found[f"{proto} {dim}"] += ranges
+            elif extension.name in ("tcp", "udp") and values and option in _XT_PORTS:
+                low, _, high = values[0].partition(":")
+                found[f"{extension.name} {_XT_PORTS[option]}"].append(
+                    {"range": [int(low or 0), int(high or low or 65535)]}
+                )
             elif extension.name == "conntrack" and option == "--ctorigdstport" and values:
                 low, _, high = values[0].partition(":")
                 for proto in ("tcp", "udp"):
@@ -349,6 +354,13 @@ def _xt_constants(rule: Rule, hook: str, found: dict[str, list[Any]]) -> None:
                 if option == side:
                     low, _, high = values[0].partition("-")
                     found["peer"].append({"range": [low, high or low]})
+
+
+# -m tcp / -m udp options and the dimension they compare.
+_XT_PORTS = {
+    "--dport": "dport", "--destination-port": "dport",
+    "--sport": "sport", "--source-port": "sport",
+}  # fmt: skip
 
 
 def _dimension(left: Any, peer: str, iface: str) -> list[str]:
@@ -363,8 +375,13 @@ def _dimension(left: Any, peer: str, iface: str) -> list[str]:
         if proto in ("ip", "ip6") and field_ == peer:
             return ["peer"]
     ct = left.get("ct")
-    if isinstance(ct, dict) and ct.get("key") == "proto-dst":
-        return ["tcp dport", "udp dport"]  # ct original proto-dst: the port it was sent to
+    if isinstance(ct, dict) and ct.get("dir") == "original":
+        # The port it was sent to, the port and address it came from.
+        key = ct.get("key")
+        if key in ("proto-dst", "proto-src"):
+            return [f"{p} {'dport' if key == 'proto-dst' else 'sport'}" for p in ("tcp", "udp")]
+        if key == peer:
+            return ["peer"]
     meta = left.get("meta")
     if isinstance(meta, dict) and meta.get("key") in (iface, iface.removesuffix("name")):
         return ["iface"]
