@@ -194,7 +194,7 @@ def test_a_targeted_probe_that_got_nothing_is_said_to_disagree() -> None:
     [probe] = check.targeted({4: ip_address("198.18.7.2")})
     assert (probe.sport, probe.dport) == (53, 80)
     assert check.targeted({4: ip_address("10.9.9.9")}) == [  # every source: still probed
-        Targeted(4, "tcp", 80, 53, probe.why)
+        Targeted(4, "tcp", 80, 53, leak)
     ]
     report = declared(Observed.OPEN)
     judge_static(report, check, [TARGET], [(probe, None)])

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from harden.analysis.engine import Packet, decide
-from harden.analysis.matrix import matrix
 from harden.analysis.model import Ruleset, Snapshot, from_snapshot
-from harden.analysis.results import Analysis, Explanation, expectation, manifest_cuts
+from harden.analysis.results import Analysis, Explanation, judged_rows
 from harden.apply.hostinfo import legacy_note, legacy_rules, local_addresses, main_routes, nft_saves
 from harden.backends.nftables.firewall import NftFirewall
 from harden.policy.model import Policy
@@ -56,14 +55,7 @@ def analyze(
 ) -> Analysis:
     """The exposure matrix of ``hooks``, compared with ``policy`` if given."""
     ruleset, unknown = live_ruleset()
-    rows = []
-    for hook in hooks:
-        if policy is None:
-            rows += matrix(ruleset, hook, progress=progress)
-        else:
-            cuts, expect = manifest_cuts(policy, hook), expectation(policy, hook)
-            rows += matrix(ruleset, hook, cuts, expect, progress)
-    return Analysis(hooks, rows, manifest, unknown)
+    return Analysis(hooks, judged_rows(ruleset, hooks, policy, progress), manifest, unknown)
 
 
 def explain(packet: Packet) -> Explanation:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harden.analysis.matrix import OTHER, Row, matrix
+from harden.analysis.matrix import OTHER, Row
 from harden.analysis.model import Snapshot, from_snapshot
-from harden.analysis.results import Analysis, expectation, manifest_cuts, row_text
+from harden.analysis.results import Analysis, judged_rows
 from harden.errors import EnvironmentProblem
 from harden.manifest.ports import PortRange
 from harden.policy.model import Policy
@@ -33,7 +33,7 @@ class Targeted:
     proto: Proto
     dport: int
     sport: int
-    why: str  # the row's text: what the model says of it
+    row: Row  # the leak it probes
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,7 @@ class StaticCheck:
                 continue
             if source is None or not _holds(row, source):
                 continue
-            probe = Targeted(row.family, row.proto, row.dports[0].first, row.sports[0].first,
-                             row_text(row))  # fmt: skip
+            probe = Targeted(row.family, row.proto, row.dports[0].first, row.sports[0].first, row)
             if probe not in out:
                 out.append(probe)
         return out[:MAX_TARGETED]
@@ -87,10 +86,5 @@ def static_check(policy: Policy, data: Snapshot) -> StaticCheck:
     # The output hook too when the manifest restricts egress: a uid- or mark-keyed accept
     # there is a leak the egress probes (root's, unmarked) cannot see.
     hooks = ("input",) if policy.egress == "accept" else ("input", "output")
-    rows = [
-        row
-        for hook in hooks
-        for row in matrix(ruleset, hook, manifest_cuts(policy, hook), expectation(policy, hook))
-    ]
-    analysis = Analysis(hooks, rows, "the manifest")
+    analysis = Analysis(hooks, judged_rows(ruleset, hooks, policy), "the manifest")
     return StaticCheck(tuple(analysis.leaks), tuple(analysis.blocked), tuple(analysis.uncertain))

@@ -166,7 +166,8 @@ def parse(
     text = json.dumps(document)
     marks = '"mark"' in text and ('"mangle"' in text or '"MARK"' in text or "CONNMARK" in text)
     untracks = '"notrack"' in text or '"NOTRACK"' in text or '"CT"' in text
-    translates = any(f'"{word}"' in text for word in ("dnat", "redirect", "DNAT", "REDIRECT"))
+    # A dnat or redirect statement (not `ct status dnat`), or iptables' targets.
+    translates = any(word in text for word in ('"dnat": {', '"redirect": ', '"DNAT"', '"REDIRECT"'))
     return Ruleset(chains, sets, maps, marks, untracks, translates)
 
 

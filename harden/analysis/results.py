@@ -14,7 +14,8 @@ from ipaddress import ip_address, ip_network
 from typing import Any
 
 from harden.analysis.engine import Decision, Packet
-from harden.analysis.matrix import LOOPBACK, Cuts, Row, any_peer
+from harden.analysis.matrix import LOOPBACK, Cuts, Row, any_peer, matrix
+from harden.analysis.model import Ruleset
 from harden.errors import ExitStatus
 from harden.manifest.ports import PortRange
 from harden.policy.model import Policy
@@ -85,6 +86,23 @@ def _dhcp_out(policy: Policy, p: Packet) -> bool:
     if (p.proto, p.sport, p.dport) == ("udp", 546, 547) and p.family == 6:
         return policy.ipv6 and (policy.egress_dhcp or policy.dhcpv6)
     return False
+
+
+def judged_rows(
+    ruleset: Ruleset,
+    hooks: tuple[str, ...],
+    policy: Policy | None,
+    progress: Callable[[str, int], None] = lambda what, cells: None,
+) -> list[Row]:
+    """Every hook's matrix; with ``policy``, cut at its constants and judged by it."""
+    rows: list[Row] = []
+    for hook in hooks:
+        if policy is None:
+            rows += matrix(ruleset, hook, progress=progress)
+        else:
+            cuts, expect = manifest_cuts(policy, hook), expectation(policy, hook)
+            rows += matrix(ruleset, hook, cuts, expect, progress)
+    return rows
 
 
 @dataclass

@@ -60,7 +60,7 @@ def _leak(row: Row, target: Target, targeted: list[tuple[Targeted, str | None]])
     """A FAIL for an undeclared accept, with what a targeted probe of it got, if one went."""
     detail = f"analysis: not declared, yet accepted: {row_text(row)}"
     for probe, answer in targeted:
-        if (probe.family, probe.proto, probe.why) == (row.family, row.proto, row_text(row)):
+        if probe.row is row:
             confirmed = answer in ("open", "closed")
             got = (
                 f"answered ({answer})"
