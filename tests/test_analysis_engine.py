@@ -634,3 +634,71 @@ def test_the_matrix_row_agrees_with_the_packets_own_walk(
     items: list[Any], probe: Packet, saves: str | None, verdict: str
 ) -> None:
     assert _row_and_decision(items, probe, saves) == (verdict, verdict)
+
+
+def test_the_manifest_cuts_the_cells_where_its_own_answer_changes() -> None:
+    """A foreign ``udp dport 546 accept`` on a host whose manifest takes DHCPv6 replies: the
+    DHCPv6 reply itself (source port 547, from a link-local address) is no leak, every
+    other packet to 546 is. Without the manifest's own cuts (source port 547, fe80::/10)
+    the whole row was judged by its first packet."""
+    manifest = manifest_from_text(
+        "version: 1\npolicy: {dhcpv6: true}\nservices:\n  - {name: web, port: 80, proto: tcp}\n",
+        "m.yaml",
+    )
+    policy = build_policy(manifest)
+    rs = parse(
+        ruleset(
+            chain("inet", "other", "in", **INPUT),
+            rule("inet", "other", "in", 5, match(payload("udp", "dport"), 546), ACCEPT),
+        )
+    )
+    rows = matrix(rs, "input", manifest_cuts(policy, "input"), expectation(policy, "input"))
+    result = Analysis(("input",), rows, "m.yaml")
+    six = [r for r in rows if (r.family, r.proto, r.verdict) == (6, "udp", "accept")]
+    reply = [r for r in six if r.expected]
+    assert len(reply) == 1 and str(reply[0].sports[0]) == "547", six
+    assert reply[0].to_json()["sources"] == ["fe80::/10"]
+    leaks = [r for r in result.leaks if (r.family, r.proto) == (6, "udp")]
+    assert leaks and all(r.to_json()["dports"] == "546" for r in leaks)
+    assert not any(
+        "547" in [str(s) for s in r.sports] and "fe80::/10" in r.to_json()["sources"] for r in leaks
+    )
+
+
+def test_port_cells_alike_for_rules_and_manifest_are_judged_as_one_and_agree_cell_by_cell() -> None:
+    """The matrix judges port cells that the same rules and the same manifest ranges hold
+    once; judged cell by cell (every port cell its own class) it gives the same rows."""
+    from harden.analysis import matrix as m
+
+    manifest = manifest_from_text(
+        "version: 1\nservices:\n"
+        "  - {name: a, ports: ['1000-2000', 3000], proto: tcp, sources: [198.18.1.0/24]}\n"
+        "  - {name: b, ports: [2600, 4000-4010], proto: tcp}\n",
+        "m.yaml",
+    )
+    policy = build_policy(manifest)
+    items = [chain("inet", "other", "in", **INPUT)]
+    for n, port in enumerate((22, 1500, 1999, 2500, 3000, 4005, 5000)):
+        items.append(
+            rule("inet", "other", "in", 10 + n, match(payload("tcp", "dport"), port), ACCEPT)
+        )
+    rs = parse(ruleset(*items))
+    args = (rs, "input", manifest_cuts(policy, "input"), expectation(policy, "input"))
+    grouped = {
+        (r.family, r.proto, r.dports, r.sports, r.peers, r.verdict, r.expected)
+        for r in matrix(*args)
+    }
+    whole = m._port_classes
+    m._port_classes = lambda dports, dclass, ranges, each: whole(dports, dclass, ranges, True)
+    try:
+        each = {
+            (r.family, r.proto, r.dports, r.sports, r.peers, r.verdict, r.expected)
+            for r in matrix(*args)
+        }
+    finally:
+        m._port_classes = whole
+    assert grouped == each
+    leaked = {str(p) for r in grouped if r[5] == "accept" and r[6] is False for p in r[2]}
+    assert leaked == {"22", "1500", "1999", "2500", "3000", "5000"}
+    blocked = {str(p) for r in grouped if r[5] == "drop" and r[6] for p in r[2]}
+    assert {"2600", "4000-4004", "4006-4010", "1000-1499"} <= blocked

@@ -63,10 +63,14 @@ def build(
     side = "saddr" if hook == "input" else "daddr"
     for rule in rules:
         ports_key, peers_key = (id(rule), proto), (id(rule), family, side)
-        if ports_key not in memo:
-            memo[ports_key] = _dport(rule, ruleset, proto)
-        if peers_key not in memo:
-            memo[peers_key] = _peer(rule, ruleset, family, side)
+        if ports_key not in memo or peers_key not in memo:
+            reading = memo.get(id(rule))
+            if reading is None:
+                reading = memo[id(rule)] = _reading(rule)
+            if ports_key not in memo:
+                memo[ports_key] = _dport(rule, reading, ruleset, proto)
+            if peers_key not in memo:
+                memo[peers_key] = _peer(rule, reading, ruleset, family, side)
         for dim, found in ((dport, memo[ports_key]), (peer, memo[peers_key])):
             if found is not _UNUSED:
                 dim[id(rule)] = found
@@ -76,11 +80,11 @@ def build(
 _UNUSED: Any = object()  # the rule does not read the dimension at all
 
 
-def _dport(rule: Rule, ruleset: Ruleset, proto: Proto) -> list[Interval] | None:
+def _dport(rule: Rule, reading: list[Any], ruleset: Ruleset, proto: Proto) -> list[Interval] | None:
     """The ports the rule's destination-port matches admit (OPAQUE, or _UNUSED)."""
     found: list[Interval] | None = _UNUSED
-    for e in rule.expr:
-        if not _reads(e, ("dport", "proto-dst")):
+    for e, names in reading:
+        if not _reads(names, ("dport", "proto-dst")):
             continue
         left = e.get("match", {}).get("left") if isinstance(e, dict) else None
         payload = left.get("payload") if isinstance(left, dict) else None
@@ -110,12 +114,14 @@ def _xt_reads_port(extension: Any) -> bool:
     )
 
 
-def _peer(rule: Rule, ruleset: Ruleset, family: Family, side: str) -> list[Interval] | None:
+def _peer(
+    rule: Rule, reading: list[Any], ruleset: Ruleset, family: Family, side: str
+) -> list[Interval] | None:
     """The peer addresses the rule's address matches admit (OPAQUE, or _UNUSED)."""
     found: list[Interval] | None = _UNUSED
     top = 2**32 - 1 if family == 4 else 2**128 - 1
-    for e in rule.expr:
-        if not _reads(e, (side,)):
+    for e, names in reading:
+        if not _reads(names, (side,)):
             continue
         left = e.get("match", {}).get("left") if isinstance(e, dict) else None
         payload = left.get("payload") if isinstance(left, dict) else None
@@ -136,19 +142,31 @@ def _peer(rule: Rule, ruleset: Ruleset, family: Family, side: str) -> list[Inter
 _BLIND = {"counter", "accept", "drop", "reject", "return", "jump", "goto", "log", "comment", "xt"}
 
 
-def _reads(e: Any, fields: tuple[str, ...]) -> bool:
-    """Whether an expression may read one of ``fields`` (by its text, when not plain)."""
-    if isinstance(e, dict) and len(e) == 1:
-        ((name, body),) = e.items()
-        if name in _BLIND:
-            return False
-        left = body.get("left") if name == "match" and isinstance(body, dict) else None
-        if isinstance(left, dict) and len(left) == 1:
-            ((kind, what),) = left.items()
-            if kind in ("payload", "ct", "meta") and isinstance(what, dict):
-                return any(what.get("field", what.get("key")) == f for f in fields)
-    text = repr(e)
-    return any(f in text for f in fields)
+def _reading(rule: Rule) -> list[tuple[Any, frozenset[str] | str]]:
+    """Each expression of ``rule`` that may read the packet, with what it may read.
+
+    That is the field or key a plain match names, or else the expression's whole text (any
+    name in it may be read).
+    """
+    out: list[tuple[Any, frozenset[str] | str]] = []
+    for e in rule.expr:
+        if isinstance(e, dict) and len(e) == 1:
+            ((name, body),) = e.items()
+            if name in _BLIND:
+                continue
+            left = body.get("left") if name == "match" and isinstance(body, dict) else None
+            if isinstance(left, dict) and len(left) == 1:
+                ((kind, what),) = left.items()
+                if kind in ("payload", "ct", "meta") and isinstance(what, dict):
+                    out.append((e, frozenset({str(what.get("field", what.get("key")))})))
+                    continue
+        out.append((e, repr(e)))
+    return out
+
+
+def _reads(names: frozenset[str] | str, fields: tuple[str, ...]) -> bool:
+    """Whether an expression that may read ``names`` (see _reading) reads one of ``fields``."""
+    return any(f in names for f in fields)
 
 
 def _admitted(
@@ -242,21 +260,31 @@ def covering(admits: dict[int, list[Interval] | None], cells: list[Interval]) ->
     """
     starts = [low for low, _ in cells]
     out: list[set[int]] = [set() for _ in cells]
+    held: dict[tuple[Interval, ...], list[int] | None] = {}  # many rules name the same
     for key, intervals in list(admits.items()):
         if intervals is OPAQUE:
             continue
-        spans = []
-        for low, high in intervals:
-            first, last = bisect_right(starts, low) - 1, bisect_right(starts, high) - 1
-            if first < 0 or cells[first][0] != low or cells[last][1] != high:
-                admits[key] = OPAQUE
-                break
-            spans.append((first, last))
-        else:
-            for first, last in spans:
-                for k in range(first, last + 1):
-                    out[k].add(key)
+        shape = tuple(intervals)
+        if shape not in held:
+            held[shape] = _held(intervals, cells, starts)
+        found = held[shape]
+        if found is None:
+            admits[key] = OPAQUE
+            continue
+        for k in found:
+            out[k].add(key)
     return out
+
+
+def _held(intervals: list[Interval], cells: list[Interval], starts: list[int]) -> list[int] | None:
+    """The cells ``intervals`` hold, or None if one of them ends inside a cell."""
+    found: list[int] = []
+    for low, high in intervals:
+        first, last = bisect_right(starts, low) - 1, bisect_right(starts, high) - 1
+        if first < 0 or cells[first][0] != low or cells[last][1] != high:
+            return None
+        found += range(first, last + 1)
+    return found
 
 
 class Restrictor:
@@ -270,9 +298,11 @@ class Restrictor:
         self.ruleset = ruleset
         self.where: dict[int, tuple[Any, int]] = {}
         self.others: dict[Any, list[int]] = {}
+        self.chain_of: dict[int, Any] = {}  # each rule's chain
         for key, chain in ruleset.chains.items():
             positions = []
             for n, rule in enumerate(chain.rules):
+                self.chain_of[id(rule)] = key
                 if id(rule) in indexed:
                     self.where[id(rule)] = (key, n)
                 else:
@@ -294,15 +324,18 @@ class Restrictor:
         return replace(self.ruleset, chains=chains, full=self.ruleset.full or self.ruleset)
 
 
-def restrict(ruleset: Ruleset, indexed: set[int], holding: set[int]) -> Ruleset:
-    """``ruleset`` without the ``indexed`` rules (by id) that are not ``holding`` the cell.
+def restrict(ruleset: Ruleset, dropped: frozenset[int], chain_of: dict[int, Any]) -> Ruleset:
+    """``ruleset`` without the rules (by id) in ``dropped``: indexed rules not holding a cell.
 
-    For a small ruleset (a view already narrowed); a large one is narrowed by a Restrictor.
+    ``chain_of`` names each rule's chain: only the chains that lose a rule are rebuilt. For
+    a small ruleset (a view already narrowed); a large one is narrowed by a Restrictor.
     """
-    chains = {}
-    for key, chain in ruleset.chains.items():
-        rules = tuple(r for r in chain.rules if id(r) not in indexed or id(r) in holding)
-        chains[key] = chain if len(rules) == len(chain.rules) else replace(chain, rules=rules)
+    if not dropped:
+        return ruleset
+    chains = dict(ruleset.chains)
+    for key in {chain_of[rule] for rule in dropped}:
+        chain = chains[key]
+        chains[key] = replace(chain, rules=tuple(r for r in chain.rules if id(r) not in dropped))
     return replace(ruleset, chains=chains, full=ruleset.full or ruleset)
 
 

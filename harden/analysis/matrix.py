@@ -8,6 +8,7 @@ its packets apart. docs/design.md, "Reading the live ruleset".
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_network, summarize_address_range
@@ -26,13 +27,22 @@ OTHER = "*"  # an interface no rule names
 # Addresses only loopback carries: cut there, so no other cell is tested with one of them.
 LOOPBACK = frozenset({ip_network("127.0.0.0/8"), ip_network("::1/128")})
 _TOP = {4: 2**32 - 1, 6: 2**128 - 1}
+# A manifest's answer for a packet, asked in two steps: with all but the destination port
+# (once per peer, source port and interface), then of each destination port.
+Expect = Callable[[Proto, int, Address, str], Callable[[int], "bool | None"]]
 
 
 @dataclass(frozen=True)
 class Cuts:
-    """Where a dimension's answers may change: extra cut points from a manifest."""
+    """Where a manifest's answers may change.
 
-    ports: frozenset[int] = frozenset()
+    Its destination-port ranges (inclusive), and the source ports, networks and interfaces
+    it names. The matrix cuts there too, and tells apart the port cells a manifest range
+    holds from those it does not.
+    """
+
+    ports: frozenset[tuple[int, int]] = frozenset()
+    sports: frozenset[int] = frozenset()
     nets: frozenset[Network] = frozenset()
     ifaces: frozenset[str] = frozenset()
 
@@ -100,7 +110,7 @@ def matrix(
     ruleset: Ruleset,
     hook: str,
     cuts: Cuts = Cuts(),
-    expect: Callable[[Packet], bool | None] | None = None,
+    expect: Expect | None = None,
     progress: Callable[[str, int], None] = lambda what, cells: None,
 ) -> list[Row]:
     """Every cell of ``hook`` decided, merged into rows (all of them, drops included).
@@ -121,14 +131,16 @@ def matrix(
         peers = _intervals(_address_cuts(constants["peer"], nets, family), _TOP[family])
         ifaces = [*sorted(_iface_names([*constants["iface"], *cuts.ifaces])), OTHER]
         for proto in PROTOS:
-            dports = _intervals(_port_cuts(constants[f"{proto} dport"], cuts.ports), 65535, 1)
-            sports = _intervals(_port_cuts(constants[f"{proto} sport"], frozenset()), 65535, 1)
+            ranges = [{"range": list(r)} for r in sorted(cuts.ports)]
+            dports = _intervals(_port_cuts([*constants[f"{proto} dport"], *ranges]), 65535, 1)
+            sports = _intervals(_port_cuts([*constants[f"{proto} sport"], *cuts.sports]), 65535, 1)
             progress(
                 f"{hook} ipv{family} {proto}", len(dports) * len(sports) * len(peers) * len(ifaces)
             )
             dims = (dports, sports, peers, ifaces)
             rules = _reachable(ruleset, chains)
-            cells = _cells(ruleset, rules, (hook, family, proto), dims, expect, memo)
+            judged = (expect, cuts.ports)
+            cells = _cells(ruleset, rules, (hook, family, proto), dims, judged, memo)
             rows += _merge(hook, family, proto, cells)
     return rows
 
@@ -156,54 +168,135 @@ def _cells(
     rules: list[Rule],
     kind: tuple[str, Family, Proto],
     dims: tuple[list[Interval], list[Interval], list[Interval], list[str]],
-    expect: Callable[[Packet], bool | None] | None,
+    judged: tuple[Expect | None, frozenset[Interval]],
     memo: dict[Any, Any],
-) -> list[Any]:
+) -> dict[Any, list[Any]]:
     """Every cell decided, each walk over only the rules that can match it.
 
     Cells that keep the same rules (and agree on what those read) are decided once
-    (harden.analysis.index).
+    (harden.analysis.index). Grouped as ``{(outcome, expected, s, p, i): [decision, d...]}``:
+    the destination-port cells that the rest of the packet and one outcome share.
     """
     dports, sports, peers, ifaces = dims
     hook, family, proto = kind
+    expect, ranges = judged
     found = index.build(rules, ruleset, hook, family, proto, memo)
     by_dport, by_peer = index.covering(found.dport, dports), index.covering(found.peer, peers)
-    on_dport = {k for k, v in found.dport.items() if v is not None}
-    on_peer = {k for k, v in found.peer.items() if v is not None}
     tell_dport, tell_peer = found.opaque_dport, found.opaque_peer
-    # Port cells held by the same rules share a view; any two cells whose views keep the
-    # same indexed rules (the rest are in every view) share their decisions.
-    dclass = _classes(by_dport)
-    by_class: dict[int, tuple[Ruleset, frozenset[int], frozenset[int]]] = {}
-    views: dict[frozenset[int], Ruleset] = {}
-    decided: dict[Any, Decision] = {}
-    cells = []
-    whole = index.Restrictor(ruleset, on_dport)
+    views = _Views(ruleset, found, by_dport, by_peer)
+    # Port cells that the same rules hold and the manifest's ranges treat alike: one cell.
+    classes = _port_classes(dports, views.dclass, ranges, tell_dport)
+    decided: dict[Any, tuple[Decision, int]] = {}
+    outcomes: dict[Any, int] = {}  # each outcome once, by number: a cell names its number
+    groups: dict[Any, list[Any]] = {}
+    for pi, p in enumerate(peers):
+        peer = _address(p[0], family)
+        if hook == "input" and peer.is_loopback:
+            continue  # a whole loopback cell (cut there): not analysed
+        kept = views.row(pi)
+        for s, i in product(sports, ifaces):
+            iface = _iface(i)
+            test = expect(proto, s[0], peer, iface) if expect is not None else None
+            for di, members in classes:
+                d = dports[di]
+                key = (kept[di], d if tell_dport else None, p if tell_peer else None, s, i)
+                got = decided.get(key)
+                if got is None:
+                    packet = Packet(hook, family, proto, d[0], s[0], peer, iface)
+                    decision = decide(views.view(kept[di]), packet)
+                    got = decided[key] = (
+                        decision,
+                        outcomes.setdefault(_key(decision), len(outcomes)),
+                    )
+                expected = test(d[0]) if test is not None else None
+                groups.setdefault((got[1], expected, s, p, i), [got[0]]).extend(members)
+    return groups
+
+
+class _Views:
+    """The ruleset each cell walks: without the indexed rules that do not hold it.
+
+    Port cells held by the same rules share a view; any two cells whose views keep the
+    same indexed rules (the rest are in every view) share their decisions. A view is
+    named by its port-indexed rules (interned: they can be thousands) and the few
+    peer-indexed ones its peer cell keeps.
+    """
+
+    def __init__(
+        self,
+        ruleset: Ruleset,
+        found: index.Index,
+        by_dport: list[set[int]],
+        by_peer: list[set[int]],
+    ) -> None:
+        self.on_dport = {k for k, v in found.dport.items() if v is not None}
+        self.on_peer = {k for k, v in found.peer.items() if v is not None}
+        self.on_either = self.on_dport | self.on_peer
+        self.whole = index.Restrictor(ruleset, self.on_dport)
+        self.by_dport, self.by_peer = by_dport, by_peer
+        self.dclass, self.pclass = _classes(by_dport), _classes(by_peer)
+        self.by_class: dict[int, tuple[Ruleset, int, frozenset[int]]] = {}
+        self.interned: dict[frozenset[int], int] = {}
+        self.names: dict[tuple[int, int], Any] = {}
+        self.views: dict[Any, tuple[Ruleset, frozenset[int]]] = {}
+        self.made: dict[Any, Ruleset] = {}
+        self.rows: dict[int, list[Any]] = {}
+
+    def row(self, pi: int) -> list[Any]:
+        """The views' names of every destination-port cell at peer cell ``pi``."""
+        found = self.rows.get(self.pclass[pi])
+        if found is None:
+            found = self.rows[self.pclass[pi]] = [
+                self.kept(di, pi) for di in range(len(self.dclass))
+            ]
+        return found
+
+    def kept(self, di: int, pi: int) -> Any:
+        """The name of the view of destination-port cell ``di`` and peer cell ``pi``."""
+        pair = (self.dclass[di], self.pclass[pi])
+        name = self.names.get(pair)
+        if name is None:
+            if pair[0] not in self.by_class:
+                view_d = self.whole.view(self.by_dport[di])
+                indexed = index.kept(view_d, self.on_either)
+                fixed = self.interned.setdefault(
+                    frozenset(indexed - self.on_peer), len(self.interned)
+                )
+                self.by_class[pair[0]] = (view_d, fixed, frozenset(indexed & self.on_peer))
+            view_d, fixed, on_p = self.by_class[pair[0]]
+            part = on_p & self.by_peer[pi]
+            name = self.names[pair] = (fixed, part)
+            if name not in self.views:
+                self.views[name] = (view_d, on_p - part)
+        return name
+
+    def view(self, name: Any) -> Ruleset:
+        """The view itself, made when a cell first walks it."""
+        if name not in self.made:
+            view_d, dropped = self.views[name]
+            self.made[name] = index.restrict(view_d, dropped, self.whole.chain_of)
+        return self.made[name]
+
+
+def _port_classes(
+    dports: list[Interval], dclass: list[int], ranges: frozenset[Interval], each: bool
+) -> list[tuple[int, list[Interval]]]:
+    """The port cells in classes, each ``(a member's index, members)``.
+
+    A class: the cells the same rules hold (``dclass``) and the same manifest ranges hold.
+    ``each``: every cell its own class (a rule reads the port in a way the index does not).
+    """
+    if each:
+        return [(di, [d]) for di, d in enumerate(dports)]
+    held: list[list[int]] = [[] for _ in dports]
+    starts = [lo for lo, _ in dports]
+    for j, (lo, hi) in enumerate(sorted(ranges)):  # the cells are cut at each range's ends
+        for di in range(bisect_right(starts, lo) - 1, bisect_right(starts, hi)):
+            held[di].append(j)
+    found: dict[Any, tuple[int, list[Interval]]] = {}
     for di, d in enumerate(dports):
-        if dclass[di] not in by_class:
-            view_d = whole.view(by_dport[di])
-            indexed = index.kept(view_d, on_dport | on_peer)
-            by_class[dclass[di]] = (view_d, indexed - on_peer, indexed & on_peer)
-        view_d, fixed, on_p = by_class[dclass[di]]
-        for pi, p in enumerate(peers):
-            peer = _address(p[0], family)
-            if hook == "input" and peer.is_loopback:
-                continue  # a whole loopback cell (cut there): not analysed
-            kept = fixed | (on_p & by_peer[pi])
-            if kept not in views:
-                views[kept] = index.restrict(view_d, on_peer, by_peer[pi])
-            for s, i in product(sports, ifaces):
-                key = (kept, d if tell_dport else None, p if tell_peer else None, s, i)
-                packet = None
-                if key not in decided:
-                    packet = Packet(hook, family, proto, d[0], s[0], peer, _iface(i))
-                    decided[key] = decide(views[kept], packet)
-                expected = None
-                if expect is not None:
-                    packet = packet or Packet(hook, family, proto, d[0], s[0], peer, _iface(i))
-                    expected = expect(packet)
-                cells.append(((d, s, p, i), decided[key], expected))
-    return cells
+        found.setdefault((dclass[di], tuple(held[di])), (di, []))[1].append(d)
+    return list(found.values())
 
 
 def _classes(covering: list[set[int]]) -> list[int]:
@@ -212,23 +305,25 @@ def _classes(covering: list[set[int]]) -> list[int]:
     return [seen.setdefault(frozenset(rules), len(seen)) for rules in covering]
 
 
-def _merge(hook: str, family: Family, proto: Proto, cells: list[Any]) -> list[Row]:
+def _merge(hook: str, family: Family, proto: Proto, groups: dict[Any, list[Any]]) -> list[Row]:
     """Cells with the same outcome, merged along each dimension in turn."""
-    groups: dict[Any, list[Any]] = {}
-    for (d, s, p, i), decision, expected in cells:
-        outcome = (_key(decision), expected)
-        groups.setdefault((outcome, s, p, i), []).append((d, decision))
     by_ports: dict[Any, list[Any]] = {}
-    for (outcome, s, p, i), found in groups.items():
-        dports = tuple(merge(PortRange(lo, hi) for (lo, hi), _ in found))
-        by_ports.setdefault((outcome, dports, s, i), []).append((p, found[0][1]))
+    for (outcome, expected, s, p, i), (decision, *found) in groups.items():
+        dports = tuple(PortRange(lo, hi) for lo, hi in _joined(found))
+        by_ports.setdefault((outcome, expected, dports, s, i), [decision]).append(p)
     rows = []
-    for (outcome, dports, s, i), found in by_ports.items():
-        nets = tuple(n for lo, hi in _joined([p for p, _ in found]) for n in _nets(lo, hi, family))
+    for (_, expected, dports, s, i), (decision, *found) in by_ports.items():
+        nets = tuple(n for lo, hi in _joined(found) for n in _nets(lo, hi, family))
         rows.append(
-            Row(hook, family, proto, dports, (PortRange(*s),), nets, (i,), found[0][1], outcome[1])
+            Row(hook, family, proto, dports, (PortRange(*s),), nets, (i,), decision, expected)
         )
-    return _merge_along(rows)
+    return sorted(_merge_along(rows), key=_order)
+
+
+def _order(row: Row) -> tuple[Any, ...]:
+    """Rows by destination port, then peer, source port and interface."""
+    peer = int(row.peers[0].network_address) if row.peers else -1
+    return (row.dports[0].first if row.dports else 0, peer, row.sports[0].first, row.ifaces)
 
 
 def _merge_along(rows: list[Row]) -> list[Row]:
@@ -406,14 +501,14 @@ def _walk(right: Any, ruleset: Ruleset, rule: Rule) -> Iterator[Any]:
         yield right
 
 
-def _port_cuts(values: list[Any], extra: frozenset[int]) -> set[int]:
+def _port_cuts(values: list[Any]) -> set[int]:
     cuts = set()
     for v in values:
         if isinstance(v, int):
             cuts |= {v, v + 1}
         elif isinstance(v, dict) and "range" in v and all(isinstance(x, int) for x in v["range"]):
             cuts |= {v["range"][0], v["range"][1] + 1}
-    return cuts | {p for port in extra for p in (port, port + 1)}
+    return cuts
 
 
 def _address_cuts(values: list[Any], nets: frozenset[Network], family: Family) -> set[int]:

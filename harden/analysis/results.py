@@ -7,37 +7,55 @@ blocked). docs/design.md, "Reading the live ruleset".
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from ipaddress import ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network, summarize_address_range
 from typing import Any
 
 from harden.analysis.engine import Decision, Packet
-from harden.analysis.matrix import LOOPBACK, Cuts, Row, any_peer, matrix
+from harden.analysis.matrix import LOOPBACK, Cuts, Expect, Row, any_peer, matrix
 from harden.analysis.model import Ruleset
 from harden.errors import ExitStatus
-from harden.manifest.ports import PortRange
+from harden.manifest.ports import PortRange, merge
 from harden.policy.model import Policy
 from harden.types import Address, Network, Proto
 
 SCHEMA = "harden.analysis/1"
 
 
+LINK_LOCAL = ip_network("fe80::/10")
+BROADCAST = ip_address("255.255.255.255")
+
+
 def manifest_cuts(policy: Policy, hook: str) -> Cuts:
-    """The manifest's own constants: its rows line up with the live rules' cells."""
+    """The manifest's own constants: its rows line up with the live rules' cells.
+
+    Its port ranges, and the DHCP ports and addresses its expectation reads, so that the
+    manifest too answers alike for every packet of a cell.
+    """
     if hook == "input":
-        ports = {p for a in policy.allows for r in a.ports for p in (r.first, r.last)}
+        ranges = [r for a in policy.allows for r in a.ports]
         nets = {n for a in policy.allows for f in (4, 6) for n in a.sources[f] or ()}
-        return Cuts(frozenset(ports), frozenset(nets), frozenset(policy.trusted))
-    ports = {p for o in policy.outbound for r in o.ports for p in (r.first, r.last)}
-    nets = {n for o in policy.outbound for f in (4, 6) for n in o.destinations[f] or ()}
-    return Cuts(frozenset(ports), frozenset(nets), frozenset(policy.trusted))
+        dhcp = {(547, 546)} if policy.dhcpv6 else set()
+        nets |= {LINK_LOCAL} if policy.dhcpv6 else set()
+    else:
+        ranges = [r for o in policy.outbound for r in o.ports]
+        nets = {n for o in policy.outbound for f in (4, 6) for n in o.destinations[f] or ()}
+        dhcp = {(68, 67), (546, 547)}
+        nets |= {ip_network(a) for a in (BROADCAST, *policy.dhcp_servers)}
+    ports = {(r.first, r.last) for r in ranges} | {(d, d) for _, d in dhcp}
+    return Cuts(
+        frozenset(ports), frozenset(s for s, _ in dhcp), frozenset(nets), frozenset(policy.trusted)
+    )
 
 
-def expectation(policy: Policy, hook: str) -> Callable[[Packet], bool | None]:
+def expectation(policy: Policy, hook: str) -> Expect:
     """Whether the manifest allows a packet (input: accepts it; output: lets it out).
 
+    Asked with all of the packet but its destination port, it answers with a test of that
+    port: a matrix asks once per peer, source port and interface, then of every port cell.
     None for a packet no interface but loopback carries (from 127.0.0.0/8 or ::1 on the
     wire): no sender can make one, so it is no exposure, and harden drops it anyway.
     """
@@ -48,44 +66,46 @@ def expectation(policy: Policy, hook: str) -> Callable[[Packet], bool | None]:
             iface.startswith(t[:-1]) if t.endswith("*") else iface == t for t in policy.trusted
         )
 
-    @lru_cache(maxsize=65536)
-    def ports(peer: Address, proto: Proto) -> tuple[PortRange, ...]:
-        # What policy.accepts reads, once per peer: a matrix asks of every port cell.
-        return tuple(rng for rng, _ in policy.allowed_from(peer, proto))
+    def ranges(peer: Address, proto: Proto) -> tuple[PortRange, ...]:
+        if hook == "input":
+            return tuple(rng for rng, _ in policy.allowed_from(peer, proto))
+        if policy.egress == "accept":
+            return (PortRange(1, 65535),)  # no output chain: harden filters nothing outbound
+        return tuple(rng for o in policy.outbound if o.reaches(peer, proto) for rng in o.ports)
 
-    if hook == "input":
-        return lambda p: (
-            None
-            if p.peer.is_loopback
-            else trusted(p.iface)
-            or any(p.dport in r for r in ports(p.peer, p.proto))
-            or _dhcp_in(policy, p)
-        )
-    return lambda p: (
-        trusted(p.iface) or policy.sends(p.peer, p.proto, p.dport) or _dhcp_out(policy, p)
-    )
+    def test(proto: Proto, sport: int, peer: Address, iface: str) -> Callable[[int], bool | None]:
+        if hook == "input" and peer.is_loopback:
+            return lambda port: None
+        if trusted(iface):
+            return lambda port: True
+        dhcp = (_dhcp_in if hook == "input" else _dhcp_out)(policy, proto, sport, peer)
+        merged = merge((*ranges(peer, proto), *(PortRange(p, p) for p in dhcp)))
+        firsts, lasts = [r.first for r in merged], [r.last for r in merged]
+
+        def allowed(port: int) -> bool:
+            at = bisect_right(firsts, port) - 1
+            return at >= 0 and port <= lasts[at]
+
+        return allowed
+
+    return test
 
 
-LINK_LOCAL = ip_network("fe80::/10")
-BROADCAST = ip_address("255.255.255.255")
-
-
-def _dhcp_in(policy: Policy, p: Packet) -> bool:
+def _dhcp_in(policy: Policy, proto: Proto, sport: int, peer: Address) -> tuple[int, ...]:
     """DHCPv6 replies (policy.dhcpv6): udp 547 -> 546 from a link-local address."""
-    return (
-        policy.dhcpv6
-        and (p.family, p.proto, p.sport, p.dport) == (6, "udp", 547, 546)
-        and p.peer in LINK_LOCAL
-    )
+    if policy.dhcpv6 and (proto, sport) == ("udp", 547) and peer in LINK_LOCAL:
+        return (546,)
+    return ()
 
 
-def _dhcp_out(policy: Policy, p: Packet) -> bool:
+def _dhcp_out(policy: Policy, proto: Proto, sport: int, peer: Address) -> tuple[int, ...]:
     """The DHCP client's own requests (egress.dhcp; DHCPv6 with it or policy.dhcpv6)."""
-    if (p.proto, p.sport, p.dport) == ("udp", 68, 67) and p.family == 4:
-        return policy.egress_dhcp and (p.peer == BROADCAST or p.peer in policy.dhcp_servers)
-    if (p.proto, p.sport, p.dport) == ("udp", 546, 547) and p.family == 6:
-        return policy.ipv6 and (policy.egress_dhcp or policy.dhcpv6)
-    return False
+    if (proto, sport) == ("udp", 68) and peer.version == 4:
+        server = peer == BROADCAST or peer in policy.dhcp_servers
+        return (67,) if policy.egress_dhcp and server else ()
+    if (proto, sport) == ("udp", 546) and peer.version == 6:
+        return (547,) if policy.ipv6 and (policy.egress_dhcp or policy.dhcpv6) else ()
+    return ()
 
 
 def judged_rows(
@@ -203,27 +223,29 @@ def _peers(row: Row) -> str:
         return "none"
     if any_peer(row.peers, row.family, row.hook):
         return "any"
-    space = ip_network("0.0.0.0/0" if row.family == 4 else "::/0")
-    rest: list[Network] = [space]
     # On input, loopback addresses are in no cell: "any" never needs to except them.
     taken = (*row.peers, *(LOOPBACK if row.hook == "input" else ()))
-    for net in taken:
-        rest = [piece for r in rest for piece in _minus(r, net)]
+    spans = sorted(
+        (int(n.network_address), int(n.broadcast_address)) for n in taken if n.version == row.family
+    )
+    rest: list[Network] = []
+    start, top = 0, (2**32 if row.family == 4 else 2**128) - 1
+    for lo, hi in spans:  # the gaps between the row's addresses, in one pass
+        if lo > start:
+            rest += _span(start, lo - 1, row.family)
+        start = max(start, hi + 1)
+        if len(rest) >= len(row.peers):
+            break
+    if start <= top:
+        rest += _span(start, top, row.family)
     if len(rest) < len(row.peers):
-        return "any except " + ", ".join(str(n) for n in sorted(rest, key=_order))
+        return "any except " + ", ".join(str(n) for n in rest)
     return ", ".join(map(str, row.peers))
 
 
-def _order(net: Network) -> tuple[int, int]:
-    return int(net.network_address), net.prefixlen
-
-
-def _minus(whole: Network, part: Network) -> list[Network]:
-    if not whole.overlaps(part):
-        return [whole]
-    if part.supernet_of(whole):  # type: ignore[arg-type]
-        return []
-    return list(whole.address_exclude(part))  # type: ignore[arg-type]
+def _span(lo: int, hi: int, family: int) -> list[Network]:
+    kind = IPv4Address if family == 4 else IPv6Address
+    return list(summarize_address_range(kind(lo), kind(hi)))
 
 
 def _what(row: Row) -> str:

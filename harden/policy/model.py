@@ -122,12 +122,12 @@ class Outbound:
 
     def admits(self, destination: Address, proto: Proto, port: int) -> bool:
         """Whether this entry lets a new ``proto`` connection to ``destination``:``port`` out."""
+        return self.reaches(destination, proto) and any(port in rng for rng in self.ports)
+
+    def reaches(self, destination: Address, proto: Proto) -> bool:
+        """Whether this entry lets new ``proto`` connections to ``destination`` out (some port)."""
         nets = self.destinations[family_of(destination)]
-        return (
-            proto == self.proto
-            and any(port in rng for rng in self.ports)
-            and (nets is None or any(destination in net for net in nets))
-        )
+        return proto == self.proto and (nets is None or any(destination in net for net in nets))
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,11 @@ class NftFirewall:
 
     def ruleset(self) -> dict[str, Any]:
         """The whole ruleset as libnftables JSON (every table, read only)."""
+        data: dict[str, Any] = json.loads(self.listing())
+        return data
+
+    def listing(self) -> str:
+        """``ruleset()`` as the JSON text libnftables prints."""
         self._nft.set_json_output(True)
         try:
             rc, out, err = self._run("list ruleset")
@@ -138,8 +143,7 @@ class NftFirewall:
             self._nft.set_json_output(False)
         if rc != 0:
             raise EnvironmentProblem(f"cannot list the ruleset: {one_line(err, 300)}")
-        data: dict[str, Any] = json.loads(out or "{}")
-        return data
+        return out or "{}"
 
     def identity(self) -> str | None:
         """``inet harden handle N``: the kernel numbers each new table afresh."""
