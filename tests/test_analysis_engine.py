@@ -702,3 +702,68 @@ def test_port_cells_alike_for_rules_and_manifest_are_judged_as_one_and_agree_cel
     assert leaked == {"22", "1500", "1999", "2500", "3000", "5000"}
     blocked = {str(p) for r in grouped if r[5] == "drop" and r[6] for p in r[2]}
     assert {"2600", "4000-4004", "4006-4010", "1000-1499"} <= blocked
+
+
+def test_a_reverse_path_filter_finds_the_route_back_as_the_packet_assumptions_say() -> None:
+    """firewalld's IPv6_rpfilter, ``fib saddr . mark . iif oif missing drop`` in prerouting:
+    a packet whose source is plausible for its interface has a route back, so the filter
+    drops nothing (it was "fib lookup" unknown); a test of the device's name stays unknown,
+    and so does a lookup by mark where a rule sets marks."""
+    pre = {"type": "filter", "hook": "prerouting", "prio": 0, "policy": "accept"}
+
+    def host(right: Any, *more: dict[str, Any]) -> Any:
+        rpf = {"fib": {"result": "oif", "flags": ["saddr", "mark", "iif"]}}
+        return parse(
+            ruleset(
+                chain("inet", "fw", "pre", **pre),
+                rule("inet", "fw", "pre", 3, match(rpf, right), DROP),
+                chain("inet", "fw", "in", **INPUT),
+                rule("inet", "fw", "in", 5, match(payload("tcp", "dport"), 22), ACCEPT),
+                *more,
+            )
+        )
+
+    six = packet(22, peer="2001:db8::9")
+    assert decide(host(False), six).verdict == "accept"  # "oif missing": never
+    assert decide(host(True), six).verdict == "drop"  # "oif exists": always
+    assert decide(host(False), packet(22)).verdict == "accept"
+    assert decide(host("eth0"), six).verdict == "unknown"
+    marks = rule("inet", "fw", "pre", 2, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}})
+    assert decide(host(False, marks), six).verdict == "unknown"
+
+
+def test_bridge_chains_that_only_accept_leave_the_matrix_known() -> None:
+    """firewalld's iptables backend makes ebtables-nft tables whose base chains jump to a
+    ``*_direct`` chain of counters, return and accept: they change no verdict, so they
+    no longer make every row unknown. A bridge chain that can drop still does."""
+    bridge_in = {"type": "filter", "hook": "input", "prio": -200, "policy": "accept"}
+    counter: dict[str, Any] = {"counter": {"packets": 0, "bytes": 0}}
+
+    def unknown(*direct: dict[str, Any]) -> list[str]:
+        items = [
+            chain("bridge", "filter", "INPUT", **bridge_in),
+            rule("bridge", "filter", "INPUT", 2, counter, {"jump": {"target": "INPUT_direct"}}),
+            chain("bridge", "filter", "INPUT_direct"),
+            *(rule("bridge", "filter", "INPUT_direct", 3 + n, d) for n, d in enumerate(direct)),
+        ]
+        return from_snapshot({"nftables": ruleset(*items)["nftables"]})[1]
+
+    assert unknown(counter, {"return": None}, ACCEPT) == []
+    assert unknown(counter, DROP) == ["bridge-family chains (bridge filter) are not modelled"]
+
+
+def test_xt_rpfilter_passes_as_the_packet_assumptions_say() -> None:
+    """firewalld's iptables backend: ``-m rpfilter --validmark --invert -j DROP``. The
+    source is plausible for its interface, so the check passes and the inverted match
+    fails; by mark it stays unknown where a rule sets marks."""
+    from dataclasses import replace
+
+    text = "*mangle\n:PREROUTING ACCEPT [0:0]\n"
+    text += "-A PREROUTING -m rpfilter --validmark --invert -j DROP\nCOMMIT\n"
+    [rules] = parse_save(text, "ip6").values()
+    rpfilter = rules[0].extensions[0]
+    assert rpfilter.name == "rpfilter"
+    assert xt.test(rpfilter, FACTS) is False
+    assert "mark" in str(xt.test(rpfilter, replace(FACTS, marks=True)))
+    plain = parse_save(text.replace(" --invert", ""), "ip6")
+    assert xt.test(next(iter(plain.values()))[0].extensions[0], FACTS) is True

@@ -358,7 +358,7 @@ def _statement(
     if name in ("counter", "log", "comment", "notrack", "mangle", "set", "meter"):
         return None
     if name == "xt":
-        return _xt(rule, statement, body, packet)
+        return _xt(ruleset, rule, statement, body, packet)
     if name in ("queue",):
         return [Path("unknown", (rule,), (Maybe("queue: a userspace program decides"),))]
     if name in ("snat", "masquerade"):
@@ -387,7 +387,7 @@ def _nat(rule: Rule, name: str, body: Any) -> list[Path]:
 
 
 def _xt(
-    rule: Rule, statement: Any, body: dict[str, Any], packet: Packet
+    ruleset: Ruleset, rule: Rule, statement: Any, body: dict[str, Any], packet: Packet
 ) -> bool | Maybe | list[Path] | None:
     """An iptables extension, decoded from iptables-nft-save when it was read."""
     kind, name = body.get("type", "match"), body.get("name", "?")
@@ -398,6 +398,7 @@ def _xt(
     facts = Facts(
         packet.hook, packet.proto, packet.dport, packet.sport, packet.peer,
         away=packet.daddr is not None, original_dport=packet.original_dport,
+        marks=ruleset.sets_marks,
     )  # fmt: skip
     found = xt.test(extension, facts)
     if isinstance(found, bool):
@@ -495,6 +496,17 @@ class _Local:
 LOCAL = _Local()
 
 
+class _RouteBack:
+    """A reverse-path lookup (``fib saddr . iif oif``) that finds a route back.
+
+    It leaves by the interface the packet came in on, since the packet's source is
+    plausible for it (a packet assumption; docs/design.md, "Why the model is sound").
+    """
+
+
+_ROUTE_BACK = _RouteBack()
+
+
 @dataclass(frozen=True)
 class _Own:
     """The host's own end of the packet, when its addresses are known: one of these."""
@@ -553,12 +565,13 @@ def _value(left: Any, packet: Packet, ruleset: Ruleset) -> Any:
             return _ORIGINAL[key](packet)
         return Maybe(f"ct {key}")
     if kind == "fib":
-        if (
-            body.get("result") == "type"
-            and "daddr" in body.get("flags", ())
-            and packet.hook == "input"
-        ):
+        flags = set(body.get("flags", ()))
+        if body.get("result") == "type" and "daddr" in flags and packet.hook == "input":
             return "local" if packet.daddr is None else "unicast"
+        if body.get("result") == "oif" and {"saddr", "iif"} <= flags and packet.hook == "input":
+            if "mark" in flags and ruleset.sets_marks:
+                return Maybe("fib lookup by mark: a rule sets marks on the way")
+            return _ROUTE_BACK  # a reverse-path filter (rp_filter, firewalld's IPv6_rpfilter)
         return Maybe("fib lookup")
     return Maybe(f"{kind} expression")
 
@@ -623,6 +636,11 @@ def _compare(op: str, value: Any, right: Any, ruleset: Ruleset, rule: Rule) -> b
         if len(answers) == 1:
             return answers.pop()
         return Maybe("this host's own address (the rule tells its addresses apart)")
+    if value is _ROUTE_BACK:
+        # "oif missing" / "oif exists": the route exists; which device it names is not read.
+        if op in ("==", "!=") and elements and all(isinstance(e, bool) for e in elements):
+            return (True in elements) == (op == "==")
+        return Maybe("fib lookup of the device a reverse route leaves by")
     if value is LOCAL:
         # A unicast address is never a multicast one; any other comparison needs to know
         # which of the host's addresses the packet is for.

@@ -8,6 +8,7 @@ its packets apart. docs/design.md, "Reading the live ruleset".
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ class Row:
             iface: "any" if self.ifaces == (OTHER,) else list(self.ifaces),
             "verdict": self.verdict,
             "rules": [r.to_json() for r in self.decision.rules],
-            "managers": sorted({manager(r) for r in self.decision.rules}),
+            "managers": managers(self.decision.rules),
         }
         if self.decision.unknown:
             out["unknown"] = list(self.decision.unknown)
@@ -94,16 +95,45 @@ class Row:
         return out
 
 
+def managers(rules: tuple[Rule, ...]) -> list[str]:
+    """The tools that own the rules deciding a row.
+
+    A base chain's policy that lets the packet on (``policy accept``) counts only when
+    nothing else decided.
+    """
+    passed = ("policy accept",)
+    deciding = [r for r in rules if not (r.handle == 0 and r.expr == passed)] or rules
+    return sorted({manager(r) for r in deciding})
+
+
 def manager(rule: Rule) -> str:
-    """Which tool owns a rule, by its table and chain names."""
-    name = f"{rule.table} {rule.chain}".lower()
-    for marker, owner in (
-        ("harden", "harden"), ("ufw", "ufw"), ("firewalld", "firewalld"),
-        ("docker", "Docker"), ("kube", "kube-proxy"), ("libvirt", "libvirt"),
-    ):  # fmt: skip
-        if marker in name:
-            return owner
+    """Which tool owns a rule, by its table and chain names (or the chain it jumps to)."""
+    targets = [
+        e[kind]["target"]
+        for e in rule.expr
+        if isinstance(e, dict)
+        for kind in ("jump", "goto")
+        if kind in e and isinstance(e[kind], dict)
+    ]
+    for chain in (rule.chain, *targets):
+        name = f"{rule.table} {chain}".lower()
+        for marker, owner in (
+            ("harden", "harden"), ("ufw", "ufw"), ("firewalld", "firewalld"),
+            ("docker", "Docker"), ("kube", "kube-proxy"), ("libvirt", "libvirt"),
+        ):  # fmt: skip
+            if marker in name:
+                return owner
+        if _FIREWALLD_CHAINS.match(chain):
+            return "firewalld"  # its iptables backend names no table of its own
     return "unknown"
+
+
+# The chains firewalld's iptables backend makes (zones, policies, direct rules).
+_FIREWALLD_CHAINS = re.compile(
+    r"(INPUT|FORWARD|OUTPUT|PREROUTING|POSTROUTING)_(ZONES|direct|POLICIES_pre|POLICIES_post)$"
+    r"|FORWARD_(IN|OUT)_ZONES$|RFC3964_IPv4$"
+    r"|(IN|FWDI|FWDO|FWD|PRE|POST)_[A-Za-z0-9-]+(_(allow|deny|log|pre|post|rule))?$"
+)
 
 
 def matrix(

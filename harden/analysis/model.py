@@ -193,12 +193,44 @@ def from_snapshot(data: Mapping[str, Any]) -> tuple[Ruleset, list[str]]:
             ruleset = replace(ruleset, local=local, routes=tuple(routes))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise EnvironmentProblem(f"not a ruleset snapshot ({type(exc).__name__}: {exc})") from None
+    # Bridged frames are not modelled; bridge base chains that can only accept (the
+    # ebtables-nft tables firewalld's iptables backend makes) change nothing.
     bridged = sorted(
-        {f"bridge {c.table}" for c in ruleset.chains.values() if c.family == "bridge" and c.hook}
+        {
+            f"bridge {c.table}"
+            for c in ruleset.chains.values()
+            if c.family == "bridge" and c.hook and not _only_accepts(ruleset, c)
+        }
     )
     if bridged:
         unknown.append(f"bridge-family chains ({', '.join(bridged)}) are not modelled")
     return ruleset, unknown
+
+
+# Statements that neither drop nor hand the packet elsewhere: matches, counters, logs.
+_HARMLESS = {"match", "counter", "log", "comment", "accept", "return", "jump", "goto"}
+
+
+def _only_accepts(ruleset: Ruleset, chain: Chain) -> bool:
+    """Whether every way through ``chain`` (and the chains it calls) ends in an accept."""
+    todo, seen = [chain], set()
+    while todo:
+        current = todo.pop()
+        key = (current.family, current.table, current.name)
+        if key in seen:
+            continue
+        seen.add(key)
+        if current.policy != "accept":
+            return False
+        for e in (e for rule in current.rules for e in rule.expr):
+            if not (isinstance(e, dict) and len(e) == 1 and set(e) <= _HARMLESS):
+                return False
+            for kind in set(e) & {"jump", "goto"}:
+                called = ruleset.chains.get((current.family, current.table, e[kind]["target"]))
+                if called is None:
+                    return False
+                todo.append(called)
+    return True
 
 
 def _devices(head: Mapping[str, Any]) -> tuple[str, ...]:

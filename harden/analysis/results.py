@@ -40,6 +40,8 @@ def manifest_cuts(policy: Policy, hook: str) -> Cuts:
         nets = {n for a in policy.allows for f in (4, 6) for n in a.sources[f] or ()}
         dhcp = {(547, 546)} if policy.dhcpv6 else set()
         nets |= {LINK_LOCAL} if policy.dhcpv6 else set()
+    elif policy.egress == "accept":
+        return Cuts()  # the manifest says nothing of what leaves the host
     else:
         ranges = [r for o in policy.outbound for r in o.ports]
         nets = {n for o in policy.outbound for f in (4, 6) for n in o.destinations[f] or ()}
@@ -69,13 +71,13 @@ def expectation(policy: Policy, hook: str) -> Expect:
     def ranges(peer: Address, proto: Proto) -> tuple[PortRange, ...]:
         if hook == "input":
             return tuple(rng for rng, _ in policy.allowed_from(peer, proto))
-        if policy.egress == "accept":
-            return (PortRange(1, 65535),)  # no output chain: harden filters nothing outbound
         return tuple(rng for o in policy.outbound if o.reaches(peer, proto) for rng in o.ports)
 
     def test(proto: Proto, sport: int, peer: Address, iface: str) -> Callable[[int], bool | None]:
         if hook == "input" and peer.is_loopback:
             return lambda port: None
+        if hook == "output" and policy.egress == "accept":
+            return lambda port: None  # the manifest says nothing of what leaves the host
         if trusted(iface):
             return lambda port: True
         dhcp = (_dhcp_in if hook == "input" else _dhcp_out)(policy, proto, sport, peer)
@@ -189,7 +191,8 @@ class Analysis:
         if self.manifest is not None:
             lines += [f"LEAK: {row_text(r)}" for r in self.leaks]
             lines += [
-                f"BLOCKED: declared {_what(r)} is {r.verdict}ped by {_by(r)}" for r in self.blocked
+                f"BLOCKED: declared {_what(r)} is {_PAST[r.verdict]} by {_by(r)}"
+                for r in self.blocked
             ]
             verdict = {0: "matches", 1: "does not match", 5: "cannot be decided against"}[
                 int(self.exit_status)
@@ -211,6 +214,9 @@ class Analysis:
                 f"{_short(peers)} | {_short(iface)} | {r.verdict} | {rules} |"
             )
         return "\n".join(lines) + "\n"
+
+
+_PAST = {"drop": "dropped", "reject": "rejected"}
 
 
 def _short(value: Any) -> str:

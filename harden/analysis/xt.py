@@ -106,6 +106,7 @@ class Facts:
     peer: Any  # an IPv4Address or IPv6Address
     away: bool = False  # a DNAT sent it to another host: its destination is not LOCAL
     original_dport: int | None = None  # after a DNAT: the port it was sent to
+    marks: bool = False  # a rule of the ruleset sets marks
 
 
 @dataclass(frozen=True)
@@ -142,11 +143,26 @@ def test(extension: Extension, facts: Facts) -> bool | str | Nat:
         return _iprange(extension, facts)
     if name in ("tcp", "udp"):
         return _ports_match(extension, facts)
+    if name == "rpfilter":
+        return _rpfilter(extension, facts)
     if name == "owner":
         return "keyed: owner"
     if name in ("limit", "hashlimit", "recent", "connlimit"):
         return f"keyed: {name} (the rate a sender chooses)"  # ufw's "limit" is recent
     return f"xt match {name} ({NOT_DECODED})"
+
+
+def _rpfilter(extension: Extension, facts: Facts) -> bool | str:
+    """A reverse-path check passes.
+
+    The packet's source is plausible for its interface (a packet assumption, as for nft's
+    ``fib saddr . iif oif``); with ``--validmark``, only while no rule sets marks.
+    """
+    if facts.hook != "input":
+        return "xt match rpfilter outside the input path"
+    if extension.option("--validmark") is not None and facts.marks:
+        return "xt match rpfilter by mark: a rule sets marks on the way"
+    return extension.option("--invert") is None
 
 
 def _negate(result: bool, found: tuple[tuple[str, ...], bool] | None) -> bool:
