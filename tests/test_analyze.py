@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from harden.lab.netns import Namespace, connect
 
@@ -398,3 +399,111 @@ def test_every_shipped_ruleset_applied_is_exactly_its_manifest(
     code, data = analyze(ns, "--manifest", manifest)
     assert (code, data["leaks"], data["blocked"], data["unknown"]) == (0, [], [], [])
     assert not [r for r in data["rows"] if r["verdict"] == "unknown"]
+
+
+# libvirt's default network (as libvirt 9's iptables firewall makes it on Debian 12), on
+# a lab range: DNS and DHCP for the guests on virbr0, their forwarding and masquerade.
+LIBVIRT = """*filter
+:LIBVIRT_INP - [0:0]
+:LIBVIRT_OUT - [0:0]
+:LIBVIRT_FWO - [0:0]
+:LIBVIRT_FWI - [0:0]
+:LIBVIRT_FWX - [0:0]
+-A INPUT -j LIBVIRT_INP
+-A FORWARD -j LIBVIRT_FWX
+-A FORWARD -j LIBVIRT_FWI
+-A FORWARD -j LIBVIRT_FWO
+-A OUTPUT -j LIBVIRT_OUT
+-A LIBVIRT_INP -i virbr0 -p udp -m udp --dport 53 -j ACCEPT
+-A LIBVIRT_INP -i virbr0 -p tcp -m tcp --dport 53 -j ACCEPT
+-A LIBVIRT_INP -i virbr0 -p udp -m udp --dport 67 -j ACCEPT
+-A LIBVIRT_INP -i virbr0 -p tcp -m tcp --dport 67 -j ACCEPT
+-A LIBVIRT_OUT -o virbr0 -p udp -m udp --dport 53 -j ACCEPT
+-A LIBVIRT_OUT -o virbr0 -p tcp -m tcp --dport 53 -j ACCEPT
+-A LIBVIRT_OUT -o virbr0 -p udp -m udp --dport 68 -j ACCEPT
+-A LIBVIRT_OUT -o virbr0 -p tcp -m tcp --dport 68 -j ACCEPT
+-A LIBVIRT_FWO -s 198.19.122.0/24 -i virbr0 -j ACCEPT
+-A LIBVIRT_FWO -i virbr0 -j REJECT --reject-with icmp-port-unreachable
+-A LIBVIRT_FWI -d 198.19.122.0/24 -o virbr0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A LIBVIRT_FWI -o virbr0 -j REJECT --reject-with icmp-port-unreachable
+-A LIBVIRT_FWX -i virbr0 -o virbr0 -j ACCEPT
+COMMIT
+*nat
+:LIBVIRT_PRT - [0:0]
+-A POSTROUTING -j LIBVIRT_PRT
+-A LIBVIRT_PRT -s 198.19.122.0/24 -d 224.0.0.0/24 -j RETURN
+-A LIBVIRT_PRT -s 198.19.122.0/24 -d 255.255.255.255/32 -j RETURN
+-A LIBVIRT_PRT -s 198.19.122.0/24 ! -d 198.19.122.0/24 -p tcp -j MASQUERADE --to-ports 1024-65535
+-A LIBVIRT_PRT -s 198.19.122.0/24 ! -d 198.19.122.0/24 -p udp -j MASQUERADE --to-ports 1024-65535
+-A LIBVIRT_PRT -s 198.19.122.0/24 ! -d 198.19.122.0/24 -j MASQUERADE
+COMMIT
+*mangle
+:LIBVIRT_PRT - [0:0]
+-A POSTROUTING -j LIBVIRT_PRT
+-A LIBVIRT_PRT -o virbr0 -p udp -m udp --dport 68 -j CHECKSUM --checksum-fill
+COMMIT
+"""
+
+
+def guest_meets(guest: Namespace, port: int) -> str:
+    """What a guest on virbr0 meets connecting to the host's tcp/``port``."""
+    code = (
+        "import socket, sys\n"
+        "try: socket.create_connection(('198.19.122.1', int(sys.argv[1])), timeout=2).close()\n"
+        "except TimeoutError: print('silent')\n"
+        "except OSError: print('answered')\n"
+        "else: print('answered')\n"
+    )
+    return guest.run([sys.executable, "-c", code, str(port)], check=False).stdout.strip()
+
+
+def test_libvirts_guest_services_are_read_and_trusting_its_bridge_is_what_opens_them(
+    netns: NsFactory, tmp_path: Path
+) -> None:
+    """libvirt's rules accept DNS and DHCP from its guests on virbr0 (iptables, decoded from
+    iptables-nft-save, labelled libvirt). harden beside them drops those as undeclared (a
+    guest meets silence); with ``trusted_interfaces: [virbr0]`` they are accepted again
+    and the manifest expects it. A guest's connection agrees each time."""
+    host, guest = netns("lv"), netns("lg")
+    host.run(["ip", "link", "add", "virbr0", "type", "bridge"])
+    host.run(["ip", "addr", "add", "198.19.122.1/24", "dev", "virbr0"])
+    host.run(["ip", "link", "set", "virbr0", "up"])
+    port, _ = connect(host, guest, [], ["198.19.122.10/24"])
+    host.run(["ip", "link", "set", port, "master", "virbr0", "up"])
+    host.run(["iptables-restore", "-n"], input=LIBVIRT)
+    code, data = analyze(host, "--hook", "input")
+    assert code == 0 and data["unknown"] == []
+    assert all("not decoded" not in " ".join(r.get("unknown", [])) for r in data["rows"])
+    for proto in ("tcp", "udp"):
+        for dport in ("53", "67"):
+            [row] = [
+                r
+                for r in data["rows"]
+                if (r["family"], r["proto"], r["dports"], r["iifname"])
+                == ("ipv4", proto, dport, ["virbr0"])
+            ]
+            assert row["verdict"] == "accept" and row["managers"] == ["libvirt"], row
+    assert guest_meets(guest, 53) == "answered"  # accepted; nothing listens: a RST
+    state: list[str | Path] = ["--state-dir", tmp_path / "state", "--no-persist"]
+    state += ["--root", tmp_path]  # boot files: never the machine's own
+    assert harden(host, "apply", WEB, *state).returncode == 0
+    code, data = analyze(host, "--hook", "input", "--manifest", WEB)
+    assert code == 0, data["leaks"] + data["blocked"]
+    dns = [r for r in data["rows"] if r["dports"] == "53" and r["iifname"] == ["virbr0"]]
+    assert dns == [], dns  # a plain drop: not shown
+    assert guest_meets(guest, 53) == "silent"
+    trusting = tmp_path / "trusting.yaml"
+    manifest = yaml.safe_load(WEB.read_text())
+    manifest["policy"]["trusted_interfaces"] = ["virbr0"]
+    trusting.write_text(yaml.safe_dump(manifest))
+    assert harden(host, "apply", trusting, *state).returncode == 0
+    code, data = analyze(host, "--hook", "input", "--manifest", trusting)
+    assert code == 0, data["leaks"] + data["blocked"]
+    bridge = [r for r in data["rows"] if r["iifname"] == ["virbr0"]]
+    assert {(r["family"], r["proto"]) for r in bridge} == {
+        (f, p) for f in ("ipv4", "ipv6") for p in ("tcp", "udp")
+    }
+    assert all((r["verdict"], r["declared"]) == ("accept", True) for r in bridge), bridge
+    [dns] = [r for r in bridge if (r["family"], r["proto"], r["dports"]) == ("ipv4", "tcp", "53")]
+    assert dns["managers"] == ["harden", "libvirt"], dns
+    assert guest_meets(guest, 53) == "answered"
