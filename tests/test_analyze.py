@@ -507,3 +507,19 @@ def test_libvirts_guest_services_are_read_and_trusting_its_bridge_is_what_opens_
     [dns] = [r for r in bridge if (r["family"], r["proto"], r["dports"]) == ("ipv4", "tcp", "53")]
     assert dns["managers"] == ["harden", "libvirt"], dns
     assert guest_meets(guest, 53) == "answered"
+
+
+def test_route_localnet_is_said_beside_the_rows(netns: NsFactory, tmp_path: Path) -> None:
+    """route_localnet (kube-proxy turns it on) delivers packets from the link to 127.0.0.1:
+    the rows, for the host's own addresses, cannot show it, so analyze says so in a
+    note (verify --witness carries it too: tests/test_crosscheck.py)."""
+    ns = applied(netns, WEB, tmp_path)
+    code, data = analyze(ns, "--hook", "input")
+    assert code == 0 and data["notes"] == []
+    ns.run(["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"])
+    code, data = analyze(ns, "--hook", "input", "--manifest", WEB)
+    assert code == 0, data
+    [note] = data["notes"]
+    assert note.startswith("route_localnet is on (every interface)"), note
+    text = harden(ns, "analyze", "--hook", "input").stdout
+    assert "note: route_localnet is on" in text

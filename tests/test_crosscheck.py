@@ -200,3 +200,20 @@ def test_a_targeted_probe_that_got_nothing_is_said_to_disagree() -> None:
     judge_static(report, check, [TARGET], [(probe, None)])
     assert report.entries[-1].status is Status.FAIL
     assert report.entries[-1].detail.endswith("was silent (model disagreement)")
+
+
+def test_the_targets_route_localnet_reaches_the_witness_report_as_a_note() -> None:
+    """A target with route_localnet on: its counters' snapshot says so, and the report
+    carries the note beside its verdict (which the note does not change)."""
+    from harden.analysis.crosscheck import static_check
+    from harden.manifest.parse import manifest_from_text
+    from harden.policy.model import build_policy
+
+    policy = build_policy(manifest_from_text("version: 1\nservices: []\n", "m.yaml"))
+    snapshot = {"nftables": [], "addresses": [], "routes": [], "route_localnet": ["eth0"]}
+    check = static_check(policy, snapshot)
+    report = declared(Observed.OPEN)
+    judge_static(report, check, [TARGET], [])
+    assert [n for n in report.notes if "route_localnet is on (eth0)" in n], report.notes
+    quiet = static_check(policy, {**snapshot, "route_localnet": []})
+    assert quiet.notes == ()

@@ -12,9 +12,10 @@ import json
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import replace
+from pathlib import Path
 
 from harden.analysis.engine import Packet, decide
-from harden.analysis.model import Ruleset, Snapshot, from_snapshot
+from harden.analysis.model import Ruleset, Snapshot, from_snapshot, host_notes
 from harden.analysis.results import Analysis, Explanation, judged_rows
 from harden.apply.hostinfo import legacy_note, legacy_rules, local_addresses, main_routes, nft_saves
 from harden.backends.nftables.firewall import NftFirewall
@@ -43,8 +44,19 @@ def snapshot() -> Snapshot:
         "saves": nft_saves() if xt else {},
         "addresses": local_addresses(),
         "routes": main_routes(),
+        "route_localnet": _route_localnet(),
         "unknown": unknown,
     }
+
+
+def _route_localnet() -> list[str]:
+    """The interfaces (or ``all``) with route_localnet on: they deliver packets to 127/8."""
+    found = []
+    for conf in sorted(Path("/proc/sys/net/ipv4/conf").glob("*/route_localnet")):
+        with suppress(OSError):
+            if conf.read_text().strip() == "1":
+                found.append(conf.parent.name)
+    return found
 
 
 def _give_back() -> None:
@@ -70,8 +82,10 @@ def analyze(
     progress: Callable[[str, int], None] = lambda what, cells: None,
 ) -> Analysis:
     """The exposure matrix of ``hooks``, compared with ``policy`` if given."""
-    ruleset, unknown = live_ruleset()
-    return Analysis(hooks, judged_rows(ruleset, hooks, policy, progress), manifest, unknown)
+    found = snapshot()
+    ruleset, unknown = from_snapshot(found)
+    rows = judged_rows(ruleset, hooks, policy, progress)
+    return Analysis(hooks, rows, manifest, unknown, host_notes(found))
 
 
 def explain(packet: Packet) -> Explanation:

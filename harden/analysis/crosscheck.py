@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harden.analysis.matrix import OTHER, Row
-from harden.analysis.model import Snapshot, from_snapshot
+from harden.analysis.model import Snapshot, from_snapshot, host_notes
 from harden.analysis.results import Analysis, judged_rows
 from harden.errors import EnvironmentProblem
 from harden.manifest.ports import PortRange
@@ -46,6 +46,7 @@ class StaticCheck:
     # Why no cell can be trusted (rules nft cannot show, a snapshot that cannot be read):
     # then the analysis judges nothing and every port is left to the probes.
     unknown: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # what the host's settings expose beyond the rows
 
     def targeted(self, sources: dict[Family, Address]) -> list[Targeted]:
         """Probes for the leaks keyed on a source port, from the prober's own address."""
@@ -87,4 +88,9 @@ def static_check(policy: Policy, data: Snapshot) -> StaticCheck:
     # there is a leak the egress probes (root's, unmarked) cannot see.
     hooks = ("input",) if policy.egress == "accept" else ("input", "output")
     analysis = Analysis(hooks, judged_rows(ruleset, hooks, policy), "the manifest")
-    return StaticCheck(tuple(analysis.leaks), tuple(analysis.blocked), tuple(analysis.uncertain))
+    return StaticCheck(
+        tuple(analysis.leaks),
+        tuple(analysis.blocked),
+        tuple(analysis.uncertain),
+        notes=tuple(host_notes(data)),
+    )

@@ -233,6 +233,20 @@ def _only_accepts(ruleset: Ruleset, chain: Chain) -> bool:
     return True
 
 
+def host_notes(snapshot: Snapshot) -> list[str]:
+    """What the host's settings expose beyond the rows (the rows are for its own addresses)."""
+    notes = []
+    localnet = [str(name) for name in snapshot.get("route_localnet", ())]
+    if localnet:
+        where = "every interface" if "all" in localnet else ", ".join(localnet)
+        notes.append(
+            f"route_localnet is on ({where}): a packet from the link to 127.0.0.0/8 is "
+            "delivered, so a service bound to 127.0.0.1 answers it wherever the rows accept "
+            "its port (kube-proxy turns this on for NodePorts on localhost)"
+        )
+    return notes
+
+
 def _devices(head: Mapping[str, Any]) -> tuple[str, ...]:
     found = head.get("dev", head.get("device", ()))
     return (found,) if isinstance(found, str) else tuple(found)

@@ -136,6 +136,8 @@ class Analysis:
     manifest: str | None = None
     # Reasons every row is uncertain (rules nft cannot show, such as iptables-legacy).
     unknown: list[str] = field(default_factory=list)
+    # What the host's settings expose beyond the rows (model.host_notes).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def shown(self) -> list[Row]:
@@ -177,6 +179,7 @@ class Analysis:
             "hooks": list(self.hooks),
             "rows": [r.to_json() for r in self.shown],
             "unknown": list(self.unknown),
+            "notes": list(self.notes),
         }
         if self.manifest is not None:
             out["manifest"] = self.manifest
@@ -188,6 +191,7 @@ class Analysis:
         """One line per row that is not a plain drop, then the findings against the manifest."""
         lines = [row_text(r) for r in self.shown] or ["every new packet is dropped"]
         lines += [f"unknown: {reason}" for reason in self.unknown]
+        lines += [f"note: {note}" for note in self.notes]
         if self.manifest is not None:
             lines += [f"LEAK: {row_text(r)}" for r in self.leaks]
             lines += [

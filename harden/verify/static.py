@@ -38,6 +38,7 @@ def judge_static(
     """Add the static findings about ``targets`` (the witness's own addresses) to ``report``."""
     for reason in check.unknown:
         report.notes.append(f"analysis: {reason}; every port is left to the probes (probe only)")
+    report.notes += [f"analysis: {note}" for note in check.notes]
     for row in check.leaks:
         first = next((t for t in targets if t.family == row.family), None)
         if first is not None:
