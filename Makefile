@@ -126,6 +126,7 @@ bench: install
 	$(PY) -m bench.reload
 	$(PY) -m bench.egress
 	$(PY) -m bench.analyze
+	$(PY) -m bench.diff
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

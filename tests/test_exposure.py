@@ -778,3 +778,57 @@ def test_egress_old_to_new_is_the_inverse_of_new_to_old_and_exact(a: str, b: str
     check_egress_exact(pa, pb, forward)
     check_egress_exact(pb, pa, backward)
     assert not exposure_diff(pa, pa, "a", "a").changed
+
+
+def _networks_strategy() -> Any:
+    from hypothesis import strategies as st
+
+    v4 = st.builds(
+        lambda a, p: ipaddress.ip_network((a, p), strict=False),
+        st.integers(0, 2**32 - 1).map(lambda a: (a & 0x00FF_FFFF) | 0x0A00_0000),  # 10/8
+        st.integers(20, 32),
+    )
+    v6 = st.builds(
+        lambda a, p: ipaddress.ip_network((a, p), strict=False),
+        st.integers(0, 2**16 - 1).map(lambda a: (0xFD00 << 112) | (a << 96)),
+        st.integers(100, 128),
+    )
+    return st.lists(st.one_of(v4, v6), max_size=40).map(tuple)
+
+
+def test_the_interval_arithmetic_agrees_with_ipaddress_on_random_networks() -> None:
+    """_minus and _collapse (sorted intervals, n log n) give exactly what ipaddress's own
+    collapse_addresses and address_exclude give, taken one network at a time (the form
+    that took 102 s for 10,000 sources against 10,000)."""
+    from hypothesis import given, settings
+
+    from harden.policy.exposure import _collapse, _minus
+
+    def reference_minus(a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
+        out = []
+        for net in a:
+            pieces = [net]
+            for cut in b:
+                nxt = []
+                for piece in pieces:
+                    if piece.version != cut.version or not piece.overlaps(cut):
+                        nxt.append(piece)
+                    elif not piece.subnet_of(cut):
+                        nxt += piece.address_exclude(cut)
+                pieces = nxt
+            out += pieces
+        return reference_collapse(out)
+
+    def reference_collapse(nets: Iterable[Any]) -> list[Any]:
+        nets = list(nets)
+        four = ipaddress.collapse_addresses(n for n in nets if n.version == 4)
+        six = ipaddress.collapse_addresses(n for n in nets if n.version == 6)
+        return [*four, *six]
+
+    @settings(max_examples=300, deadline=None)
+    @given(_networks_strategy(), _networks_strategy())
+    def agree(a: tuple[Any, ...], b: tuple[Any, ...]) -> None:
+        assert list(_collapse(a)) == reference_collapse(a)
+        assert list(_minus(a, b)) == reference_minus(a, b)
+
+    agree()

@@ -35,7 +35,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, collapse_addresses
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, summarize_address_range
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -247,27 +247,74 @@ def _sources_at(rules: list[_Rule], port: int) -> Sources:
 
 
 def _collapse(nets: Iterable[Network]) -> tuple[Network, ...]:
+    """The fewest networks that hold exactly the addresses of ``nets``, IPv4 first."""
     nets = list(nets)
-    v4 = collapse_addresses(n for n in nets if isinstance(n, IPv4Network))
-    v6 = collapse_addresses(n for n in nets if isinstance(n, IPv6Network))
-    return (*v4, *v6)
+    return _networks({v: _spans(n for n in nets if n.version == v) for v in (4, 6)})
 
 
 def _minus(a: tuple[Network, ...], b: tuple[Network, ...]) -> tuple[Network, ...]:
-    """The networks of ``a`` outside every network of ``b`` (both of one family)."""
+    """The networks of ``a`` outside every network of ``b``, of either family.
+
+    On sorted address intervals, in one sweep: n log n, where taking each network of ``b``
+    out of each of ``a`` in turn was quadratic (102 s for 10,000 sources against 10,000).
+    """
+    return _networks(
+        {
+            v: _subtract(
+                _spans(n for n in a if n.version == v), _spans(n for n in b if n.version == v)
+            )
+            for v in (4, 6)
+        }
+    )
+
+
+def _networks(spans: dict[int, list[tuple[int, int]]]) -> tuple[Network, ...]:
+    """Each family's intervals as the fewest networks, IPv4 first."""
     out: list[Network] = []
-    for net in a:
-        pieces: list[Network] = [net]
-        for cut in b:
-            nxt: list[Network] = []
-            for piece in pieces:
-                if piece.version != cut.version or not piece.overlaps(cut):
-                    nxt.append(piece)
-                elif not piece.subnet_of(cut):  # type: ignore[arg-type]
-                    nxt += piece.address_exclude(cut)  # type: ignore[arg-type]
-            pieces = nxt
-        out += pieces
-    return _collapse(out)
+    for version, (kind, net, bits) in ((4, _V4), (6, _V6)):
+        for low, high in spans[version]:
+            size = high - low + 1
+            if size & (size - 1) == 0 and low % size == 0:  # one whole network
+                out.append(net((low, bits - size.bit_length() + 1)))
+            else:
+                out += summarize_address_range(kind(low), kind(high))
+    return tuple(out)
+
+
+_V4 = (IPv4Address, IPv4Network, 32)
+_V6 = (IPv6Address, IPv6Network, 128)
+
+
+def _spans(nets: Iterable[Network]) -> list[tuple[int, int]]:
+    """Networks as sorted, merged, inclusive address intervals."""
+    spans: list[tuple[int, int]] = []
+    bounds = []
+    for n in nets:
+        low = int(n.network_address)
+        bounds.append((low, low + (1 << (n.max_prefixlen - n.prefixlen)) - 1))
+    for low, high in sorted(bounds):
+        if spans and low <= spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], max(high, spans[-1][1]))
+        else:
+            spans.append((low, high))
+    return spans
+
+
+def _subtract(keep: list[tuple[int, int]], cut: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """What of the sorted, merged intervals ``keep`` no interval of ``cut`` holds."""
+    out, j = [], 0
+    for low, high in keep:
+        while j < len(cut) and cut[j][1] < low:
+            j += 1  # cuts wholly before this interval: before every later one too
+        k = j
+        while low <= high and k < len(cut) and cut[k][0] <= high:
+            if cut[k][0] > low:
+                out.append((low, cut[k][0] - 1))
+            low = max(low, cut[k][1] + 1)
+            k += 1
+        if low <= high:
+            out.append((low, high))
+    return out
 
 
 def _port_changes(old: list[_Rule], new: list[_Rule]) -> dict[_Key, list[PortRange]]:
