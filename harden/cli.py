@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -21,6 +23,7 @@ from harden.errors import (
     EnvironmentProblem,
     ExitStatus,
     HardenError,
+    Interrupted,
     OptionConflict,
     OptionError,
 )
@@ -249,6 +252,25 @@ def _metrics_when_down(fmt: str, output: Path | None, down: Callable[[int], str]
             with suppress(Exception):  # the error itself is what the operator must see
                 write_atomic(output, down(status), mode=0o644)
         raise
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Within: SIGTERM and SIGHUP unwind the program as Ctrl-C does (errors.Interrupted).
+
+    A cancelled or timed-out CI job sends SIGTERM, a closed terminal SIGHUP: the lab then
+    removes its namespaces, their processes and its temp directory on the way out.
+    """
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _write(output: Path | None, text: str) -> None:
@@ -844,6 +866,12 @@ def sink(senders: str, duration: float) -> None:
     help="Apply this manifest instead (a change to test): verification still "
     "expects MANIFEST, so a broken change is rolled back.",
 )
+@click.option(
+    "--reap",
+    is_flag=True,
+    help="Remove the lab namespaces (hl-*) of runs that are gone, and their processes; "
+    "run nothing else.",
+)
 @FORMAT
 def lab(
     manifest: Path | None,
@@ -852,6 +880,7 @@ def lab(
     ports: str,
     apply_manifest: Path | None,
     fmt: str,
+    reap: bool,
 ) -> None:
     """Show the whole loop in throwaway network namespaces.
 
@@ -861,20 +890,29 @@ def lab(
     confirm window, verification from every vantage point, and confirm on PASS or
     rollback on FAIL. A manifest that restricts egress also gets the egress proof
     before and after, with the outside host as the sink. Nothing outside the lab's
-    namespaces is touched.
+    namespaces is touched. SIGTERM, SIGHUP and Ctrl-C remove the namespaces, their
+    processes and the temp directory (exit 143, 129, 130); --reap removes what a run
+    killed outright (SIGKILL) left.
     """
     from harden.lab.scenario import run_lab
 
+    if reap:
+        from harden.lab.netns import reap as reap_namespaces
+
+        gone = reap_namespaces("hl")
+        echo("\n".join(f"removed {name}" for name in gone) or "no stale lab namespaces")
+        return
     path = manifest or Path(__file__).resolve().parent.parent / "rulesets" / "web-server.yaml"
     progress = (lambda m: None) if fmt == "json" else (lambda m: echo(f"» {m}", err=True))
-    result = run_lab(
-        path,
-        backend,
-        confirm_window=confirm_window,
-        progress=progress,
-        ports=_request(lambda: PortSelection.parse(ports)),
-        apply_manifest=apply_manifest,
-    )
+    with _interruptible():
+        result = run_lab(
+            path,
+            backend,
+            confirm_window=confirm_window,
+            progress=progress,
+            ports=_request(lambda: PortSelection.parse(ports)),
+            apply_manifest=apply_manifest,
+        )
     echo(json.dumps(result.to_json(), indent=2) if fmt == "json" else result.to_text())
     raise click.exceptions.Exit(ExitStatus.OK if result.ok else ExitStatus.FAILED)
 
@@ -1059,9 +1097,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = f" (see '{exc.ctx.command_path} --help')"
         echo(f"harden: error: {one_line(exc.format_message())}{hint}", err=True)
         return ExitStatus.USAGE
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, Interrupted):
+            name = signal.Signals(cause.signum).name
+            echo(f"harden: interrupted by {name}; what this run made is removed", err=True)
+            return 128 + cause.signum
         echo("harden: interrupted", err=True)
         return 130
+    except Interrupted as exc:  # outside click's own handling
+        echo(f"harden: interrupted by {signal.Signals(exc.signum).name}", err=True)
+        return 128 + exc.signum
     except HardenError as exc:
         if debug:
             raise

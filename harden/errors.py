@@ -122,3 +122,16 @@ class CommandFailed(EnvironmentProblem):
         err = one_line(stderr or "", 400)
         shown = subprocess.list2cmdline(cmd)
         super().__init__(f"{shown} exited {returncode}" + (f": {err}" if err else ""))
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that it unwinds as on Ctrl-C.
+
+    A CI job that is cancelled or times out sends SIGTERM; whatever the program built
+    (the lab's namespaces, their processes, its temp directory) is removed on the way out,
+    and the exit status is 128 + the signal's number (143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

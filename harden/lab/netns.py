@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import uuid
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -24,6 +28,44 @@ def require_root(what: str) -> None:
 def unique_name(prefix: str) -> str:
     """A namespace name no parallel or aborted run will collide with."""
     return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+_OURS = re.compile(r"^(?P<prefix>[a-z0-9-]+)-(?P<pid>[0-9]+)-[0-9a-f]{6}$")
+
+
+def _remove(name: str) -> None:
+    """Kill every process in namespace ``name``, then delete it."""
+    pids = subprocess.run(
+        ["ip", "netns", "pids", name], check=False, capture_output=True, text=True
+    ).stdout.split()
+    for pid in pids:
+        with suppress(ProcessLookupError, ValueError, PermissionError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def reap(prefix: str) -> list[str]:
+    """Remove the namespaces named ``prefix-...`` by unique_name whose run is gone.
+
+    The run's process id is in the name: a namespace whose process no longer exists (a
+    run killed outright, or a machine's crash) is removed with its processes; a live
+    run's are left alone.
+    """
+    require_root("reaping lab namespaces")
+    listed = subprocess.run(
+        ["ip", "-j", "netns", "list"], check=False, capture_output=True, text=True
+    ).stdout
+    names = [str(entry["name"]) for entry in json.loads(listed or "[]")]
+    gone = []
+    for name in names:
+        found = _OURS.match(name)
+        if found is None or not name.startswith(prefix + "-"):
+            continue
+        if Path(f"/proc/{found['pid']}").exists():
+            continue
+        _remove(name)
+        gone.append(name)
+    return gone
 
 
 class Namespace:
@@ -51,9 +93,13 @@ class Namespace:
         self.close()
 
     def close(self) -> None:
-        """Delete the namespace if we created it; safe to call twice."""
+        """Delete the namespace if we created it; safe to call twice.
+
+        Every process still in it ends first (a stand-in service, a rollback watchdog):
+        deleting the name alone would leave them running.
+        """
         if self._created:
-            subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
+            _remove(self.name)
             self._created = False
 
     def run(
