@@ -43,6 +43,7 @@ from harden.errors import EnvironmentProblem
 from harden.files import load_manifest
 from harden.lab.net import Host, LabNet
 from harden.manifest.ports import PortRange, merge
+from harden.manifest.safeyaml import load_yaml
 from harden.policy.model import Policy, build_policy
 from harden.text import one_line
 from harden.types import Address, Backend
@@ -306,7 +307,9 @@ def _harden(
 
 def _with_lab_probers(manifest: Path, lab: LabNet, tmp: Path) -> Path:
     """A copy of ``manifest`` whose ``verify.probers`` also lists the lab's probing hosts."""
-    data = yaml.safe_load(manifest.read_text()) or {}
+    # The loader validate uses (YAML 1.2's core types): PyYAML's own would read
+    # "host: no" as false and "10:30" as 630, and the copy would no longer validate.
+    data = load_yaml(manifest.read_text(), str(manifest)) or {}
     verify = dict(data.get("verify") or {})
     probers = [str(n) for n in verify.get("probers") or []]
     covered = [ip_network(n, strict=False) for n in probers]
