@@ -25,6 +25,7 @@ from harden.apply import boot
 from harden.backends import REGISTRY
 from harden.errors import (
     ApplyError,
+    EnvironmentProblem,
     InternalError,
     Refused,
     StateError,
@@ -34,6 +35,10 @@ from harden.types import Backend
 
 DEFAULT_STATE_DIR = defaults.STATE_DIR
 HISTORY = 20  # events kept
+
+
+# Write errors that are the file system's state, not harden's: full, over quota, read-only.
+_FULL_OR_READ_ONLY = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 @dataclass(frozen=True)
@@ -396,9 +401,15 @@ class StateDir:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.rename(tmp, name, src_dir_fd=directory, dst_dir_fd=directory)
-        except BaseException:
+        except BaseException as exc:
             with suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=directory)
+            if isinstance(exc, OSError) and exc.errno in _FULL_OR_READ_ONLY:
+                # The host's doing, not a bug: say what the system said, exit 4.
+                raise EnvironmentProblem(
+                    f"cannot write {self.path / name}: {exc.strerror} (free space there, "
+                    "or choose another --state-dir)"
+                ) from None
             raise
 
     def _unlink(self, name: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from harden.errors import CommandFailed, EnvironmentProblem
+from harden.text import one_line
 
 
 def require_root(what: str) -> None:
@@ -78,7 +79,14 @@ class Namespace:
     def __enter__(self) -> Namespace:
         """Create the namespace and bring its loopback up."""
         require_root("a network namespace")
-        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        made = subprocess.run(["ip", "netns", "add", self.name], capture_output=True, text=True)
+        if made.returncode != 0:
+            # A user namespace's "root" (rootless containers, CI runners without
+            # CAP_SYS_ADMIN) passes the uid check but cannot mount /run/netns: ip says so.
+            raise EnvironmentProblem(
+                f"cannot create network namespace {self.name}: "
+                f"{one_line(made.stderr, 300) or f'ip exited {made.returncode}'}"
+            )
         self._created = True
         self.run(["ip", "link", "set", "lo", "up"])
         return self
