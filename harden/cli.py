@@ -24,6 +24,7 @@ from harden.errors import (
     ExitStatus,
     HardenError,
     Interrupted,
+    ManifestError,
     OptionConflict,
     OptionError,
 )
@@ -125,17 +126,39 @@ def cli(debug: bool) -> None:
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 def validate(manifests: Sequence[Path], fmt: str) -> None:
-    """Check MANIFESTS and summarise what each one allows (exit 2 on the first bad one)."""
-    results = []
+    """Check MANIFESTS and summarise what each one allows.
+
+    Every manifest is checked and reported, the bad ones with their file and field; exit
+    2 if any is bad. JSON: {"schema": "harden.validate/1", "valid", "manifests": [...]},
+    one entry per manifest in order, a bad one {"manifest", "valid": false, "field",
+    "error"}.
+    """
+    entries: list[dict[str, Any]] = []
+    bad = 0
     for path in manifests:
-        manifest = load_manifest(path)
-        results.append(Validation.of(str(path), manifest, build_policy(manifest)))
+        try:
+            manifest = load_manifest(path)
+            result = Validation.of(str(path), manifest, build_policy(manifest))
+        except ManifestError as exc:
+            if click.get_current_context().find_root().params.get("debug"):
+                raise
+            bad += 1
+            entries.append(
+                {"manifest": str(path), "valid": False, "field": exc.field, "error": exc.message}
+            )
+            if fmt != "json":
+                echo(f"harden: error: {exc}", err=True)
+            continue
+        entries.append(result.to_json())
+        if fmt != "json":
+            echo(result.to_text())
     if fmt == "json":
-        # Always a list, one entry per manifest: the shape never depends on the arguments.
-        echo(json.dumps([r.to_json() for r in results], indent=2))
-        return
-    for result in results:
-        echo(result.to_text())
+        document = {"schema": "harden.validate/1", "valid": bad == 0, "manifests": entries}
+        echo(json.dumps(document, indent=2))
+    if bad:
+        if len(manifests) > 1 and fmt != "json":
+            echo(f"harden: {bad} of {len(manifests)} manifests are not valid", err=True)
+        raise click.exceptions.Exit(ExitStatus.USAGE)
 
 
 @cli.command(name="render")
@@ -519,6 +542,14 @@ def remove(root: Path, state_dir: Path, fmt: str) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Write the result here (atomically) instead of standard output.",
 )
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="NAME",
+    help="With OLD NEW: the names to show for them (give it twice, OLD's first), e.g. "
+    "the repository paths of manifests a CI job checked out into temp directories.",
+)
 @click.pass_context
 def diff_cmd(
     ctx: click.Context,
@@ -527,6 +558,7 @@ def diff_cmd(
     backend: Backend,
     fmt: str,
     output: Path | None,
+    labels: tuple[str, ...],
 ) -> None:
     """Compare the live rules with what MANIFEST renders: exit 0 same, 1 drift.
 
@@ -540,8 +572,12 @@ def diff_cmd(
     no exposure change, 1 change. Reordering or renaming services changes nothing.
     """
     if new is None:
+        if labels:
+            raise click.UsageError("--label names OLD and NEW: give two manifests", ctx=ctx)
         _drift(ctx, manifest, backend, fmt, output)
-    _exposure(ctx, manifest, new, fmt, output)
+    if len(labels) not in (0, 2):
+        raise click.UsageError("--label: give it twice, OLD's name then NEW's", ctx=ctx)
+    _exposure(ctx, manifest, new, fmt, output, labels or (str(manifest), str(new)))
 
 
 def _drift(
@@ -565,7 +601,14 @@ def _drift(
     raise click.exceptions.Exit(result.exit_status)
 
 
-def _exposure(ctx: click.Context, old: Path, new: Path, fmt: str, out: Path | None) -> NoReturn:
+def _exposure(
+    ctx: click.Context,
+    old: Path,
+    new: Path,
+    fmt: str,
+    out: Path | None,
+    names: tuple[str, ...],
+) -> NoReturn:
     """What NEW opens and closes compared with OLD (diff OLD NEW); no firewall touched."""
     from click.core import ParameterSource
 
@@ -576,7 +619,7 @@ def _exposure(ctx: click.Context, old: Path, new: Path, fmt: str, out: Path | No
     if fmt == "prometheus":
         raise click.UsageError("--format prometheus reads live rules: give one MANIFEST", ctx=ctx)
     old_policy, new_policy = (build_policy(load_manifest(path)) for path in (old, new))
-    exposure = exposure_diff(old_policy, new_policy, str(old), str(new))
+    exposure = exposure_diff(old_policy, new_policy, names[0], names[1])
     if fmt == "markdown":
         _write(out, exposure.to_markdown())
     elif out is not None:

@@ -193,9 +193,11 @@ def test_cli_render_writes_files_and_schema_is_json(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert [entry["manifest"] for entry in json.loads(both.stdout)] == [str(manifest), str(dns)]
-    assert len(json.loads(summary.stdout)) == 1
-    assert json.loads(summary.stdout)[0]["summary"] == [
+    listed = json.loads(both.stdout)
+    assert listed["schema"] == "harden.validate/1" and listed["valid"] is True
+    assert [entry["manifest"] for entry in listed["manifests"]] == [str(manifest), str(dns)]
+    assert len(json.loads(summary.stdout)["manifests"]) == 1
+    assert json.loads(summary.stdout)["manifests"][0]["summary"] == [
         "tcp/80,443",
         "udp/443",
         "tcp/22 from 198.18.1.0/24,fd00:1::/64",

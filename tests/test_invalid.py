@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 
 from harden.errors import ExitStatus, ManifestError
 from harden.files import load_manifest
+
+from .conftest import REPO
 
 CASES = sorted((Path(__file__).parent / "invalid").glob("*.yaml"))
 
@@ -69,3 +72,27 @@ def test_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"version: 1\nhost: caf\xe9\n")
     with pytest.raises(ManifestError, match="not UTF-8"):
         load_manifest(path)
+
+
+def test_validate_reports_every_manifest_not_only_the_first_bad_one(tmp_path: Path) -> None:
+    """A repository of manifests is checked whole: each bad one with its file and field,
+    the good ones summarised, exit 2 if any is bad; JSON lists all of them in order."""
+    bad_port, bad_key = tmp_path / "a.yaml", tmp_path / "c.yaml"
+    bad_port.write_text("version: 1\nservices:\n  - {name: x, port: 99999, proto: tcp}\n")
+    bad_key.write_text("version: 1\nbogus: 1\n")
+    good = REPO / "rulesets" / "web-server.yaml"
+    files = [str(bad_port), str(good), str(bad_key)]
+    cli = [sys.executable, "-m", "harden.cli", "validate"]
+    proc = subprocess.run([*cli, *files], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"{bad_port}: services[0].port: port 99999 is outside 1-65535" in proc.stderr
+    assert f"{bad_key}: bogus: unknown key 'bogus'" in proc.stderr
+    assert "2 of 3 manifests are not valid" in proc.stderr
+    assert f"{good}: valid" in proc.stdout
+    proc = subprocess.run([*cli, *files, "--format", "json"], capture_output=True, text=True)
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 2 and data["valid"] is False
+    assert [(m["manifest"], m["valid"]) for m in data["manifests"]] == [
+        (files[0], False), (files[1], True), (files[2], False),
+    ]  # fmt: skip
+    assert data["manifests"][0]["field"] == "services[0].port"

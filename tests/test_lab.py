@@ -159,7 +159,9 @@ def test_lab_proves_egress_before_and_after(backend: str) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert len(proc.stdout) < 1_000_000  # ports as ranges: not a line per leaking port
     result = json.loads(proc.stdout)
+    assert result["schema"] == "harden.lab/1"
     assert result["ok"] and result["confirmed"] and not result["rolled_back"]
     steps = {(s["step"], s["vantage"]): s for s in result["steps"]}
     before, after = (
@@ -170,14 +172,17 @@ def test_lab_proves_egress_before_and_after(backend: str) -> None:
     assert (after["verdict"], after["expected"]) == ("pass", "pass")
     sinks = after["report"]["targets"]
     assert len(sinks) == 2  # the outside host's IPv4 and IPv6 addresses (ipv6: true)
-    leaks = {(p["target"], p["proto"]) for p in before["report"]["ports"] if p["status"] == "fail"}
+    ranges = before["report"]["port_ranges"]
+    leaks = {(p["target"], p["proto"]) for p in ranges if p["status"] == "fail"}
     assert leaks == {(sink, proto) for sink in sinks for proto in ("tcp", "udp")}
+    leaked = [p for p in ranges if p["status"] == "fail" and p["proto"] == "tcp"]
+    assert all(p["ports"] == "1-1000" and p["count"] == 1000 for p in leaked), leaked
     arrived = {
-        (p["target"], p["proto"], p["port"])
-        for p in after["report"]["ports"]
+        (p["target"], p["proto"], p["ports"])
+        for p in after["report"]["port_ranges"]
         if p["observed"] == "arrived"
     }
-    assert arrived == {(sink, "udp", 123) for sink in sinks}
+    assert arrived == {(sink, "udp", "123") for sink in sinks}
     assert [s["step"] for s in result["steps"]] == [
         "before",
         "egress before",

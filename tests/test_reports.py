@@ -3,13 +3,17 @@ scan of the same host, prometheus_client's parser on the textfile-collector metr
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from harden.lab.netns import Namespace
 
 from .conftest import REPO
 from .labutil import HARDEN, lab_for
@@ -129,3 +133,44 @@ def test_a_run_that_cannot_judge_rewrites_its_metrics_as_down(tmp_path: Path) ->
         gone = samples(drift)
         assert gone[("harden_diff_up", (("backend", "nftables"), ("exit", "2")))] == 0
         assert not [key for key in gone if key[0] == "harden_drift"]  # not "no drift"
+
+
+def test_every_json_output_names_its_schema(
+    netns: Callable[[str], Namespace], tmp_path: Path
+) -> None:
+    """A consumer (CI, Ansible, a dashboard) can tell what it reads: every command's JSON
+    carries a ``schema`` field, ``harden.<what>/<version>``."""
+    ns = netns("schema")
+    web, dns = REPO / "rulesets" / "web-server.yaml", REPO / "rulesets" / "dns-server.yaml"
+    state = ["--state-dir", str(tmp_path / "state")]
+    runs = {
+        "harden.validate/1": ["validate", str(web), str(dns)],
+        "harden.apply/1": ["apply", str(web), *state, "--no-persist", "--root", str(tmp_path)],
+        "harden.status/1": ["status", *state, "--root", str(tmp_path)],
+        "harden.drift/1": ["diff", str(web)],
+        "harden.exposure/1": ["diff", str(web), str(dns)],
+        "harden.analysis/1": ["analyze"],
+        "harden.explain/1": ["explain", "tcp/22", "--from", "198.18.1.9"],
+        "harden.counters/4": ["counters"],
+        "harden.remove/1": ["remove", *state, "--root", str(tmp_path)],
+    }
+    for schema, args in runs.items():
+        proc = ns.run([*HARDEN, *args, "--format", "json"], check=False)
+        assert proc.returncode in (0, 1), (args, proc.stderr)
+        assert json.loads(proc.stdout)["schema"] == schema, (args, proc.stdout[:300])
+
+
+def test_diff_labels_name_old_and_new_instead_of_their_paths() -> None:
+    """CI checks manifests out into temp directories: --label shows the repository paths."""
+    web, dns = REPO / "rulesets" / "web-server.yaml", REPO / "rulesets" / "dns-server.yaml"
+    labels = ["--label", "main:rulesets/web.yaml", "--label", "pr-7:rulesets/web.yaml"]
+    proc = subprocess.run(
+        [*HARDEN, "diff", str(web), str(dns), *labels, "--format", "json"],
+        capture_output=True, text=True, cwd="/",
+    )  # fmt: skip
+    data = json.loads(proc.stdout)
+    assert (data["old"], data["new"]) == ("main:rulesets/web.yaml", "pr-7:rulesets/web.yaml")
+    once = subprocess.run(
+        [*HARDEN, "diff", str(web), str(dns), "--label", "x"], capture_output=True, text=True
+    )
+    assert once.returncode == 2 and "give it twice" in once.stderr

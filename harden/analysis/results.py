@@ -298,9 +298,10 @@ class Explanation:
     decision: Decision
 
     def to_json(self) -> dict[str, Any]:
-        """``{"verdict", "packet", "path": [rules], "unknown", "keyed_on"}``."""
+        """``{"schema", "verdict", "packet", "path": [rules], "unknown", "keyed_on"}``."""
         p = self.packet
         return {
+            "schema": "harden.explain/1",
             "verdict": self.decision.verdict,
             "packet": {
                 "hook": p.hook, "family": f"ipv{p.family}", "proto": p.proto, "dport": p.dport,

@@ -160,7 +160,7 @@ class Validation:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """One entry of ``validate --format json`` (a list, one per manifest)."""
+        """One entry of ``validate --format json``'s ``manifests``, one per manifest."""
         return {
             "manifest": self.manifest,
             "valid": True,
@@ -202,6 +202,7 @@ class Removed:
     def to_json(self) -> dict[str, Any]:
         """``remove --format json``."""
         return {
+            "schema": "harden.remove/1",
             "removed_rules": list(self.rules),
             "removed_files": list(self.files),
             "other_firewalls": list(self.others),
@@ -241,6 +242,7 @@ class ApplyResult:
     def to_json(self) -> dict[str, Any]:
         """``apply --format json``."""
         return {
+            "schema": "harden.apply/1",
             "changed": self.changed,
             "backend": self.backend,
             "manifest": self.manifest,
@@ -275,7 +277,7 @@ class Drift:
 
     def to_json(self) -> dict[str, Any]:
         """``diff --format json``."""
-        out: dict[str, Any] = {"drift": self.drift, "diff": self.diff}
+        out: dict[str, Any] = {"schema": "harden.drift/1", "drift": self.drift, "diff": self.diff}
         if self.exposure is not None:
             out["exposure"] = self.exposure
         return out
@@ -335,6 +337,7 @@ class StatusReport:
         if self.pending_deadline is not None:
             pending = {"deadline": self.pending_deadline, "seconds_left": self.seconds_left}
         return {
+            "schema": "harden.status/1",
             "applied": self.applied,
             "backend": self.backend,
             "manifest": self.manifest,

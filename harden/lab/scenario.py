@@ -42,7 +42,7 @@ from harden import defaults
 from harden.errors import EnvironmentProblem
 from harden.files import load_manifest
 from harden.lab.net import Host, LabNet
-from harden.manifest.ports import PortRange, merge
+from harden.manifest.ports import PortRange, compress, merge
 from harden.manifest.safeyaml import load_yaml
 from harden.policy.model import Policy, build_policy
 from harden.text import one_line
@@ -103,8 +103,14 @@ class LabResult:
         return self.confirmed and all(step.as_expected for step in self.steps)
 
     def to_json(self) -> dict[str, Any]:
-        """``harden lab --format json``: every step with the prober's own JSON report."""
+        """``harden lab --format json`` (``harden.lab/1``).
+
+        Every step with the prober's own report, its per-port entries summarised as port
+        ranges (``port_ranges``): the before step alone lists about 131,000 leaking
+        ports, 45 MB one by one.
+        """
         return {
+            "schema": SCHEMA,
             "manifest": str(self.manifest),
             "backend": self.backend,
             "ok": self.ok,
@@ -118,7 +124,7 @@ class LabResult:
                     "expected": "pass" if s.expect_pass else "fail",
                     "seconds": round(s.seconds, 2),
                     "dropped": s.dropped,
-                    "report": s.report,
+                    "report": summarised(s.report),
                 }
                 for s in self.steps
             ],
@@ -156,6 +162,31 @@ class LabResult:
 
 
 Say = Callable[[str], None]  # one line of the lab's progress
+SCHEMA = "harden.lab/1"
+# What tells a report's port entries apart, but for the port itself.
+_ENTRY_KEYS = ("target", "family", "proto", "expected", "observed", "status", "detail", "service")
+
+
+def summarised(report: dict[str, Any]) -> dict[str, Any]:
+    """A verify report with its per-port entries as port ranges (``port_ranges``).
+
+    Entries alike in everything but the port become one: ``{..., "ports": "1-21,23-79",
+    "count": N}``, in the order they first appear.
+    """
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for entry in report.get("ports", ()):
+        groups.setdefault(tuple(entry.get(k) for k in _ENTRY_KEYS), []).append(entry["port"])
+    ranges = [
+        {
+            **dict(zip(_ENTRY_KEYS, key, strict=True)),
+            "ports": ",".join(str(r) for r in compress(sorted(set(ports)))),
+            "count": len(ports),
+        }
+        for key, ports in groups.items()
+    ]
+    out = {k: v for k, v in report.items() if k != "ports"}
+    out["port_ranges"] = ranges
+    return out
 
 
 def run_lab(
