@@ -45,7 +45,7 @@ def manifest(n: int, offset: int) -> str:
 
 
 def quadratic_minus(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The former ``_minus``: each network of ``b`` taken out of each piece of ``a``."""
+    """The former ``minus``: each network of ``b`` taken out of each piece of ``a``."""
     out: list[Any] = []
     for net in a:
         pieces = [net]
@@ -83,12 +83,12 @@ def measure(n: int, runs: int, folder: Path) -> dict[str, float]:
     a, b = policies
     found["arithmetic"] = median(runs, lambda: exposure.exposure_diff(a, b, "old", "new"))
     if n == QUADRATIC_AT:
-        fast = exposure._minus
-        exposure._minus = quadratic_minus
+        fast = exposure.minus
+        exposure.minus = quadratic_minus
         try:
             found["quadratic"] = median(1, lambda: exposure.exposure_diff(a, b, "old", "new"))
         finally:
-            exposure._minus = fast
+            exposure.minus = fast
     command = [sys.executable, "-m", "harden.cli", "diff", str(old), str(new)]
     found["command"] = median(
         runs, lambda: subprocess.run(command, capture_output=True, check=False)

@@ -960,6 +960,112 @@ def lab(
     raise click.exceptions.Exit(ExitStatus.OK if result.ok else ExitStatus.FAILED)
 
 
+@cli.command(name="ci")
+@click.argument("base")
+@click.argument("head")
+@click.option(
+    "--repo",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=".",
+    show_default=True,
+    help="The git repository BASE and HEAD are revisions of (when they are not directories).",
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="PROTO/PORT",
+    help="A port every changed manifest must keep open, e.g. tcp/22 or "
+    "'tcp/443 from 198.18.0.0/24' (repeatable; beside each manifest's ci.keep_open).",
+)
+@click.option(
+    "--allow-ssh-change",
+    is_flag=True,
+    help="Do not fail a change that closes or narrows the SSH port BASE serves.",
+)
+@click.option("--no-lab", is_flag=True, help="Validate, diff and assert only (no root needed).")
+@BACKEND
+@click.option(
+    "--lab-ports",
+    default="all",
+    show_default=True,
+    help="Ports the lab probes: 'all', 'declared' or a list like 1-1024.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown", "github", "junit", "json"]),
+    default="text",
+    show_default=True,
+    help="markdown: a pull-request comment; github: workflow annotations; junit: the CI test tab.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the --format report here; the text summary still goes to standard output.",
+)
+@click.option(
+    "--junit",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also write the JUnit report here (the CI test tab).",
+)
+@click.option(
+    "--summary",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also append the Markdown summary here (a pull-request comment, or $GITHUB_STEP_SUMMARY).",
+)
+def ci_cmd(
+    base: str,
+    head: str,
+    repo: Path,
+    keep: tuple[str, ...],
+    allow_ssh_change: bool,
+    no_lab: bool,
+    backend: Backend,
+    lab_ports: str,
+    fmt: str,
+    output: Path | None,
+    junit: Path | None,
+    summary: Path | None,
+) -> None:
+    """Judge a pull request to a repository of manifests: exit 0 good, 1 failed, 2 invalid.
+
+    BASE and HEAD are directories or git revisions (origin/main, HEAD). Every manifest
+    of HEAD is validated, each error with its file, line and field. Each manifest the
+    change adds or alters is diffed (what opens is marked ⚠, and so is a close of SSH),
+    held to its assertions (the manifest's ci: keep_open and never_open, --keep, and
+    the SSH port BASE serves, unless --allow-ssh-change), and labbed: its rules loaded
+    in network namespaces and probed before and after (root; --no-lab skips it, and
+    says so). The report lists what was not tested. See docs/ci.md.
+    """
+    from harden.lab.ci import CiOptions, run_ci
+    from harden.manifest.model import Ci
+
+    try:
+        checks = Ci.model_validate({"keep_open": list(keep)}).keep_open
+    except ValueError as exc:
+        raise OptionError("keep", one_line(str(exc).splitlines()[-1])) from None
+    options = CiOptions(
+        keep=checks,
+        allow_ssh_change=allow_ssh_change,
+        lab=not no_lab,
+        backend=backend,
+        lab_ports=_request(lambda: PortSelection.parse(lab_ports)),
+    )
+    with _interruptible():
+        report = run_ci(base, head, repo, options, lambda m: echo(f"» {m}", err=True))
+    if junit is not None:
+        write_atomic(junit, report.to_junit(), mode=0o644)
+    if summary is not None:
+        write_atomic(summary, report.to_markdown(), mode=0o644)
+    if output is not None:
+        write_atomic(output, report.render(fmt), mode=0o644)
+        echo(report.to_text(), nl=False)
+    else:
+        echo(report.render(fmt), nl=False)
+    raise click.exceptions.Exit(report.exit_status)
+
+
 @cli.command(name="init")
 @FORMAT
 @click.option(

@@ -370,6 +370,57 @@ class Egress(_Model):
         return self
 
 
+@dataclass(frozen=True)
+class PortCheck:
+    """A port a pull request must keep open or never open (``harden ci``)."""
+
+    proto: Proto
+    ports: PortRange
+    source: Network | None = None  # "from NETWORK": every address of it; None: any source
+
+    def __str__(self) -> str:
+        text = f"{self.proto}/{self.ports}"
+        return f"{text} from {self.source}" if self.source is not None else text
+
+
+def _port_check(value: object, info: ValidationInfo) -> PortCheck:
+    if not isinstance(value, str):
+        raise ValueError(f"expected 'PROTO/PORT' or 'PROTO/PORT from NETWORK', got {show(value)}")
+    what, _, source = value.strip().partition(" from ")
+    proto, slash, port = what.strip().partition("/")
+    if not slash or proto not in PROTOS:
+        raise ValueError(f"expected 'tcp/PORT' or 'udp/PORT', got {show(value)}")
+    return PortCheck(
+        proto,
+        _port(port.strip(), info),
+        _parse_network(source) if source else None,
+    )
+
+
+Check = Annotated[
+    PortCheck,
+    PlainValidator(_port_check),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "PROTO/PORT, optionally 'from NETWORK': tcp/22, "
+            "tcp/443 from 198.18.0.0/24",
+        }
+    ),
+]
+
+
+class Ci(_Model):
+    """What a change to this manifest must keep, checked by ``harden ci`` (never a rule)."""
+
+    keep_open: tuple[Check, ...] = Field(
+        (), description="ports every change must leave open (from NETWORK: to all of it)"
+    )
+    never_open: tuple[Check, ...] = Field(
+        (), description="ports no change may open (from NETWORK: to any of it)"
+    )
+
+
 class Manifest(_Model):
     """A host's service manifest (version 1)."""
 
@@ -380,6 +431,7 @@ class Manifest(_Model):
     forward: Forward = Forward()
     egress: Egress = Egress()
     verify: Verify | None = None
+    ci: Ci = Ci()
 
     @field_validator("version", mode="before")
     @classmethod

@@ -167,6 +167,34 @@ def load_yaml(text: str, source: str) -> Any:
         raise ManifestError(source, "", "YAML nested too deeply") from None
 
 
+def line_of(text: str, field: str) -> int | None:
+    """The line (1-based) where ``field`` (``services[0].port``) is written in ``text``.
+
+    For an error message's file:line (CI annotations); None when the text does not parse
+    or the field is not written there (a default, a whole-manifest rule).
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", field):
+        if isinstance(node, yaml.MappingNode):
+            found = [v for k, v in node.value if getattr(k, "value", None) == part]
+            if not found:
+                break
+            node = found[0]
+        elif isinstance(node, yaml.SequenceNode) and part.startswith("["):
+            index = int(part[1:-1])
+            if index >= len(node.value):
+                break
+            node = node.value[index]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
 def _yaml_message(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)

@@ -243,16 +243,16 @@ def _sources_at(rules: list[_Rule], port: int) -> Sources:
             if sources is None:
                 return None
             nets += sources
-    return _collapse(nets)
+    return collapse(nets)
 
 
-def _collapse(nets: Iterable[Network]) -> tuple[Network, ...]:
+def collapse(nets: Iterable[Network]) -> tuple[Network, ...]:
     """The fewest networks that hold exactly the addresses of ``nets``, IPv4 first."""
     nets = list(nets)
     return _networks({v: _spans(n for n in nets if n.version == v) for v in (4, 6)})
 
 
-def _minus(a: tuple[Network, ...], b: tuple[Network, ...]) -> tuple[Network, ...]:
+def minus(a: tuple[Network, ...], b: tuple[Network, ...]) -> tuple[Network, ...]:
     """The networks of ``a`` outside every network of ``b``, of either family.
 
     On sorted address intervals, in one sweep: n log n, where taking each network of ``b``
@@ -337,7 +337,7 @@ def _classify(before: Sources, after: Sources) -> list[_Key]:
         return [("widens", before, None)]
     if before is None:
         return [("narrows", None, after)]
-    added, removed = _minus(after, before), _minus(before, after)
+    added, removed = minus(after, before), minus(before, after)
     if not removed:
         return [("widens", before, after)]
     if not added:
@@ -405,7 +405,7 @@ def _change(
         # replaces a smaller one says enough as it is).
         if before is not None and after is not None:
             big, small = (after, before) if kind == "widens" else (before, after)
-            moved = _minus(big, small)
+            moved = minus(big, small)
             if set(moved) <= set(big):
                 verb = "adds" if kind == "widens" else "removes"
                 text += f" ({verb} {_sources_text(moved, family, noun)})"
