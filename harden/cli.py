@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from harden import __version__, defaults
-from harden.apply.results import Validation
+from harden.apply.results import Validation, validation_document
 from harden.backends import REGISTRY, render
 from harden.backends import names as backend_names
 from harden.errors import (
@@ -153,8 +153,7 @@ def validate(manifests: Sequence[Path], fmt: str) -> None:
         if fmt != "json":
             echo(result.to_text())
     if fmt == "json":
-        document = {"schema": "harden.validate/1", "valid": bad == 0, "manifests": entries}
-        echo(json.dumps(document, indent=2))
+        echo(json.dumps(validation_document(entries), indent=2))
     if bad:
         if len(manifests) > 1 and fmt != "json":
             echo(f"harden: {bad} of {len(manifests)} manifests are not valid", err=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -35,7 +36,23 @@ def firewalld(machine: Boot, backend: str) -> BootLab:
             "/etc/firewalld/firewalld.conf && systemctl restart firewalld"
         )
     assert lab.sh("firewall-cmd --state").stdout.strip() == "running", lab.tail()
+    settled(lab)
     return lab
+
+
+def settled(lab: BootLab, tries: int = 20) -> None:
+    """Wait until firewalld has written all its rules: two listings a second apart agree
+    (its iptables backend goes on loading after it says it runs, and a ruleset read
+    half-written is not firewalld's)."""
+    listing = "nft list ruleset | grep -v 'counter packets'; iptables-save -c | grep -v '^#'"
+    before = lab.sh(listing).stdout
+    for _ in range(tries):
+        time.sleep(1.0)
+        now = lab.sh(listing).stdout
+        if now == before:
+            return
+        before = now
+    raise AssertionError("firewalld's rules did not settle")
 
 
 def analyze(lab: BootLab, *args: str) -> tuple[int, dict[str, Any]]:

@@ -65,6 +65,8 @@ MODES = {
     ("verify", "sinks"): "api.verify_egress",
     ("verify", "sink_command"): "api.verify_egress",
     ("diff", "new"): "diff OLD NEW: the exposure diff",
+    ("diff", "labels"): "diff OLD NEW: the names it shows for them",
+    ("lab", "reap"): "lab --reap: harden.lab.netns.reap",
 }
 
 

@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from harden.apply.results import ApplyResult, Drift, StatusReport, Validation
+from harden.apply.results import (
+    ApplyResult,
+    Drift,
+    StatusReport,
+    Validation,
+    validation_document,
+)
 from harden.files import load_manifest, parse_manifest
 from harden.lab.scenario import LabResult, Step
 from harden.outputs.jsondoc import verify_json
@@ -188,7 +194,7 @@ DRIFT = Drift(
 )
 
 CASES: dict[str, Callable[[], str]] = {
-    "validate.json": lambda: dumps([v.to_json() for v in validations()]),
+    "validate.json": lambda: dumps(validation_document([v.to_json() for v in validations()])),
     "validate.txt": lambda: "".join(v.to_text() + "\n" for v in validations()),
     "validate-egress.json": lambda: dumps([validations(("egress-host.yaml",))[0].to_json()]),
     "validate-egress.txt": lambda: validations(("egress-host.yaml",))[0].to_text() + "\n",

@@ -97,6 +97,16 @@ def _egress_text(egress: dict[str, Any]) -> str:
     return f"{egress['policy']}, allows out {'; '.join(egress['summary']) or 'nothing'}"
 
 
+def validation_document(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """``validate --format json``: every manifest's entry, in order.
+
+    A valid one's is ``Validation.to_json``; an invalid one's ``{"manifest", "valid":
+    false, "field", "error"}``.
+    """
+    valid = all(entry["valid"] for entry in entries)
+    return {"schema": "harden.validate/1", "valid": valid, "manifests": entries}
+
+
 @dataclass(frozen=True)
 class Validation:
     """What one valid manifest allows (``harden validate``)."""
