@@ -44,7 +44,7 @@ def settled(lab: BootLab, tries: int = 20) -> None:
     """Wait until firewalld has written all its rules: two listings a second apart agree
     (its iptables backend goes on loading after it says it runs, and a ruleset read
     half-written is not firewalld's)."""
-    listing = "nft list ruleset | grep -v 'counter packets'; iptables-save -c | grep -v '^#'"
+    listing = "nft list ruleset | sed '/counter packets/d'; iptables-save | sed '/^#/d'"
     before = lab.sh(listing).stdout
     for _ in range(tries):
         time.sleep(1.0)
