@@ -217,3 +217,20 @@ def test_a_change_that_lets_more_out_is_rolled_back(tmp_path: Path) -> None:
     leaks = {(p["proto"], p["observed"]) for p in egress.report["ports"] if p["status"] == "fail"}
     assert leaks == {("tcp", "sent"), ("udp", "sent")}
     assert own_namespaces() == set()
+
+
+def test_a_kubernetes_node_is_lab_tested_with_its_nodeports_sampled() -> None:
+    """k8s-node.yaml declares 2,768 NodePorts on each protocol: more than the stand-in
+    service's sockets. The lab samples them (ends included) instead of refusing, proves
+    the rest reachable through the firewall, and says what it did not test."""
+    proc = subprocess.run(
+        [*HARDEN, "lab", str(REPO / "rulesets" / "k8s-node.yaml"), "--ports", "declared",
+         "--format", "json"],
+        capture_output=True, text=True, check=False, cwd="/", timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["confirmed"]
+    sampled = [n for n in result["not_tested"] if "stand-in service listens on" in n]
+    assert len(sampled) == 2 and all("of the 27" in n for n in sampled), result["not_tested"]
+    assert any(n.startswith("IPv4 sources:") for n in result["not_tested"])

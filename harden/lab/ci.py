@@ -177,7 +177,7 @@ def _lab(path: Path, options: CiOptions) -> LabOutcome:
         f"(expected {'PASS' if s.expect_pass else 'FAIL'})"
         for s in result.steps
     )
-    return LabOutcome(result.ok, time.monotonic() - started, steps)
+    return LabOutcome(result.ok, time.monotonic() - started, steps, None, tuple(result.not_tested))
 
 
 def _not_tested(report: CiReport, options: CiOptions) -> list[str]:

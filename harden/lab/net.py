@@ -19,6 +19,8 @@ from typing import Self
 
 from harden.errors import EnvironmentProblem
 from harden.lab.netns import Namespace, connect, require_root
+from harden.lab.responder import MAX_SOCKETS
+from harden.manifest.ports import compress
 from harden.policy.model import Policy
 from harden.types import Address
 
@@ -77,6 +79,16 @@ class _Namespaces:
         for ns in reversed(self._namespaces):
             ns.close()
         self._namespaces.clear()
+
+
+def sample(ports: list[int], room: int) -> list[int]:
+    """At most ``room`` of the sorted ``ports``, evenly spread, the first and last in."""
+    if len(ports) <= room:
+        return ports
+    if room < 2:
+        return ports[:room]
+    step = (len(ports) - 1) / (room - 1)
+    return sorted({ports[round(i * step)] for i in range(room)})
 
 
 @dataclass
@@ -160,10 +172,33 @@ class LabNet(_Namespaces):
             )
         return Host(ns, v4, v6)
 
-    def start_services(self, lifetime: float = 600.0) -> None:
-        """Listen on every declared port in the server namespace (TCP accept, UDP echo)."""
-        tcp = ",".join(str(r) for a in self.policy.allows if a.proto == "tcp" for r in a.ports)
-        udp = ",".join(str(r) for a in self.policy.allows if a.proto == "udp" for r in a.ports)
+    def start_services(self, lifetime: float = 600.0) -> list[str]:
+        """Listen on the declared ports in the server namespace (TCP accept, UDP echo).
+
+        Past MAX_SOCKETS ports (a Kubernetes node's 2,768 NodePorts, twice) a sample
+        listens, spread evenly over each protocol's ports, ends included: the others are
+        still probed, and answer as allowed but closed (the firewall let them through).
+        Returns what that leaves untested, to be said in the report.
+        """
+        declared = {
+            proto: sorted(
+                {p for a in self.policy.allows if a.proto == proto for r in a.ports for p in r}
+            )
+            for proto in ("tcp", "udp")
+        }
+        total = sum(map(len, declared.values()))
+        listen = {
+            proto: sample(ports, max(2, MAX_SOCKETS * len(ports) // total) if total else 0)
+            for proto, ports in declared.items()
+        }
+        notes = [
+            f"{proto}: a stand-in service listens on {len(listen[proto])} of the "
+            f"{len(ports)} declared ports (spread evenly); the others answer as allowed "
+            "but closed, which proves the firewall lets them through, not a service"
+            for proto, ports in declared.items()
+            if len(listen[proto]) < len(ports)
+        ]
+        tcp, udp = (",".join(str(r) for r in compress(listen[p])) for p in ("tcp", "udp"))
         self._responder = subprocess.Popen(
             [
                 "ip",
@@ -190,6 +225,7 @@ class LabNet(_Namespaces):
         if self._responder.stdout.readline().strip() != "ready":
             err = self._responder.stderr.read() if self._responder.stderr else ""
             raise EnvironmentProblem(f"lab responder did not start: {err.strip()}")
+        return notes
 
     def close(self) -> None:
         """Stop the responder and delete the namespaces; safe to call twice."""

@@ -91,6 +91,7 @@ class LabResult:
     applied: dict[str, Any] = field(default_factory=dict)
     confirmed: bool = False
     rolled_back: bool = False
+    not_tested: list[str] = field(default_factory=list)  # what no probe covered, and why
 
     @property
     def after_ok(self) -> bool:
@@ -116,6 +117,7 @@ class LabResult:
             "ok": self.ok,
             "confirmed": self.confirmed,
             "rolled_back": self.rolled_back,
+            "not_tested": list(self.not_tested),
             "steps": [
                 {
                     "step": s.name,
@@ -152,6 +154,7 @@ class LabResult:
         Console(
             file=buffer, width=width, force_terminal=False, color_system=None, markup=False
         ).print(table)
+        buffer.write("".join(f"not tested: {n}\n" for n in self.not_tested))
         outcome = "confirmed" if self.confirmed else "rolled back"
         last = (
             f"PASS: before leaked, after verified, ruleset {outcome}"
@@ -212,7 +215,7 @@ def run_lab(
     with tempfile.TemporaryDirectory(prefix="harden-lab-") as tmp, LabNet(policy) as lab:
         state = Path(tmp) / "state"
         progress(f"lab: server {lab.server.v4} / {lab.server.v6} in namespace {lab.server.ns.name}")
-        lab.start_services()
+        result.not_tested += lab.start_services() + _unprobed(policy, lab)
         lab.wait_reachable()
         limits = _ratelimits(lab.server)
         if before:
@@ -239,6 +242,28 @@ def run_lab(
             result.rolled_back = True
             progress("rollback: verification failed, previous ruleset restored")
     return result
+
+
+def _unprobed(policy: Policy, lab: LabNet) -> list[str]:
+    """What the lab's hosts cannot stand in for: more source networks, egress destinations."""
+    notes = []
+    for family in (4, 6):
+        nets = sorted({str(n) for a in policy.allows for n in a.sources[family] or ()})
+        if len(nets) > 1 and lab.allowed is not None:
+            notes.append(
+                f"IPv{family} sources: the allowed-source host stands in one of {len(nets)} "
+                f"source networks ({', '.join(nets[:4])}{', ...' if len(nets) > 4 else ''}); "
+                "the others are proven by the rendered rules, not by probes"
+            )
+    named = sorted(
+        {str(n) for o in policy.outbound for f in (4, 6) for n in o.destinations[f] or ()}
+    )
+    if named and policy.egress != "accept":
+        notes.append(
+            f"egress to {', '.join(named[:4])}{', ...' if len(named) > 4 else ''}: the sink is "
+            "the lab's outside host, so allows to these destinations were not sent to"
+        )
+    return notes
 
 
 def _after(

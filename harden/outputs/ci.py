@@ -36,6 +36,7 @@ class LabOutcome:
     seconds: float = 0.0
     steps: tuple[str, ...] = ()  # "before from outside: FAIL (expected FAIL)", ...
     skipped: str | None = None
+    not_tested: tuple[str, ...] = ()  # what the lab's probes could not cover, and why
 
 
 @dataclass
@@ -109,9 +110,15 @@ class CiReport:
             if case.lab is not None:
                 lines += [f"  lab: {_lab(case.lab)}"]
                 lines += [f"    {s}" for s in case.lab.steps]
-        lines += [f"not tested: {n}" for n in self.not_tested]
+        lines += [f"not tested: {n}" for n in self.untested]
         lines.append(self.verdict())
         return "\n".join(lines) + "\n"
+
+    @property
+    def untested(self) -> list[str]:
+        """Everything not tested: the run's own reasons, then each lab's, by manifest."""
+        labs = [f"{c.path}: {n}" for c in self.cases if c.lab is not None for n in c.lab.not_tested]
+        return [*self.not_tested, *labs]
 
     def to_markdown(self) -> str:
         """The pull-request comment: a table of the manifests, then what each changes."""
@@ -130,8 +137,8 @@ class CiReport:
                 lines += [f"- {c.text}" for c in case.diff.changes if c.text not in shown]
             if case.lab is not None:
                 lines.append(f"- lab: {_lab(case.lab)}")
-        if self.not_tested:
-            lines += ["", "**Not tested:**", "", *(f"- {n}" for n in self.not_tested)]
+        if self.untested:
+            lines += ["", "**Not tested:**", "", *(f"- {n}" for n in self.untested)]
         return "\n".join(lines) + "\n"
 
     def to_github(self) -> str:
@@ -181,7 +188,7 @@ class CiReport:
             "head": self.head,
             "ok": self.exit_status == ExitStatus.OK,
             "manifests": [_case_json(c) for c in self.cases],
-            "not_tested": list(self.not_tested),
+            "not_tested": self.untested,
         }
 
     def render(self, fmt: str) -> str:
