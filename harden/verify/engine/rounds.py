@@ -75,9 +75,17 @@ def verify(
     run = _Run(plan, targets, transport, options, progress, clock, findings)
     if transport.can_ping:
         run.echo()
+    # Each protocol's share of the run, for reports that time their checks (JUnit).
+    started = clock.now()
     run.tcp()
+    tcp = clock.now() - started
+    started = clock.now()
     run.udp()
+    udp = clock.now() - started
+    started = clock.now()
     run.finish_tcp()
+    findings.timing["phase_tcp"] = tcp + clock.now() - started
+    findings.timing["phase_udp"] = udp
     for target in targets:
         evidence = transport.heard_from(target) or _answered(findings, target)
         if evidence is not None:
