@@ -914,7 +914,20 @@ def sink(senders: str, duration: float) -> None:
     help="Remove the lab namespaces (hl-*) of runs that are gone, and their processes; "
     "run nothing else.",
 )
-@FORMAT
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "junit", "markdown"]),
+    default="text",
+    show_default=True,
+    help="junit: a timed testcase per step (the CI test tab); markdown: a pull request.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the report here (atomically); the text summary still goes to standard output.",
+)
 def lab(
     manifest: Path | None,
     backend: Backend,
@@ -923,6 +936,7 @@ def lab(
     apply_manifest: Path | None,
     fmt: str,
     reap: bool,
+    output: Path | None,
 ) -> None:
     """Show the whole loop in throwaway network namespaces.
 
@@ -955,7 +969,19 @@ def lab(
             ports=_request(lambda: PortSelection.parse(ports)),
             apply_manifest=apply_manifest,
         )
-    echo(json.dumps(result.to_json(), indent=2) if fmt == "json" else result.to_text())
+    if fmt == "json":
+        rendered = json.dumps(result.to_json(), indent=2) + "\n"
+    elif fmt == "junit":
+        rendered = result.to_junit()
+    elif fmt == "markdown":
+        rendered = result.to_markdown()
+    else:
+        rendered = result.to_text() + "\n"
+    if output is not None:
+        write_atomic(output, rendered, mode=0o644)
+        echo(result.to_text())
+    else:
+        echo(rendered, nl=False)
     raise click.exceptions.Exit(ExitStatus.OK if result.ok else ExitStatus.FAILED)
 
 

@@ -234,3 +234,53 @@ def test_a_kubernetes_node_is_lab_tested_with_its_nodeports_sampled() -> None:
     sampled = [n for n in result["not_tested"] if "stand-in service listens on" in n]
     assert len(sampled) == 2 and all("of the 27" in n for n in sampled), result["not_tested"]
     assert any(n.startswith("IPv4 sources:") for n in result["not_tested"])
+
+
+def test_a_change_that_removes_a_udp_service_is_caught_by_the_witness(tmp_path: Path) -> None:
+    """lab WEB --apply (WEB without http3): udp/443's probes meet silence either way (an
+    open port that answers nothing looks dropped), so the outside alone passed it. The
+    target's counters show them reaching harden's closed path: a FAIL, rolled back. (The
+    static analysis of the target's ruleset names the drop too; the counters prove it
+    on their own, where the ruleset cannot be read.)"""
+    without = write(
+        tmp_path,
+        "no-http3.yaml",
+        WEB.read_text().replace("  - {name: http3, port: 443, proto: udp}\n", ""),
+    )
+    assert "http3" not in without.read_text()
+    result = run_lab(
+        WEB, ports=PortSelection.parse("440-450"), apply_manifest=without, before=False
+    )
+    assert not result.ok and result.rolled_back, [s.report["verdict"] for s in result.steps]
+    details = [
+        n for s in result.steps for n in s.report.get("notes", []) + [
+            p.get("detail", "") for p in s.report.get("ports", [])
+        ]
+    ]  # fmt: skip
+    assert any("to declared ports reached harden's closed path" in d for d in details), details
+
+
+def test_lab_writes_junit_and_markdown_reports_for_ci(tmp_path: Path) -> None:
+    """lab --format junit -o FILE: a timed testcase per step and one for the confirm, the
+    text summary still on standard output; markdown: the steps as a table."""
+    from xml.etree import ElementTree as ET
+
+    out = tmp_path / "lab.xml"
+    proc = subprocess.run(
+        [*HARDEN, "lab", str(WEB), "--ports", "1-100,440-450", "--format", "junit", "-o", str(out)],
+        capture_output=True, text=True, check=False, cwd="/", timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "PASS: before leaked, after verified, ruleset confirmed" in proc.stdout
+    suite = ET.parse(out).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "0"
+    names = [(c.get("name"), float(c.get("time") or 0)) for c in suite.iter("testcase")]
+    assert [n for n, _ in names] == [
+        "before from outside", "after from outside", "after from allowed source", "confirm",
+    ]  # fmt: skip
+    assert all(t > 0 for n, t in names if n != "confirm"), names
+    md = subprocess.run(
+        [*HARDEN, "lab", str(WEB), "--ports", "20-25", "--format", "markdown"],
+        capture_output=True, text=True, check=False, cwd="/", timeout=600,
+    )  # fmt: skip
+    assert md.returncode == 0 and "| before | outside | FAIL | FAIL |" in md.stdout, md.stdout

@@ -49,6 +49,17 @@ def test_probes_accepted_past_harden_are_a_failure() -> None:
     assert verdict.verdict is Verdict.FAIL and verdict.detail.startswith("3 IPv4 udp probe(s)")
 
 
+def test_declared_udp_probes_dropped_by_hardens_own_closed_path_are_a_failure() -> None:
+    """A declared UDP port whose probes all met silence: from outside, an open port that
+    answers nothing. The counters say otherwise: more reached harden's closed path than
+    were sent to closed ports, so the live rules drop a declared port (an older ruleset,
+    or 'lab OLD --apply NEW' where NEW removed the service)."""
+    sent = sent_counts({"4/udp/silent": 100, "4/udp/allowed": 3})
+    [verdict] = judge(sent, counted(witness_in_udp_v4=103, witness_closed_udp_v4=103))
+    assert verdict.verdict is Verdict.FAIL
+    assert verdict.detail.startswith("3 IPv4 udp probe(s) to declared ports reached harden's")
+
+
 def test_nothing_arrived_is_inconclusive_and_loss_is_only_a_note() -> None:
     sent = sent_counts({"4/tcp/silent": 50})
     assert judge(sent, counted())[0].verdict is Verdict.INCONCLUSIVE

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 import yaml
 from rich.console import Console
@@ -131,6 +132,63 @@ class LabResult:
                 for s in self.steps
             ],
         }
+
+    def to_junit(self) -> str:
+        """JUnit: a testsuite for the lab, a timed testcase per step and one for the confirm.
+
+        A step fails when its verdict is not the one the story expects (the before step
+        must FAIL: an unfirewalled host leaks); its message names what the prober saw.
+        """
+        suites = ET.Element("testsuites", name="harden lab")
+        suite = ET.SubElement(suites, "testsuite", name=f"harden lab {self.manifest.name}")
+        failures = 0
+        for step in self.steps:
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"harden.lab.{self.backend}",
+                name=f"{step.name} from {step.vantage}",
+                time=f"{step.seconds:.3f}",
+            )
+            if not step.as_expected:
+                failures += 1
+                verdict = str(step.report.get("verdict", "?")).upper()
+                expected = "PASS" if step.expect_pass else "FAIL"
+                failure = ET.SubElement(case, "failure", message=f"{verdict}, expected {expected}")
+                failure.text = "\n".join(summarize(step) or [conforming(step)])
+        confirm = ET.SubElement(
+            suite, "testcase", classname=f"harden.lab.{self.backend}", name="confirm", time="0"
+        )
+        if not self.confirmed:
+            failures += 1
+            ET.SubElement(confirm, "failure", message="rolled back: the verification failed")
+        if self.not_tested:
+            out = ET.SubElement(suite, "system-out")
+            out.text = "\n".join(f"not tested: {n}" for n in self.not_tested)
+        suite.set("tests", str(len(self.steps) + 1))
+        suite.set("failures", str(failures))
+        suite.set("time", f"{sum(s.seconds for s in self.steps):.3f}")
+        ET.indent(suites)
+        return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+    def to_markdown(self) -> str:
+        """The steps as a Markdown table (a pull request, a ticket), then the outcome."""
+        lines = [
+            f"### harden lab: `{self.manifest.name}` ({self.backend})",
+            "",
+            "| step | from | verdict | expected | time | what the prober saw |",
+            "|---|---|---|---|---|---|",
+        ]
+        for step in self.steps:
+            seen = "<br>".join((summarize(step) or [conforming(step)])[:4])
+            lines.append(
+                f"| {step.name} | {step.vantage} | {str(step.report.get('verdict', '?')).upper()} "
+                f"| {'PASS' if step.expect_pass else 'FAIL'} | {step.seconds:.1f}s | {seen} |"
+            )
+        outcome = "confirmed" if self.confirmed else "rolled back"
+        lines += ["", f"**{'PASS' if self.ok else 'FAIL'}**: ruleset {outcome}"]
+        lines += [f"- not tested: {n}" for n in self.not_tested]
+        return "\n".join(lines) + "\n"
 
     def to_text(self, width: int = 120) -> str:
         """A table of the steps, what the prober saw, and a one-line outcome."""

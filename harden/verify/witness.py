@@ -209,24 +209,12 @@ def _judge_one(
             f"none of the {total} {where} probes reached the host (its witness counted 0): "
             "something upstream drops them, so their silence says nothing about its firewall",
         )
-    slack, lost = (TCP_SLACK if proto == "tcp" else 0), total - arrived
-    # Without a passed counter (iptables, or a ruleset from before it), whatever harden's
-    # closed path did not drop counts as accepted.
-    accepted = arrived - closed if passed is None else passed
-    unexpected = accepted - to_declared - slack
-    if unexpected > 0:
-        by = "not dropped by harden" if passed is None else "let through by every firewall"
-        return Judgement(
-            family,
-            proto,
-            Verdict.FAIL,
-            f"{unexpected} {where} probe(s) to closed ports reached the host and were {by} "
-            f"(accepted by a rule that is not harden's, or taken by a socket that answers "
-            f"nothing): the target counted {arrived} new, {closed} at harden's closed path"
-            + ("" if passed is None else f", {passed} let through")
-            + f", and {to_declared} were sent to declared ports",
-            arrived,
-        )
+    lost = total - arrived
+    failed = _accepted_past_harden(
+        family, proto, to_declared, arrived, closed, passed
+    ) or _declared_dropped(family, proto, total, to_declared, arrived, closed)
+    if failed is not None:
+        return failed
     if (short := _shortfall(family, proto, total, arrived)) is not None:
         return short
     elsewhere = 0 if passed is None else arrived - closed - passed
@@ -250,6 +238,55 @@ def _judge_one(
             blocked,
         )
     return Judgement(family, proto, Verdict.PASS, note, arrived)
+
+
+def _accepted_past_harden(
+    family: Family, proto: Proto, to_declared: int, arrived: int, closed: int, passed: int | None
+) -> Judgement | None:
+    """FAIL if more were accepted than were sent to declared ports."""
+    slack = TCP_SLACK if proto == "tcp" else 0
+    # Without a passed counter (iptables, or a ruleset from before it), whatever harden's
+    # closed path did not drop counts as accepted.
+    accepted = arrived - closed if passed is None else passed
+    unexpected = accepted - to_declared - slack
+    if unexpected <= 0:
+        return None
+    by = "not dropped by harden" if passed is None else "let through by every firewall"
+    return Judgement(
+        family,
+        proto,
+        Verdict.FAIL,
+        f"{unexpected} IPv{family} {proto} probe(s) to closed ports reached the host and were "
+        f"{by} (accepted by a rule that is not harden's, or taken by a socket that answers "
+        f"nothing): the target counted {arrived} new, {closed} at harden's closed path"
+        + ("" if passed is None else f", {passed} let through")
+        + f", and {to_declared} were sent to declared ports",
+        arrived,
+    )
+
+
+def _declared_dropped(
+    family: Family, proto: Proto, total: int, to_declared: int, arrived: int, closed: int
+) -> Judgement | None:
+    """FAIL if more reached harden's closed path than were sent to closed ports.
+
+    The excess were probes to declared ports, dropped by harden's own rules. Silence
+    cannot show this for UDP (an open port that answers nothing looks the same); the
+    counters do.
+    """
+    excess = closed - (total - to_declared)
+    if excess <= 0:
+        return None
+    return Judgement(
+        family,
+        proto,
+        Verdict.FAIL,
+        f"{excess} IPv{family} {proto} probe(s) to declared ports reached harden's closed "
+        "path and were dropped: the live rules do not allow what the manifest declares "
+        f"(the target counted {closed} at its closed path; {total - to_declared} were sent "
+        "to closed ports)",
+        arrived,
+    )
 
 
 def _shortfall(family: Family, proto: Proto, total: int, arrived: int) -> Judgement | None:
