@@ -222,7 +222,8 @@ def test_a_change_that_lets_more_out_is_rolled_back(tmp_path: Path) -> None:
 def test_a_kubernetes_node_is_lab_tested_with_its_nodeports_sampled() -> None:
     """k8s-node.yaml declares 2,768 NodePorts on each protocol: more than the stand-in
     service's sockets. The lab samples them (ends included) instead of refusing, proves
-    the rest reachable through the firewall, and says what it did not test."""
+    the rest reachable through the firewall, and says what it did not test. Its two sets
+    of source networks (ssh's, kubelet's) each get a host inside them."""
     proc = subprocess.run(
         [*HARDEN, "lab", str(REPO / "rulesets" / "k8s-node.yaml"), "--ports", "declared",
          "--format", "json"],
@@ -233,7 +234,10 @@ def test_a_kubernetes_node_is_lab_tested_with_its_nodeports_sampled() -> None:
     assert result["ok"] and result["confirmed"]
     sampled = [n for n in result["not_tested"] if "stand-in service listens on" in n]
     assert len(sampled) == 2 and all("of the 27" in n for n in sampled), result["not_tested"]
-    assert any(n.startswith("IPv4 sources:") for n in result["not_tested"])
+    # ssh's sources and kubelet's (the control plane) are two sets: a host inside each.
+    vantages = [s["vantage"] for s in result["steps"] if s["step"] == "after"]
+    assert vantages == ["outside", "allowed source", "allowed source 2"], vantages
+    assert not any(n.startswith("IPv4 sources:") for n in result["not_tested"])
 
 
 def test_a_change_that_removes_a_udp_service_is_caught_by_the_witness(tmp_path: Path) -> None:

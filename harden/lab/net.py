@@ -100,6 +100,9 @@ class LabNet(_Namespaces):
     server: Host = field(init=False)
     outside: Host = field(init=False)
     allowed: Host | None = field(init=False, default=None)
+    # One more host per set of source networks the first allowed host is not inside
+    # (each restricted service's sources), at most MORE_ALLOWED.
+    more_allowed: list[Host] = field(init=False, default_factory=list)
     _namespaces: list[Namespace] = field(init=False, default_factory=list)
     _responder: subprocess.Popen[str] | None = field(init=False, default=None)
 
@@ -138,6 +141,27 @@ class LabNet(_Namespaces):
                 a4 if isinstance(a4, IPv4Address) else spare4,
                 a6 if isinstance(a6, IPv6Address) else None,
             )
+            self._more_allowed(spare4)
+
+    def _more_allowed(self, spare4: IPv4Address) -> None:
+        """A host inside each further set of source networks that no host stands in yet."""
+        hosts = [h for h in (self.allowed,) if h is not None]
+        for sources in source_sets(self.policy):
+            if len(self.more_allowed) >= MORE_ALLOWED:
+                return
+            if any(_inside(h, sources) for h in hosts):
+                continue
+            a4 = _best_address(n for n in sources if isinstance(n, IPv4Network))
+            a6 = _best_address(n for n in sources if isinstance(n, IPv6Network))
+            taken = {a for h in hosts for a in (h.v4, h.v6)}
+            if (a4 is None and a6 is None) or a4 in taken or a6 in taken:
+                continue
+            v4 = a4 if isinstance(a4, IPv4Address) else spare4 + 1 + len(self.more_allowed)
+            host = self._routed_host(
+                f"al{len(self.more_allowed) + 2}", v4, a6 if isinstance(a6, IPv6Address) else None
+            )
+            self.more_allowed.append(host)
+            hosts.append(host)
 
     def _routed_host(self, role: str, v4: IPv4Address, v6: IPv6Address | None) -> Host:
         """A host whose address lies in a declared source network, routed to the server.
@@ -238,7 +262,7 @@ class LabNet(_Namespaces):
     def wait_reachable(self, timeout: float = 5.0) -> None:
         """Wait until the outside and allowed hosts can ping the server (links are up)."""
         deadline = time.monotonic() + timeout
-        hosts = [h for h in (self.outside, self.allowed) if h is not None]
+        hosts = [h for h in (self.outside, self.allowed, *self.more_allowed) if h is not None]
         targets = [(h, str(self.server.v4)) for h in hosts]
         targets += [(h, str(self.server.v6)) for h in hosts if h.v6 is not None]
         for host, target in targets:
@@ -246,6 +270,28 @@ class LabNet(_Namespaces):
                 if time.monotonic() > deadline:
                     raise EnvironmentProblem(f"lab: {target} unreachable from {host.ns.name}")
                 time.sleep(0.1)
+
+
+MORE_ALLOWED = 3  # further allowed-source hosts at most: each is another verify run
+
+
+def source_sets(policy: Policy) -> list[tuple[Net, ...]]:
+    """Each restricted allow's source networks (both families), once each, in order."""
+    found: list[tuple[Net, ...]] = []
+    for allow in policy.allows:
+        nets = tuple(n for family in (4, 6) for n in allow.sources[family] or ())
+        if nets and nets not in found:
+            found.append(nets)
+    return found
+
+
+def _inside(host: Host, sources: tuple[Net, ...]) -> bool:
+    """Whether ``host`` has an address in every family ``sources`` names, inside it."""
+    families = {n.version for n in sources}
+    mine = [a for a in (host.v4, host.v6) if a is not None and a.version in families]
+    return len(mine) == len(families) and all(
+        any(a in n for n in sources if n.version == a.version) for a in mine
+    )
 
 
 def _first_free(candidates: list[IPv4Network] | list[IPv6Network], taken: list[Net]) -> Net:

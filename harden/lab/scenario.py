@@ -305,13 +305,19 @@ def run_lab(
 def _unprobed(policy: Policy, lab: LabNet) -> list[str]:
     """What the lab's hosts cannot stand in for: more source networks, egress destinations."""
     notes = []
+    hosts = [h for h in (lab.allowed, *lab.more_allowed) if h is not None]
+    mine = [a for h in hosts for a in (h.v4, h.v6) if a is not None]
     for family in (4, 6):
-        nets = sorted({str(n) for a in policy.allows for n in a.sources[family] or ()})
-        if len(nets) > 1 and lab.allowed is not None:
+        nets = sorted(
+            {n for a in policy.allows for n in a.sources[family] or ()},
+            key=lambda n: (int(n.network_address), n.prefixlen),
+        )
+        missed = [str(n) for n in nets if not any(a in n for a in mine if a.version == n.version)]
+        if missed:
             notes.append(
-                f"IPv{family} sources: the allowed-source host stands in one of {len(nets)} "
-                f"source networks ({', '.join(nets[:4])}{', ...' if len(nets) > 4 else ''}); "
-                "the others are proven by the rendered rules, not by probes"
+                f"IPv{family} sources: no lab host stands in {len(missed)} of {len(nets)} "
+                f"source networks ({', '.join(missed[:4])}{', ...' if len(missed) > 4 else ''}); "
+                "they are proven by the rendered rules, not by probes"
             )
     named = sorted(
         {str(n) for o in policy.outbound for f in (4, 6) for n in o.destinations[f] or ()}
@@ -337,6 +343,7 @@ def _after(
     vantages = [("outside", lab.outside)]
     if lab.allowed is not None:
         vantages.append(("allowed source", lab.allowed))
+    vantages += [(f"allowed source {n}", h) for n, h in enumerate(lab.more_allowed, start=2)]
     steps = []
     for label, host in vantages:
         progress(f"after: probing from {label} ({host.v4}{', ' + str(host.v6) if host.v6 else ''})")
@@ -427,7 +434,7 @@ def _with_lab_probers(manifest: Path, lab: LabNet, tmp: Path) -> Path:
     verify = dict(data.get("verify") or {})
     probers = [str(n) for n in verify.get("probers") or []]
     covered = [ip_network(n, strict=False) for n in probers]
-    hosts = [lab.outside, *([lab.allowed] if lab.allowed is not None else [])]
+    hosts = [lab.outside, *([lab.allowed] if lab.allowed is not None else []), *lab.more_allowed]
     for host in hosts:
         for address in (host.v4, host.v6, *host.extra):
             if address is None:
