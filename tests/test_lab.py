@@ -149,7 +149,9 @@ EGRESS = REPO / "rulesets" / "egress-host.yaml"
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
 def test_lab_proves_egress_before_and_after(backend: str) -> None:
     """The unfirewalled server lets everything out; after the apply only ntp reaches the
-    outside host (no other egress destination covers it), and the ruleset is confirmed."""
+    outside host (no other egress destination covers it), dns reaches the resolvers and
+    the mirror its web ports (sinks inside each declared destination), and the ruleset
+    is confirmed."""
     proc = subprocess.run(
         [*HARDEN, "lab", EGRESS, "--backend", backend, "--ports", "1-1000", "--format", "json"],
         capture_output=True,
@@ -171,18 +173,26 @@ def test_lab_proves_egress_before_and_after(backend: str) -> None:
     assert (before["verdict"], before["expected"]) == ("fail", "fail")
     assert (after["verdict"], after["expected"]) == ("pass", "pass")
     sinks = after["report"]["targets"]
-    assert len(sinks) == 2  # the outside host's IPv4 and IPv6 addresses (ipv6: true)
+    # The outside host's IPv4 and IPv6 addresses (ipv6: true), and one inside each
+    # declared destination: the resolvers (both families) and the package mirror.
+    assert sinks == ["198.19.254.2", "fdff:18::2", "198.51.100.53", "2001:db8::53", "203.0.113.1"]
+    assert result["not_tested"] == []
     ranges = before["report"]["port_ranges"]
     leaks = {(p["target"], p["proto"]) for p in ranges if p["status"] == "fail"}
     assert leaks == {(sink, proto) for sink in sinks for proto in ("tcp", "udp")}
-    leaked = [p for p in ranges if p["status"] == "fail" and p["proto"] == "tcp"]
-    assert all(p["ports"] == "1-1000" and p["count"] == 1000 for p in leaked), leaked
+    leaked = {
+        p["target"]: p["ports"] for p in ranges if p["status"] == "fail" and p["proto"] == "tcp"
+    }
+    assert leaked["198.19.254.2"] == leaked["fdff:18::2"] == "1-1000", leaked  # nothing allowed
+    assert leaked["203.0.113.1"] == "1-79,81-442,444-1000", leaked  # the mirror's 80, 443 allowed
     arrived = {
         (p["target"], p["proto"], p["ports"])
         for p in after["report"]["port_ranges"]
         if p["observed"] == "arrived"
     }
-    assert arrived == {(sink, "udp", "123") for sink in sinks}
+    assert arrived == {(sink, "udp", "123") for sink in sinks} | {
+        (dns, proto, "53") for dns in ("198.51.100.53", "2001:db8::53") for proto in ("tcp", "udp")
+    } | {("203.0.113.1", "tcp", "80,443")}
     assert [s["step"] for s in result["steps"]] == [
         "before",
         "egress before",

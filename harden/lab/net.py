@@ -103,6 +103,9 @@ class LabNet(_Namespaces):
     # One more host per set of source networks the first allowed host is not inside
     # (each restricted service's sources), at most MORE_ALLOWED.
     more_allowed: list[Host] = field(init=False, default_factory=list)
+    # Egress sinks inside the declared destinations: addresses of the outside host.
+    destinations: list[Address] = field(init=False, default_factory=list)
+    _outside_dev: str = field(init=False, default="")
     _namespaces: list[Namespace] = field(init=False, default_factory=list)
     _responder: subprocess.Popen[str] | None = field(init=False, default=None)
 
@@ -113,7 +116,7 @@ class LabNet(_Namespaces):
         server_ns, outside_ns = self._ns("srv"), self._ns("out")
         s4, o4 = net4.network_address + 1, net4.network_address + 2
         s6, o6 = net6.network_address + 1, net6.network_address + 2
-        connect(
+        _, self._outside_dev = connect(
             server_ns,
             outside_ns,
             [f"{s4}/{net4.prefixlen}", f"{s6}/{net6.prefixlen}"],
@@ -142,6 +145,39 @@ class LabNet(_Namespaces):
                 a6 if isinstance(a6, IPv6Address) else None,
             )
             self._more_allowed(spare4)
+
+    def add_destinations(self, most: int = 4) -> list[Net]:
+        """Give the outside host an address inside each declared egress destination.
+
+        The egress proof then sends to them too: an allow to 203.0.113.0/24 is proven by
+        what arrives at 203.0.113.1, not only by the outside host's own addresses, which
+        no such allow covers. Returns the destination networks left without one.
+        """
+        nets = [n for o in self.policy.outbound for f in (4, 6) for n in o.destinations[f] or ()]
+        taken = {a for h in (self.server, self.outside, self.allowed, *self.more_allowed)
+                 if h is not None for a in (h.v4, h.v6)}  # fmt: skip
+        left = []
+        for net in dict.fromkeys(nets):
+            if net.version == 6 and (self.server.v6 is None or not self.policy.ipv6):
+                continue
+            address = net.network_address + (1 if net.num_addresses > 2 else 0)
+            if address in self.destinations or address in taken:
+                continue
+            if len(self.destinations) >= most:
+                left.append(net)
+                continue
+            self._route_to_outside(address)
+            self.destinations.append(address)
+        return left
+
+    def _route_to_outside(self, address: Address) -> None:
+        """``address`` on the outside host's link end, routed there from the server."""
+        six = address.version == 6
+        bits, via = ("128", self.outside.v6) if six else ("32", self.outside.v4)
+        add = ["ip", "addr", "add", f"{address}/{bits}", "dev", self._outside_dev]
+        self.outside.ns.run([*add, "nodad"] if six else add)
+        family = ["-6"] if six else []
+        self.server.ns.run(["ip", *family, "route", "add", f"{address}/{bits}", "via", str(via)])
 
     def _more_allowed(self, spare4: IPv4Address) -> None:
         """A host inside each further set of source networks that no host stands in yet."""

@@ -274,6 +274,11 @@ def run_lab(
         state = Path(tmp) / "state"
         progress(f"lab: server {lab.server.v4} / {lab.server.v6} in namespace {lab.server.ns.name}")
         result.not_tested += lab.start_services() + _unprobed(policy, lab)
+        if policy.egress != "accept":
+            result.not_tested += [
+                f"egress to {net}: no sink inside it (the lab adds four at most)"
+                for net in lab.add_destinations()
+            ]
         lab.wait_reachable()
         limits = _ratelimits(lab.server)
         if before:
@@ -319,14 +324,6 @@ def _unprobed(policy: Policy, lab: LabNet) -> list[str]:
                 f"source networks ({', '.join(missed[:4])}{', ...' if len(missed) > 4 else ''}); "
                 "they are proven by the rendered rules, not by probes"
             )
-    named = sorted(
-        {str(n) for o in policy.outbound for f in (4, 6) for n in o.destinations[f] or ()}
-    )
-    if named and policy.egress != "accept":
-        notes.append(
-            f"egress to {', '.join(named[:4])}{', ...' if len(named) > 4 else ''}: the sink is "
-            "the lab's outside host, so allows to these destinations were not sent to"
-        )
     return notes
 
 
@@ -386,6 +383,7 @@ def _egress(
     sinks: list[Address] = [lab.outside.v4]
     if policy.ipv6 and lab.outside.v6 is not None and lab.server.v6 is not None:
         sinks.append(lab.outside.v6)
+    sinks += lab.destinations  # inside the declared destinations (LabNet.add_destinations)
     progress(
         f"egress {when}: the server sends to the outside host as sink "
         f"({', '.join(map(str, sinks))})"
