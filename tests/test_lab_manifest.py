@@ -26,7 +26,7 @@ def test_the_labs_copy_of_a_manifest_keeps_its_values_under_yaml_1_2(tmp_path: P
     original = tmp_path / "m.yaml"
     original.write_text(TRICKY)
     outside = SimpleNamespace(v4=ip_address("198.19.254.2"), v6=None, extra=())
-    lab: Any = SimpleNamespace(outside=outside, allowed=None)
+    lab: Any = SimpleNamespace(outside=outside, allowed=None, more_allowed=[])
     copy = _with_lab_probers(original, lab, tmp_path)
     before, after = load_manifest(original), load_manifest(copy)
     assert after.host == before.host == "no"
