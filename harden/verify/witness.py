@@ -268,14 +268,16 @@ def _accepted_past_harden(
 def _declared_dropped(
     family: Family, proto: Proto, total: int, to_declared: int, arrived: int, closed: int
 ) -> Judgement | None:
-    """FAIL if more reached harden's closed path than were sent to closed ports.
+    """FAIL if more UDP probes reached harden's closed path than were sent to closed ports.
 
     The excess were probes to declared ports, dropped by harden's own rules. Silence
     cannot show this for UDP (an open port that answers nothing looks the same); the
     counters do.
     """
     excess = closed - (total - to_declared)
-    if excess <= 0:
+    if proto != "udp" or excess <= 0:
+        # TCP: a declared port harden drops is silence where an answer was due, seen from
+        # outside; and a connect()-mode SYN the kernel retransmits counts twice here.
         return None
     return Judgement(
         family,
