@@ -1063,13 +1063,17 @@ def ci_cmd(
     in network namespaces and probed before and after (root; --no-lab skips it, and
     says so). The report lists what was not tested. See docs/ci.md.
     """
+    from pydantic import ValidationError
+
     from harden.lab.ci import CiOptions, run_ci
     from harden.manifest.model import Ci
 
     try:
         checks = Ci.model_validate({"keep_open": list(keep)}).keep_open
-    except ValueError as exc:
-        raise OptionError("keep", one_line(str(exc).splitlines()[-1])) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        reason = str(first["msg"]).removeprefix("Value error, ")
+        raise OptionError("keep", reason) from None
     options = CiOptions(
         keep=checks,
         allow_ssh_change=allow_ssh_change,
