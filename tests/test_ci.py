@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -192,3 +193,47 @@ def test_the_github_example_runs_the_lab_and_reports(repo: Path, tmp_path: Path)
     lab = [t for t in junit.iter("testcase") if t.get("name") == "lab"]
     assert lab and lab[0].find("failure") is None and float(lab[0].get("time") or 0) > 1
     assert "## harden ci: PASS" in Path("/tmp/harden-ci.md").read_text()
+
+
+def test_other_yaml_is_not_a_manifest_and_bytes_are_compared_as_bytes(tmp_path: Path) -> None:
+    """A compose file (version "3.8", services), Kubernetes multi-document YAML, a file
+    that is not UTF-8 and one with CRLF line ends: none is taken for a broken manifest,
+    and an unchanged file is unchanged whether BASE is a directory or a revision. A
+    manifest with a YAML syntax error is invalid with the line the parser gives."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "ci@example.org")
+    git(repo, "config", "user.name", "ci")
+    (repo / "web.yaml").write_bytes(WEB.replace("\n", "\r\n").encode())
+    (repo / "compose.yml").write_text('version: "3.8"\nservices:\n  web: {image: nginx}\n')
+    (repo / "k8s.yaml").write_text("apiVersion: v1\nkind: A\n---\napiVersion: v1\nkind: B\n")
+    (repo / "notes.yaml").write_bytes("title: caf\xe9\n".encode("latin-1"))
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "base")
+    same = subprocess.run([*HARDEN, "ci", "main", str(repo), "--repo", str(repo), "--no-lab"],
+                          capture_output=True, text=True, cwd="/", env=ENV)  # fmt: skip
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "PASS: 0 changed of 1 manifests" in same.stdout, same.stdout
+    (repo / "broken.yaml").write_text("version: 1\nservices:\n  - {name: a, port: 1\n")
+    broken = subprocess.run(
+        [*HARDEN, "ci", "main", str(repo), "--repo", str(repo), "--no-lab", "--format", "github"],
+        capture_output=True, text=True, cwd="/", env=ENV,
+    )  # fmt: skip
+    assert broken.returncode == 2, broken.stdout + broken.stderr
+    assert re.search(r"^::error file=broken.yaml,line=\d+::", broken.stdout, re.M), broken.stdout
+
+
+def test_ssh_kept_sees_a_hole_inside_an_ssh_port_range() -> None:
+    """BASE serves ssh on 2200-2210; HEAD on 2200 and 2210 only: 2201-2209 close."""
+    from harden.manifest.parse import manifest_from_text
+    from harden.policy.checks import ssh_kept
+    from harden.policy.model import build_policy
+
+    def policy(ports: str) -> Any:
+        text = f"version: 1\nservices:\n  - {{name: ssh, ports: [{ports}], proto: tcp}}\n"
+        return build_policy(manifest_from_text(text, "m.yaml"))
+
+    [failure] = ssh_kept(policy("2200-2210"), policy("2200, 2210"))
+    assert failure.message.startswith("closes SSH (tcp/2201, served by BASE)"), failure
+    assert ssh_kept(policy("2200-2210"), policy("2200-2210")) == []

@@ -10,6 +10,7 @@ probed before and after. docs/ci.md, "What harden ci proves".
 from __future__ import annotations
 
 import fnmatch
+import re
 import subprocess
 import tempfile
 import time
@@ -56,7 +57,10 @@ def run_ci(
     """Judge the change from ``base`` to ``head`` (see the module's docstring)."""
     report = CiReport(base, head)
     with tempfile.TemporaryDirectory(prefix="harden-ci-") as tmp:
-        trees = [_tree(ref, repo, Path(tmp) / side) for ref, side in ((base, "b"), (head, "h"))]
+        trees = [
+            _tree(ref, repo, Path(tmp) / side, options.patterns, name)
+            for ref, side, name in ((base, "b", "base"), (head, "h", "head"))
+        ]
         found = [_manifests(tree, options.patterns) for tree in trees]
         for path in sorted(set(found[0]) | set(found[1])):
             progress(f"{path}: validate and diff")
@@ -72,28 +76,31 @@ def run_ci(
     return report
 
 
-def _tree(ref: str, repo: Path, into: Path) -> Path:
-    """``ref`` itself if it is a directory, else the revision's files written to ``into``."""
+def _tree(ref: str, repo: Path, into: Path, patterns: Sequence[str], option: str) -> Path:
+    """``ref`` itself if it is a directory, else the revision's files written to ``into``.
+
+    Written byte for byte (git show, no text decoding): a file that is not UTF-8, or
+    has CRLF line ends, is the same file on either side.
+    """
     if Path(ref).is_dir():
         return Path(ref)
     rev = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     if rev.returncode != 0:
-        raise OptionError("base", f"{ref!r} is neither a directory nor a git revision of {repo}")
-    listed = _git(repo, "ls-tree", "-r", "-z", "--name-only", rev.stdout.strip())
-    for name in filter(None, listed.stdout.split("\0")):
-        if _wanted(name, PATTERNS):
-            shown = _git(repo, "show", f"{rev.stdout.strip()}:{name}")
+        raise OptionError(option, f"{ref!r} is neither a directory nor a git revision of {repo}")
+    commit = rev.stdout.decode().strip()
+    listed = _git(repo, "ls-tree", "-r", "-z", "--name-only", commit)
+    for name in filter(None, listed.stdout.decode(errors="surrogateescape").split("\0")):
+        if _wanted(name, patterns):
+            shown = _git(repo, "show", f"{commit}:{name}")
             (into / name).parent.mkdir(parents=True, exist_ok=True)
-            (into / name).write_text(shown.stdout)
+            (into / name).write_bytes(shown.stdout)
     into.mkdir(parents=True, exist_ok=True)
     return into
 
 
-def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(
-            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=False
-        )
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
     except FileNotFoundError:
         raise EnvironmentProblem("harden ci needs git for revisions (Debian package git)") from None
 
@@ -104,19 +111,30 @@ def _wanted(name: str, patterns: Sequence[str]) -> bool:
     return not hidden and any(fnmatch.fnmatch(parts[-1], p) for p in patterns)
 
 
+# A manifest says so on a line of its own; a compose file's version is a string.
+_VERSION_1 = re.compile(rb"^version:\s*1\s*(#.*)?$", re.MULTILINE)
+
+
 def _manifests(tree: Path, patterns: Sequence[str]) -> set[str]:
-    """The repository paths of the manifests under ``tree``: YAML files that say version."""
+    """The repository paths of the manifests under ``tree``: YAML files of ``version: 1``.
+
+    Other YAML (a compose file, Kubernetes or CloudFormation documents, CI configuration)
+    is not a manifest. A file that does not parse counts only if it says ``version: 1``
+    on a line of its own: then validate says why it is broken.
+    """
     out = set()
     for path in tree.rglob("*"):
         name = str(path.relative_to(tree))
         if not path.is_file() or not _wanted(name, patterns):
             continue
+        raw = path.read_bytes()
         try:
-            data = load_yaml(path.read_text(), name)
+            data = load_yaml(raw.decode(), name)
         except (ManifestError, UnicodeDecodeError):
-            out.add(name)  # unreadable: validate says why
+            if _VERSION_1.search(raw):
+                out.add(name)
             continue
-        if isinstance(data, dict) and ("version" in data or "services" in data):
+        if isinstance(data, dict) and data.get("version") == 1:
             out.add(name)
     return out
 
@@ -133,7 +151,10 @@ def _case(path: str, old: Path | None, new: Path | None) -> Case:
     try:
         head = load_manifest(new)
     except ManifestError as exc:
-        case.problem = Problem(exc.field, exc.message, line_of(new.read_text(), exc.field))
+        text = new.read_bytes().decode(errors="replace")
+        said = re.match(r"line (\d+)", exc.message)  # a YAML error names its own line
+        line = int(said.group(1)) if said and not exc.field else line_of(text, exc.field)
+        case.problem = Problem(exc.field, exc.message, line)
         return case
     if status != "unchanged":
         before = _policy(old) if old is not None else NOTHING

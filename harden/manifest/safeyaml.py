@@ -177,22 +177,20 @@ def line_of(text: str, field: str) -> int | None:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return None
-    line = None
     for part in re.findall(r"[^.\[\]]+|\[\d+\]", field):
         if isinstance(node, yaml.MappingNode):
             found = [v for k, v in node.value if getattr(k, "value", None) == part]
             if not found:
-                break
+                return None
             node = found[0]
         elif isinstance(node, yaml.SequenceNode) and part.startswith("["):
             index = int(part[1:-1])
             if index >= len(node.value):
-                break
+                return None
             node = node.value[index]
         else:
-            break
-        line = node.start_mark.line + 1
-    return line
+            return None
+    return None if node is None or not field else node.start_mark.line + 1
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:

@@ -145,7 +145,7 @@ class CiReport:
         """GitHub Actions workflow commands: an error per failure, a warning per ⚠."""
         out = []
         for case in self.changed:
-            where = f"file={case.path}"
+            where = f"file={_escape(case.path, prop=True)}"
             if case.problem is not None:
                 line = f",line={case.problem.line}" if case.problem.line else ""
                 out.append(f"::error {where}{line}::{_escape(_problem(case.problem))}")
@@ -240,6 +240,7 @@ def _lab(lab: LabOutcome) -> str:
     return f"{'PASS' if lab.ok else 'FAIL'} in {lab.seconds:.0f} s"
 
 
-def _escape(text: str) -> str:
-    """GitHub's workflow-command escaping of a message."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+def _escape(text: str, prop: bool = False) -> str:
+    """GitHub's workflow-command escaping of a message (or of a property's value)."""
+    out = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return out.replace(":", "%3A").replace(",", "%2C") if prop else out

@@ -99,24 +99,28 @@ def never_open(policy: Policy, check: PortCheck) -> Failure | None:
     return None
 
 
-def ssh_ports(policy: Policy) -> list[int]:
+def ssh_ports(policy: Policy) -> list[PortRange]:
     """The tcp ports ``policy`` serves SSH on: its services named ssh (or ssh-...), and 22."""
-    ports: set[int] = set()
+    ports: list[PortRange] = []
     for allow in policy.allows:
         if allow.proto != "tcp":
             continue
         for name, ranges in allow.members:
             if name.lower() == "ssh" or name.lower().startswith("ssh-"):
-                ports |= {p for rng in ranges for p in (rng.first, rng.last)}
+                ports += ranges
         if any(22 in rng for rng in allow.ports):
-            ports.add(22)
-    return sorted(ports)
+            ports.append(PortRange(22, 22))
+    return sorted(set(ports))
 
 
 def ssh_kept(base: Policy, head: Policy) -> list[Failure]:
     """Every SSH port BASE serves, open in HEAD to every source BASE allowed it from."""
     failures = []
-    for port in ssh_ports(base):
+    # One port per stretch of each SSH range inside which both policies answer alike.
+    ports = sorted(
+        {p for rng in ssh_ports(base) for pol in (base, head) for p in _segments(pol, "tcp", rng)}
+    )
+    for port in ports:
         lost: list[Network] = []
         closed = True
         for family in FAMILIES:
