@@ -274,9 +274,9 @@ def test_a_change_that_removes_a_udp_service_is_caught_by_the_witness(tmp_path: 
     assert any("to declared ports reached harden's closed path" in d for d in details), details
 
 
-def test_lab_writes_junit_and_markdown_reports_for_ci(tmp_path: Path) -> None:
+def test_lab_writes_a_junit_report_for_ci(tmp_path: Path) -> None:
     """lab --format junit -o FILE: a timed testcase per step and one for the confirm, the
-    text summary still on standard output; markdown: the steps as a table."""
+    text summary still on standard output."""
     from xml.etree import ElementTree as ET
 
     out = tmp_path / "lab.xml"
@@ -293,8 +293,4 @@ def test_lab_writes_junit_and_markdown_reports_for_ci(tmp_path: Path) -> None:
         "before from outside", "after from outside", "after from allowed source", "confirm",
     ]  # fmt: skip
     assert all(t > 0 for n, t in names if n != "confirm"), names
-    md = subprocess.run(
-        [*HARDEN, "lab", str(WEB), "--ports", "20-25", "--format", "markdown"],
-        capture_output=True, text=True, check=False, cwd="/", timeout=600,
-    )  # fmt: skip
-    assert md.returncode == 0 and "| before | outside | FAIL | FAIL |" in md.stdout, md.stdout
+    # The Markdown table: tests/golden_output/lab.md.

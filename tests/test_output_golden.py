@@ -233,6 +233,8 @@ CASES: dict[str, Callable[[], str]] = {
     "verify-connect.txt": lambda: verify_text(connect_report()),
     "lab.json": lambda: dumps(lab_result().to_json()),
     "lab.txt": lambda: lab_result().to_text() + "\n",
+    "lab.md": lambda: lab_result().to_markdown(),
+    "lab.junit.xml": lambda: lab_result().to_junit(),
 }
 
 
