@@ -214,7 +214,10 @@ def lab(
     ports: str = "all",
     apply_manifest: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the namespace lab (as ``harden lab --format json``); needs root."""
+    """Run the namespace lab (as ``harden lab --format json``); needs root.
+
+    ``apply_manifest`` tests a change to ``path`` (``harden lab PATH --apply NEW``).
+    """
     from harden.lab.scenario import run_lab
 
     return run_lab(

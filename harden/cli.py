@@ -905,8 +905,9 @@ def sink(senders: str, duration: float) -> None:
     "apply_manifest",
     type=MANIFEST,
     default=None,
-    help="Apply this manifest instead (a change to test): verification still "
-    "expects MANIFEST, so a broken change is rolled back.",
+    help="Test a change: the server runs MANIFEST's services, this manifest is applied "
+    "and verified, and closing or narrowing anything MANIFEST exposes fails (rolled "
+    "back); what it adds must answer.",
 )
 @click.option(
     "--reap",

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from harden.lab.net import LabNet
-from harden.lab.scenario import run_lab, two_sided
+from harden.lab.scenario import _with_lab_probers, _witness_command, run_lab, two_sided
+from harden.manifest.safeyaml import load_yaml
 from harden.verify.options import PortSelection
 
 from .conftest import REPO, own_namespaces
@@ -53,11 +54,18 @@ def test_lab_before_after(backend: str, ports: str) -> None:
 
 
 def test_a_broken_change_is_rolled_back(tmp_path: Path) -> None:
+    """lab WEB --apply (WEB without SSH): the change does what it says (22 is proven
+    silent from the allowed host), and that takes SSH away from what WEB serves: the
+    regression step fails, and the ruleset is rolled back."""
     broken = write(tmp_path, "broken.yaml", FORGETS_SSH)
     result = run_lab(WEB, ports=PortSelection.parse("1-1000"), apply_manifest=broken, before=False)
     assert not result.ok and result.rolled_back and not result.confirmed
     inside = next(s for s in result.steps if s.vantage == "allowed source")
-    assert ("tcp", 22, "silent") in failing(inside.report)
+    assert inside.passed and not failing(inside.report)  # 22 probed, silent as NEW says
+    [regression] = [s for s in result.steps if s.name == "regression"]
+    assert not regression.passed
+    assert [t for t in regression.report["regressions"] if "tcp/22" in t], regression.report
+    assert "FAIL: the change takes away what web-server.yaml serves" in result.to_text()
 
 
 def _apply(lab: LabNet, manifest: Path, tmp: Path, *args: str) -> None:
@@ -202,30 +210,30 @@ def test_lab_proves_egress_before_and_after(backend: str) -> None:
     ]
 
 
-def test_a_change_that_lets_more_out_is_rolled_back(tmp_path: Path) -> None:
-    """Applying egress policy accept while egress-host.yaml is verified: egress after fails."""
-    data = yaml.safe_load(EGRESS.read_text())
-    data["egress"] = {"policy": "accept"}  # no output chain: everything leaves
-    loose = write(tmp_path, "loose.yaml", yaml.safe_dump(data))
-    result = run_lab(
-        EGRESS, ports=PortSelection.parse("1-1000"), apply_manifest=loose, before=False
+def test_a_change_that_adds_is_confirmed_with_its_additions_proven(tmp_path: Path) -> None:
+    """lab EGRESS --apply (EGRESS plus an inbound port and an egress port): an intended
+    widening. What it adds answers (the stand-in serves the new port; the egress proof
+    sends to the new one), nothing of EGRESS is taken away: confirmed."""
+    data = load_yaml(EGRESS.read_text(), str(EGRESS))
+    data["services"].append({"name": "metrics", "port": 9100, "proto": "tcp"})
+    data["egress"]["allow"].append(
+        {"name": "smtp", "destinations": ["203.0.113.0/24"], "port": 587, "proto": "tcp"}
     )
-    assert not result.ok and result.rolled_back and not result.confirmed
-    # The after steps' witness reports the live ruleset: its output hook, judged against
-    # the egress policy verified, accepts what that policy does not (the analysis); the
-    # egress step sees the same from both ends.
-    assert [(s.name, s.passed) for s in result.steps] == [
-        ("after", False),
-        ("after", False),
-        ("egress after", False),
-    ]
-    for step in result.steps[:2]:
-        failed = [p for p in step.report["ports"] if p["status"] == "fail"]
-        assert failed and all(p["detail"].startswith("analysis: not declared") for p in failed)
-        assert all(" output ipv" in p["detail"] for p in failed)
+    wider = write(tmp_path, "wider.yaml", yaml.safe_dump(data))
+    result = run_lab(
+        EGRESS, ports=PortSelection.parse("1-1000,9100"), apply_manifest=wider, before=False
+    )
+    assert result.ok and result.confirmed, result.to_text()
+    outside = next(s for s in result.steps if s.vantage == "outside")
+    assert statuses(outside.report)[("tcp", 9100)] == "ok"
     [egress] = [s for s in result.steps if s.name == "egress after"]
-    leaks = {(p["proto"], p["observed"]) for p in egress.report["ports"] if p["status"] == "fail"}
-    assert leaks == {("tcp", "sent"), ("udp", "sent")}
+    arrived = {
+        (p["target"], p["port"]) for p in egress.report["ports"] if p["observed"] == "arrived"
+    }
+    assert any(port == 587 and target.startswith("203.0.113.") for target, port in arrived)
+    [regression] = [s for s in result.steps if s.name == "regression"]
+    assert regression.passed and regression.report["regressions"] == []
+    assert len(regression.report["additions"]) == 2, regression.report["additions"]
     assert own_namespaces() == set()
 
 
@@ -250,27 +258,30 @@ def test_a_kubernetes_node_is_lab_tested_with_its_nodeports_sampled() -> None:
     assert not any(n.startswith("IPv4 sources:") for n in result["not_tested"])
 
 
-def test_a_change_that_removes_a_udp_service_is_caught_by_the_witness(tmp_path: Path) -> None:
-    """lab WEB --apply (WEB without http3): udp/443's probes meet silence either way (an
-    open port that answers nothing looks dropped), so the outside alone passed it. The
-    target's counters show them reaching harden's closed path: a FAIL, rolled back. (The
-    static analysis of the target's ruleset names the drop too; the counters prove it
-    on their own, where the ruleset cannot be read.)"""
+def test_a_ruleset_that_drops_a_declared_udp_port_is_caught_by_the_witness(
+    tmp_path: Path,
+) -> None:
+    """WEB verified while the live rules are WEB without http3 (an older ruleset):
+    udp/443's probes meet silence either way (an open port that answers nothing looks
+    dropped), so the outside alone passes it. The target's counters show them reaching
+    harden's closed path: a FAIL. (The static analysis of the target's ruleset names
+    the drop too; the counters prove it on their own, where the ruleset cannot be read.)"""
     without = write(
         tmp_path,
         "no-http3.yaml",
         WEB.read_text().replace("  - {name: http3, port: 443, proto: udp}\n", ""),
     )
     assert "http3" not in without.read_text()
-    result = run_lab(
-        WEB, ports=PortSelection.parse("440-450"), apply_manifest=without, before=False
-    )
-    assert not result.ok and result.rolled_back, [s.report["verdict"] for s in result.steps]
-    details = [
-        n for s in result.steps for n in s.report.get("notes", []) + [
-            p.get("detail", "") for p in s.report.get("ports", [])
-        ]
-    ]  # fmt: skip
+    with lab_for(WEB) as lab:
+        lab.start_services(lifetime=120)
+        lab.wait_reachable()
+        _apply(lab, _with_lab_probers(without, lab, tmp_path), tmp_path)
+        code, report = verify_from(
+            lab.outside, lab, WEB, tmp_path, "--ports", "440-450",
+            "--witness", _witness_command(lab.server),
+        )  # fmt: skip
+    assert code == 1, report["verdict"]
+    details = report.get("notes", []) + [p.get("detail", "") for p in report["ports"]]
     assert any("to declared ports reached harden's closed path" in d for d in details), details
 
 

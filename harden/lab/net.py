@@ -21,7 +21,7 @@ from harden.errors import EnvironmentProblem
 from harden.lab.netns import Namespace, connect, require_root
 from harden.lab.responder import MAX_SOCKETS
 from harden.manifest.ports import compress
-from harden.policy.model import Policy
+from harden.policy.model import Allow, Policy
 from harden.types import Address
 
 Net = IPv4Network | IPv6Network
@@ -97,6 +97,10 @@ class LabNet(_Namespaces):
 
     policy: Policy
     prefix: str = "hl"
+    # What the server runs before a change (lab OLD --apply NEW): its ports get stand-in
+    # services and its source networks hosts, so what the change takes away is probed
+    # from where it used to answer.
+    served: Policy | None = None
     server: Host = field(init=False)
     outside: Host = field(init=False)
     allowed: Host | None = field(init=False, default=None)
@@ -109,8 +113,13 @@ class LabNet(_Namespaces):
     _namespaces: list[Namespace] = field(init=False, default_factory=list)
     _responder: subprocess.Popen[str] | None = field(init=False, default=None)
 
+    @property
+    def allows(self) -> list[Allow]:
+        """The allows the lab stands in for: the policy's, then those of ``served``."""
+        return [*self.policy.allows, *(self.served.allows if self.served is not None else ())]
+
     def _build(self) -> None:
-        sources = [n for a in self.policy.allows for fam in (4, 6) for n in a.sources[fam] or ()]
+        sources = [n for a in self.allows for fam in (4, 6) for n in a.sources[fam] or ()]
         net4 = _first_free(OUTSIDE_V4, sources)
         net6 = _first_free(OUTSIDE_V6, sources)
         server_ns, outside_ns = self._ns("srv"), self._ns("out")
@@ -182,7 +191,7 @@ class LabNet(_Namespaces):
     def _more_allowed(self, spare4: IPv4Address) -> None:
         """A host inside each further set of source networks that no host stands in yet."""
         hosts = [h for h in (self.allowed,) if h is not None]
-        for sources in source_sets(self.policy):
+        for sources in source_sets(self.allows):
             if len(self.more_allowed) >= MORE_ALLOWED:
                 return
             if any(_inside(h, sources) for h in hosts):
@@ -238,12 +247,11 @@ class LabNet(_Namespaces):
         Past MAX_SOCKETS ports (a Kubernetes node's 2,768 NodePorts, twice) a sample
         listens, spread evenly over each protocol's ports, ends included: the others are
         still probed, and answer as allowed but closed (the firewall let them through).
-        Returns what that leaves untested, to be said in the report.
+        ``served``'s ports listen too. Returns what that leaves untested, to be said in
+        the report.
         """
         declared = {
-            proto: sorted(
-                {p for a in self.policy.allows if a.proto == proto for r in a.ports for p in r}
-            )
+            proto: sorted({p for a in self.allows if a.proto == proto for r in a.ports for p in r})
             for proto in ("tcp", "udp")
         }
         total = sum(map(len, declared.values()))
@@ -311,10 +319,10 @@ class LabNet(_Namespaces):
 MORE_ALLOWED = 3  # further allowed-source hosts at most: each is another verify run
 
 
-def source_sets(policy: Policy) -> list[tuple[Net, ...]]:
+def source_sets(allows: Iterable[Allow]) -> list[tuple[Net, ...]]:
     """Each restricted allow's source networks (both families), once each, in order."""
     found: list[tuple[Net, ...]] = []
-    for allow in policy.allows:
+    for allow in allows:
         nets = tuple(n for family in (4, 6) for n in allow.sources[family] or ())
         if nets and nets not in found:
             found.append(nets)

@@ -45,6 +45,7 @@ from harden.files import load_manifest
 from harden.lab.net import Host, LabNet
 from harden.manifest.ports import PortRange, compress, merge
 from harden.manifest.safeyaml import load_yaml
+from harden.policy.exposure import exposure_diff
 from harden.policy.model import Policy, build_policy
 from harden.text import one_line
 from harden.types import Address, Backend
@@ -214,11 +215,13 @@ class LabResult:
         ).print(table)
         buffer.write("".join(f"not tested: {n}\n" for n in self.not_tested))
         outcome = "confirmed" if self.confirmed else "rolled back"
-        last = (
-            f"PASS: before leaked, after verified, ruleset {outcome}"
-            if self.ok
-            else f"FAIL: the verification after apply did not pass; ruleset {outcome}"
-        )
+        if self.ok:
+            last = f"PASS: before leaked, after verified, ruleset {outcome}"
+        elif [s.name for s in self.steps if s.expect_pass and not s.passed] == ["regression"]:
+            last = f"FAIL: the change takes away what {self.manifest.name} serves; "
+            last += f"ruleset {outcome}"
+        else:
+            last = f"FAIL: the verification after apply did not pass; ruleset {outcome}"
         return buffer.getvalue() + last
 
 
@@ -262,15 +265,24 @@ def run_lab(
 ) -> LabResult:
     """Build the lab, run before/apply/after, confirm or roll back, tear everything down.
 
-    ``apply_manifest`` applies a different manifest than the one verified against:
-    the way to show a broken change (one that forgets SSH, say) being rolled back.
+    ``apply_manifest`` tests a change: the server runs ``manifest``'s services, the
+    change is applied and verified as it declares itself (what it adds must answer),
+    and what it closes or narrows of ``manifest``'s exposure is a regression step
+    (docs/testing.md, "The lab"): a change that forgets SSH is rolled back, one
+    that opens a port is confirmed.
     """
     # Absolute: every command of the lab runs in /, not in the caller's directory.
     manifest = manifest.resolve()
-    apply_manifest = apply_manifest.resolve() if apply_manifest is not None else None
-    policy = build_policy(load_manifest(manifest))
+    served = build_policy(load_manifest(manifest))
+    target, policy = manifest, served
+    if apply_manifest is not None:
+        target = apply_manifest.resolve()
+        policy = build_policy(load_manifest(target))
     result = LabResult(manifest=manifest, backend=backend)
-    with tempfile.TemporaryDirectory(prefix="harden-lab-") as tmp, LabNet(policy) as lab:
+    with (
+        tempfile.TemporaryDirectory(prefix="harden-lab-") as tmp,
+        LabNet(policy, served=served) as lab,
+    ):
         state = Path(tmp) / "state"
         progress(f"lab: server {lab.server.v4} / {lab.server.v6} in namespace {lab.server.ns.name}")
         result.not_tested += lab.start_services() + _unprobed(policy, lab)
@@ -284,18 +296,18 @@ def run_lab(
         if before:
             progress("before: probing the unfirewalled server from outside")
             result.steps.append(
-                _verify(
-                    lab, lab.outside, manifest, "before", False, tmp, limits=limits, ports=ports
-                )
+                _verify(lab, lab.outside, target, "before", False, tmp, limits=limits, ports=ports)
             )
-            result.steps += _egress(lab, policy, manifest, "before", tmp, ports, progress)
+            result.steps += _egress(lab, policy, target, "before", tmp, ports, progress)
         progress(
             f"apply: {backend} ruleset in the server namespace, confirm window {confirm_window}s"
         )
-        applied = _with_lab_probers(apply_manifest or manifest, lab, Path(tmp))
+        applied = _with_lab_probers(target, lab, Path(tmp))
         result.applied = _apply(lab, applied, backend, state, confirm_window)
-        result.steps += _after(lab, manifest, backend, tmp, limits, ports, progress)
-        result.steps += _egress(lab, policy, manifest, "after", tmp, ports, progress)
+        result.steps += _after(lab, target, backend, tmp, limits, ports, progress)
+        result.steps += _egress(lab, policy, target, "after", tmp, ports, progress)
+        if apply_manifest is not None:
+            result.steps.append(regression_step(served, policy, manifest, target))
         if result.after_ok:
             _harden(lab.server, ["confirm", "--state-dir", str(state)])
             result.confirmed = True
@@ -305,6 +317,38 @@ def run_lab(
             result.rolled_back = True
             progress("rollback: verification failed, previous ruleset restored")
     return result
+
+
+def regression_step(old: Policy, new: Policy, old_path: Path, new_path: Path) -> Step:
+    """What a change (``lab OLD --apply NEW``) takes away from what OLD serves.
+
+    Closing or narrowing OLD's exposure, inbound or egress, fails; opening and widening
+    are the change's additions, which the after steps prove answer. Setting changes
+    (ping, closed mode, limits) are listed, not judged. Static, from the exposure diff:
+    the after steps have already proved that the kernel does what NEW says, so a port
+    the diff closes was observed silent (or refused, for egress).
+    """
+    start = time.monotonic()
+    diff = exposure_diff(old, new, str(old_path), str(new_path))
+    regressions = [c.text for c in diff.changes if c.change in ("closes", "narrows")]
+    report: dict[str, Any] = {
+        "mode": "regression",
+        "verdict": "fail" if regressions else "pass",
+        "regressions": regressions,
+        "additions": [c.text for c in diff.changes if c.change in ("opens", "widens")],
+        "settings": [c.text for c in diff.changes if c.change in ("policy", "allows")],
+        "exposure": diff.to_json(),
+        "ports": [],
+        "counts": {"conforming": 0},
+    }
+    return Step(
+        "regression",
+        f"{old_path.name} -> {new_path.name}",
+        True,
+        report,
+        1 if regressions else 0,
+        time.monotonic() - start,
+    )
 
 
 def _unprobed(policy: Policy, lab: LabNet) -> list[str]:
@@ -556,6 +600,8 @@ def summarize(step: Step) -> list[str]:
 
     Egress: "65535 tcp sent (expected blocked) to 198.19.254.2".
     """
+    if step.report.get("mode") == "regression":
+        return [f"takes away: {text}" for text in step.report["regressions"]]
     egress = step.report.get("mode") == "egress"
     counts: dict[tuple[str, str, str, str], int] = {}
     for entry in step.report.get("ports", []):
@@ -577,6 +623,11 @@ def summarize(step: Step) -> list[str]:
 
 def conforming(step: Step) -> str:
     """What conformed in a step without deviations, e.g. "2 declared port(s) open, ..."."""
+    if step.report.get("mode") == "regression":
+        added = step.report["additions"]
+        return f"nothing of the old exposure taken away; {len(added)} addition(s)" + "".join(
+            f"; adds: {text}" for text in added[:3]
+        )
     ok = sum(1 for p in step.report["ports"] if p["status"] == "ok")
     quiet = step.report["counts"]["conforming"]
     if step.report.get("mode") == "egress":
