@@ -56,3 +56,47 @@ def test_a_full_state_directory_is_exit_4_and_nothing_is_applied(
     assert "No space left on device" in proc.stderr and "cannot write" in proc.stderr
     assert "internal error" not in proc.stderr
     assert ns.run(["nft", "list", "tables"]).stdout.strip() == ""
+
+
+def test_an_unprivileged_user_is_told_what_needs_root_never_nothing_here(
+    netns: Callable[[str], Namespace], tmp_path: Path
+) -> None:
+    """harden's table is live and its state recorded; a monitoring user (nobody) runs the
+    commands. Those that read or change the kernel say so in one line, exit 4, where they
+    said "nothing applied" (status, counters: exit 0), "the kernel refused the ruleset"
+    (diff: 3) or "internal error" (apply...: 70). The rest work without root."""
+    ns = netns("user")
+    state = tmp_path / "state"
+    applied = ns.run(
+        [*HARDEN, "apply", str(WEB), "--state-dir", str(state), "--no-persist",
+         "--root", str(tmp_path)], check=False,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    tmp_path.chmod(0o755)  # nobody may reach the state directory; harden keeps it 0700
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *HARDEN]
+    other = REPO / "rulesets" / "egress-host.yaml"
+    expected = {
+        ("status", "--state-dir", str(state)): 4,
+        ("counters",): 4,
+        ("diff", str(WEB)): 4,
+        ("apply", str(WEB), "--state-dir", str(state)): 4,
+        ("confirm", "--state-dir", str(state)): 4,
+        ("rollback", "--state-dir", str(state)): 4,
+        ("remove", "--state-dir", str(state)): 4,
+        ("analyze",): 4,
+        ("explain", "tcp/22", "--from", "198.18.1.9"): 4,
+        ("validate", str(WEB)): 0,
+        ("render", str(WEB)): 0,
+        ("schema",): 0,
+        ("diff", str(WEB), str(other)): 1,
+    }
+    for args, code in expected.items():
+        proc = ns.run([*nobody, *args], check=False)
+        assert proc.returncode == code, (args, proc.returncode, proc.stderr)
+        if code == 4:
+            line = f"harden: error: {args[0]} needs root (CAP_NET_ADMIN): "
+            assert proc.stderr.startswith(line) and len(proc.stderr.splitlines()) == 1, (
+                args,
+                proc.stderr,
+            )
+    assert "table inet harden" in ns.run(["nft", "list", "tables"]).stdout  # untouched

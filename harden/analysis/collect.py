@@ -20,6 +20,7 @@ from harden.analysis.results import Analysis, Explanation, judged_rows
 from harden.apply.hostinfo import legacy_note, legacy_rules, local_addresses, main_routes, nft_saves
 from harden.backends.nftables.firewall import NftFirewall
 from harden.policy.model import Policy
+from harden.privileges import require_net_admin
 
 
 def snapshot() -> Snapshot:
@@ -82,6 +83,7 @@ def analyze(
     progress: Callable[[str, int], None] = lambda what, cells: None,
 ) -> Analysis:
     """The exposure matrix of ``hooks``, compared with ``policy`` if given."""
+    require_net_admin("analyze", "it reads the live ruleset, which the kernel lists only to root")
     found = snapshot()
     ruleset, unknown = from_snapshot(found)
     rows = judged_rows(ruleset, hooks, policy, progress)
@@ -90,6 +92,7 @@ def analyze(
 
 def explain(packet: Packet) -> Explanation:
     """One packet's way through the live ruleset."""
+    require_net_admin("explain", "it reads the live ruleset, which the kernel lists only to root")
     ruleset, unknown = live_ruleset()
     decision = decide(ruleset, packet)
     if unknown and decision.verdict != "unknown":

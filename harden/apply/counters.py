@@ -13,10 +13,12 @@ from harden.apply.hostinfo import icmp_settings, local_addresses
 from harden.apply.results import Counters
 from harden.backends import firewall, names, spec
 from harden.errors import HardenError
+from harden.privileges import require_net_admin
 
 
 def read_counters() -> Counters:
     """Every backend's harden counters, its identity, the ICMP limits and the addresses."""
+    require_net_admin("counters", "the kernel shows firewall counters only to root")
     found: dict[str, int] = {}
     backends = []
     identities = []

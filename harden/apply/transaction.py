@@ -34,6 +34,7 @@ from harden.backends import Firewall, firewall, names, others
 from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused, Refused
 from harden.files import read_manifest, write_atomic
 from harden.policy.model import Policy, build_policy
+from harden.privileges import require_net_admin
 from harden.types import Backend
 
 WATCHDOG = "harden.apply.watchdog"
@@ -124,6 +125,7 @@ def apply(
     plan = BootPlan.of(persist, root)
     fw = firewall(backend)
     prepared = prepare(manifest_path, fw)
+    require_net_admin("apply", "it loads rules into the kernel and records them as root's")
     require_namespace()
     if not force:
         check_lockout(prepared.policy, os.environ if env is None else env)
@@ -287,6 +289,7 @@ def remove(state_dir: Path, root: Path = Path("/")) -> Removed:
     rest of INPUT, so every other firewall still decides as before (docs/design.md,
     "harden only narrows, on both backends").
     """
+    require_net_admin("remove", "it deletes harden's rules from the kernel")
     require_namespace()
     states = StateDir(state_dir)
     with states.locked():
@@ -458,6 +461,7 @@ def _stop_watchdog(pending: Pending) -> None:
 
 def confirm(state_dir: Path) -> str:
     """Keep the applied ruleset: cancel the pending rollback (and persist if asked)."""
+    require_net_admin("confirm", "it cancels root's pending rollback in the state directory")
     states = StateDir(state_dir)
     message = "confirmed: the rollback is cancelled"
     with states.locked():
@@ -513,6 +517,7 @@ def _restore(states: StateDir, state: State, reason: str = "") -> State:
 
 def rollback(state_dir: Path) -> str:
     """Restore the rules (and boot files) from before the last apply, now."""
+    require_net_admin("rollback", "it loads the previous rules into the kernel")
     require_namespace()
     states = StateDir(state_dir)
     with states.locked():
@@ -552,6 +557,7 @@ def diff(manifest_path: Path, backend: Backend) -> Drift:
     """Whether the live rules drifted from what the manifest renders, and a unified diff."""
     fw = firewall(backend)
     prepared = prepare(manifest_path, fw)
+    require_net_admin("diff", "it reads the live ruleset, which the kernel lists only to root")
     want, have = fw.check(prepared.files), fw.live()
     leftover = _other_backend_rules(backend)
     exposure = _exposure(prepared.policy)
@@ -588,6 +594,9 @@ def _exposure(policy: Policy) -> dict[str, list[str]]:
 
 def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
     """What is applied, from which manifest, whether it is still live, what is pending."""
+    require_net_admin(
+        "status", "it compares harden's record with the live ruleset, which only root can list"
+    )
     states = StateDir(state_dir)
     state = states.load()
     boot_files = _boot_report(states, state, root)
