@@ -11,12 +11,17 @@ codes").
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from harden.errors import EnvironmentProblem
 
 CAP_NET_ADMIN = 12
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def effective_capabilities(status: str) -> int | None:
@@ -45,3 +50,17 @@ def require_net_admin(command: str, why: str) -> None:
             f"{command} needs root (CAP_NET_ADMIN): {why}; run it as root "
             f"(sudo harden {command} ...)"
         )
+
+
+def needs_net_admin(command: str, why: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``require_net_admin`` before the decorated function runs."""
+
+    def wrap(func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            require_net_admin(command, why)
+            return func(*args, **kwargs)
+
+        return checked
+
+    return wrap

@@ -34,7 +34,7 @@ from harden.backends import Firewall, firewall, names, others
 from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused, Refused
 from harden.files import read_manifest, write_atomic
 from harden.policy.model import Policy, build_policy
-from harden.privileges import require_net_admin
+from harden.privileges import needs_net_admin, require_net_admin
 from harden.types import Backend
 
 WATCHDOG = "harden.apply.watchdog"
@@ -592,11 +592,9 @@ def _exposure(policy: Policy) -> dict[str, list[str]]:
     }
 
 
+@needs_net_admin("status", "it compares harden's record with the live ruleset (root's)")
 def status(state_dir: Path, root: Path = Path("/")) -> StatusReport:
     """What is applied, from which manifest, whether it is still live, what is pending."""
-    require_net_admin(
-        "status", "it compares harden's record with the live ruleset, which only root can list"
-    )
     states = StateDir(state_dir)
     state = states.load()
     boot_files = _boot_report(states, state, root)

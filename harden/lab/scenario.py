@@ -273,16 +273,11 @@ def run_lab(
     """
     # Absolute: every command of the lab runs in /, not in the caller's directory.
     manifest = manifest.resolve()
-    served = build_policy(load_manifest(manifest))
-    target, policy = manifest, served
-    if apply_manifest is not None:
-        target = apply_manifest.resolve()
-        policy = build_policy(load_manifest(target))
+    target = apply_manifest.resolve() if apply_manifest is not None else manifest
+    served, policy = (build_policy(load_manifest(path)) for path in (manifest, target))
     result = LabResult(manifest=manifest, backend=backend)
-    with (
-        tempfile.TemporaryDirectory(prefix="harden-lab-") as tmp,
-        LabNet(policy, served=served) as lab,
-    ):
+    net = LabNet(policy, served=served)  # built on enter
+    with tempfile.TemporaryDirectory(prefix="harden-lab-") as tmp, net as lab:
         state = Path(tmp) / "state"
         progress(f"lab: server {lab.server.v4} / {lab.server.v6} in namespace {lab.server.ns.name}")
         result.not_tested += lab.start_services() + _unprobed(policy, lab)
