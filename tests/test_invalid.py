@@ -11,6 +11,7 @@ import pytest
 
 from harden.errors import ExitStatus, ManifestError
 from harden.files import load_manifest
+from harden.policy.model import build_policy
 
 from .conftest import REPO
 
@@ -96,3 +97,24 @@ def test_validate_reports_every_manifest_not_only_the_first_bad_one(tmp_path: Pa
         (files[0], False), (files[1], True), (files[2], False),
     ]  # fmt: skip
     assert data["manifests"][0]["field"] == "services[0].port"
+
+
+def test_one_port_from_disjoint_sources_in_two_entries_is_valid(tmp_path: Path) -> None:
+    """ssh from one network, ssh-admin (rate-limited) from another: no address meets
+    both rules, so they are two rules, not an overlap. IPv6 off: only IPv4 counts."""
+    manifest = tmp_path / "bastion.yaml"
+    manifest.write_text(
+        "version: 1\npolicy: {ipv6: false}\nservices:\n"
+        "  - {name: ssh, port: 22, proto: tcp, sources: [198.18.230.0/25]}\n"
+        "  - {name: ssh-admin, ports: [22, 2222], proto: tcp, "
+        "sources: [198.18.230.128/26, 198.18.231.0/24], limit: 10/minute}\n"
+        "  - {name: web, port: 443, proto: tcp, sources: [198.18.232.0/24]}\n"
+        "  - {name: web-admin, port: 443, proto: tcp, sources: [198.18.230.192/26]}\n"
+    )
+    policy = build_policy(load_manifest(manifest))
+    assert [(a.key, [str(r) for r in a.ports]) for a in policy.allows] == [
+        ("ssh_tcp", ["22"]),
+        ("ssh_admin_tcp", ["22", "2222"]),
+        ("web_tcp", ["443"]),
+        ("web_admin_tcp", ["443"]),
+    ]

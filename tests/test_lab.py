@@ -305,3 +305,23 @@ def test_lab_writes_a_junit_report_for_ci(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert all(t > 0 for n, t in names if n != "confirm"), names
     # The Markdown table: tests/golden_output/lab.md.
+
+
+def test_one_port_from_disjoint_sources_is_proven_from_each(tmp_path: Path) -> None:
+    """ssh from one network, ssh-admin (rate-limited) on the same port from a disjoint
+    one: two rules, each proven from a host inside its own sources (the first lab host
+    stands in for ssh-admin's IPv6 network already; its IPv4 network still gets one)."""
+    manifest = write(
+        tmp_path,
+        "two.yaml",
+        "version: 1\nservices:\n"
+        "  - {name: ssh, port: 22, proto: tcp, sources: [198.18.230.0/25]}\n"
+        "  - {name: ssh-admin, port: 22, proto: tcp, sources: [198.18.230.128/26, "
+        "'fd00:5::/64'], limit: 10/minute}\n",
+    )
+    result = run_lab(manifest, ports=PortSelection.parse("1-100"), before=False)
+    assert result.ok, result.to_text()
+    inside = {s.vantage: statuses(s.report) for s in result.steps if s.name == "after"}
+    assert inside["allowed source"][("tcp", 22)] == "ok"
+    assert inside["allowed source 2"][("tcp", 22)] == "ok"
+    assert not [n for n in result.not_tested if n.startswith("IPv4 sources")]

@@ -198,8 +198,11 @@ class LabNet(_Namespaces):
                 continue
             a4 = _best_address(n for n in sources if isinstance(n, IPv4Network))
             a6 = _best_address(n for n in sources if isinstance(n, IPv6Network))
+            # An address another host has (a set sharing one family's networks with an
+            # earlier set) is left out: that family is stood in for already.
             taken = {a for h in hosts for a in (h.v4, h.v6)}
-            if (a4 is None and a6 is None) or a4 in taken or a6 in taken:
+            a4, a6 = (None if a in taken else a for a in (a4, a6))
+            if a4 is None and a6 is None:
                 continue
             v4 = a4 if isinstance(a4, IPv4Address) else spare4 + 1 + len(self.more_allowed)
             host = self._routed_host(
