@@ -1269,6 +1269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # A bare 'harden' (or 'harden schedule'): the whole help, as written, exit 2.
+        echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message(), err=True)
+        return ExitStatus.USAGE
     except click.ClickException as exc:
         # One line, like every other error; the usage is one --help away.
         hint = ""

@@ -62,3 +62,15 @@ def test_version_names_the_backends_in_use() -> None:
     assert set(found) == {"nft", "iptables", "ip6tables", "libnftables", "python3-nftables"}
     assert found["nft"].startswith("nftables v")
     assert "(nf_tables)" in found["iptables"] or "(legacy)" in found["iptables"]
+
+
+@pytest.mark.parametrize("argv", [[], ["schedule"]], ids=["harden", "harden schedule"])
+def test_a_bare_command_prints_its_help_not_a_one_line_error(argv: list[str]) -> None:
+    """'harden' alone printed the whole help squeezed onto one line after "error:"."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "harden.cli", *argv], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == ExitStatus.USAGE
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"Usage: harden {' '.join(argv)}".rstrip() + " [OPTIONS] COMMAND")
+    assert "Commands:" in lines and "error" not in lines[0] and len(lines) > 10

@@ -59,11 +59,42 @@ def _manifest_error(source: str, exc: ValidationError) -> ManifestError:
         message = _unknown_key_message(loc)
     elif first["type"] == "missing":
         message = "required key is missing"
-    elif not isinstance(first.get("input"), dict | list) and first["type"] != "value_error":
-        message += f" (got {show(first.get('input'))})"
+    elif first["type"] != "value_error":
+        message = in_our_words(first["type"], message, first.get("input"))
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return ManifestError(source, field_path(loc), one_line(message, 300))
+
+
+# pydantic's wording, by error type, in the manifest's terms (YAML, not Python).
+_EXPECTED = {
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false (YAML 1.1's yes, no, on and off are not booleans here)",
+    "string_type": "expected text (quote it)",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "tuple_type": "expected a list, like [a, b]",
+    "list_type": "expected a list, like [a, b]",
+    "dict_type": "expected a mapping of keys to values",
+    "model_type": "expected a mapping of keys to values",
+    "model_attributes_type": "expected a mapping of keys to values",
+}
+
+
+def in_our_words(kind: str, message: str, value: object) -> str:
+    """One validation error in harden's words, with the value that failed.
+
+    ``ports: 80,443`` (one string, where a list is due) gets the list it meant.
+    """
+    text = _EXPECTED.get(kind) or message.replace("Input should be", "expected")
+    text = text.replace("String should have", "expected").replace("List should have", "expected")
+    if isinstance(value, dict | list):
+        got = "a list" if isinstance(value, list) else "a mapping"
+        return f"{text}, got {got}" if kind in _EXPECTED else text
+    if kind in ("tuple_type", "list_type") and isinstance(value, str) and "," in value:
+        items = ", ".join(part.strip() for part in value.split(","))
+        return f"{text}: write [{items}], not {value}"
+    return f"{text}, got {show(value)}"
 
 
 def _unknown_key_message(loc: tuple[int | str, ...]) -> str:

@@ -82,9 +82,11 @@ class _UniqueKeyLoader(_SafeLoader):  # type: ignore[valid-type,misc]
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, str):
                 got = show(key) if isinstance(key_node, yaml.ScalarNode) else "a collection"
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"keys must be strings, got {got}", key_node.start_mark
-                )
+                message = f"keys must be strings, got {got}"
+                if isinstance(node, yaml.MappingNode) and node.flow_style and got != "a collection":
+                    # {ports: 80,443}: in flow style the comma ends the value, 443 is a key.
+                    message += " (inside { } a comma starts a new key: write a list, [80, 443])"
+                raise yaml.constructor.ConstructorError(None, None, message, key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
