@@ -372,7 +372,8 @@ def confirm(state_dir: Path) -> None:
     "--manifest",
     type=MANIFEST,
     help="Compare with this manifest: exit 1 on a static leak or a declared service "
-    "blocked, 5 if only cells the model cannot decide stand in the way.",
+    "blocked, 5 if a rule cannot be read (it may change any row) or only cells the model "
+    "cannot decide stand in the way.",
 )
 @click.option(
     "--hook",

@@ -161,14 +161,18 @@ class Analysis:
 
     @property
     def exit_status(self) -> ExitStatus:
-        """Without a manifest 0; with one: 1 a leak or a blocked service, 5 only unknowns."""
+        """0 without a manifest; with one, 5, 1, 5, 0 in this order of precedence.
+
+        5 when a rule could not be read (it may change any row, a leak's too); else 1 a
+        leak or a blocked service; 5 only undecided cells; 0 none.
+        """
         if self.manifest is None:
             return ExitStatus.OK
         if self.unknown:
             return ExitStatus.INCONCLUSIVE  # rules it could not read may change any row
         if self.leaks or self.blocked:
             return ExitStatus.FAILED
-        if self.uncertain or self.unknown:
+        if self.uncertain:
             return ExitStatus.INCONCLUSIVE
         return ExitStatus.OK
 
