@@ -13,6 +13,7 @@ from harden.apply import boot
 from harden.apply.guard import (
     current_namespace_name,
     lockout_reason,
+    parse_conntrack,
     parse_unit_listen,
     require_namespace,
     socket_unit_ports,
@@ -67,8 +68,14 @@ def test_ssh_guard_refuses_an_established_session_from_outside_the_sources() -> 
     reason = ssh_guard(ops, {}, [22], sessions)
     assert reason == (
         "an SSH session from 198.19.5.5 to port 22 is established, and the manifest "
-        "does not allow tcp/22 from 198.19.5.5: it would be cut"
+        "does not allow tcp/22 from 198.19.5.5: the session survives only if conntrack "
+        "tracks it already, and new SSH logins from 198.19.5.5 would be refused"
     )
+    # What conntrack tracks decides the session's own fate.
+    tracked = ssh_guard(ops, {}, [22], sessions, {(peer("198.19.5.5"), 22)})
+    assert tracked is not None and "the session survives (conntrack tracks it)" in tracked
+    cut = ssh_guard(ops, {}, [22], sessions, {(peer("198.18.1.20"), 22)})
+    assert cut is not None and "the session is cut at once (conntrack does not" in cut
     # The port is the session's own: allowed on 22 does not cover a session to 2222.
     reason = ssh_guard(ops, {}, [22, 2222], [(peer("198.18.1.20"), 2222)])
     assert reason is not None and "198.18.1.20" in reason and "tcp/2222" in reason
@@ -242,3 +249,22 @@ def test_the_boot_unit_passes_systemd_analyze(tmp_path: Path, backend: Backend) 
         ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True
     )
     assert check.returncode == 0 and check.stderr == "", check.stderr
+
+
+def test_the_conntrack_table_is_read_by_original_source_and_port() -> None:
+    """/proc/net/nf_conntrack lines: the original direction's src and dport, established
+    TCP only, IPv6 written out in full and IPv4-mapped peers read as IPv4."""
+    text = (
+        "ipv4     2 tcp      6 431999 ESTABLISHED src=198.19.9.2 dst=198.18.9.1 sport=45288 "
+        "dport=22 src=198.18.9.1 dst=198.19.9.2 sport=22 dport=45288 [ASSURED] mark=0 zone=0 "
+        "use=2\n"
+        "ipv6     10 tcp      6 431999 ESTABLISHED src=fd00:0018:0000:0000:0000:0000:0000:0002 "
+        "dst=fd00:0018:0000:0000:0000:0000:0000:0001 sport=40000 dport=2222 "
+        "src=fd00:0018:0000:0000:0000:0000:0000:0001 dst=fd00:0018:0000:0000:0000:0000:0000:0002 "
+        "sport=2222 dport=40000 [ASSURED] mark=0 zone=0 use=2\n"
+        "ipv4     2 tcp      6 117 SYN_SENT src=198.19.9.3 dst=198.18.9.1 sport=1 dport=22 "
+        "[UNREPLIED] src=198.18.9.1 dst=198.19.9.3 sport=22 dport=1 mark=0 zone=0 use=2\n"
+        "ipv4     2 udp      17 29 src=198.19.9.2 dst=198.18.9.1 sport=5 dport=53 "
+        "src=198.18.9.1 dst=198.19.9.2 sport=53 dport=5 mark=0 zone=0 use=2\n"
+    )
+    assert parse_conntrack(text) == {(peer("198.19.9.2"), 22), (peer("fd00:18::2"), 2222)}

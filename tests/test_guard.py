@@ -16,6 +16,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,17 @@ CLIENT = """\
 import socket, sys, time
 conn = socket.create_connection((sys.argv[1], 22), timeout=10)
 print("connected", flush=True)
+time.sleep(3600)
+"""
+
+# Connects, then sends a line once the file argv[2] exists (after the apply), and holds on.
+CHATTY = """\
+import os, socket, sys, time
+conn = socket.create_connection((sys.argv[1], 22), timeout=10)
+print("connected", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+conn.sendall(b"still here\\n")
 time.sleep(3600)
 """
 
@@ -156,7 +168,8 @@ def test_guard_sees_the_session_without_ssh_connection(lab: Lab, tmp_path: Path)
     refused, allowed = seen["reasons"]
     assert refused == (
         f"an SSH session from {lab.peer} to port 22 is established, and the manifest "
-        f"does not allow tcp/22 from {lab.peer}: it would be cut"
+        f"does not allow tcp/22 from {lab.peer}: the session is cut at once (conntrack does "
+        f"not track it yet), and new SSH logins from {lab.peer} would be refused"
     )
     assert allowed is None
 
@@ -212,6 +225,73 @@ def test_an_unprivileged_process_named_sshd_is_not_believed(
         assert not any(s.get("ssh") for s in proposal["services"]), proposal["services"]
     finally:
         for started in (impostor, *([session] if session else [])):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(started.pid, signal.SIGKILL)
+            started.communicate(timeout=10)
+
+
+def _queues(ns: Namespace, side: str) -> tuple[int, int]:
+    """Recv-Q and Send-Q of the one established connection on port 22's ``side``."""
+    lines = ns.run(["ss", "-Htn", "state", "established", side, "= :22"]).stdout.splitlines()
+    assert len(lines) == 1, lines
+    recv, send = lines[0].split()[:2]
+    return int(recv), int(send)
+
+
+@pytest.mark.parametrize("tracked", [False, True], ids=["untracked", "tracked"])
+def test_what_the_refusal_says_is_what_a_forced_apply_does(
+    netns: NsFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracked: bool
+) -> None:
+    """harden accepts established connections, but only those conntrack tracks. A session
+    from before anything in its namespace used conntrack meets the new rules as new: the
+    refusal says it is cut at once, and --force cuts it (its bytes never arrive). With
+    tracking on before it connected, the refusal says it survives, and it does. Either
+    way a new connection from the same peer gets nowhere."""
+    monkeypatch.delenv("SSH_CONNECTION", raising=False)
+    server, client = netns("fs"), netns("fc")
+    connect(server, client, ["198.18.45.1/24"], ["198.18.45.2/24"])
+    if tracked:  # any ct expression makes conntrack track this namespace's connections
+        table = "add table ip trk; add chain ip trk in { type filter hook input priority -300; }"
+        server.run(["nft", f"{table}; add rule ip trk in ct state new"])
+    flag = tmp_path / "applied"
+    procs = [start(server, LISTENER, "198.18.45.1")]
+    try:
+        assert first_line(procs[0]) == "sshd"
+        procs.append(start(client, CHATTY, "198.18.45.1", str(flag)))
+        assert first_line(procs[1]) == "connected"
+        refuse = write(tmp_path, "refuse.yaml", REFUSE)
+        state: list[str | Path] = [
+            "--state-dir",
+            tmp_path / "state",
+            "--no-persist",
+            "--root",
+            tmp_path,
+        ]
+        proc = server.run([*HARDEN, "apply", refuse, *state], check=False, timeout=120)
+        fate = "survives (conntrack tracks it)" if tracked else "is cut at once (conntrack does"
+        assert proc.returncode == 2 and f"the session {fate}" in proc.stderr, proc.stderr
+        proc = server.run([*HARDEN, "apply", refuse, *state, "--force"], check=False)
+        assert proc.returncode == 0, proc.stderr
+        flag.touch()
+        sent = len("still here\n")
+        deadline = time.monotonic() + 3
+        while _queues(server, "sport")[0] < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if tracked:
+            assert _queues(server, "sport")[0] == sent  # arrived through harden's rules
+        else:
+            assert _queues(server, "sport")[0] == 0 and _queues(client, "dport")[1] == sent
+        new = client.run(
+            [
+                sys.executable,
+                "-c",
+                "import socket; socket.create_connection(('198.18.45.1', 22), 2)",
+            ],
+            check=False,
+        )
+        assert new.returncode != 0 and "timed out" in new.stderr, new.stderr
+    finally:
+        for started in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(started.pid, signal.SIGKILL)
             started.communicate(timeout=10)

@@ -11,8 +11,11 @@ session that runs harden. Instead:
 - Every ESTABLISHED TCP connection whose local port is an SSH port is an SSH
   session, whoever owns it (with ``Accept=yes`` socket activation the listener is
   systemd's and the sessions are sshd's). The new policy must accept a new
-  connection from each session's peer to that port, or applying it would cut the
-  session (once the operator reconnects, or at once if state is not tracked).
+  connection from each session's peer to that port, or new SSH logins from there
+  would be refused. The refusal says whether the session itself survives: harden
+  accepts established connections, but only those conntrack already tracks; a
+  session from before tracking began meets the new rules as new, and is cut at
+  once (docs/design.md, "The SSH guard").
 - ``SSH_CONNECTION``, when set, is still checked: it names the current session
   even where ``ss`` cannot see it.
 - A policy that closes an SSH port to every source is refused.
@@ -28,7 +31,7 @@ import ipaddress
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from harden.errors import EnvironmentProblem
@@ -81,12 +84,14 @@ def ssh_guard(
     env: Mapping[str, str],
     ssh_ports: Iterable[int],
     sessions: Iterable[Session],
+    tracked: Collection[Session] | None = None,
 ) -> str | None:
     """Why applying ``policy`` would lock the operator out, or None if it would not.
 
     ``ssh_ports`` are the TCP ports sshd is reachable on (listening itself or via
     systemd socket activation); ``sessions`` are the established SSH connections
-    as (peer address, local port). docs/design.md, "The SSH guard".
+    as (peer address, local port); ``tracked`` those conntrack tracks as established
+    (None: unknown). docs/design.md, "The SSH guard".
     """
     connection = env.get("SSH_CONNECTION", "").split()
     if len(connection) == 4:
@@ -98,7 +103,8 @@ def ssh_guard(
         if client is not None and not policy.accepts(client, "tcp", port):
             return (
                 f"this session came over SSH from {client} to port {port}, and the manifest "
-                f"does not allow tcp/{port} from {client}: you could not reconnect"
+                f"does not allow tcp/{port} from {client}: {_fate((client, port), tracked)}, "
+                f"and you could not log in again"
             )
     seen = {(normalise(peer), port) for peer, port in sessions}
     cut = sorted(
@@ -107,15 +113,25 @@ def ssh_guard(
     )
     if cut:
         peer, port = cut[0]
-        more = f" (and {len(cut) - 1} more that would be cut too)" if len(cut) > 1 else ""
+        more = f" (and {len(cut) - 1} more like it)" if len(cut) > 1 else ""
         return (
             f"an SSH session from {peer} to port {port} is established{more}, and the manifest "
-            f"does not allow tcp/{port} from {peer}: it would be cut"
+            f"does not allow tcp/{port} from {peer}: {_fate(cut[0], tracked)}, and new SSH "
+            f"logins from {peer} would be refused"
         )
     for port in sorted(set(ssh_ports)):
         if not policy.reachable("tcp", port):
             return f"sshd listens on tcp/{port}, and the manifest closes it to every source"
     return None
+
+
+def _fate(session: Session, tracked: Collection[Session] | None) -> str:
+    """What the new rules do to an established session harden's policy does not allow."""
+    if tracked is None:
+        return "the session survives only if conntrack tracks it already"
+    if session in tracked:
+        return "the session survives (conntrack tracks it)"
+    return "the session is cut at once (conntrack does not track it yet)"
 
 
 def lockout_reason(policy: Policy, env: Mapping[str, str]) -> str | None:
@@ -129,10 +145,10 @@ def lockout_reason(policy: Policy, env: Mapping[str, str]) -> str | None:
     try:
         sockets = tcp_sockets()
     except EnvironmentProblem as problem:
-        return f"{problem}: cannot tell whether an SSH session would be cut"
+        return f"{problem}: cannot tell whether new SSH logins would be refused"
     unit_ports = socket_unit_ports() if any(s.held_by_systemd for s in sockets) else set()
     ports = ssh_ports(sockets, unit_ports)
-    return ssh_guard(policy, env, ports, ssh_sessions(sockets, ports))
+    return ssh_guard(policy, env, ports, ssh_sessions(sockets, ports), tracked_sessions())
 
 
 # Reading the kernel: parse functions are pure; tcp_sockets and socket_unit_ports run commands.
@@ -178,6 +194,38 @@ def ssh_sessions(sockets: Iterable[TcpSocket], ports: Sequence[int]) -> list[Ses
         for s in sockets
         if s.state == "ESTAB" and s.local[1] in ports and s.peer[0] is not None
     ]
+
+
+def tracked_sessions(path: Path = Path("/proc/net/nf_conntrack")) -> set[Session] | None:
+    """The TCP connections conntrack tracks as established in this namespace, or None.
+
+    None when the table cannot be read (conntrack not loaded, or built without its
+    procfs file): the guard then says it cannot tell.
+    """
+    try:
+        return parse_conntrack(path.read_text())
+    except OSError:
+        return None
+
+
+def parse_conntrack(text: str) -> set[Session]:
+    """Established TCP entries of /proc/net/nf_conntrack as (original source, dport)."""
+    found: set[Session] = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if "tcp" not in fields[:3] or "ESTABLISHED" not in fields:
+            continue
+        pairs: dict[str, str] = {}
+        for field in fields:  # the original direction's come first
+            if "=" in field:
+                key, value = field.split("=", 1)
+                pairs.setdefault(key, value)
+        try:
+            peer = normalise(ipaddress.ip_address(pairs["src"]))
+            found.add((peer, int(pairs["dport"])))
+        except (KeyError, ValueError):
+            continue
+    return found
 
 
 def socket_unit_ports() -> set[int]:
