@@ -133,12 +133,18 @@ def validate(manifests: Sequence[Path], fmt: str) -> None:
     one entry per manifest in order, a bad one {"manifest", "valid": false, "field",
     "error"}.
     """
+    from harden.apply.hostinfo import container_bridges
+    from harden.policy.containers import bridge_warnings
+
     entries: list[dict[str, Any]] = []
     bad = 0
+    bridges = container_bridges()  # this host's: a manifest is usually checked where it runs
     for path in manifests:
         try:
             manifest = load_manifest(path)
-            result = Validation.of(str(path), manifest, build_policy(manifest))
+            policy = build_policy(manifest)
+            warnings = bridge_warnings(policy, bridges)
+            result = Validation.of(str(path), manifest, policy, warnings)
         except ManifestError as exc:
             if click.get_current_context().find_root().params.get("debug"):
                 raise

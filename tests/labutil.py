@@ -103,3 +103,12 @@ def routed(
     server.run(["ip", "route", "add", "default", "via", f"198.19.{k}.1"])
     router.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     return prober, router, server, k
+
+
+def uncommented_egress(manifest: str) -> str:
+    """An init proposal with its commented-out egress block enforced."""
+    lines = manifest.splitlines(True)
+    start = end = lines.index("# egress:\n")
+    while end == start or (end < len(lines) and lines[end].startswith("#  ")):
+        end += 1
+    return "".join(lines[:start] + [x[2:] for x in lines[start:end]] + lines[end:])

@@ -28,7 +28,7 @@ import pytest
 from harden.lab.netns import Namespace
 
 from .dockerlab import docker_lab
-from .labutil import HARDEN, write
+from .labutil import HARDEN, uncommented_egress, write
 from .test_dockerlab import http_get
 from .test_egress import TALK, talk
 
@@ -95,11 +95,12 @@ def test_egress_filters_the_host_not_its_containers(
         outside = [("tcp", OUT, LISTENER), ("udp", OUT, LISTENER)]
         assert talk(srv, *outside) == dict.fromkeys(outside, "ok")  # before: all reachable
 
-        def apply(name: str, text: str) -> None:
+        def apply(name: str, text: str) -> str:
             manifest = write(tmp_path, name, text)
             state: list[str | Path] = ["--state-dir", tmp_path / "st"]
             done = srv.run([*HARDEN, "apply", manifest, "--backend", backend, *state], check=False)
             assert done.returncode == 0, done.stderr
+            return done.stdout
 
         apply("docker-egress.yaml", DOCKER_EGRESS)
 
@@ -116,7 +117,18 @@ def test_egress_filters_the_host_not_its_containers(
 
         # What does restrict the containers is forward: only the forward.allow entry
         # leaves the bridge, and, docker0 untrusted, the host no longer reaches them.
-        apply("restricted.yaml", CONTAINERS_RESTRICTED)
+        said = apply("restricted.yaml", CONTAINERS_RESTRICTED)
         assert container_talk(pid, *outside) == ["ok", "timeout"]  # udp: dropped in forward
         assert talk(srv, ("tcp", ip, 80)) == {("tcp", ip, 80): "timeout"}
         assert "hello from dockerlab" in http_get(out, SRV, 8080)
+        # ... which apply (and validate) say, naming the bridge.
+        assert "WARNING: egress is restricted and docker0 (Docker's bridge)" in said, said
+
+        # init on this Docker host: its egress block, enforced, keeps the way to docker0.
+        proposal = json.loads(srv.run([*HARDEN, "init", "--format", "json"]).stdout)
+        [bridge] = proposal["container_bridges"]
+        assert bridge["name"] == "docker0" and bridge["networks"], bridge
+        said = apply("init.yaml", uncommented_egress(proposal["manifest"]))
+        assert "docker0" not in said, said
+        assert "hello from dockerlab" in http_get(srv, ip, 80)
+        assert talk(srv, outside[0]) == {outside[0]: "timeout"}  # the rest stays refused

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from harden.files import parse_manifest
+from harden.files import load_manifest, parse_manifest
 from harden.init.host import host_files, listeners, live_ssh_ports, outgoing
 from harden.init.proposal import (
     DOCKER_NOTE,
@@ -42,10 +42,14 @@ from harden.init.proposal import (
     timesyncd_servers,
 )
 from harden.lab.netns import Namespace, connect
+from harden.policy.containers import bridge_warnings, parse_bridges
 from harden.policy.model import build_policy
 from harden.sockets import parse_ss
 
-from .labutil import HARDEN
+from .conftest import REPO
+from .labutil import HARDEN, uncommented_egress
+
+EGRESS_HOST = REPO / "rulesets" / "egress-host.yaml"
 
 NsFactory = Callable[[str], Namespace]
 NAMES = {(22, "tcp"): "ssh", (53, "tcp"): "domain", (53, "udp"): "domain", (80, "tcp"): "http"}
@@ -553,3 +557,40 @@ def test_the_proposal_applies_and_verifies(server: Server, tmp_path: Path) -> No
     # Loopback-only listeners were left out: closed from outside (silent, not open).
     for key in [("tcp", 631, 4), ("tcp", 25, 6), ("udp", 1053, 6)]:
         assert observed.get(key) in (None, "silent")
+
+
+def test_container_bridges_get_an_egress_allow_that_validates_and_silences_the_warning() -> None:
+    """docker0 with an address: the egress block allows every port to its network that
+    the other items leave (ntp's udp/123 to any destination would overlap); a bridge
+    with no address is named. Enforced, the block leaves no bridge warning; an egress
+    that forgets docker0 gets one."""
+    links = json.loads(
+        '[{"ifname": "docker0", "addr_info": [{"family": "inet", "local": "172.17.0.1", '
+        '"prefixlen": 16, "scope": "global"}, {"family": "inet6", "local": "fe80::1", '
+        '"prefixlen": 64, "scope": "link"}]}, {"ifname": "virbr0", "addr_info": []}, '
+        '{"ifname": "br0", "addr_info": []}, {"ifname": "br-0123456789ab", "addr_info": []}]'
+    )
+    bridges = parse_bridges(links)
+    assert [(b.name, b.owner, [str(n) for n in b.networks]) for b in bridges] == [
+        ("docker0", "Docker", ["172.17.0.0/16"]),
+        ("virbr0", "libvirt", []),
+        ("br-0123456789ab", "Docker", []),
+    ]  # br0 is nobody's: a host's own bridge
+    ntp = EgressProposal("ntp", 123, ("udp",), None, "from chrony", "chrony")
+    proposal = propose([], [22], names, egress=[ntp], bridges=bridges[:1])
+    assert "virbr0" not in proposal.manifest
+    enforced = parse_manifest(uncommented_egress(proposal.manifest))
+    allows = {a.name: (a.proto, [str(p) for p in a.port_list]) for a in enforced.egress.allow}
+    assert allows == {
+        "ntp": (("udp",), ["123"]),
+        "docker0-tcp": (("tcp",), ["1-65535"]),
+        "docker0-udp": (("udp",), ["1-122", "124-65535"]),
+    }
+    assert bridge_warnings(build_policy(enforced), bridges[:1]) == []
+    [warning] = bridge_warnings(build_policy(load_manifest(EGRESS_HOST)), bridges[:1])
+    assert "docker0 (Docker's bridge) is not trusted" in warning and "172.17.0.0/16" in warning
+    trusting = EGRESS_HOST.read_text().replace(
+        "  ipv6: true\n", "  ipv6: true\n  trusted_interfaces: [docker*]\n"
+    )
+    warnings = bridge_warnings(build_policy(parse_manifest(trusting)), bridges)
+    assert [w.split()[4] for w in warnings] == ["virbr0", "br-0123456789ab"]  # docker* only

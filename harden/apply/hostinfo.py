@@ -10,6 +10,7 @@ from typing import Any
 
 from harden.apply.others import EGRESS_HOOKS, HOOKS, BaseChain, blocked_declared, other_base_chains
 from harden.errors import HardenError
+from harden.policy.containers import Bridge, parse_bridges
 from harden.policy.model import Policy
 
 PROC_SYS = Path("/proc/sys/net")
@@ -76,6 +77,21 @@ def local_addresses() -> list[str]:
         if info.get("family") in ("inet", "inet6") and "local" in info
     }
     return sorted(found)
+
+
+def container_bridges() -> list[Bridge]:
+    """The container and VM bridges here (``ip -j address show type bridge``).
+
+    Advisory (validate's and apply's warnings, init's proposal): none if ip fails.
+    """
+    try:
+        proc = subprocess.run(
+            ["ip", "-j", "address", "show", "type", "bridge"],
+            capture_output=True, text=True, check=True, timeout=10,
+        )  # fmt: skip
+        return parse_bridges(json.loads(proc.stdout or "[]"))
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
 
 
 def main_routes() -> list[dict[str, str]]:

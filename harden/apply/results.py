@@ -126,10 +126,14 @@ class Validation:
     )
     # The rest of the policy, so that a change to any of it shows (JSON).
     settings: dict[str, Any] = field(default_factory=dict)
+    # What this host makes of it (container bridges a restricted egress cuts off).
+    warnings: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, source: str, manifest: Manifest, policy: Policy) -> Validation:
-        """Summarise a validated manifest and its policy."""
+    def of(
+        cls, source: str, manifest: Manifest, policy: Policy, warnings: Sequence[str] = ()
+    ) -> Validation:
+        """Summarise a validated manifest and its policy; ``warnings`` about this host."""
         allows = []
         rules = []
         for allow in policy.allows:
@@ -167,6 +171,7 @@ class Validation:
             tuple(rules),
             egress_summary(manifest, policy),
             _settings(policy),
+            tuple(warnings),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -183,10 +188,11 @@ class Validation:
             "trusted_interfaces": list(self.trusted),
             "forward": self.forward,
             "egress": self.egress,
+            "warnings": list(self.warnings),
         } | self.settings
 
     def to_text(self) -> str:
-        """One line."""
+        """One line, then a line per warning."""
         allowed = "; ".join(self.allows) or "nothing (every port closed)"
         text = (
             f"{self.manifest}: valid, {self.services} service(s), "
@@ -198,7 +204,7 @@ class Validation:
             text += f", routed traffic: {self.forward}"
         if self.egress["policy"] != "accept":
             text += f", egress: {_egress_text(self.egress)}"
-        return text
+        return text + "".join(f"\nWARNING: {warning}" for warning in self.warnings)
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,18 @@ from typing import Any
 
 from harden.apply import boot
 from harden.apply.guard import lockout_reason, require_namespace
-from harden.apply.hostinfo import FIREWALLD_IPTABLES, firewalld, other_firewalls
+from harden.apply.hostinfo import (
+    FIREWALLD_IPTABLES,
+    container_bridges,
+    firewalld,
+    other_firewalls,
+)
 from harden.apply.results import ApplyResult, Drift, Removed, StatusReport, Validation
 from harden.apply.state import Applied, Pending, State, StateDir
 from harden.backends import Firewall, firewall, names, others
 from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused, Refused
 from harden.files import read_manifest, write_atomic
+from harden.policy.containers import bridge_warnings
 from harden.policy.model import Policy, build_policy
 from harden.privileges import needs_net_admin, require_net_admin
 from harden.types import Backend
@@ -313,10 +319,13 @@ def remove(state_dir: Path, root: Path = Path("/")) -> Removed:
 
 
 def _note_others(result: ApplyResult, policy: Policy) -> ApplyResult:
-    """Name the other firewalls on harden's hooks, and warn if one drops a declared port."""
+    """Name the other firewalls on harden's hooks; warn of what they or the egress cut.
+
+    A declared port one of them drops; a container or VM bridge the egress cuts off.
+    """
     chains, warnings = other_firewalls(policy)
     result.others = [c.label for c in chains]
-    result.warnings = warnings
+    result.warnings = warnings + bridge_warnings(policy, container_bridges())
     return result
 
 

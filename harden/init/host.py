@@ -121,14 +121,17 @@ def port_name(port: int, proto: Proto) -> str | None:
 
 def init(env: Mapping[str, str]) -> Proposal:
     """Propose a manifest for this host from its sockets and its egress (``harden init``)."""
-    from harden.apply.hostinfo import other_firewalls
+    from harden.apply.hostinfo import container_bridges, other_firewalls
 
     tcp = run_ss("-Htanp", "harden init")
     udp = run_ss("-Haunp", "harden init")  # bound (UNCONN) and connected (ESTAB)
     chains, warnings = other_firewalls()
     others = [c.label for c in chains] + warnings
     egress = propose_egress(host_files(), outgoing(tcp, udp), port_name)
-    return propose(listeners(tcp, udp), live_ssh_ports(tcp, env), port_name, others, egress)
+    return propose(
+        listeners(tcp, udp), live_ssh_ports(tcp, env), port_name, others, egress,
+        container_bridges(),
+    )  # fmt: skip
 
 
 def _proto(text: str) -> Proto:

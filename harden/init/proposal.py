@@ -23,6 +23,8 @@ from ipaddress import (
 from typing import Any
 
 from harden.manifest.parse import manifest_from_text
+from harden.manifest.ports import PortRange
+from harden.policy.containers import Bridge
 from harden.types import PROTOS, Address, Network, Proto
 
 SCHEMA = "harden.init/1"
@@ -184,6 +186,8 @@ class Proposal:
     # egress.allow entries from what the host uses now (commented out in the manifest).
     egress: tuple[EgressProposal, ...] = ()
     dhcp: bool = False  # a DHCP client listens: the commented block proposes egress.dhcp
+    # Container and VM bridges: the egress block lets this host reach what runs on them.
+    bridges: tuple[Bridge, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """``init --format json`` (schema ``harden.init/1``)."""
@@ -195,6 +199,10 @@ class Proposal:
             "other_firewalls": list(self.others),
             "egress_proposals": [e.to_json() for e in self.egress],
             "egress_dhcp": self.dhcp,
+            "container_bridges": [
+                {"name": b.name, "owner": b.owner, "networks": [str(n) for n in b.networks]}
+                for b in self.bridges
+            ],
         }
 
     def to_text(self) -> str:
@@ -224,13 +232,16 @@ def propose(
     port_name: PortName | None = None,
     others: Iterable[str] = (),
     egress: Iterable[EgressProposal] = (),
+    bridges: Iterable[Bridge] = (),
 ) -> Proposal:
     """Propose a manifest: one service per (process, port) that other hosts can reach.
 
     ``ssh_ports`` are the live SSH ports (sshd's listeners, the local ports of SSH
     sessions): each is kept whatever its listener looks like, and proposed even with
     no listener in sight. ``port_name`` names a port from /etc/services. ``egress``
-    (:func:`propose_egress`) goes into a commented-out ``egress`` block.
+    (:func:`propose_egress`) goes into a commented-out ``egress`` block, with an allow
+    to each container or VM bridge's networks (``bridges``), so that enforcing it keeps
+    this host's way to what runs there.
     """
     ssh = set(ssh_ports)
     groups: dict[tuple[str, int], list[Listener]] = {}
@@ -250,9 +261,10 @@ def propose(
     shown = tuple(others)
     egress_ = tuple(egress)
     dhcp = _dhcp_client(listeners_)
-    text = _manifest_text(services, left, shown, egress_, dhcp)
+    bridges_ = tuple(bridges)
+    text = _manifest_text(services, left, shown, egress_, dhcp, bridges_)
     manifest_from_text(text, "<harden init proposal>")  # a proposal harden refuses is a bug
-    return Proposal(text, tuple(services), tuple(left), shown, egress_, dhcp is not None)
+    return Proposal(text, tuple(services), tuple(left), shown, egress_, dhcp is not None, bridges_)
 
 
 def _services(
@@ -299,6 +311,7 @@ def _manifest_text(
     others: tuple[str, ...],
     egress: tuple[EgressProposal, ...],
     dhcp: str | None,
+    bridges: tuple[Bridge, ...] = (),
 ) -> str:
     """The proposal's YAML: the services, then comments (egress, left out, other firewalls)."""
     text = HEADER + "version: 1\n"
@@ -306,8 +319,8 @@ def _manifest_text(
         text += "services:\n" + "".join(s.to_yaml() for s in services)
     else:
         text += "services: []\n"
-    if egress or dhcp:
-        text += egress_block(egress, dhcp)
+    if egress or dhcp or bridges:
+        text += egress_block(egress, dhcp, bridges)
     if left:
         text += "# Left out:\n" + "".join(f"#   {x.to_text()}\n" for x in left)
     if others:
@@ -587,7 +600,9 @@ def connection_proposals(
     return proposals
 
 
-def egress_block(egress: Iterable[EgressProposal], dhcp: str | None = None) -> str:
+def egress_block(
+    egress: Iterable[EgressProposal], dhcp: str | None = None, bridges: Iterable[Bridge] = ()
+) -> str:
     """The ``egress`` section, commented out, with its explanation (``# `` on each line)."""
     lines = [
         "egress:",
@@ -599,9 +614,80 @@ def egress_block(egress: Iterable[EgressProposal], dhcp: str | None = None) -> s
         lines.append(f"  dhcp: true  # {dhcp}: keep its lease renewals")
     else:
         lines.append("  dhcp: false  # true if this host gets its address by DHCP")
+    egress = list(egress)
     allows = [e.to_yaml().rstrip("\n") for e in egress]
+    bridges = list(bridges)
+    allows += [item for b in bridges if b.networks for item in _bridge_allows(b, egress)]
     lines += ["  allow:", *allows] if allows else []
-    return EGRESS_HEADER + "".join(f"# {line}\n" for line in lines)
+    return EGRESS_HEADER + "".join(f"# {line}\n" for line in lines) + _bridge_notes(bridges)
+
+
+def _bridge_allows(bridge: Bridge, egress: list[EgressProposal]) -> list[str]:
+    """egress.allow items to a bridge's networks, every port the other items leave.
+
+    A port another proposed item already lets out to the bridge's networks (ntp's 123
+    to any destination) is left out of this one: the manifest refuses an overlap.
+    """
+    nets = ", ".join(str(n) if n.version == 4 else json.dumps(str(n)) for n in bridge.networks)
+    comment = f"{bridge.owner}'s bridge: this host's proxies and health checks reach it"
+    free: dict[str, tuple[PortRange, ...]] = {}
+    for proto in PROTOS:
+        taken = {
+            e.port
+            for e in egress
+            if proto in e.protos
+            and (e.destinations is None or any(_meets(n, bridge.networks) for n in e.destinations))
+        }
+        free[proto] = _complement(taken)
+    groups = (
+        [(("tcp", "udp"), free["tcp"])]
+        if free["tcp"] == free["udp"]
+        else [(("tcp",), free["tcp"]), (("udp",), free["udp"])]
+    )
+    items = []
+    for protos, ranges in groups:
+        name = bridge.name if len(protos) == 2 else f"{bridge.name}-{protos[0]}"
+        said = protos[0] if len(protos) == 1 else "[tcp, udp]"
+        ports = ", ".join(json.dumps(str(r)) for r in ranges)
+        items.append(
+            f"    - {{name: {_scalar(name)}, comment: {json.dumps(comment)}, "
+            f"destinations: [{nets}], ports: [{ports}], proto: {said}}}"
+        )
+    return items
+
+
+def _meets(net: Network, nets: tuple[Network, ...]) -> bool:
+    return any(n.version == net.version and n.overlaps(net) for n in nets)
+
+
+def _complement(taken: set[int]) -> tuple[PortRange, ...]:
+    """1-65535 without ``taken``, as ranges."""
+    out, start = [], 1
+    for port in sorted(taken):
+        if port > start:
+            out.append(PortRange(start, port - 1))
+        start = port + 1
+    if start <= 65535:
+        out.append(PortRange(start, 65535))
+    return tuple(out)
+
+
+def _bridge_notes(bridges: list[Bridge]) -> str:
+    """Why the bridges are allowed out rather than trusted, and those with no address."""
+    if not bridges:
+        return ""
+    names = ", ".join(b.name for b in bridges)
+    lines = [
+        f"With egress enforced, this host reaches what runs on {names} only through the",
+        "allows above. Trusting the bridge instead (policy.trusted_interfaces) would also let",
+        "everything on it reach every port of this host, so it is not proposed.",
+    ]
+    lines += [
+        f"{b.name} ({b.owner}'s bridge) has no address now: allow its network once it has one."
+        for b in bridges
+        if not b.networks
+    ]
+    return "".join(f"# {line}\n" for line in lines)
 
 
 def _dhcp_client(listeners: Iterable[Listener]) -> str | None:
