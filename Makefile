@@ -9,7 +9,7 @@ DEB_PACKAGES := nftables python3-nftables iptables iproute2 nmap netbase python3
 STAMP := $(VENV)/.installed
 
 .PHONY: install deb apt-install apt-install-nostart test test-vm lint demo bench man collection \
-  role-readme clean
+  role-readme package clean
 
 install: $(STAMP)
 
@@ -17,9 +17,10 @@ install: $(STAMP)
 # VirtualBox or libvirt stack, 54 packages instead of 429), and qemu, debootstrap and
 # openssh-client for tests/test_vms.py, which boots the Vagrantfile's two machines as
 # qemu VMs from a Debian image built here (no image can be downloaded); systemd-container
-# (systemd-nspawn) for tests/test_boot.py, which boots the same image as containers.
+# (systemd-nspawn) for tests/test_boot.py, which boots the same image as containers;
+# binutils (strip) for tests/test_package.py, which builds the .deb as make package does.
 DEB_NO_RECOMMENDS := vagrant qemu-system-x86 qemu-utils debootstrap debian-archive-keyring \
-  e2fsprogs openssh-client systemd-container
+  e2fsprogs openssh-client systemd-container binutils
 
 # For tests/test_forwarded.py: a real dockerd, started only inside test namespaces, and a
 # busybox for its image (no registry is reachable). ufw, for tests/test_coexist.py: enabled
@@ -117,6 +118,19 @@ collection: install
 # The role README's table of variables, from its meta/argument_specs.yml (tests/collection.py).
 role-readme: install
 	$(PY) -m tests.collection --write
+
+# The Debian package, build/harden_VERSION_ARCH.deb, for `apt install ./build/harden_*.deb`:
+# harden and its Python dependencies in a private venv under /usr/lib/harden (Debian 12 has
+# no pydantic 2), the man pages and shell completions; docs/operations.md, "The Debian
+# package". dpkg-deb builds it (no debhelper); lintian must find no error in it. Rebuilt from
+# scratch each time: pip resolves the dependencies anew. tests/test_package.py installs it.
+# Only what the build needs: Debian's python3-venv, strip (binutils), lintian.
+DEB_PACKAGING := python3-venv binutils lintian
+package:
+	@$(MAKE) --no-print-directory apt-install PKGS="$(DEB_PACKAGING)" APT_FLAGS="--no-install-recommends"
+	/usr/bin/python3 packaging/build_deb.py build
+	lintian --fail-on error \
+	  build/harden_$$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)_$$(dpkg --print-architecture).deb
 
 # Benchmarks are not tests: figures side by side with nmap, measured in one run.
 bench: install
