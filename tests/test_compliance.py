@@ -217,6 +217,27 @@ def test_default_deny_on_every_base_chain() -> None:
         assert nft_chain(hook)[0].endswith("policy drop;"), hook
 
 
+def test_the_witness_chains_count_and_decide_nothing() -> None:
+    """verify.probers adds counting base chains with policy accept (docs/compliance.md,
+    N6): each rule only counts, so no packet's verdict changes, and harden's input and
+    forward chains (policy drop) still decide every packet; the default deny stands."""
+    text = MANIFEST + "verify: {probers: [198.18.9.0/24, 'fd00:9::/64']}\n"
+    nft = render(build_policy(parse_manifest(text, "probers.yaml")), "nftables")[NFT_FILE]
+    chains = re.findall(r"\n\tchain (\w+) {\n(.*?)\n\t}\n", nft, re.S)
+    accepting = {name: body for name, body in chains if "policy accept;" in body}
+    assert sorted(accepting) == [
+        "witness", "witness_forward", "witness_passed", "witness_passed_forward",
+    ]  # fmt: skip
+    for name, body in accepting.items():
+        rules = [r.strip() for r in body.splitlines()[1:] if r.strip()]
+        assert rules and all(re.search(r" counter name \S+$", r) for r in rules), (name, rules)
+        verdicts = {"accept", "drop", "reject", "jump", "goto", "return", "queue"}
+        assert not [r for r in rules if verdicts & set(r.split())], name
+    for hook in ("input", "forward", "output"):
+        body = dict(chains)[hook]
+        assert "policy drop;" in body.splitlines()[0], hook
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_iptables_default_deny_in_harden_chains(
     family: Family, monkeypatch: pytest.MonkeyPatch
