@@ -74,3 +74,24 @@ def test_a_bare_command_prints_its_help_not_a_one_line_error(argv: list[str]) ->
     lines = proc.stderr.splitlines()
     assert lines[0].startswith(f"Usage: harden {' '.join(argv)}".rstrip() + " [OPTIONS] COMMAND")
     assert "Commands:" in lines and "error" not in lines[0] and len(lines) > 10
+
+
+def test_the_bindings_hint_says_which_interpreter_and_why() -> None:
+    """A pyenv-based venv, a venv without system site packages, a foreign python and a
+    host without the package each get the reason that applies to them."""
+    from harden.backends.nftables.firewall import DIST_PACKAGES, why_not_importable
+
+    pyenv = why_not_importable(
+        "/srv/venv/bin/python", "/srv/venv", "/root/.pyenv/versions/3.12.1", [], True
+    )
+    assert pyenv.startswith(
+        "the nftables Python bindings cannot be imported by /srv/venv/bin/python"
+    )
+    assert "based on /root/.pyenv/versions/3.12.1, not Debian's /usr/bin/python3" in pyenv
+    assert pyenv.endswith("make the venv with /usr/bin/python3 -m venv --system-site-packages")
+    bare = why_not_importable("/srv/venv/bin/python", "/srv/venv", "/usr", [], True)
+    assert "made without --system-site-packages" in bare
+    foreign = why_not_importable("/opt/py/bin/python3", "/opt/py", "/opt/py", [], True)
+    assert "not Debian's /usr/bin/python3 (its prefix is /opt/py)" in foreign
+    missing = why_not_importable("/usr/bin/python3", "/usr", "/usr", [DIST_PACKAGES], False)
+    assert missing.endswith("python3-nftables is not installed (apt install python3-nftables)")

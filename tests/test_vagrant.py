@@ -84,7 +84,7 @@ def test_the_real_server_section_says_where_each_command_runs() -> None:
     """tests/test_vms.py runs this README section on two VMs: its blocks must parse."""
     steps = real_server_steps((REPO / "README.md").read_text())
     assert {s.host for s in steps} == {"server", "prober"}
-    assert [s.command.split()[0] for s in install_steps(steps)] == ["apt-get", "python3",
+    assert [s.command.split()[0] for s in install_steps(steps)] == ["apt-get", "/usr/bin/python3",
                                                                     "/opt/harden/venv/bin/pip",
                                                                     "ln"]  # fmt: skip
     used = {s.command.split()[1] for s in steps if s.command.startswith("harden ")}

@@ -214,8 +214,10 @@ def tool_versions() -> list[str]:
         import nftables  # noqa: F401  (Debian's python3-nftables)
 
         lines.append(f"python3-nftables: {_package_version('python3-nftables')}")
-    except ImportError:
-        lines.append("python3-nftables: not importable (apt install python3-nftables)")
+    except ImportError as exc:
+        from harden.backends.nftables.firewall import bindings_missing
+
+        lines.append(f"python3-nftables: not importable: {bindings_missing(str(exc))}")
     return lines
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,41 @@ from harden.types import Backend
 TABLE = "inet harden"
 
 
+DIST_PACKAGES = "/usr/lib/python3/dist-packages"  # where Debian's python3-nftables lives
+
+
+def bindings_missing(error: str = "") -> str:
+    """Why ``import nftables`` failed in this interpreter, and what to do about it."""
+    return why_not_importable(
+        sys.executable,
+        sys.prefix,
+        sys.base_prefix,
+        sys.path,
+        Path(DIST_PACKAGES, "nftables").is_dir(),
+        error,
+    )
+
+
+def why_not_importable(
+    executable: str, prefix: str, base: str, path: list[str], installed: bool, error: str = ""
+) -> str:
+    """The hint for a Python that cannot import Debian's bindings (pure: given its facts)."""
+    who = f"the nftables Python bindings cannot be imported by {executable}"
+    if not installed:
+        return f"{who}: Debian's python3-nftables is not installed (apt install python3-nftables)"
+    if DIST_PACKAGES in path:
+        return f"{who}: {DIST_PACKAGES} is on its path, but the import failed: {error}"
+    fix = "make the venv with /usr/bin/python3 -m venv --system-site-packages"
+    if prefix != base and base != "/usr":
+        why = f"its virtualenv is based on {base}, not Debian's /usr/bin/python3"
+    elif prefix != base:
+        why = "its virtualenv was made without --system-site-packages"
+    else:
+        why = f"it is not Debian's /usr/bin/python3 (its prefix is {base})"
+        fix = "run harden with /usr/bin/python3, or " + fix
+    return f"{who}: {why}, so it cannot see {DIST_PACKAGES}, where python3-nftables is; {fix}"
+
+
 class NftFirewall:
     """Loads, snapshots and restores ``table inet harden``; never touches another table."""
 
@@ -28,10 +64,7 @@ class NftFirewall:
         try:
             import nftables
         except ImportError as exc:
-            raise EnvironmentProblem(
-                "the nftables Python bindings are missing (Debian package python3-nftables; "
-                "a virtualenv needs --system-site-packages)"
-            ) from exc
+            raise EnvironmentProblem(bindings_missing(str(exc))) from exc
         self._nft = nftables.Nftables()
         self._nft.set_json_output(False)
 
