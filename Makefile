@@ -112,8 +112,17 @@ man: install
 
 # The harden.harden Ansible collection as a tarball in build/, for `ansible-galaxy collection
 # install build/harden-harden-*.tar.gz` (tests/test_ansible.py builds and installs it too).
-collection: install
-	$(VENV)/bin/ansible-galaxy collection build --force vagrant/ansible/collection --output-path build
+# It needs ansible-galaxy alone, not the test machine: the venv's if `make install` made it,
+# else ansible-core in a small venv of its own (build/galaxy), and no VM or Docker package.
+GALAXY_VENV := build/galaxy
+collection:
+	@$(MAKE) --no-print-directory apt-install PKGS="python3-venv" APT_FLAGS="--no-install-recommends"
+	@if [ -x $(VENV)/bin/ansible-galaxy ]; then galaxy=$(VENV)/bin/ansible-galaxy; else \
+	  galaxy=$(GALAXY_VENV)/bin/ansible-galaxy; \
+	  if [ ! -x $$galaxy ]; then /usr/bin/python3 -m venv $(GALAXY_VENV) && \
+	    $(GALAXY_VENV)/bin/pip install -q ansible-core || exit 1; fi; \
+	fi; \
+	$$galaxy collection build --force vagrant/ansible/collection --output-path build
 
 # The role README's table of variables, from its meta/argument_specs.yml (tests/collection.py).
 role-readme: install
