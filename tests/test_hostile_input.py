@@ -104,6 +104,7 @@ def test_recursion_error_while_loading_is_one_line(monkeypatch: pytest.MonkeyPat
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setattr(safeyaml, "_check_shape", boom)
+    monkeypatch.setattr(safeyaml, "_fast_load", boom)
     with pytest.raises(ManifestError, match=r"m\.yaml: YAML nested too deeply"):
         parse_manifest("version: 1\n", "m.yaml")
 
@@ -259,3 +260,116 @@ def test_inventory_uses_the_hardened_loader(tmp_path: Path, text: str, expected:
 def test_inventory_special_file_is_refused() -> None:
     with pytest.raises(ManifestError, match="/dev/zero: not a regular file"):
         load_inventory(Path("/dev/zero"))
+
+
+def test_the_fast_path_reads_what_the_full_loader_reads() -> None:
+    """load_yaml's event-based fast path (long allowlists) against the composing loader
+    on random documents in both styles, with the scalars YAML 1.1 and 1.2 read apart:
+    the same values, or it steps aside (anchors, tags, floats) for the full loader."""
+    import yaml
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    tricky = st.sampled_from(
+        ["yes", "no", "on", "off", "y", "~", "null", "", "true", "False", "0x50", "0o17",
+         "0120", "+80", "1:20", "1_0", "80", "-3", "1.5", ".inf", "2026-12-07", "<<", "=",
+         "198.18.0.0/15", "fd00::/64", "a: b", "- x", "#", "'q'"]
+    )  # fmt: skip
+    scalars = st.one_of(tricky, st.text(max_size=8), st.integers(), st.booleans(), st.none())
+    data = st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=25,
+    )
+
+    @settings(max_examples=400, deadline=None)
+    @given(data, st.booleans())
+    def agree(value: object, flow: bool) -> None:
+        text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True)
+        for doc in (text, text.replace("'", "")):  # quoted and, where it still parses, plain
+            try:
+                full = yaml.load(doc, Loader=safeyaml._UniqueKeyLoader)
+            except yaml.YAMLError:
+                continue
+            try:
+                fast = safeyaml._fast_load(doc)
+            except safeyaml._Unusual:
+                continue
+            read.append(doc)
+            assert repr(fast) == repr(full), doc  # repr: True and 1 differ, nested too
+
+    read: list[str] = []
+    agree()
+    assert len(read) > 200  # the fast path did read most of them
+
+
+def test_the_ipv4_fast_path_reads_networks_as_ipaddress_does() -> None:
+    """model._parse_network's shortcut for dotted quads (a long allowlist's sources) gives
+    ipaddress's network, object type included, or defers to it, which then refuses with
+    its own words: host bits, leading zeros, octets or prefixes out of range."""
+    import ipaddress
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from harden.manifest.model import _parse_network
+
+    octet = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "-1"]))
+    prefix = st.one_of(st.none(), st.integers(0, 40).map(str), st.sampled_from(["08", "", "x"]))
+    text = st.builds(
+        lambda o, p: ".".join(o) + ("" if p is None else "/" + p),
+        st.lists(octet, min_size=3, max_size=5),
+        prefix,
+    )
+
+    @settings(max_examples=500, deadline=None)
+    @given(text)
+    def agree(value: str) -> None:
+        try:
+            want = ipaddress.ip_network(value, strict=True)
+        except ValueError:
+            with pytest.raises(ValueError):
+                _parse_network(value)
+            return
+        got = _parse_network(value)
+        assert got == want and type(got) is type(want) and str(got) == str(want)
+
+    agree()
+
+
+def test_the_ipv6_fast_path_reads_networks_as_ipaddress_does() -> None:
+    """The same for IPv6 in plain hex groups: compressed, exploded, upper case, masked to
+    whole networks or not, and mangled (":::", five-digit groups, a stray colon, a
+    zone, an embedded IPv4 address, a prefix of 129 or 064)."""
+    import ipaddress
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from harden.manifest.model import _parse_network
+
+    def text(address: ipaddress.IPv6Address, bits: int, form: int, mangle: int) -> str:
+        net = ipaddress.IPv6Network((int(address) >> (128 - bits) << (128 - bits), bits))
+        base = [net.network_address.compressed, net.network_address.exploded.upper(),
+                address.compressed][form]  # fmt: skip
+        suffix = ["", f"/{bits}", "/129", "/064", "%eth0", f"/{bits}"][mangle % 6]
+        mangled = [base, base.replace("::", ":::"), ":" + base, base + ":", "1" + base,
+                   "::ffff:1.2.3.4", base][mangle % 7]  # fmt: skip
+        return mangled + suffix
+
+    @settings(max_examples=600, deadline=None)
+    @given(st.ip_addresses(v=6), st.integers(0, 128), st.integers(0, 2), st.integers(0, 41))
+    def agree(address: ipaddress.IPv6Address, bits: int, form: int, mangle: int) -> None:
+        value = text(address, bits, form, mangle)
+        try:
+            want = ipaddress.ip_network(value, strict=True)
+        except ValueError:
+            with pytest.raises(ValueError):
+                _parse_network(value)
+            return
+        got = _parse_network(value)
+        assert got == want and type(got) is type(want) and str(got) == str(want), value
+
+    agree()

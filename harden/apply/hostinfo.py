@@ -128,7 +128,7 @@ def other_firewalls(policy: Policy | None = None) -> tuple[list[BaseChain], list
 
     warnings: list[str] = []
     try:
-        ruleset = NftFirewall().ruleset()
+        ruleset = NftFirewall().ruleset(terse=True)  # named sets' elements: not needed
     except HardenError as exc:
         return [], [f"cannot list the other firewalls: {exc}"]
     egress = policy is not None and policy.egress != "accept"

@@ -28,12 +28,26 @@ def _nets(nets: Sequence[object] | None) -> str | list[str]:
 
 def _outbound_text(out: Outbound, name: str) -> str:
     """``tcp/80,443 to 203.0.113.0/24 (updates)``: one egress.allow entry, one protocol."""
-    ports = ",".join(map(str, out.ports))
+    ports = few([str(p) for p in out.ports], "port ranges", MOST_PORTS)
     if out.destinations[4] is None:
         where = "any" if out.destinations[6] is None else "any (IPv4 only)"
     else:
-        where = ",".join(str(n) for fam in FAMILIES for n in out.destinations[fam] or ())
+        nets = [str(n) for fam in FAMILIES for n in out.destinations[fam] or ()]
+        where = few(nets, "networks", MOST_NETWORKS)
     return f"{out.proto}/{ports} to {where} ({name})"
+
+
+# How many networks and port ranges a summary line names before it only counts them: a
+# 100,000-source allowlist made validate print 1.7 MB on one line. JSON keeps them all.
+MOST_NETWORKS = 5
+MOST_PORTS = 20
+
+
+def few(items: list[str], noun: str, most: int) -> str:
+    """``a,b,c`` or, past ``most``, ``a,b,… (100,000 networks, first 2 shown)``."""
+    if len(items) <= most:
+        return ",".join(items)
+    return f"{','.join(items[:most])},… ({len(items):,} {noun}, first {most} shown)"
 
 
 def egress_summary(manifest: Manifest, policy: Policy) -> dict[str, Any]:
@@ -148,12 +162,12 @@ class Validation:
                     "log": allow.log,
                 }
             )
-            ports = ",".join(map(str, allow.ports))
+            ports = few([str(p) for p in allow.ports], "port ranges", MOST_PORTS)
             if not allow.restricted:
                 where = "" if policy.ipv6 else " (IPv4 only)"
             else:
                 nets = [str(n) for fam in FAMILIES for n in allow.sources[fam] or ()]
-                where = " from " + ",".join(nets)
+                where = " from " + few(nets, "networks", MOST_NETWORKS)
             limit = f" (limit {allow.limit} per source)" if allow.limit else ""
             allows.append(f"{allow.proto}/{ports}{where}{limit}")
         forward: str = policy.forward

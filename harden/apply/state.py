@@ -142,13 +142,23 @@ class State:
             ),
         )
 
-    def loaded(self) -> State:
-        """The load returned: without a confirm window the apply is settled."""
+    def loaded(self, live_sha256: str | None = None) -> State:
+        """The load returned: without a confirm window the apply is settled.
+
+        ``live_sha256``: what the new rules hash to as the kernel lists them, for an apply
+        that wrote its record before it could know (an atomic backend lists its rules
+        once they are loaded; the record said "" until then, and a confirm of an apply
+        interrupted in between is refused: docs/design.md, "Check, snapshot, load").
+        """
         if self.pending is None or self.pending.phase != "loading":
             raise InternalError("no apply is loading")
+        state = self
+        if live_sha256 is not None and self.current is not None:
+            current = replace(self.current, live_sha256=live_sha256)
+            state = replace(self, current=current, live_sha256=live_sha256)
         if self.pending.deadline is None:
-            return replace(self, pending=None)
-        return replace(self, pending=replace(self.pending, phase="loaded"))
+            return replace(state, pending=None)
+        return replace(state, pending=replace(self.pending, phase="loaded"))
 
     def confirmed(self, now: float, live_sha256: str) -> State:
         """The pending ruleset is kept: no rollback.

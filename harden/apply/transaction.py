@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,14 @@ from harden.apply.hostinfo import (
 from harden.apply.results import ApplyResult, Drift, Removed, StatusReport, Validation
 from harden.apply.state import Applied, Pending, State, StateDir
 from harden.backends import Firewall, firewall, names, others
-from harden.errors import ApplyError, EnvironmentProblem, HardenError, LockoutRefused, Refused
+from harden.errors import (
+    ApplyError,
+    EnvironmentProblem,
+    HardenError,
+    InternalError,
+    LockoutRefused,
+    Refused,
+)
 from harden.files import read_manifest, write_atomic
 from harden.policy.containers import bridge_warnings
 from harden.policy.model import Policy, build_policy
@@ -58,8 +65,15 @@ class Prepared:
 
     manifest: Path
     manifest_sha256: str
-    policy: Policy
+    policy: Policy | None  # None once nothing needs it (apply frees it before its load)
     files: dict[str, str]
+
+    @property
+    def rules(self) -> Policy:
+        """The policy, while it is held."""
+        if self.policy is None:
+            raise InternalError("the policy was released before its last use")
+        return self.policy
 
     @property
     def ruleset_sha256(self) -> str:
@@ -134,7 +148,7 @@ def apply(
     require_net_admin("apply", "it loads rules into the kernel and records them as root's")
     require_namespace()
     if not force:
-        check_lockout(prepared.policy, os.environ if env is None else env)
+        check_lockout(prepared.rules, os.environ if env is None else env)
         check_firewalld(backend)
     states = StateDir(state_dir)
     result = ApplyResult(
@@ -147,13 +161,18 @@ def apply(
     with states.locked():
         old = states.load()
         old.ensure_settled()
-        canonical = fw.check(prepared.files)
         if plan.persist_to is not None:
             check_persist_targets(fw.persist_targets(plan.persist_to))
         others = _other_backend_rules(backend)
-        if fw.live() == canonical and not others:
+        live = fw.live()
+        canonical = _canonical_before_load(fw, prepared, old, live, others)
+        # Other firewalls are not harden's to change: read now, while the networks are
+        # held, which then go before the load's peak (100,000 sources: 43 MB of 180).
+        _note_others(result, prepared.rules)
+        prepared = replace(prepared, policy=None)
+        if canonical is not None and live == canonical and not others:
             _unchanged(result, states, old, fw, prepared, canonical, plan)
-            return _note_boot(_note_others(result, prepared.policy), plan)
+            return _note_boot(result, plan)
         deadline = _transaction(
             states,
             fw,
@@ -165,7 +184,33 @@ def apply(
             persist_to=plan.persist_to,
         )
         _changed(result, states, fw, prepared, plan, deadline, others, confirm)
-    return _note_boot(_note_others(result, prepared.policy), plan)
+    return _note_boot(result, plan)
+
+
+def _canonical_before_load(
+    fw: Firewall, prepared: Prepared, old: State, live: str, others: Mapping[Backend, str]
+) -> str | None:
+    """The rendered rules as the kernel lists them, where the apply needs that first.
+
+    A backend that loads in two steps (iptables, one per family) loads in a scratch
+    namespace first, so that a ruleset either family refuses changes nothing. An atomic
+    one (nftables) need not: the kernel takes or refuses its transaction whole, and
+    what it lists once loaded is recorded then (None here). Its canonical form is still
+    asked for to tell an unchanged apply from a change, unless the record tells already:
+    nothing of harden's live, or live rules that are the recorded ones of other rules.
+    At 100,000 sources the scratch load and listing are 2 of a 5 s apply
+    (docs/design.md, "Check, snapshot, load").
+    """
+    if not fw.atomic:
+        return fw.check(prepared.files)
+    if not live or others:
+        return None
+    current = old.current
+    if current is not None and current.backend == fw.name and digest(live) == old.live_sha256:
+        if current.ruleset_sha256 == prepared.ruleset_sha256:
+            return live  # these very rules, loaded by the last apply and untouched since
+        return None  # the last apply's rules, and these are others: a change
+    return fw.check(prepared.files)  # no record of what is live (after a reset): compare
 
 
 def _unchanged(
@@ -234,7 +279,7 @@ def _transaction(
     fw: Firewall,
     prepared: Prepared,
     old: State,
-    canonical: str,
+    canonical: str | None,
     others: dict[Backend, str],
     *,
     confirm: int | None,
@@ -268,22 +313,25 @@ def _transaction(
         if state.pending is not None:
             _stop_watchdog(state.pending)
         raise
-    states.save(state.loaded())
+    states.save(state.loaded(None if canonical is not None else digest(fw.live())))
     # What an earlier apply's persist replaced is no longer this apply's to undo: a
     # rollback of this apply must leave the boot files of the rules it restores.
     states.drop_persist_undo()
     return deadline
 
 
-def _applied(prepared: Prepared, backend: Backend, canonical: str) -> Applied:
-    """The record of ``prepared`` as applied now, its rules listing as ``canonical``."""
+def _applied(prepared: Prepared, backend: Backend, canonical: str | None) -> Applied:
+    """The record of ``prepared`` as applied now, its rules listing as ``canonical``.
+
+    None: not known before the load ("" until State.loaded records it).
+    """
     return Applied(
         backend=backend,
         manifest=str(prepared.manifest),
         manifest_sha256=prepared.manifest_sha256,
         ruleset_sha256=prepared.ruleset_sha256,
         applied_at=time.time(),
-        live_sha256=digest(canonical),
+        live_sha256=digest(canonical) if canonical is not None else "",
     )
 
 
@@ -569,7 +617,7 @@ def diff(manifest_path: Path, backend: Backend) -> Drift:
     require_net_admin("diff", "it reads the live ruleset, which the kernel lists only to root")
     want, have = fw.check(prepared.files), fw.live()
     leftover = _other_backend_rules(backend)
-    exposure = _exposure(prepared.policy)
+    exposure = _exposure(prepared.rules)
     if want == have and not leftover:
         return Drift(bool(exposure["leaks"]), "", exposure)
     text = "".join(

@@ -10,6 +10,7 @@ import itertools
 
 from harden.errors import ManifestError
 from harden.manifest.model import EgressAllow, Manifest, Service
+from harden.manifest.nets import bounds
 from harden.manifest.ports import PortRange
 from harden.types import PROTOS, Network
 
@@ -69,19 +70,23 @@ def _check_sources(manifest: Manifest, i: int, service: Service, source: str) ->
 def _check_networks(
     manifest: Manifest, nets: tuple[Network, ...], where: str, what: str, source: str
 ) -> None:
-    """One list of networks: each of an enabled family, none overlapping another."""
-    by_family: dict[int, list[tuple[Network, int]]] = {4: [], 6: []}
+    """One list of networks: each of an enabled family, none overlapping another.
+
+    On integer bounds, sorted once (nets.bounds): a network's cached properties would
+    cost an address object each, 37 MB at 100,000 sources.
+    """
+    by_family: dict[int, list[tuple[int, int, int]]] = {4: [], 6: []}  # (first, last, index)
     for j, net in enumerate(nets):
         if net.version == 6 and not manifest.policy.ipv6:
             raise ManifestError(
                 source, f"{where}[{j}]", f"IPv6 {what} {net} but policy.ipv6 is false"
             )
-        by_family[net.version].append((net, j))
+        by_family[net.version].append((*bounds(net), j))
     for entries in by_family.values():
-        entries.sort(key=lambda e: (int(e[0].network_address), e[0].prefixlen))
-        widest: tuple[Network, int] | None = None
-        for net, j in entries:
-            if widest is not None and int(net.network_address) <= int(widest[0].broadcast_address):
+        entries.sort(key=lambda e: (e[0], -e[1]))
+        widest: tuple[int, int] | None = None  # (last address, index) reaching furthest
+        for first, last, j in entries:
+            if widest is not None and first <= widest[0]:
                 later, earlier = max(j, widest[1]), min(j, widest[1])
                 key = where.rsplit(".", 1)[-1]
                 raise ManifestError(
@@ -89,8 +94,8 @@ def _check_networks(
                     f"{where}[{later}]",
                     f"{nets[later]} overlaps {nets[earlier]} ({key}[{earlier}])",
                 )
-            if widest is None or int(net.broadcast_address) > int(widest[0].broadcast_address):
-                widest = (net, j)
+            if widest is None or last > widest[0]:
+                widest = (last, j)
 
 
 def _check_port_overlaps(manifest: Manifest, source: str) -> None:

@@ -33,6 +33,17 @@ def _parse_network(value: object) -> Network:
         return value
     if not isinstance(value, str):
         raise ValueError(f"expected a network like 198.18.1.0/24 or fd00::/64, got {show(value)}")
+    if (quad := _IPV4.fullmatch(value)) is not None:
+        # The common case of a long allowlist, without parsing the text twice over: the
+        # same network ipaddress gives, and anything odd (host bits set) goes the long way.
+        address, prefix = quad.groups()
+        a, b, c, d = address.split(".")
+        number = int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+        bits = int(prefix) if prefix is not None else 32
+        if bits <= 32 and number & ((1 << (32 - bits)) - 1) == 0:
+            return ipaddress.IPv4Network((number, bits))
+    elif (six := _ipv6(value)) is not None:
+        return six
     try:
         return ipaddress.ip_network(value.strip(), strict=True)
     except ValueError as exc:
@@ -43,6 +54,39 @@ def _parse_network(value: object) -> Network:
                 "networks, e.g. 203.0.113.10/32"
             ) from None
         raise ValueError(f"bad network {show(value)}: {exc}") from None
+
+
+# A dotted quad as ipaddress reads one (no leading zeros, each octet at most 255),
+# optionally with a prefix length of plain digits.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"((?:{_OCTET}\.){{3}}{_OCTET})(?:/(0|[1-9][0-9]?))?")
+_HEX = re.compile(r"[0-9a-fA-F]{1,4}")
+_PREFIX6 = re.compile(r"0|[1-9][0-9]?|1[01][0-9]|12[0-8]")
+
+
+def _ipv6(value: str) -> ipaddress.IPv6Network | None:
+    """An IPv6 network in plain hex groups (one "::" at most), else None: ipaddress's."""
+    address, slash, prefix = value.partition("/")
+    if slash and not _PREFIX6.fullmatch(prefix):
+        return None
+    halves = address.split("::")
+    if len(halves) > 2:
+        return None
+    groups = [h.split(":") if h else [] for h in halves]
+    count = sum(map(len, groups))
+    if count > (7 if len(halves) == 2 else 8) or count < (0 if len(halves) == 2 else 8):
+        return None
+    if not all(_HEX.fullmatch(g) for half in groups for g in half):
+        return None
+    head = [int(g, 16) for g in groups[0]]
+    tail = [int(g, 16) for g in groups[1]] if len(groups) == 2 else []
+    number = 0
+    for word in [*head, *[0] * (8 - len(head) - len(tail)), *tail]:
+        number = number << 16 | word
+    bits = int(prefix) if slash else 128
+    if number & ((1 << (128 - bits)) - 1):
+        return None  # host bits set: ipaddress says so in its words
+    return ipaddress.IPv6Network((number, bits))
 
 
 # Something with a letter in it and only name characters: a DNS name, not a network.

@@ -156,9 +156,93 @@ def _check_shape(text: str) -> str | None:
     return None
 
 
+class _Unusual(Exception):
+    """A document the fast path leaves to the full loader (and its error messages)."""
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _scalar(event: yaml.ScalarEvent) -> Any:
+    """A scalar as _UniqueKeyLoader would construct it, or _Unusual."""
+    value = event.value
+    if event.tag not in (None, "!"):
+        raise _Unusual  # an explicit tag
+    if not event.implicit[0]:
+        return value  # quoted: a string
+    table = _UniqueKeyLoader.yaml_implicit_resolvers
+    tag = _STR_TAG
+    for candidate, regexp in [*table.get(value[:1], []), *table.get(None, [])]:
+        if regexp.match(value):
+            tag = candidate
+            break
+    if tag == _STR_TAG:
+        return value
+    if tag == "tag:yaml.org,2002:null":
+        return None
+    if tag == _BOOL_TAG:
+        return value.lower() == "true"
+    if tag == _INT_TAG and len(value) < 100:  # longer: the full loader says why not
+        return int(value)
+    raise _Unusual  # floats, timestamps, merge keys: the full loader's
+
+
+def _fast_load(text: str) -> Any:
+    """The common manifest (no anchors, aliases or tags) from libyaml's events, in one pass.
+
+    What ``_check_shape`` then ``yaml.load`` give, at a third of the time: a 100,000-source
+    allowlist's composed nodes cost 0.75 s and 48 MB. Anything else (or any error) is
+    left to them, with their messages: raises _Unusual.
+    """
+    stack: list[list[Any] | dict[str, Any]] = []
+    keys: list[str | None] = []
+    root: Any = None
+    documents = 0
+    for event in yaml.parse(text, Loader=_UniqueKeyLoader):
+        if isinstance(event, yaml.DocumentStartEvent):
+            documents += 1
+            if documents > 1:
+                raise _Unusual
+            continue
+        if isinstance(event, yaml.NodeEvent) and event.anchor is not None:
+            raise _Unusual
+        if isinstance(event, yaml.AliasEvent):
+            raise _Unusual
+        if isinstance(event, yaml.ScalarEvent):
+            value: Any = _scalar(event)
+        elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+            if event.tag not in (None, "!") or len(stack) >= MAX_DEPTH:
+                raise _Unusual
+            stack.append([] if isinstance(event, yaml.SequenceStartEvent) else {})
+            keys.append(None)
+            continue
+        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+            value = stack.pop()
+            if keys.pop() is not None:
+                raise _Unusual
+        else:
+            continue
+        if not stack:
+            root = value
+        elif isinstance(stack[-1], list):
+            stack[-1].append(value)
+        elif keys[-1] is None:
+            if not isinstance(value, str) or value in stack[-1] or value == "<<":
+                raise _Unusual  # a key that is no string, twice, or a merge
+            keys[-1] = value
+        else:
+            stack[-1][keys[-1]] = value
+            keys[-1] = None
+    return root
+
+
 def load_yaml(text: str, source: str) -> Any:
     """Parse YAML safely, refusing duplicate keys (manifests and inventories alike)."""
     try:
+        try:
+            return _fast_load(text)
+        except _Unusual:
+            pass
         problem = _check_shape(text)
         if problem is not None:
             raise ManifestError(source, "", problem)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from ipaddress import ip_network
 
 from harden.manifest.model import PortCheck
+from harden.manifest.nets import collapse, minus
 from harden.manifest.ports import PortRange
-from harden.policy.exposure import collapse, minus
 from harden.policy.model import Policy
 from harden.types import FAMILIES, Family, Network, Proto
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, collapse_addresses
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Generic, Literal, TypeVar
 
 from harden.manifest.model import EgressAllow, ForwardAllow, Manifest, RateLimit, Service
+from harden.manifest.nets import collapse_family
 from harden.manifest.ports import PortRange, merge
 from harden.types import FAMILIES, PROTOS, Address, Family, Proto
 
@@ -206,8 +207,8 @@ def build_policy(manifest: Manifest) -> Policy:
             nets = service.sources
             # Collapsed, so services whose sources mean the same networks share a group.
             key = (
-                tuple(collapse_addresses(n for n in nets if isinstance(n, IPv4Network))),
-                tuple(collapse_addresses(n for n in nets if isinstance(n, IPv6Network))),
+                collapse_family(n for n in nets if isinstance(n, IPv4Network)),
+                collapse_family(n for n in nets if isinstance(n, IPv6Network)),
             )
         for proto in service.proto:
             groups.setdefault((proto, key, service.limit, service.log), []).append(service)
@@ -257,8 +258,8 @@ def _probers(manifest: Manifest) -> PerFamily[Nets]:
     """The verifier's networks, per family (their probes are counted, never accepted)."""
     probers = manifest.verify.probers if manifest.verify is not None else ()
     return PerFamily(
-        tuple(collapse_addresses(n for n in probers if isinstance(n, IPv4Network))),
-        tuple(collapse_addresses(n for n in probers if isinstance(n, IPv6Network))),
+        collapse_family(n for n in probers if isinstance(n, IPv4Network)),
+        collapse_family(n for n in probers if isinstance(n, IPv6Network)),
     )
 
 
@@ -276,8 +277,8 @@ def _split(nets: Sources, v6: bool) -> PerFamily[Sources]:
     """Per-family networks: None (any) stays None; a list may leave a family empty."""
     if nets is None:
         return PerFamily(None, None if v6 else ())
-    four = tuple(collapse_addresses(n for n in nets if isinstance(n, IPv4Network)))
-    six = tuple(collapse_addresses(n for n in nets if isinstance(n, IPv6Network)))
+    four = collapse_family(n for n in nets if isinstance(n, IPv4Network))
+    six = collapse_family(n for n in nets if isinstance(n, IPv6Network))
     return PerFamily(four, six if v6 else ())
 
 
