@@ -797,9 +797,9 @@ def _networks_strategy() -> Any:
 
 
 def test_the_interval_arithmetic_agrees_with_ipaddress_on_random_networks() -> None:
-    """minus and collapse (sorted intervals, n log n; harden/manifest/nets.py) give exactly what ipaddress's own
-    collapse_addresses and address_exclude give, taken one network at a time (the form
-    that took 102 s for 10,000 sources against 10,000)."""
+    """minus and collapse (sorted intervals, n log n; harden/manifest/nets.py) give exactly
+    what ipaddress's own collapse_addresses and address_exclude give, taken one network
+    at a time (the form that took 102 s for 10,000 sources against 10,000)."""
     from hypothesis import given, settings
 
     from bench.diff import quadratic_minus, reference_collapse
