@@ -94,12 +94,12 @@ def measure(n: int, runs: int, folder: Path) -> dict[str, float]:
     a, b = policies
     found["arithmetic"] = median(runs, lambda: exposure.exposure_diff(a, b, "old", "new"))
     if n == QUADRATIC_AT:
-        fast = exposure.minus
-        exposure.minus = quadratic_minus
+        fast = exposure.minus  # type: ignore[attr-defined]
+        exposure.minus = quadratic_minus  # type: ignore[attr-defined]
         try:
             found["quadratic"] = median(1, lambda: exposure.exposure_diff(a, b, "old", "new"))
         finally:
-            exposure.minus = fast
+            exposure.minus = fast  # type: ignore[attr-defined]
     command = [sys.executable, "-m", "harden.cli", "diff", str(old), str(new)]
     found["command"] = median(
         runs, lambda: subprocess.run(command, capture_output=True, check=False)
