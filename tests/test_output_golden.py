@@ -267,3 +267,22 @@ def test_the_cli_prints_the_golden_validate_output() -> None:
             check=True,
         )
         assert proc.stdout == (GOLDEN / name).read_text()
+
+
+def test_a_long_allowlist_is_summarised_in_text_and_kept_whole_in_json() -> None:
+    """validate printed 1.7 MB on one line for 100,000 sources: the text names the first
+    five networks (and twenty port ranges) and counts the rest; JSON keeps every one."""
+    nets = [f"198.18.{i}.0/24" for i in range(0, 14, 2)]
+    ports = [f'"{20000 + 20 * i}-{20009 + 20 * i}"' for i in range(25)]
+    text = (
+        "version: 1\nservices:\n  - {name: api, proto: tcp, "
+        f"ports: [{', '.join(ports)}], sources: [{', '.join(nets)}]}}\n"
+    )
+    manifest = parse_manifest(text, "long.yaml")
+    result = Validation.of("long.yaml", manifest, build_policy(manifest))
+    line = result.to_text()
+    assert "from 198.18.0.0/24,198.18.2.0/24,198.18.4.0/24,198.18.6.0/24,198.18.8.0/24,… " in line
+    assert "(7 networks, first 5 shown)" in line and "198.18.10.0/24" not in line
+    assert "20380-20389,… (25 port ranges, first 20 shown)" in line
+    [rule] = result.to_json()["allows"]
+    assert rule["ipv4_sources"] == nets and len(rule["ports"]) == 25

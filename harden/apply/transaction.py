@@ -152,11 +152,7 @@ def apply(
         check_firewalld(backend)
     states = StateDir(state_dir)
     result = ApplyResult(
-        changed=False,
-        backend=backend,
-        manifest=str(manifest_path),
-        manifest_sha256=prepared.manifest_sha256,
-        ruleset_sha256=prepared.ruleset_sha256,
+        False, backend, str(manifest_path), prepared.manifest_sha256, prepared.ruleset_sha256
     )
     with states.locked():
         old = states.load()
