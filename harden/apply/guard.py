@@ -148,7 +148,11 @@ def lockout_reason(policy: Policy, env: Mapping[str, str]) -> str | None:
         return f"{problem}: cannot tell whether new SSH logins would be refused"
     unit_ports = socket_unit_ports() if any(s.held_by_systemd for s in sockets) else set()
     ports = ssh_ports(sockets, unit_ports)
-    return ssh_guard(policy, env, ports, ssh_sessions(sockets, ports), tracked_sessions())
+    sessions = ssh_sessions(sockets, ports)
+    if ssh_guard(policy, env, ports, sessions) is None:
+        return None
+    # Only a refusal reads the conntrack table (large on a busy host) to say more.
+    return ssh_guard(policy, env, ports, sessions, tracked_sessions())
 
 
 # Reading the kernel: parse functions are pure; tcp_sockets and socket_unit_ports run commands.
