@@ -93,7 +93,7 @@ lint: install
 # by itself) then run one at a time. The VMs are not collected: they are `make test-vm`.
 PYTEST_EVERYDAY := $(VENV)/bin/pytest --ignore=tests/test_vms.py
 test: install lint
-	$(PYTEST_EVERYDAY) -n 4 --durations=15 -m "not alone"
+	$(PYTEST_EVERYDAY) -n 4 --dist loadgroup --durations=15 -m "not alone"
 	$(PYTEST_EVERYDAY) --durations=5 -m alone
 
 # The VM tier: the scenarios of tests/test_vms.py on two qemu VMs (a real kernel boot, the

@@ -20,7 +20,8 @@ from .nspawnlab import BootLab, skip_reason
 from .test_boot import MANIFEST, harden_rules, verify
 from .vmlab import REPO, Image, ensure_image
 
-pytestmark = pytest.mark.netns
+# Both tests on one xdist worker (make test runs --dist loadgroup): the module's .deb is built once.
+pytestmark = [pytest.mark.netns, pytest.mark.xdist_group("package")]
 DEB_IN_MACHINE = "/root/harden.deb"
 APT = "DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Use-Pty=0"
 # What stays on purpose: the admin's own manifest. (The image's venv of harden's dependencies,
