@@ -202,3 +202,34 @@ def test_cli_render_writes_files_and_schema_is_json(tmp_path: Path) -> None:
         "udp/443",
         "tcp/22 from 198.18.1.0/24,fd00:1::/64",
     ]
+
+
+def test_building_a_manifest_pauses_the_collector_and_restores_it() -> None:
+    """harden/gcpause.py: a large manifest and its policy are built with one automatic
+    collection (the one deferred to the end) instead of hundreds, and the collector is as
+    it was afterwards (still off inside an outer pause)."""
+    import gc
+
+    from harden.gcpause import paused_gc
+    from harden.manifest.parse import manifest_from_text
+
+    sources = ", ".join(f"198.18.{i // 256}.{i % 256}/32" for i in range(0, 40_000, 2))
+    text = f"version: 1\nservices: [{{name: api, proto: tcp, port: 443, sources: [{sources}]}}]\n"
+    started: list[int] = []
+    gc.callbacks.append(lambda phase, info: started.append(1) if phase == "start" else None)
+    try:
+        # The same build without the decorators (functools.wraps keeps what they wrap).
+        parse, build = manifest_from_text.__wrapped__, build_policy.__wrapped__  # type: ignore
+        policy = build(parse(text))
+        assert len(started) > 50, len(started)
+        started.clear()
+        policy = build_policy(manifest_from_text(text))
+        assert len(started) <= 2 and gc.isenabled(), len(started)
+        assert len(policy.allows[0].sources[4] or ()) == 20_000
+        with paused_gc():
+            with paused_gc():
+                pass
+            assert not gc.isenabled()
+        assert gc.isenabled()
+    finally:
+        gc.callbacks.pop()

@@ -305,16 +305,29 @@ def test_the_fast_path_reads_what_the_full_loader_reads() -> None:
     assert len(read) > 200  # the fast path did read most of them
 
 
+def reads_as_ipaddress_does(value: str) -> None:
+    """model._parse_network gives ipaddress's network (type and text too), or refuses too."""
+    import ipaddress
+
+    from harden.manifest.model import _parse_network
+
+    try:
+        want = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _parse_network(value)
+        return
+    got = _parse_network(value)
+    assert got == want and type(got) is type(want) and str(got) == str(want), value
+
+
 def test_the_ipv4_fast_path_reads_networks_as_ipaddress_does() -> None:
     """model._parse_network's shortcut for dotted quads (a long allowlist's sources) gives
     ipaddress's network, object type included, or defers to it, which then refuses with
     its own words: host bits, leading zeros, octets or prefixes out of range."""
-    import ipaddress
 
     from hypothesis import given, settings
     from hypothesis import strategies as st
-
-    from harden.manifest.model import _parse_network
 
     octet = st.one_of(st.integers(0, 300).map(str), st.sampled_from(["00", "01", "010", "-1"]))
     prefix = st.one_of(st.none(), st.integers(0, 40).map(str), st.sampled_from(["08", "", "x"]))
@@ -327,14 +340,7 @@ def test_the_ipv4_fast_path_reads_networks_as_ipaddress_does() -> None:
     @settings(max_examples=500, deadline=None)
     @given(text)
     def agree(value: str) -> None:
-        try:
-            want = ipaddress.ip_network(value, strict=True)
-        except ValueError:
-            with pytest.raises(ValueError):
-                _parse_network(value)
-            return
-        got = _parse_network(value)
-        assert got == want and type(got) is type(want) and str(got) == str(want)
+        reads_as_ipaddress_does(value)
 
     agree()
 
@@ -348,8 +354,6 @@ def test_the_ipv6_fast_path_reads_networks_as_ipaddress_does() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from harden.manifest.model import _parse_network
-
     def text(address: ipaddress.IPv6Address, bits: int, form: int, mangle: int) -> str:
         net = ipaddress.IPv6Network((int(address) >> (128 - bits) << (128 - bits), bits))
         base = [net.network_address.compressed, net.network_address.exploded.upper(),
@@ -362,14 +366,6 @@ def test_the_ipv6_fast_path_reads_networks_as_ipaddress_does() -> None:
     @settings(max_examples=600, deadline=None)
     @given(st.ip_addresses(v=6), st.integers(0, 128), st.integers(0, 2), st.integers(0, 41))
     def agree(address: ipaddress.IPv6Address, bits: int, form: int, mangle: int) -> None:
-        value = text(address, bits, form, mangle)
-        try:
-            want = ipaddress.ip_network(value, strict=True)
-        except ValueError:
-            with pytest.raises(ValueError):
-                _parse_network(value)
-            return
-        got = _parse_network(value)
-        assert got == want and type(got) is type(want) and str(got) == str(want), value
+        reads_as_ipaddress_does(text(address, bits, form, mangle))
 
     agree()

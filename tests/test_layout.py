@@ -17,6 +17,7 @@ PURE_GLOBS = (
     "harden/types.py",
     "harden/text.py",
     "harden/schedule.py",
+    "harden/gcpause.py",
     "harden/manifest/*.py",
     "harden/policy/*.py",
     "harden/outputs/*.py",

@@ -45,6 +45,7 @@ from harden.errors import (
     Refused,
 )
 from harden.files import read_manifest, write_atomic
+from harden.gcpause import paused_gc
 from harden.policy.containers import bridge_warnings
 from harden.policy.model import Policy, build_policy
 from harden.privileges import needs_net_admin, require_net_admin
@@ -83,9 +84,10 @@ class Prepared:
 
 def prepare(manifest_path: Path, fw: Firewall) -> Prepared:
     """Read the manifest once, validate it and render it (a bad manifest fails here)."""
-    text, manifest = read_manifest(manifest_path)
-    policy = build_policy(manifest)
-    return Prepared(manifest_path, digest(text), policy, fw.render(policy))
+    with paused_gc():  # to the load's own collection (NftFirewall.load), harden/gcpause.py
+        text, manifest = read_manifest(manifest_path)
+        policy = build_policy(manifest)
+        return Prepared(manifest_path, digest(text), policy, fw.render(policy))
 
 
 def check_lockout(policy: Policy, env: Mapping[str, str]) -> None:

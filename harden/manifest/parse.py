@@ -9,6 +9,7 @@ import typing
 from pydantic import BaseModel, ValidationError
 
 from harden.errors import ManifestError
+from harden.gcpause import paused_gc
 from harden.manifest.checks import check_manifest
 from harden.manifest.model import Manifest
 from harden.manifest.ports import ServicePort, show
@@ -16,6 +17,7 @@ from harden.manifest.safeyaml import load_yaml
 from harden.text import one_line
 
 
+@paused_gc()  # harden/gcpause.py: a large allowlist's objects, nearly none in cycles
 def manifest_from_text(
     text: str, source: str = "<manifest>", service_port: ServicePort | None = None
 ) -> Manifest:

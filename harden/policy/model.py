@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Generic, Literal, TypeVar
 
+from harden.gcpause import paused_gc
 from harden.manifest.model import EgressAllow, ForwardAllow, Manifest, RateLimit, Service
 from harden.manifest.nets import collapse_family
 from harden.manifest.ports import PortRange, merge
@@ -194,6 +195,7 @@ def family_of(address: Address) -> Family:
     return 4 if address.version == 4 else 6
 
 
+@paused_gc()  # harden/gcpause.py: the collector would walk every network built
 def build_policy(manifest: Manifest) -> Policy:
     """Normalise a validated manifest: group by protocol and sources, merge port ranges."""
     v6 = manifest.policy.ipv6
