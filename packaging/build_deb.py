@@ -39,7 +39,9 @@ COMPLETIONS = {
     "zsh": "usr/share/zsh/vendor-completions/_harden",
     "fish": "usr/share/fish/vendor_completions.d/harden.fish",
 }
-SCRIPTS = ("postinst", "prerm", "postrm")
+SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
+# In place of "#WINDOW_OPEN#" in the scripts: the confirm-window check preinst and prerm share.
+SNIPPET = "window-open.sh"
 # DEP-5 short names for what the libraries' metadata says.
 LICENSES = {
     "MIT": "Expat",
@@ -243,8 +245,9 @@ def write_control(root: Path, version_: str, arch: str) -> None:
     (debian / "control").write_text(
         control.format(version=version_, arch=arch, installed_size=size)
     )
+    snippet = (HERE / SNIPPET).read_text().rstrip("\n")
     for name in SCRIPTS:
-        shutil.copy2(HERE / name, debian / name)
+        (debian / name).write_text((HERE / name).read_text().replace("#WINDOW_OPEN#", snippet))
         (debian / name).chmod(0o755)
     (debian / "control").chmod(0o644)
     (debian / "md5sums").chmod(0o644)

@@ -76,7 +76,6 @@ def install(lab: BootLab) -> None:
     assert lab.sh("command -v harden", check=False).returncode != 0, "the image has a harden"
     # Without recommends (man-db), as the image was made: the machine has no mirror.
     lab.sh(f"{APT} install --no-install-recommends {DEB_IN_MACHINE}", timeout=300)
-    lab.sh(f"rm {DEB_IN_MACHINE}")
     assert lab.sh("command -v harden").stdout.strip() == "/usr/sbin/harden"
     assert lab.sh("dpkg -S /usr/sbin/harden").stdout.startswith("harden: ")
 
@@ -88,6 +87,15 @@ def apply(lab: BootLab, backend: str) -> None:
     ).stdout
     assert json.loads(out)["changed"] is True, out
     assert lab.sh("systemctl is-enabled harden.service").stdout.strip() == "enabled"
+
+
+def refused_in_window(lab: BootLab, command: str) -> None:
+    """An apt command that must stop while a confirm window is open, changing nothing."""
+    proc = lab.sh(command, check=False, timeout=300)
+    assert proc.returncode != 0, proc.stdout
+    assert "a confirm window is open" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert lab.sh("dpkg-query -W -f '${Status}' harden").stdout == "install ok installed"
+    assert lab.sh("harden --version").returncode == 0
 
 
 def leftovers(lab: BootLab) -> set[str]:
@@ -113,6 +121,7 @@ def test_the_package_installs_applies_verifies_and_purges_to_nothing(machine: Bo
     from the link, a scheduled drift check; purge takes all of it away."""
     lab = machine
     install(lab)
+    lab.sh(f"rm {DEB_IN_MACHINE}")
     version = lab.sh("harden --version").stdout
     assert version.startswith("harden 0.1.0") and "python3-nftables" in version, version
     page = lab.sh("zcat /usr/share/man/man1/harden.1.gz").stdout
@@ -144,6 +153,15 @@ def test_removing_keeps_the_firewall_and_purging_takes_it_away(machine: BootLab)
     lab = machine
     install(lab)
     apply(lab, "iptables")
+    # A change in a confirm window: its watchdog runs the installed harden, so neither an
+    # upgrade (a reinstall runs the same scripts) nor a removal may go ahead until settled.
+    changed = MANIFEST.read_text() + "  - {name: metrics, port: 9100, proto: tcp}\n"
+    lab.sh("cat > /etc/harden/changed.yaml", input=changed)
+    lab.sh("harden apply /etc/harden/changed.yaml --backend iptables --confirm 600")
+    refused_in_window(lab, f"{APT} install --reinstall {DEB_IN_MACHINE}")
+    refused_in_window(lab, f"{APT} remove harden")
+    lab.sh("harden rollback && rm /etc/harden/changed.yaml")
+    lab.sh(f"{APT} install --reinstall {DEB_IN_MACHINE} && rm {DEB_IN_MACHINE}", timeout=300)
     lab.sh(f"{APT} remove harden", timeout=300)
     assert lab.sh("command -v harden", check=False).returncode != 0
     assert lab.sh("test -e /usr/lib/harden", check=False).returncode != 0
