@@ -220,7 +220,7 @@ def test_building_a_manifest_pauses_the_collector_and_restores_it() -> None:
     try:
         # The same build without the decorators (functools.wraps keeps what they wrap).
         parse, build = manifest_from_text.__wrapped__, build_policy.__wrapped__  # type: ignore
-        policy = build(parse(text))
+        build(parse(text))
         assert len(started) > 50, len(started)
         started.clear()
         policy = build_policy(manifest_from_text(text))

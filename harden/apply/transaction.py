@@ -84,7 +84,7 @@ class Prepared:
 
 def prepare(manifest_path: Path, fw: Firewall) -> Prepared:
     """Read the manifest once, validate it and render it (a bad manifest fails here)."""
-    with paused_gc():  # to the load's own collection (NftFirewall.load), harden/gcpause.py
+    with paused_gc():  # harden/gcpause.py; the render too (nftables' load collects after)
         text, manifest = read_manifest(manifest_path)
         policy = build_policy(manifest)
         return Prepared(manifest_path, digest(text), policy, fw.render(policy))
