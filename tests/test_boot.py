@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,19 @@ def test_after_remove_nothing_loads(machine: Boot, backend: str) -> None:
     assert rsts, seen  # the kernel's RSTs: nothing stood in their way
 
 
+def firewalld_running(lab: BootLab, seconds: float = 60.0) -> None:
+    """Wait until firewalld has loaded its rules: ``firewall-cmd --state`` says running.
+
+    systemd counts firewalld started once it holds its D-Bus name, before its rules are
+    loaded; a restart then (a loaded machine's boot is slow) stops it half-way, leaving
+    the nftables backend's table beside the iptables backend's rules.
+    """
+    deadline = time.monotonic() + seconds
+    while lab.sh("firewall-cmd --state", check=False).stdout.strip() != "running":
+        assert time.monotonic() < deadline, f"firewalld is not running\n{lab.tail()}"
+        time.sleep(0.3)
+
+
 def test_docker_and_firewalld_boot_beside_harden(machine: Boot) -> None:
     """The machine for the orderings that involve other firewalls: with docker.service and
     firewalld.service enabled, both start for real at boot and write their rules into the
@@ -221,10 +235,12 @@ def test_firewalld_with_its_iptables_backend_does_not_flush_hardens_chains_at_bo
     starts: harden's iptables backend is refused without --force, status says why, and with
     --force the boot loads harden's chains after firewalld, so they survive it."""
     lab = machine(("firewalld.service",))
+    firewalld_running(lab)
     lab.sh(
         "sed -i 's/^FirewallBackend=.*/FirewallBackend=iptables/' /etc/firewalld/firewalld.conf"
         " && systemctl restart firewalld"
     )
+    firewalld_running(lab)
     lab.sh("mkdir -p /etc/harden && cat > /etc/harden/manifest.yaml", input=MANIFEST.read_text())
     refused = lab.sh(
         "harden apply /etc/harden/manifest.yaml --backend iptables --persist", check=False
