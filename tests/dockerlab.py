@@ -401,14 +401,20 @@ def _unmount_below(root: Path) -> None:
 
 
 def _remove_cgroups(containers: Path) -> None:
-    """Remove the (now empty) cgroups of containers whose shim was killed, not runc-deleted.
+    """Kill what is left in the cgroups of this daemon's containers, and remove them.
 
-    dockerd's default cgroupfs parent is /docker/<container id> in every hierarchy.
+    dockerd's default cgroupfs parent is /docker/<container id> in every hierarchy. A
+    container can outlive its daemon's knowledge of it (after the restart in
+    tests/test_forwarded.py, ``docker ps`` lists none, yet their processes run on): its
+    cgroup is where its processes are found.
     """
     ids = [p.name for p in containers.iterdir()] if containers.is_dir() else []
     for cid in ids:
         root = Path("/sys/fs/cgroup")
         for cg in [*root.glob(f"*/docker/{cid}"), root / "docker" / cid]:  # v1, v2
+            with contextlib.suppress(OSError, ValueError):
+                for pid in (cg / "cgroup.procs").read_text().split():
+                    _kill(int(pid), signal.SIGKILL)
             for _ in range(50):  # SIGKILLed tasks leave their cgroup a moment later
                 try:
                     cg.rmdir()
