@@ -91,7 +91,11 @@ lint: install
 # workers go on). Four workers on two cores: most namespace tests wait on timers, not the
 # CPU. Tests marked "alone" (those that count TCP retransmissions, which a starved CPU causes
 # by itself) then run one at a time. The VMs are not collected: they are `make test-vm`.
-PYTEST_EVERYDAY := $(VENV)/bin/pytest --ignore=tests/test_vms.py
+#
+# Python may write bytecode during the tests (a machine that sets PYTHONDONTWRITEBYTECODE
+# otherwise compiles harden's 100-odd modules again in each of the thousands of harden
+# processes the tests start, about 0.1 s of CPU each).
+PYTEST_EVERYDAY := env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/pytest --ignore=tests/test_vms.py
 test: install lint
 	$(PYTEST_EVERYDAY) -n 4 --dist loadgroup --durations=15 -m "not alone"
 	$(PYTEST_EVERYDAY) --durations=5 -m alone
@@ -101,7 +105,7 @@ test: install lint
 # takes about 25 minutes; CI runs it after `make test`. Builds the Debian image into
 # /var/cache/harden-vm on first use (the boot tests share it).
 test-vm: install
-	$(VENV)/bin/pytest -s --durations=10 tests/test_vms.py
+	env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/pytest -s --durations=10 tests/test_vms.py
 
 demo: install
 	$(VENV)/bin/harden lab rulesets/web-server.yaml

@@ -151,6 +151,9 @@ def _ansible(installed_collection: Path) -> None:
 
 
 def test_playbook_applies_verifies_confirms_persists_and_is_idempotent(tmp_path: Path) -> None:
+    """A first run converges (apply, verify, confirm, persist); then, on that converged host,
+    a second run changes nothing, lost boot files are rewritten alone, ``--tags
+    harden_verify`` only verifies, and check mode predicts (see check_mode_predicts)."""
     nft_file, nft_conf = boot_files(tmp_path)
     with lab_for(WEB) as lab:
         lab.start_services(lifetime=300)
@@ -187,6 +190,33 @@ def test_playbook_applies_verifies_confirms_persists_and_is_idempotent(tmp_path:
         assert "Apply with a confirm window" not in out
         assert 'failures="0"' in (tmp_path / "harden-server.xml").read_text()
 
+        check_mode_predicts(lab, tmp_path)
+
+
+def check_mode_predicts(lab: LabNet, tmp_path: Path) -> None:
+    """On a converged host, --check --diff predicts nothing; with a service added, it
+    predicts the change and shows the rule diff, and changes nothing."""
+    code, recap, out = play(lab, tmp_path, variables(lab, tmp_path), "--check", "--diff")
+    assert code == 0 and recap["changed"] == 0, out
+
+    before, manifest_before = live_table(lab), (tmp_path / "manifest.yaml").read_text()
+    boot_before = boot_files(tmp_path)[0].read_text()
+    edited = variables(lab, tmp_path)
+    edited["harden_manifest"]["services"].append(  # type: ignore[index]
+        {"name": "alt-web", "port": 8443, "proto": "tcp"}
+    )
+    code, recap, out = play(lab, tmp_path, edited, "--check", "--diff")
+    assert code == 0 and recap["failed"] == 0, out
+    assert task_result(out, "Compare the live rules with the manifest") == "changed", out
+    assert task_result(out, "Apply with a confirm window") == "skipping", out
+    # The rule diff, as harden diff prints it, is in the output.
+    shown = out.split("harden.harden.harden : Show the rule changes]")[1].split("TASK [")[0]
+    assert "8443" in shown, out
+    assert live_table(lab) == before
+    assert (tmp_path / "manifest.yaml").read_text() == manifest_before
+    assert boot_files(tmp_path)[0].read_text() == boot_before
+    assert status(lab, tmp_path)["pending_confirmation"] is None
+
 
 def test_the_witness_reads_the_targets_counters(tmp_path: Path) -> None:
     marker = tmp_path / "witness-ran"
@@ -210,35 +240,6 @@ def test_the_witness_reads_the_targets_counters(tmp_path: Path) -> None:
         assert marker.exists()  # verify ran the witness, before and after its sweep
         seen = json.loads(lab.server.ns.run(counters.split()).stdout)["counters"]
         assert seen.get("witness_in_tcp_v4", 0) > 0, seen  # the probes it counted
-
-
-def test_check_mode_predicts_a_change_and_changes_nothing(tmp_path: Path) -> None:
-    with lab_for(WEB) as lab:
-        lab.start_services(lifetime=300)
-        lab.wait_reachable()
-        code, _, out = play(lab, tmp_path, variables(lab, tmp_path))
-        assert code == 0, out
-        # Converged: a check run predicts nothing.
-        code, recap, out = play(lab, tmp_path, variables(lab, tmp_path), "--check", "--diff")
-        assert code == 0 and recap["changed"] == 0, out
-
-        before, manifest_before = live_table(lab), (tmp_path / "manifest.yaml").read_text()
-        boot_before = boot_files(tmp_path)[0].read_text()
-        edited = variables(lab, tmp_path)
-        edited["harden_manifest"]["services"].append(  # type: ignore[index]
-            {"name": "alt-web", "port": 8443, "proto": "tcp"}
-        )
-        code, recap, out = play(lab, tmp_path, edited, "--check", "--diff")
-        assert code == 0 and recap["failed"] == 0, out
-        assert task_result(out, "Compare the live rules with the manifest") == "changed", out
-        assert task_result(out, "Apply with a confirm window") == "skipping", out
-        # The rule diff, as harden diff prints it, is in the output.
-        shown = out.split("harden.harden.harden : Show the rule changes]")[1].split("TASK [")[0]
-        assert "8443" in shown, out
-        assert live_table(lab) == before
-        assert (tmp_path / "manifest.yaml").read_text() == manifest_before
-        assert boot_files(tmp_path)[0].read_text() == boot_before
-        assert status(lab, tmp_path)["pending_confirmation"] is None
 
 
 @pytest.mark.parametrize(

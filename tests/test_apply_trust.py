@@ -294,9 +294,9 @@ def test_a_corrupt_record_has_a_documented_way_out(ns: Namespace, tmp_path: Path
     assert harden(ns, "apply", a, "--state-dir", state).returncode == 0  # recorded again
 
 
-# 64 a run keeps make test under its 12 minutes (each kill is a real apply, a rollback and
-# two status reads, about 4 s of a worker); HARDEN_KILL_TRIES=1000 for a longer hunt.
-KILLS = int(os.environ.get("HARDEN_KILL_TRIES", "64"))
+# 32 a run keeps make test under its 12 minutes (each kill is a real apply, a rollback and
+# two status reads, about 3.5 s of a worker); HARDEN_KILL_TRIES=1000 for a longer hunt.
+KILLS = int(os.environ.get("HARDEN_KILL_TRIES", "32"))
 # The kills in four independent runs of a quarter each (own namespace, own seed), so that
 # make test's workers share them; together they are still KILLS kills. They are stratified:
 # kill j of KILLS lands at a random instant in the j-th of KILLS equal slices of the apply
