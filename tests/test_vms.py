@@ -235,6 +235,12 @@ def test_on_a_real_server_to_the_letter(lab: VmLab) -> None:
         print(
             f"{step.host}: {command[:70]}: rc {proc.returncode}, {time.monotonic() - started:.0f} s"
         )
+        if proc.returncode == 5 and "went missing" in proc.stdout:
+            # The README: INCONCLUSIVE for a loss on the way, run it again. The emulated
+            # link once lost 863 of a UDP sweep's 30,000 probes (the witness allows 600).
+            print(f"{step.host}: INCONCLUSIVE, probes lost on the link; as the README says, again")
+            proc = lab.ssh(on[step.host], OFFLINE + command, check=False, timeout=900)
+            print(f"{step.host}: {command[:70]}: rc {proc.returncode}")
         assert proc.returncode == 0, f"{step.host}: {command}\n{proc.stdout}{proc.stderr}"
         out[command.split(" #")[0]] = proc.stdout + proc.stderr
         if command.startswith("harden init"):
